@@ -1,0 +1,1 @@
+"""HTTP surface besides OpAMP: health probes, REST API, metrics (Starlette)."""

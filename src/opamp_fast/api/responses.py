@@ -1,0 +1,24 @@
+"""JSON responses encoded with msgspec, and the one error shape used everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+_encoder = msgspec.json.Encoder()
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encoder.encode(content)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """``{"error": {"code", "message"}}`` with the given status."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)

@@ -1,0 +1,173 @@
+"""Command line: ``opamp-fast serve | migrate | version``.
+
+Every failure a user can cause (bad flag, bad value, port in use, unreachable database,
+unwritable data directory) ends with one ``opamp-fast: error: ...`` line and a non-zero exit:
+2 for usage and configuration errors, 1 for runtime failures. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING
+from typing import Any, NoReturn
+
+import trio
+
+from . import __version__
+from .config import OPTIONS, Option, Settings, parse_value
+from .errors import ConfigError, OpAMPFastError
+
+logger = logging.getLogger("opamp_fast")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    sys.stderr.write(f"opamp-fast: error: {message}\n")
+    raise SystemExit(status)
+
+
+def _flag_type(opt: Option) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return parse_value(opt, raw, source=opt.flag)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    convert.__name__ = opt.kind.__name__
+    return convert
+
+
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None
+) -> None:
+    defaults = Settings.__dataclass_fields__
+    for opt in OPTIONS:
+        if names is not None and opt.name not in names:
+            continue
+        field = defaults[opt.name]
+        if field.default_factory is not MISSING:
+            default = "computed: " + str(field.default_factory())
+        else:
+            default = "unset" if field.default is None else str(field.default)
+        if opt.secret:
+            default = "unset"
+        parser.add_argument(
+            opt.flag,
+            dest=opt.name,
+            type=_flag_type(opt),
+            choices=None,
+            default=None,
+            metavar=opt.kind.__name__.upper(),
+            help=f"{opt.help} [env {opt.env}; default {default}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="opamp-fast", description="High-throughput OpAMP server.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the server", description="Run the OpAMP server.")
+    _add_settings_flags(serve)
+
+    migrate = sub.add_parser(
+        "migrate", help="apply database migrations and exit", description="Apply migrations."
+    )
+    _add_settings_flags(migrate, ("database_url", "data_dir", "log_level", "db_pool_size"))
+
+    sub.add_parser("version", help="print the version", description="Print the version.")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {opt.name: getattr(args, opt.name, None) for opt in OPTIONS}
+    try:
+        return Settings.from_sources(overrides=overrides)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # hypercorn logs a line per connection error and pgserver echoes initdb/pg_ctl output at
+    # INFO: keep both at WARNING unless debugging.
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    logging.getLogger("hypercorn.error").setLevel(quiet)
+    logging.getLogger("pgserver").setLevel(quiet)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"opamp-fast {__version__}")
+        return 0
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    try:
+        trio.run(_migrate if args.command == "migrate" else _serve, settings)
+    except BaseException as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        if isinstance(known, KeyboardInterrupt):
+            return 130
+        _fail(str(known), EXIT_FAILURE)
+    return 0
+
+
+def _known_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside ``exc`` (nurseries wrap errors in exception groups)."""
+    if isinstance(exc, OpAMPFastError | KeyboardInterrupt):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _migrate(settings: Settings) -> None:
+    from .storage import apply_migrations, open_database
+
+    async with open_database(settings) as db:
+        applied = await apply_migrations(db)
+    print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+async def _serve(settings: Settings) -> None:
+    from .server import serve
+
+    logger.info("opamp-fast %s starting with %s", __version__, settings.redacted())
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+        await serve(settings, shutdown_trigger=shutdown)
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: graceful shutdown. A second one: stop now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                logger.warning("second %s: stopping immediately", signal.Signals(signum).name)
+                scope.cancel()
+                return
+            logger.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+            shutdown.set()

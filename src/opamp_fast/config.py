@@ -1,0 +1,267 @@
+"""Server settings: one frozen object built from ``OPAMP_FAST_*`` variables, then CLI flags.
+
+Every option is declared once in :data:`OPTIONS` (name, type, default, help); the environment
+reader, the CLI parser and the README's table all come from that list, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+ENV_PREFIX = "OPAMP_FAST_"
+MIB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("opamp-fast", appauthor=False)) / "postgres"
+
+
+def default_instance_id() -> str:
+    return socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str  # Settings attribute; env var is OPAMP_FAST_<NAME>; flag is --<name-with-dashes>
+    kind: type
+    help: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated, immutable server configuration. Pass it explicitly; never read env at import."""
+
+    host: str = "127.0.0.1"
+    port: int = 4320
+    opamp_path: str = "/v1/opamp"
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    instance_id: str = field(default_factory=default_instance_id)
+    max_message_bytes: int = 64 * MIB
+    heartbeat_interval_s: int = 30
+    heartbeat_timeout_s: float = 60.0
+    heartbeat_timeout_factor: float = 2.5
+    heartbeat_tick_s: float = 1.0
+    ws_ping_interval_s: float = 20.0
+    agent_auth_token: str | None = None
+    flush_interval_s: float = 1.0
+    flush_batch_max: int = 50_000
+    writer_queue_max: int = 10_000
+    db_pool_size: int = 4
+    graceful_timeout_s: float = 10.0
+    backlog: int = 4096
+    max_connections: int = 200_000
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
+        _check(self.host != "", "host", self.host, "must not be empty")
+        _check(
+            self.opamp_path.startswith("/") and " " not in self.opamp_path,
+            "opamp_path",
+            self.opamp_path,
+            "must be an absolute URL path such as /v1/opamp",
+        )
+        if self.database_url is not None:
+            _check_database_url(self.database_url)
+        _check(
+            self.max_message_bytes >= 1024,
+            "max_message_bytes",
+            self.max_message_bytes,
+            "must be at least 1024",
+        )
+        _check(
+            self.heartbeat_interval_s >= 1,
+            "heartbeat_interval_s",
+            self.heartbeat_interval_s,
+            "must be at least 1 second",
+        )
+        _positive("heartbeat_tick_s", self.heartbeat_tick_s)
+        _check(
+            self.heartbeat_timeout_s >= self.heartbeat_tick_s,
+            "heartbeat_timeout_s",
+            self.heartbeat_timeout_s,
+            "must be at least one tick (heartbeat_tick_s)",
+        )
+        _check(
+            self.heartbeat_timeout_factor >= 1.0,
+            "heartbeat_timeout_factor",
+            self.heartbeat_timeout_factor,
+            "must be at least 1",
+        )
+        _check(
+            self.ws_ping_interval_s >= 0,
+            "ws_ping_interval_s",
+            self.ws_ping_interval_s,
+            "must be >= 0 (0 disables pings)",
+        )
+        _positive("flush_interval_s", self.flush_interval_s)
+        _check(self.flush_batch_max >= 1, "flush_batch_max", self.flush_batch_max, "must be >= 1")
+        _check(
+            self.writer_queue_max >= 1, "writer_queue_max", self.writer_queue_max, "must be >= 1"
+        )
+        _check(self.db_pool_size >= 1, "db_pool_size", self.db_pool_size, "must be >= 1")
+        _check(
+            self.graceful_timeout_s >= 0,
+            "graceful_timeout_s",
+            self.graceful_timeout_s,
+            "must be >= 0",
+        )
+        _check(self.backlog >= 1, "backlog", self.backlog, "must be >= 1")
+        _check(self.max_connections >= 1, "max_connections", self.max_connections, "must be >= 1")
+        _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
+        levels = ("debug", "info", "warning", "error")
+        _check(self.log_level in levels, "log_level", self.log_level, f"must be one of {levels}")
+
+    @classmethod
+    def from_sources(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Environment first (``OPAMP_FAST_*``), then explicit overrides (CLI flags) on top."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for opt in OPTIONS:
+            raw = environ.get(opt.env)
+            if raw is not None and raw != "":
+                values[opt.name] = parse_value(opt, raw, source=opt.env)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        try:
+            return cls(**values)
+        except TypeError as exc:  # an unknown override name is a programming error upstream
+            raise ConfigError(str(exc)) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: secrets and database passwords masked."""
+        out: dict[str, Any] = {}
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if opt.secret and value is not None:
+                value = "***"
+            elif opt.name == "database_url" and value:
+                value = redact_url(value)
+            out[opt.name] = value
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _help(name: str) -> str:
+    return _HELP[name]
+
+
+_HELP = {
+    "host": "address to listen on (use 0.0.0.0 to accept agents from other machines)",
+    "port": "TCP port for OpAMP, REST, metrics and health endpoints",
+    "opamp_path": "URL path of the OpAMP endpoint (WebSocket and plain HTTP)",
+    "database_url": "Postgres URL; unset starts an embedded Postgres in --data-dir",
+    "data_dir": "data directory of the embedded Postgres (used only without a database URL)",
+    "instance_id": "stable id of this server instance, recorded on connection history rows",
+    "max_message_bytes": "largest OpAMP message accepted or sent, after decompression",
+    "heartbeat_interval_s": "heartbeat (and HTTP poll) interval offered to agents, seconds",
+    "heartbeat_timeout_s": "silence after which an agent is marked offline, seconds",
+    "heartbeat_timeout_factor": "an agent's timeout is at least this many of its heartbeat "
+    "intervals",
+    "heartbeat_tick_s": "resolution of the heartbeat timing wheel, seconds",
+    "ws_ping_interval_s": "WebSocket ping interval to find half-open sockets, seconds (0 disables)",
+    "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
+    "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
+    "flush_batch_max": "flush early when this many agents have pending changes",
+    "writer_queue_max": "bound of the queue between connections and the database writer",
+    "db_pool_size": "database connections (each used from a worker thread)",
+    "graceful_timeout_s": "time allowed for connections to close on shutdown, seconds",
+    "backlog": "listen backlog (reconnect storms need thousands)",
+    "max_connections": "concurrent OpAMP connections accepted before answering 503",
+    "log_level": "log level",
+}
+_SECRETS = {"agent_auth_token"}
+_CHOICES = {"log_level": ("debug", "info", "warning", "error")}
+
+
+def _option_kind(f: dataclasses.Field[Any]) -> type:
+    annotation = str(f.type)
+    for name, kind in (("int", int), ("float", float), ("Path", Path)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(
+        f.name,
+        _option_kind(f),
+        _help(f.name),
+        secret=f.name in _SECRETS,
+        choices=_CHOICES.get(f.name, ()),
+    )
+    for f in dataclasses.fields(Settings)
+)
+
+
+def parse_value(opt: Option, raw: str, *, source: str) -> Any:
+    """Convert one textual value (env var or flag) to the option's type, or raise ConfigError."""
+    raw = raw.strip()
+    parser: Callable[[str], Any] = opt.kind
+    try:
+        value = parser(raw)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(opt.kind, "a value")
+        raise ConfigError(f"{source}: {raw!r} is not {kind}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {raw!r} is not a finite number")
+    return value
+
+
+def _check(ok: bool, name: str, value: object, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} {why}")
+
+
+def _positive(name: str, value: float) -> None:
+    _check(value > 0 and math.isfinite(value), name, value, "must be a positive number")
+
+
+def _check_database_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"database_url: {redact_url(url)!r} must start with postgresql:// or postgres://"
+        )
+    if not (parts.hostname or "host=" in parts.query):
+        raise ConfigError(f"database_url: {redact_url(url)!r} names no host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"database_url: {redact_url(url)!r} has a malformed port") from None
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

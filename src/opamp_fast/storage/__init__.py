@@ -1,0 +1,8 @@
+"""Postgres access: a thread-backed pool (psycopg 3 sync API), migrations, embedded server."""
+
+from .database import Database as Database
+from .database import open_database as open_database
+from .migrations import apply_migrations as apply_migrations
+from .migrations import pending_migrations as pending_migrations
+
+__all__ = ["Database", "apply_migrations", "open_database", "pending_migrations"]
