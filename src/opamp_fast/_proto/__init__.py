@@ -1,0 +1,1 @@
+"""Generated protobuf modules (see scripts/gen_proto.py); do not edit."""

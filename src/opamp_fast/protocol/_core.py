@@ -1,0 +1,372 @@
+"""The OpAMP server rules: merge one ``AgentToServer`` into the agent's state, answer it.
+
+Pure functions over caller-owned state (``AgentState``, ``Session``) and an immutable
+``ServerPolicy``; no I/O, no clocks (``now`` is passed in and only stamps events), no
+randomness (``new_uid`` is passed in). See docs/protocol.md for the rules in prose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .._proto.opamp.v1 import opamp_pb2 as pb
+from ._constants import (
+    AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS,
+    AGENT_ACCEPTS_REMOTE_CONFIG,
+    AGENT_FLAG_REQUEST_INSTANCE_UID,
+    AGENT_REPORTS_AVAILABLE_COMPONENTS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    SERVER_ACCEPTS_EFFECTIVE_CONFIG,
+    SERVER_ACCEPTS_PACKAGES_STATUS,
+    SERVER_ACCEPTS_STATUS,
+    SERVER_CAPABILITIES_MASK,
+    SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS,
+    SERVER_FLAG_REPORT_FULL_STATE,
+    SERVER_OFFERS_CONNECTION_SETTINGS,
+    SERVER_OFFERS_REMOTE_CONFIG,
+)
+from ._errors import LocalProtocolError
+from ._events import (
+    AgentConnected,
+    AgentDisconnected,
+    Event,
+    FullStateRequested,
+    InstanceUidReassigned,
+    MessageMerged,
+    RemoteConfigStatusChanged,
+    StatusChanged,
+    fast_frozen_init,
+)
+from ._state import AgentState, Session, Transport
+
+__all__ = [
+    "DEFAULT_SERVER_CAPABILITIES",
+    "Reply",
+    "ServerPolicy",
+    "build_push",
+    "error_response",
+    "process_message",
+]
+
+#: AcceptsStatus | OffersRemoteConfig | AcceptsEffectiveConfig | AcceptsPackagesStatus |
+#: OffersConnectionSettings = 0x37.
+DEFAULT_SERVER_CAPABILITIES = (
+    SERVER_ACCEPTS_STATUS
+    | SERVER_OFFERS_REMOTE_CONFIG
+    | SERVER_ACCEPTS_EFFECTIVE_CONFIG
+    | SERVER_OFFERS_CONNECTION_SETTINGS
+    | SERVER_ACCEPTS_PACKAGES_STATUS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    """What this server offers; immutable, shared by all connections.
+
+    ``connection_settings`` (the ``ConnectionSettingsOffers`` sent to agents accepting
+    OpAMP connection settings) and its ``connection_settings_hash`` (sha256 of the
+    deterministic encoding of the ``opamp`` part) are computed once here. Only
+    ``heartbeat_interval_seconds`` is offered, and always non-zero: an offer left at 0
+    would disable the agent's heartbeats.
+    """
+
+    capabilities: int = DEFAULT_SERVER_CAPABILITIES
+    heartbeat_interval_s: int = 30
+    custom_capabilities: tuple[str, ...] = ()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    connection_settings: pb.ConnectionSettingsOffers = field(init=False, repr=False, compare=False)
+    connection_settings_hash: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        caps = self.capabilities
+        if not caps & SERVER_ACCEPTS_STATUS:
+            raise ValueError("server capabilities must include AcceptsStatus (0x1)")
+        if caps & ~SERVER_CAPABILITIES_MASK:
+            raise ValueError(f"undefined server capability bits in 0x{caps:x}")
+        if not isinstance(self.heartbeat_interval_s, int) or self.heartbeat_interval_s < 1:
+            raise ValueError("heartbeat_interval_s must be a positive integer")
+        if self.max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be positive")
+        custom = tuple(self.custom_capabilities)
+        if not all(isinstance(c, str) and c for c in custom):
+            raise ValueError("custom_capabilities must be non-empty strings")
+        object.__setattr__(self, "custom_capabilities", custom)
+        opamp = pb.OpAMPConnectionSettings(heartbeat_interval_seconds=self.heartbeat_interval_s)
+        digest = hashlib.sha256(opamp.SerializeToString(deterministic=True)).digest()
+        object.__setattr__(self, "connection_settings_hash", digest)
+        object.__setattr__(
+            self, "connection_settings", pb.ConnectionSettingsOffers(hash=digest, opamp=opamp)
+        )
+
+
+@fast_frozen_init
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one ``AgentToServer`` and the events it caused, in order."""
+
+    response: pb.ServerToAgent
+    events: tuple[Event, ...]
+
+
+_M = TypeVar("_M")
+_EMPTY: frozenset[str] = frozenset()
+_HTTP = Transport.HTTP
+_ServerToAgent = pb.ServerToAgent
+
+
+def _copy(new: _M) -> _M:
+    # A private copy: keeping the sub-message itself would pin the whole incoming
+    # message (upb arena) and alias a buffer the caller may reuse.
+    stored = type(new)()
+    stored.CopyFrom(new)  # type: ignore[attr-defined]
+    return stored
+
+
+def process_message(
+    agent: AgentState,
+    session: Session,
+    msg: pb.AgentToServer,
+    *,
+    policy: ServerPolicy,
+    now: float,
+    new_uid: Callable[[], bytes],
+    duplicate: bool = False,
+) -> Reply:
+    """Merge ``msg`` into ``agent`` and ``session`` and build the response.
+
+    Every message is answered, duplicates and retries included. ``duplicate=True`` means
+    the caller saw this uid live on another connection: the response assigns a new uid
+    (as does the agent's ``RequestInstanceUid`` flag); the caller re-keys its registry.
+
+    Events come out in this order: AgentConnected, InstanceUidReassigned, MessageMerged,
+    StatusChanged, RemoteConfigStatusChanged, FullStateRequested, AgentDisconnected.
+    """
+    uid = agent.instance_uid
+    first = not session.first_response_sent
+    http = session.transport is _HTTP
+    resp = _ServerToAgent()
+    resp.instance_uid = agent.wire_uid
+    has = msg.HasField
+    events: list[Event] = []
+    if first:
+        events.append(AgentConnected(uid, session.transport, now))
+    if duplicate or msg.flags & AGENT_FLAG_REQUEST_INSTANCE_UID:
+        fresh = new_uid()
+        if len(fresh) != 16:
+            raise LocalProtocolError(
+                f"new_uid() returned {len(fresh)} bytes, not 16", kind="bad_new_uid"
+            )
+        resp.agent_identification.new_instance_uid = fresh
+        events.append(InstanceUidReassigned(uid, fresh, now))
+
+    # --- merge status compression ---------------------------------------------------
+    changed: list[str] = []
+    rcs_event: RemoteConfigStatusChanged | None = None
+    flags = 0
+    caps = msg.capabilities
+    if caps != agent.capabilities:
+        agent.capabilities = caps
+        changed.append("capabilities")
+    has_description = has("agent_description")
+    if has_description:
+        new_description = msg.agent_description
+        if agent.description is None or agent.description != new_description:
+            agent.description = _copy(new_description)
+            changed.append("description")
+        agent.full_state_pending = False
+    if has("health"):
+        health = msg.health
+        if agent.health is None or agent.health != health:
+            agent.health = _copy(health)
+            changed.append("health")
+    if has("effective_config"):
+        effective = msg.effective_config
+        if agent.effective_config is None or agent.effective_config != effective:
+            agent.effective_config = _copy(effective)
+            changed.append("effective_config")
+    if has("remote_config_status"):
+        rcs = msg.remote_config_status
+        if agent.remote_config_status is None or agent.remote_config_status != rcs:
+            stored_rcs = agent.remote_config_status = _copy(rcs)
+            changed.append("remote_config_status")
+            rcs_event = RemoteConfigStatusChanged(
+                uid,
+                now,
+                stored_rcs.last_remote_config_hash,
+                stored_rcs.status,
+                stored_rcs.error_message,
+            )
+        desired = agent._remote_config_hash
+        if desired is not None and rcs.last_remote_config_hash != desired:
+            # The agent does not run what we want: allow one more offer.
+            session.offered_config_hash = None
+    if has("package_statuses"):
+        packages = msg.package_statuses
+        if agent.package_statuses is None or agent.package_statuses != packages:
+            agent.package_statuses = _copy(packages)
+            changed.append("package_statuses")
+    if has("custom_capabilities"):
+        agent_custom = msg.custom_capabilities
+        if agent.custom_capabilities is None or agent.custom_capabilities != agent_custom:
+            agent.custom_capabilities = _copy(agent_custom)
+            changed.append("custom_capabilities")
+    if has("available_components"):
+        available = msg.available_components
+        known = agent.available_components
+        if len(available.components):
+            if known is None or known != available:
+                agent.available_components = _copy(available)
+                changed.append("available_components")
+        elif (known is None or known.hash != available.hash) and (
+            caps & AGENT_REPORTS_AVAILABLE_COMPONENTS
+        ):
+            # Hash only, and not the one we hold: ask for the full list.
+            flags |= SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS
+    if has("connection_settings_status"):
+        css = msg.connection_settings_status
+        if agent.connection_settings_status is None or agent.connection_settings_status != css:
+            agent.connection_settings_status = _copy(css)
+            changed.append("connection_settings_status")
+
+    # --- sequence numbers and full state -------------------------------------------
+    seq = msg.sequence_num
+    prev = agent.sequence_num
+    disconnect = has("agent_disconnect")
+    full_state_reason: str | None = None
+    if not has_description and not disconnect:
+        if agent.full_state_pending:
+            # Asked already; ask again only if that answer may have been lost: the agent
+            # retried the very message we flagged, or it reconnected (new session).
+            if first or seq == agent.full_state_seq:
+                full_state_reason = "unknown_agent" if agent.description is None else "sequence_gap"
+        elif agent.description is None:
+            full_state_reason = "unknown_agent"
+        elif prev is not None and seq > prev + 1:
+            full_state_reason = "sequence_gap"
+    if full_state_reason is not None:
+        flags |= SERVER_FLAG_REPORT_FULL_STATE
+        agent.full_state_pending = True
+        agent.full_state_seq = seq
+    if http and not first and prev is not None and seq == prev:
+        # A plain-HTTP retry (same seq): our previous response may never have arrived,
+        # so whatever it offered is offered again.
+        session.offered_config_hash = None
+        session.offered_settings_hash = None
+    agent.sequence_num = seq
+
+    # --- the response ----------------------------------------------------------------
+    if flags:
+        if disconnect:
+            flags &= ~SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS
+        resp.flags = flags
+    if first or http:
+        resp.capabilities = policy.capabilities
+    _add_custom_capabilities(resp, session, policy, http)
+    if not disconnect:
+        _add_offers(resp, agent, session, policy)
+
+    merged = frozenset(changed) if changed else _EMPTY
+    events.append(MessageMerged(uid, seq, now, merged))
+    if changed:
+        events.append(StatusChanged(uid, now, merged))
+    if rcs_event is not None:
+        events.append(rcs_event)
+    if full_state_reason is not None:
+        events.append(FullStateRequested(uid, now, full_state_reason))
+    if disconnect:
+        events.append(AgentDisconnected(uid, now, "agent_disconnect"))
+    session.first_response_sent = True
+    return Reply(resp, tuple(events))
+
+
+def _add_custom_capabilities(
+    resp: pb.ServerToAgent, session: Session, policy: ServerPolicy, http: bool
+) -> bool:
+    custom = policy.custom_capabilities
+    if http:
+        if not custom:
+            return False
+    elif custom == (session.custom_capabilities_sent or ()):
+        return False
+    resp.custom_capabilities.capabilities.extend(custom)
+    resp.custom_capabilities.SetInParent()  # an emptied list is still sent (WS)
+    session.custom_capabilities_sent = custom
+    return True
+
+
+def _add_offers(
+    resp: pb.ServerToAgent, agent: AgentState, session: Session, policy: ServerPolicy
+) -> bool:
+    """Add the pending remote config and connection settings the agent can take."""
+    added = False
+    caps = agent.capabilities
+    server_caps = policy.capabilities
+    desired = agent._remote_config_hash
+    if (
+        desired is not None
+        and caps & AGENT_ACCEPTS_REMOTE_CONFIG
+        and server_caps & SERVER_OFFERS_REMOTE_CONFIG
+        and session.offered_config_hash != desired
+    ):
+        reported = agent.remote_config_status
+        # Reported hash == desired: never resend, even when the agent reports FAILED.
+        if reported is None or reported.last_remote_config_hash != desired:
+            resp.remote_config.CopyFrom(agent._remote_config)
+            session.offered_config_hash = desired
+            added = True
+    if caps & AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS and (
+        server_caps & SERVER_OFFERS_CONNECTION_SETTINGS
+    ):
+        settings_hash = policy.connection_settings_hash
+        if session.offered_settings_hash != settings_hash:
+            status = agent.connection_settings_status
+            if status is None or status.last_connection_settings_hash != settings_hash:
+                resp.connection_settings.CopyFrom(policy.connection_settings)
+                added = True
+            session.offered_settings_hash = settings_hash
+    return added
+
+
+def build_push(
+    agent: AgentState, session: Session, *, policy: ServerPolicy
+) -> pb.ServerToAgent | None:
+    """A server-initiated WebSocket message carrying whatever is pending, or ``None``.
+
+    Pending means: the desired remote config (same rule as in :func:`process_message`),
+    changed connection settings, changed custom capabilities. Always ``None`` for plain
+    HTTP (those agents get it in their next poll's response) and before the session's
+    first response (which must carry the server capabilities).
+    """
+    if session.transport is _HTTP or not session.first_response_sent:
+        return None
+    resp = _ServerToAgent(instance_uid=agent.wire_uid)
+    added = _add_offers(resp, agent, session, policy)
+    added = _add_custom_capabilities(resp, session, policy, False) or added
+    return resp if added else None
+
+
+def error_response(
+    kind: int,
+    message: str,
+    *,
+    instance_uid: bytes = b"",
+    retry_after_s: float | None = None,
+) -> pb.ServerToAgent:
+    """A ``ServerToAgent`` with ``error_response`` set and nothing else but ``instance_uid``.
+
+    ``kind`` is a ``ServerErrorResponseType`` (``ERROR_BAD_REQUEST``,
+    ``ERROR_UNAVAILABLE``...); ``retry_after_s`` becomes ``retry_info`` in nanoseconds.
+    """
+    resp = _ServerToAgent(instance_uid=instance_uid)
+    err = resp.error_response
+    err.SetInParent()
+    err.type = kind  # type: ignore[assignment]
+    err.error_message = message
+    if retry_after_s is not None:
+        if retry_after_s < 0:
+            raise ValueError("retry_after_s must be >= 0")
+        err.retry_info.retry_after_nanoseconds = round(retry_after_s * 1_000_000_000)
+    return resp
