@@ -64,7 +64,8 @@ class Settings:
     heartbeat_timeout_s: float = 60.0
     heartbeat_timeout_factor: float = 2.5
     heartbeat_tick_s: float = 1.0
-    ws_ping_interval_s: float = 20.0
+    ws_ping_interval_s: float = 0.0
+    tcp_keepalive_s: float = 30.0
     agent_auth_token: str | None = None
     flush_interval_s: float = 1.0
     flush_batch_max: int = 50_000
@@ -76,6 +77,8 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):  # accept str from programmatic callers
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
         _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
         _check(self.host != "", "host", self.host, "must not be empty")
         _check(
@@ -116,6 +119,12 @@ class Settings:
             "ws_ping_interval_s",
             self.ws_ping_interval_s,
             "must be >= 0 (0 disables pings)",
+        )
+        _check(
+            self.tcp_keepalive_s >= 0,
+            "tcp_keepalive_s",
+            self.tcp_keepalive_s,
+            "must be >= 0 (0 disables TCP keepalive)",
         )
         _positive("flush_interval_s", self.flush_interval_s)
         _check(self.flush_batch_max >= 1, "flush_batch_max", self.flush_batch_max, "must be >= 1")
@@ -187,7 +196,10 @@ _HELP = {
     "heartbeat_timeout_factor": "an agent's timeout is at least this many of its heartbeat "
     "intervals",
     "heartbeat_tick_s": "resolution of the heartbeat timing wheel, seconds",
-    "ws_ping_interval_s": "WebSocket ping interval to find half-open sockets, seconds (0 disables)",
+    "ws_ping_interval_s": "WebSocket ping interval, seconds (0 disables; costs a task per "
+    "connection, and hypercorn keeps a closed connection's ping task until its next tick)",
+    "tcp_keepalive_s": "idle seconds before TCP keepalive probes find half-open sockets "
+    "(3 probes, 1/3 of this apart; 0 disables)",
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",

@@ -72,8 +72,25 @@ def bind_sockets(config: HypercornConfig, settings: Settings) -> Sockets:
             raise StartupError(f"cannot listen on {settings.host}: {exc.strerror}") from None
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
     for sock in sockets.insecure_sockets:
+        if settings.tcp_keepalive_s > 0:
+            set_keepalive(sock, settings.tcp_keepalive_s)
         sock.listen(config.backlog)
     return sockets
+
+
+def set_keepalive(sock: socket.socket, idle_s: float) -> None:
+    """Kernel-level liveness for half-open peers (a vanished agent, a NAT that dropped state).
+
+    Accepted sockets inherit these options from the listener on Linux, so this costs nothing
+    per connection in Python: no task, no timer. After ``idle_s`` of silence the kernel sends
+    3 probes ``idle_s / 3`` apart, then resets the socket, which ends the connection's receive
+    loop and marks the agent offline.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle_s)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(idle_s / 3)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 async def serve(

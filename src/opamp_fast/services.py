@@ -11,12 +11,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from . import __version__
 from .config import Settings
+from .fleet import FleetHandler
+from .protocol import ServerPolicy
+from .registry import Registry
 from .storage import Database
+from .storage.batch_writer import BatchWriter
+from .transport import OpAMPEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +34,84 @@ class Services:
     settings: Settings
     db: Database
     shutdown: trio.Event
+    registry: Registry
+    writer: BatchWriter
+    fleet: FleetHandler
+    opamp: OpAMPEndpoint
     started_at: float = field(default_factory=time.time)
     version: str = __version__
+
+
+def server_policy(settings: Settings) -> ServerPolicy:
+    return ServerPolicy(
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        max_message_bytes=settings.max_message_bytes,
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, db: Database, shutdown: trio.Event
 ) -> AsyncIterator[Services]:
-    services = Services(settings=settings, db=db, shutdown=shutdown)
-    async with trio.open_nursery() as nursery:
-        await _record_instance_start(services)
-        try:
-            yield services
-        finally:
-            nursery.cancel_scope.cancel()
+    """Start the writer (after crash repair) and the sweeper; on exit close connections, stop
+    the sweeper, then drain the writer, in that order."""
+    registry = Registry(
+        timeout_s=settings.heartbeat_timeout_s,
+        timeout_factor=settings.heartbeat_timeout_factor,
+        tick_s=settings.heartbeat_tick_s,
+        start_mono=trio.current_time(),
+    )
+    writer = BatchWriter(
+        db,
+        instance_id=settings.instance_id,
+        flush_interval_s=settings.flush_interval_s,
+        batch_max=settings.flush_batch_max,
+        queue_max=settings.writer_queue_max,
+    )
+    fleet = FleetHandler(
+        registry=registry,
+        sink=writer,
+        policy=server_policy(settings),
+        agent_auth_token=settings.agent_auth_token,
+        max_connections=settings.max_connections,
+    )
+    services = Services(
+        settings=settings,
+        db=db,
+        shutdown=shutdown,
+        registry=registry,
+        writer=writer,
+        fleet=fleet,
+        opamp=OpAMPEndpoint(fleet, max_message_bytes=settings.max_message_bytes),
+    )
+    logger.info(
+        "heartbeat wheel: %s implementation",
+        "Cython" if registry.statistics().using_extension else "pure-Python",
+    )
+    await _record_instance_start(services)
+    repaired = await writer.repair_after_crash()
+    if repaired:
+        logger.info("closed %d connection(s) left open by a previous run", repaired)
+    async with trio.open_nursery() as writer_nursery:
+        await writer_nursery.start(writer.run)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
+            nursery.start_soon(_close_connections_on_shutdown, services)
+            try:
+                yield services
+            finally:
+                nursery.cancel_scope.cancel()
+        logger.info("sweeper stopped; draining the database writer")
+        with trio.CancelScope(shield=True):
+            await writer.aclose()
     with trio.CancelScope(shield=True):
         await _record_instance_stop(services)
+
+
+async def _close_connections_on_shutdown(services: Services) -> None:
+    await services.shutdown.wait()
+    closed = await services.fleet.close_all()
+    logger.info("closed %d WebSocket connection(s) with 1001", closed)
 
 
 async def _record_instance_start(services: Services) -> None:

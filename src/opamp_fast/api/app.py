@@ -33,12 +33,13 @@ def build_starlette(services: Services) -> Starlette:
     )
 
 
-def build_app(services: Services, opamp: ASGIApp | None = None) -> ASGIApp:
+def build_app(services: Services) -> ASGIApp:
     rest = build_starlette(services)
+    opamp = services.opamp
     path = services.settings.opamp_path
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if opamp is not None and scope["type"] != "lifespan" and scope["path"] == path:
+        if scope["type"] != "lifespan" and scope["path"] == path:
             await opamp(scope, receive, send)
         else:
             await rest(scope, receive, send)

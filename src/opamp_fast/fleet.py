@@ -1,0 +1,353 @@
+"""The server's OpAMP logic: the ``AgentHandler`` that ties core, registry and persistence.
+
+Per message: decode (transport) -> registry lookup -> sans-IO core -> liveness bookkeeping ->
+coalesced persistence calls. No database round trip per message: ``seen`` is a dict write and
+status changes go to the batch writer's bounded channel (awaiting it is the back-pressure).
+
+Liveness policy (one transition each, see ``registry``):
+* WebSocket: the first message binds the agent to the connection; socket close -> offline
+  ("connection closed"); ``agent_disconnect`` -> offline at once.
+* Plain HTTP: the first poll while offline opens a session; later polls refresh it; offline on
+  ``agent_disconnect`` or heartbeat timeout (k x the poll interval).
+* Duplicate uid on two live WebSockets: the newer connection takes over (the older one is most
+  likely half-open after a network blip) and the older is closed. A second takeover within one
+  heartbeat interval means two live agents share the uid (cloned VM): the newcomer is answered
+  with ``agent_identification.new_instance_uid`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from .handlers import ACCEPT, ConnectingRequest, ConnectionResponse
+from .protocol import (
+    AgentConnected,
+    AgentDisconnected,
+    InstanceUidReassigned,
+    MessageMerged,
+    ProtocolError,
+    ServerPolicy,
+    Session,
+    StatusChanged,
+    Transport,
+    build_push,
+    normalize_instance_uid,
+    pb,
+    process_message,
+)
+from .registry import AgentRecord, AgentStatus, Registry, StatusTransition
+from .storage.rows import AgentSnapshot
+
+if TYPE_CHECKING:
+    from .transport.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SUPERSEDED = 4000  # application close code: a newer connection took over this agent
+CLOSE_TIMEOUT = 4001  # application close code: no message within the heartbeat timeout
+CLOSE_GOING_AWAY = 1001
+
+
+class AgentSink(Protocol):
+    """Where agent changes go (the batch writer). Awaiting a method is back-pressure."""
+
+    async def connected(
+        self,
+        uid: bytes,
+        *,
+        at: float,
+        remote_addr: str,
+        transport: str,
+        snapshot: AgentSnapshot | None = None,
+    ) -> None: ...
+
+    async def disconnected(self, uid: bytes, *, at: float, reason: str) -> None: ...
+
+    async def status(self, uid: bytes, snapshot: AgentSnapshot) -> None: ...
+
+    def seen(self, uid: bytes, at: float) -> None: ...
+
+
+def new_instance_uid() -> bytes:
+    """A UUIDv7 (48-bit ms timestamp, version/variant bits, random): the spec's recommendation."""
+    ms = time.time_ns() // 1_000_000
+    raw = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return bytes(raw)
+
+
+class FleetHandler:
+    """Implements ``AgentHandler`` for the whole fleet."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        sink: AgentSink,
+        policy: ServerPolicy,
+        agent_auth_token: str | None = None,
+        max_connections: int = 200_000,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.sink = sink
+        self.policy = policy
+        self.max_connections = max_connections
+        self._expected_auth = f"Bearer {agent_auth_token}" if agent_auth_token else None
+        self._wall = wall_clock
+        self._open_connections = 0
+        self.heartbeats_total = 0
+        self.messages_total = 0
+        self.shutting_down = False
+        self.sweeper_lag_s = 0.0
+
+    # -- accept / reject ------------------------------------------------------------------
+    def on_connecting(self, request: ConnectingRequest) -> ConnectionResponse:
+        if self.shutting_down:
+            return ConnectionResponse.reject(503, "server shutting down", (("retry-after", "30"),))
+        if self._expected_auth is not None:
+            given = request.headers.get("authorization", "")
+            if not _constant_time_equal(given, self._expected_auth):
+                return ConnectionResponse.reject(
+                    401, "missing or invalid agent credentials", (("www-authenticate", "Bearer"),)
+                )
+        if self._open_connections >= self.max_connections:
+            # Admission control: shed with 503 + Retry-After (clients that honour it back off;
+            # the spec recommends at least 30 s). Counts WebSockets and in-flight HTTP polls.
+            return ConnectionResponse.reject(503, "server at capacity", (("retry-after", "30"),))
+        return ACCEPT
+
+    async def on_connected(self, conn: Connection) -> None:
+        self._open_connections += 1
+
+    def on_read_message_error(self, conn: Connection, error: ProtocolError) -> None:
+        logger.debug("bad message from %s: %s", conn.remote_addr, error)
+
+    # -- messages -------------------------------------------------------------------------
+    async def on_message(self, conn: Connection, msg: pb.AgentToServer) -> pb.ServerToAgent:
+        uid = normalize_instance_uid(msg.instance_uid)
+        wall = self._wall()
+        mono = trio.current_time()
+        registry = self.registry
+        record, _ = registry.ensure(uid, msg.instance_uid)
+        self.messages_total += 1
+
+        duplicate = False
+        superseded: Connection | None = None
+        if conn.transport is Transport.WS:
+            session = conn.session
+            owner = record.connection
+            if conn.record is not record and owner is not None and owner is not conn:
+                if (
+                    not owner.closed
+                    and mono - record.last_takeover_mono < self.policy.heartbeat_interval_s
+                ):
+                    duplicate = True  # two live agents with one uid: ask the newcomer to change
+                else:
+                    record.last_takeover_mono = mono
+                    superseded = owner
+        elif record.online and record.transport is Transport.HTTP and record.session is not None:
+            session = record.session
+        else:
+            session = Session(Transport.HTTP)
+
+        disconnecting = msg.HasField("agent_disconnect")
+        reply = process_message(
+            record.state,
+            session,
+            msg,
+            policy=self.policy,
+            now=wall,
+            new_uid=new_instance_uid,
+            duplicate=duplicate,
+        )
+
+        transitions: list[StatusTransition] = []
+        if not duplicate:
+            if superseded is not None:
+                t = registry.mark_offline(
+                    record, wall=wall, reason="superseded by a new connection"
+                )
+                if t is not None:
+                    transitions.append(t)
+            if record.session is not session or not record.online:
+                if not (disconnecting and not record.online):
+                    t = registry.mark_online(
+                        record,
+                        session=session,
+                        connection=conn if conn.transport is Transport.WS else None,
+                        transport=conn.transport,
+                        remote_addr=conn.remote_addr,
+                        heartbeat_interval_s=self.policy.heartbeat_interval_s,
+                        mono=mono,
+                        wall=wall,
+                    )
+                    if t is not None:
+                        transitions.append(t)
+            else:
+                registry.refresh(record, mono=mono, wall=wall)
+            conn.record = record
+
+        status_changed = False
+        for event in reply.events:
+            if isinstance(event, MessageMerged):
+                self.sink.seen(uid, wall)
+                if not event.changed:
+                    self.heartbeats_total += 1
+            elif isinstance(event, StatusChanged):
+                status_changed = True
+            elif isinstance(event, AgentDisconnected) and record.connection in (conn, None):
+                t = registry.mark_offline(record, wall=wall, reason=event.reason)
+                if t is not None:
+                    transitions.append(t)
+            elif isinstance(event, InstanceUidReassigned):
+                logger.info(
+                    "duplicate instance uid %s on %s: offered %s",
+                    event.old_uid.hex(),
+                    conn.remote_addr,
+                    event.new_uid.hex(),
+                )
+            elif isinstance(event, AgentConnected):
+                pass  # liveness is decided above, from the registry's view
+
+        await self._persist(record, transitions, status_changed)
+        if superseded is not None:
+            await superseded.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+        return reply.response
+
+    async def on_connection_close(self, conn: Connection) -> None:
+        self._open_connections -= 1
+        if conn.transport is not Transport.WS:
+            return  # an HTTP agent lives across polls; only timeouts or agent_disconnect end it
+        record: AgentRecord | None = conn.record
+        if record is None or record.connection is not conn:
+            return
+        t = self.registry.mark_offline(record, wall=self._wall(), reason="connection closed")
+        if t is not None:
+            await self._persist(record, [t], False)
+
+    # -- server-side actions --------------------------------------------------------------
+    async def assign_remote_config(self, uid: bytes, files: dict[str, tuple[bytes, str]]) -> bytes:
+        """Set the config an agent should run (known or not yet seen) and push it at once to a
+        WebSocket agent; a plain-HTTP agent gets it in its next poll response. Returns the hash."""
+        record, _ = self.registry.ensure(uid, uid)
+        config_hash = record.state.set_remote_config(files)
+        await self.push(record)
+        return config_hash
+
+    async def push(self, record: AgentRecord) -> bool:
+        """Send whatever is pending for a WebSocket agent now (e.g. a new remote config).
+
+        Plain-HTTP agents get it on their next poll; returns False for them (or when offline).
+        """
+        conn = record.connection
+        if conn is None or record.session is None or not conn.can_push:
+            return False
+        message = build_push(record.state, record.session, policy=self.policy)
+        if message is None:
+            return False
+        try:
+            await conn.send(message)
+        except Exception:  # the socket died under us; its receive loop will clean up
+            logger.debug("push to %s failed", record.uid.hex(), exc_info=True)
+            return False
+        return True
+
+    async def sweep(self, mono: float) -> list[StatusTransition]:
+        """Advance the wheel; expired agents go offline (persisted). Returns the transitions."""
+        transitions = self.registry.sweep(mono=mono, wall=self._wall())
+        for t in transitions:
+            await self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
+        return transitions
+
+    async def run_sweeper(
+        self, *, tick_s: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One task advances the wheel every tick (no timer per agent) and closes the
+        WebSockets of expired agents, each close bounded so a dead peer can't stall it."""
+        async with trio.open_nursery() as closers:
+            task_status.started()
+            next_tick = trio.current_time() + tick_s
+            while True:
+                await trio.sleep_until(next_tick)
+                now = trio.current_time()
+                self.sweeper_lag_s = now - next_tick
+                next_tick = max(next_tick + tick_s, now)
+                for t in await self.sweep(now):
+                    if t.connection is not None:
+                        closers.start_soon(
+                            _close_quietly, t.connection, CLOSE_TIMEOUT, "heartbeat timeout"
+                        )
+
+    async def close_all(self, *, reason: str = "server shutdown") -> int:
+        """Shutdown: refuse new connections, mark every online agent offline with ``reason``
+        (so history rows close with it, not with "connection closed"), close WebSockets (1001)."""
+        self.shutting_down = True
+        wall = self._wall()
+        closing = []
+        for record in self.registry.online_records():
+            t = self.registry.mark_offline(record, wall=wall, reason=reason)
+            if t is None:
+                continue
+            await self.sink.disconnected(record.uid, at=wall, reason=reason)
+            if t.connection is not None:
+                closing.append(t.connection)
+        async with trio.open_nursery() as nursery:
+            for conn in closing:
+                nursery.start_soon(_close_quietly, conn, CLOSE_GOING_AWAY, "server shutting down")
+        return len(closing)
+
+    async def _persist(
+        self, record: AgentRecord, transitions: list[StatusTransition], status_changed: bool
+    ) -> None:
+        snapshot = None
+        if status_changed or any(t.new is AgentStatus.ONLINE for t in transitions):
+            snapshot = snapshot_of(record)
+        for t in transitions:
+            if t.new is AgentStatus.ONLINE:
+                await self.sink.connected(
+                    record.uid,
+                    at=t.at,
+                    remote_addr=record.remote_addr,
+                    transport=(record.transport or Transport.WS).value,
+                    snapshot=snapshot,
+                )
+            else:
+                await self.sink.disconnected(record.uid, at=t.at, reason=t.reason or "")
+        if (
+            status_changed
+            and snapshot is not None
+            and not any(t.new is AgentStatus.ONLINE for t in transitions)
+        ):
+            await self.sink.status(record.uid, snapshot)
+
+
+def snapshot_of(record: AgentRecord) -> AgentSnapshot:
+    """The agent-row fields for persistence: the full merged state, not a delta."""
+    state = record.state
+    return AgentSnapshot.from_messages(
+        capabilities=state.capabilities,
+        description=state.description,
+        health=state.health,
+        effective_config=state.effective_config,
+        remote_config_status=state.remote_config_status,
+        transport=record.transport.value if record.transport else None,
+    )
+
+
+async def _close_quietly(conn: Connection, code: int, reason: str) -> None:
+    with trio.move_on_after(5):
+        await conn.close(code, reason)
+
+
+def _constant_time_equal(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())

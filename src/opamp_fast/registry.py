@@ -1,0 +1,263 @@
+"""The live agent registry: instance uid -> dense handle -> agent record, with a timing wheel.
+
+Every agent the server has heard from since it started has an :class:`AgentRecord` holding its
+merged protocol state (status compression needs the last value of every sub-message, also across
+reconnects) and its liveness: online/offline, the owning connection, the deadline in the wheel.
+
+All methods are synchronous and never await: a registry mutation is atomic with respect to other
+tasks. Time comes in as arguments (``mono`` for deadlines, ``wall`` for stored timestamps), so the
+registry is deterministic under test.
+
+Transitions (each happens once; repeated or late ones return ``False`` and change nothing):
+``mark_online`` offline -> online; ``mark_offline`` online -> offline (agent_disconnect, socket
+close, heartbeat timeout, server shutdown), each with a reason and time.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .heartbeat import USING_EXTENSION, TimingWheel
+from .protocol import AgentState, Session, Transport
+
+if TYPE_CHECKING:
+    from .transport.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class AgentStatus(enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class AgentRecord:
+    """One known agent. ``state`` is the sans-IO protocol state; the rest is liveness."""
+
+    __slots__ = (
+        "connected_at",
+        "connection",
+        "disconnect_reason",
+        "disconnected_at",
+        "handle",
+        "last_seen",
+        "last_takeover_mono",
+        "remote_addr",
+        "session",
+        "state",
+        "status",
+        "timeout_s",
+        "transport",
+    )
+
+    def __init__(self, handle: int, state: AgentState) -> None:
+        self.handle = handle
+        self.state = state
+        self.status = AgentStatus.OFFLINE
+        self.session: Session | None = None
+        self.connection: Connection | None = None  # the live WebSocket that owns this agent
+        self.transport: Transport | None = None
+        self.remote_addr = ""
+        self.connected_at = 0.0
+        self.disconnected_at: float | None = None
+        self.disconnect_reason: str | None = None
+        self.last_seen = 0.0
+        self.timeout_s = 0.0
+        self.last_takeover_mono = float("-inf")
+
+    @property
+    def uid(self) -> bytes:
+        return self.state.instance_uid
+
+    @property
+    def online(self) -> bool:
+        return self.status is AgentStatus.ONLINE
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTransition:
+    """An online/offline change, consumed by persistence and metrics."""
+
+    record: AgentRecord
+    new: AgentStatus
+    at: float
+    reason: str | None
+    connection: Connection | None = None  # the WebSocket bound when the agent went offline
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStatistics:
+    known: int
+    online: int
+    offline: int
+    online_ws: int
+    online_http: int
+    scheduled: int
+    expired_total: int
+    status_changes: dict[tuple[str, str], int]
+    using_extension: bool
+
+
+class Registry:
+    """uid -> record, with O(1) refresh and sweep cost proportional to what expires."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        timeout_factor: float,
+        tick_s: float,
+        start_mono: float,
+        capacity: int = 1024,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.timeout_factor = timeout_factor
+        self._wheel = TimingWheel(tick_s=tick_s, capacity=capacity, start=start_mono)
+        self._by_uid: dict[bytes, AgentRecord] = {}
+        self._by_handle: list[AgentRecord | None] = []
+        self._free_handles: list[int] = []
+        self._online = 0
+        self._online_by_transport = {Transport.WS: 0, Transport.HTTP: 0}
+        self._expired_total = 0
+        # (from, to) -> count; "new" is the from-state of an agent's first connection.
+        self._changes: dict[tuple[str, str], int] = {}
+
+    # -- lookup ---------------------------------------------------------------------------
+    def get(self, uid: bytes) -> AgentRecord | None:
+        return self._by_uid.get(uid)
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
+
+    def __iter__(self) -> Iterator[AgentRecord]:
+        return iter(list(self._by_uid.values()))
+
+    def online_records(self) -> Iterator[AgentRecord]:
+        return (r for r in list(self._by_uid.values()) if r.status is AgentStatus.ONLINE)
+
+    def ensure(self, uid: bytes, wire_uid: bytes) -> tuple[AgentRecord, bool]:
+        """``(record, created)``: the record for ``uid``, created when the server never saw it."""
+        record = self._by_uid.get(uid)
+        if record is not None:
+            return record, False
+        handle = self._free_handles.pop() if self._free_handles else len(self._by_handle)
+        record = AgentRecord(handle, AgentState(uid, wire_uid))
+        if handle == len(self._by_handle):
+            self._by_handle.append(record)
+        else:
+            self._by_handle[handle] = record
+        self._by_uid[uid] = record
+        return record, True
+
+    def forget(self, record: AgentRecord) -> None:
+        """Drop an offline agent from memory (e.g. after its uid was reassigned)."""
+        if record.status is AgentStatus.ONLINE:
+            raise ValueError("cannot forget an online agent")
+        if self._by_uid.get(record.uid) is record:
+            del self._by_uid[record.uid]
+            self._by_handle[record.handle] = None
+            self._free_handles.append(record.handle)
+
+    # -- liveness -------------------------------------------------------------------------
+    def agent_timeout_s(self, heartbeat_interval_s: float) -> float:
+        """max(configured timeout, factor x the agent's heartbeat/poll interval)."""
+        return max(self.timeout_s, self.timeout_factor * heartbeat_interval_s)
+
+    def refresh(self, record: AgentRecord, *, mono: float, wall: float) -> None:
+        """Any message from the agent: push its deadline out. O(1)."""
+        record.last_seen = wall
+        self._wheel.schedule(record.handle, mono + record.timeout_s)
+
+    def mark_online(
+        self,
+        record: AgentRecord,
+        *,
+        session: Session,
+        connection: Connection | None,
+        transport: Transport,
+        remote_addr: str,
+        heartbeat_interval_s: float,
+        mono: float,
+        wall: float,
+    ) -> StatusTransition | None:
+        """Bind the agent to a session (and WebSocket). Returns the transition if it was offline."""
+        record.session = session
+        record.connection = connection
+        record.remote_addr = remote_addr
+        record.timeout_s = self.agent_timeout_s(heartbeat_interval_s)
+        previous_transport = record.transport
+        record.transport = transport
+        self.refresh(record, mono=mono, wall=wall)
+        if record.status is AgentStatus.ONLINE:
+            if previous_transport is not transport and previous_transport is not None:
+                self._online_by_transport[previous_transport] -= 1
+                self._online_by_transport[transport] += 1
+            return None
+        from_state = "new" if record.disconnected_at is None else "offline"
+        record.status = AgentStatus.ONLINE
+        record.connected_at = wall
+        self._online += 1
+        self._online_by_transport[transport] += 1
+        self._count(from_state, "online")
+        return StatusTransition(record, AgentStatus.ONLINE, wall, None)
+
+    def mark_offline(
+        self, record: AgentRecord, *, wall: float, reason: str
+    ) -> StatusTransition | None:
+        """Online -> offline once; later or repeated calls return None and change nothing."""
+        if record.status is not AgentStatus.ONLINE:
+            return None
+        connection = record.connection
+        record.status = AgentStatus.OFFLINE
+        record.disconnected_at = wall
+        record.disconnect_reason = reason
+        record.connection = None
+        record.session = None
+        self._wheel.cancel(record.handle)
+        self._online -= 1
+        if record.transport is not None:
+            self._online_by_transport[record.transport] -= 1
+        self._count("online", "offline")
+        return StatusTransition(record, AgentStatus.OFFLINE, wall, reason, connection)
+
+    def sweep(self, *, mono: float, wall: float) -> list[StatusTransition]:
+        """Advance the wheel to ``mono``; every expired agent goes offline ("heartbeat timeout")."""
+        transitions = []
+        for handle in self._wheel.advance(mono):
+            record = self._by_handle[handle]
+            if record is None:
+                continue
+            transition = self.mark_offline(record, wall=wall, reason="heartbeat timeout")
+            if transition is not None:
+                self._expired_total += 1
+                transitions.append(transition)
+        return transitions
+
+    def _count(self, from_state: str, to_state: str) -> None:
+        key = (from_state, to_state)
+        self._changes[key] = self._changes.get(key, 0) + 1
+
+    # -- introspection --------------------------------------------------------------------
+    @property
+    def online_count(self) -> int:
+        return self._online
+
+    def statistics(self) -> RegistryStatistics:
+        return RegistryStatistics(
+            known=len(self._by_uid),
+            online=self._online,
+            offline=len(self._by_uid) - self._online,
+            online_ws=self._online_by_transport[Transport.WS],
+            online_http=self._online_by_transport[Transport.HTTP],
+            scheduled=len(self._wheel),
+            expired_total=self._expired_total,
+            status_changes=dict(self._changes),
+            using_extension=USING_EXTENSION,
+        )
+
+    def deadline_of(self, record: AgentRecord) -> Any:
+        return self._wheel.deadline(record.handle)

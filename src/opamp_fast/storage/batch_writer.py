@@ -1,0 +1,787 @@
+"""``BatchWriter``: the only writer of ``agents`` and ``agent_connection_history``.
+
+Why it looks like this (capability 3, house style "no database I/O per message"):
+
+- Connection handlers never touch the database. They ``await`` a bounded trio channel
+  (backpressure, not loss) for connects, disconnects and status changes, and call the synchronous
+  :meth:`BatchWriter.seen` (a dict write, no channel) for every heartbeat.
+- A receiver task drains the channel continuously into per-agent *coalesced* state, even while a
+  flush is running in a worker thread: memory grows with the number of agents and sessions,
+  never with the number of messages. Every history row (each open and close) is kept.
+- A flusher task swaps the pending buffers (no ``await`` in between, so nothing is lost or seen
+  twice) every ``flush_interval_s`` or when ``batch_max`` agents are pending, and writes the
+  batch in ONE transaction: binary ``COPY`` into temp staging tables, then set-based statements.
+  Every statement is idempotent (``session_id`` chosen here, ``GREATEST`` for times, guarded
+  transitions), so a batch whose commit outcome is unknown is simply merged back and retried.
+- If Postgres is down, batches are merged back under newer changes and retried with exponential
+  backoff; the server keeps serving. At shutdown the writer drains (final flush, then closes this
+  instance's open sessions with ``"server shutdown"``) under a shield with a time bound; at start,
+  :meth:`BatchWriter.repair_after_crash` closes what a killed previous run left open.
+
+See ``docs/persistence.md`` for the schema and the exact rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import msgspec
+import psycopg
+import trio
+
+from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
+
+if TYPE_CHECKING:
+    from .database import Database
+
+logger = logging.getLogger(__name__)
+
+TRANSPORTS: Final = frozenset({"ws", "http"})
+SHUTDOWN_REASON: Final = "server shutdown"
+RESTART_REASON: Final = "server restart"
+REPLACED_REASON: Final = "replaced by a new connection"
+
+_CONNECT: Final = 0
+_DISCONNECT: Final = 1
+_STATUS: Final = 2
+_FLUSH: Final = 3
+
+# (kind, uid, ...) tuples: cheaper to build and unpack than objects on the producer side.
+_Message: TypeAlias = tuple[Any, ...]
+
+
+class _LostRace(Exception):
+    """Another writer inserted one of our new agents between our UPDATE and INSERT: retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatistics:
+    pending_agents: int  # agents with changes not yet committed (pending + in flight)
+    pending_sessions: int  # history opens/closes not yet committed
+    queued: int  # messages waiting in the channel
+    flushes_total: int  # committed flushes
+    rows_written_total: int
+    last_flush_rows: int
+    last_flush_seconds: float
+    db_errors_total: int  # failed flush attempts
+    backlog_since: float | None  # UNIX time the current outage started, None when healthy
+    flushing: bool
+
+
+class _AgentChange:
+    """Coalesced agent-row changes of one agent within one batch."""
+
+    __slots__ = ("connected_at", "disconnected_at", "reason", "snapshot", "status", "transport")
+
+    def __init__(self) -> None:
+        self.snapshot: AgentSnapshot | None = None
+        self.status: str | None = None  # the last transition in this batch
+        self.connected_at: float | None = None
+        self.disconnected_at: float | None = None
+        self.reason: str | None = None
+        self.transport: str | None = None
+
+    def merge_older(self, older: _AgentChange) -> None:
+        """Fill what this (newer) change leaves unset from an older one."""
+        if self.snapshot is None:
+            self.snapshot = older.snapshot
+        if self.status is None:
+            self.status = older.status
+        if self.connected_at is None:
+            self.connected_at = older.connected_at
+        if self.disconnected_at is None:
+            self.disconnected_at = older.disconnected_at
+            self.reason = older.reason
+        if self.transport is None:
+            self.transport = older.transport
+
+
+class _Session:
+    """One connection opened since the last committed flush (possibly already closed)."""
+
+    __slots__ = (
+        "connected_at", "disconnected_at", "reason", "remote_addr", "transport", "uid", "uncertain"
+    )  # fmt: skip
+
+    def __init__(self, uid: bytes, connected_at: float, remote_addr: str, transport: str) -> None:
+        self.uid = uid
+        self.connected_at = connected_at
+        self.remote_addr = remote_addr
+        self.transport = transport
+        self.disconnected_at: float | None = None
+        self.reason: str | None = None
+        # True once a flush carrying this session failed: it may have committed after all, so it
+        # is rewritten with ON CONFLICT instead of the plain COPY used for fresh sessions.
+        self.uncertain = False
+
+
+class _Batch:
+    """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
+
+    __slots__ = ("agents", "closes", "seen", "sessions", "waiters")
+
+    def __init__(self) -> None:
+        self.agents: dict[bytes, _AgentChange] = {}
+        self.seen: dict[bytes, float] = {}
+        # session_id -> session opened in this batch, in event order (dicts keep insertion order)
+        self.sessions: dict[bytes, _Session] = {}
+        # session_id -> (closed at, reason) for sessions written by an earlier flush
+        self.closes: dict[bytes, tuple[float, str]] = {}
+        # flush() callers waiting for this batch to commit
+        self.waiters: list[trio.Event] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.agents or self.seen or self.sessions or self.closes)
+
+    def change(self, uid: bytes) -> _AgentChange:
+        change = self.agents.get(uid)
+        if change is None:
+            change = self.agents[uid] = _AgentChange()
+        return change
+
+    def close_session(self, session_id: bytes, at: float, reason: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.disconnected_at = at
+            session.reason = reason
+        else:
+            self.closes[session_id] = (at, reason)
+
+    def merge_older(self, older: _Batch) -> None:
+        """Put a failed (older) batch back underneath this one; newer changes win."""
+        for uid, change in older.agents.items():
+            mine = self.agents.get(uid)
+            if mine is None:
+                self.agents[uid] = change
+            else:
+                mine.merge_older(change)
+        seen = self.seen
+        for uid, at in older.seen.items():
+            if seen.get(uid, -math.inf) < at:
+                seen[uid] = at
+        sessions = older.sessions  # older sessions first: history ids follow event order
+        for failed in sessions.values():
+            failed.uncertain = True
+        sessions.update(self.sessions)
+        self.sessions = sessions
+        closes = older.closes
+        for session_id, (at, reason) in self.closes.items():
+            session = sessions.get(session_id)
+            if session is not None and session.disconnected_at is None:
+                session.disconnected_at = at
+                session.reason = reason
+            else:
+                closes[session_id] = (at, reason)
+        self.closes = closes
+        older.waiters.extend(self.waiters)
+        self.waiters = older.waiters
+
+
+class BatchWriter:
+    """Coalesces agent state and connection history and writes it to Postgres in batches.
+
+    One instance per server, owned by the root nursery: ``await nursery.start(writer.run)``.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        instance_id: str,
+        flush_interval_s: float = 1.0,
+        batch_max: int = 50_000,
+        queue_max: int = 10_000,
+        retry_max_s: float = 30.0,
+        retry_initial_s: float = 0.5,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
+            raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
+        self._db = db
+        self.instance_id = instance_id
+        self._interval = flush_interval_s
+        self._batch_max = batch_max
+        self._retry_initial = min(retry_initial_s, retry_max_s)
+        self._retry_max = retry_max_s
+        self._drain_timeout = drain_timeout_s
+        self._send, self._recv = trio.open_memory_channel[_Message](queue_max)
+        self._pending = _Batch()
+        self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
+        self._inflight: _Batch | None = None
+        self._open_session: dict[bytes, bytes] = {}  # uid -> session_id of its open connection
+        self._wake = trio.Event()  # early flush (batch_max) or close
+        self._closed = trio.Event()  # the channel reached its end
+        # statistics
+        self._flushes = 0
+        self._rows = 0
+        self._last_rows = 0
+        self._last_seconds = 0.0
+        self._errors = 0
+        self._failed_attempts = 0
+        self._backlog_since: float | None = None
+
+    # ----------------------------------------------------------------- producer side
+
+    async def connected(
+        self,
+        uid: bytes,
+        *,
+        at: float,
+        remote_addr: str,
+        transport: str,
+        snapshot: AgentSnapshot | None = None,
+    ) -> None:
+        """An agent connected (WebSocket open, first HTTP poll); awaits while the queue is full."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, not {transport!r}")
+        await self._put((_CONNECT, uid, at, remote_addr, transport, snapshot))
+
+    async def disconnected(self, uid: bytes, *, at: float, reason: str) -> None:
+        """The agent's connection ended (closed, timed out, replaced, ...)."""
+        await self._put((_DISCONNECT, uid, at, reason))
+
+    async def status(self, uid: bytes, snapshot: AgentSnapshot) -> None:
+        """The agent's reported state changed; the last snapshot per agent wins."""
+        await self._put((_STATUS, uid, snapshot))
+
+    async def flush(self) -> None:
+        """Wait until everything sent before this call is committed (tests, admin tools).
+
+        During a database outage this waits for the recovery; bound it with a cancel scope.
+        """
+        done = trio.Event()
+        try:
+            await self._send.send((_FLUSH, b"", done))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # closed: the drain flushes (or has flushed) everything
+        await done.wait()
+
+    def seen(self, uid: bytes, at: float) -> None:
+        """A message arrived from the agent at ``at`` (UNIX seconds). O(1), never blocks."""
+        seen = self._seen
+        seen[uid] = at
+        if len(seen) >= self._batch_max:
+            self._wake.set()
+
+    async def _put(self, message: _Message) -> None:
+        try:
+            await self._send.send(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # The writer is shutting down: its drain closes every open session of this instance
+            # with "server shutdown", which is what this late event would have recorded.
+            logger.debug("writer closed; dropped late event %s for %s", message[0], message[1])
+
+    def close(self) -> None:
+        """Close the input channel: ``run()`` drains, flushes and returns."""
+        self._send.close()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+
+    # ----------------------------------------------------------------- coalescing
+
+    def _apply(self, message: _Message) -> None:
+        kind = message[0]
+        batch = self._pending
+        uid: bytes = message[1]
+        if kind == _DISCONNECT:
+            _, _, at, reason = message
+            session_id = self._open_session.pop(uid, None)
+            if session_id is None:
+                # A second report of the same disconnect (timeout, then socket close): the first
+                # one already recorded it.
+                logger.debug("disconnect of %s without an open session ignored", uid.hex())
+                return
+            reason = clean_text(reason)
+            batch.close_session(session_id, at, reason)
+            change = batch.change(uid)
+            change.status = "offline"
+            change.disconnected_at = at
+            change.reason = reason
+        elif kind == _CONNECT:
+            _, _, at, remote_addr, transport, snapshot = message
+            previous = self._open_session.get(uid)
+            if previous is not None:
+                batch.close_session(previous, at, REPLACED_REASON)
+            session_id = os.urandom(16)
+            self._open_session[uid] = session_id
+            batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
+            change = batch.change(uid)
+            change.status = "online"
+            change.connected_at = at
+            change.transport = transport
+            if snapshot is not None:
+                change.snapshot = snapshot
+            if batch.seen.get(uid, -math.inf) < at:
+                batch.seen[uid] = at
+        elif kind == _STATUS:
+            batch.change(uid).snapshot = message[2]
+        else:
+            batch.waiters.append(message[2])
+            self._wake.set()
+        if len(batch.agents) >= self._batch_max or len(batch.sessions) >= self._batch_max:
+            self._wake.set()
+
+    def _take(self) -> _Batch:
+        batch = self._pending
+        self._pending = _Batch()
+        self._seen = self._pending.seen
+        self._wake = trio.Event()
+        return batch
+
+    def _merge_back(self, batch: _Batch) -> None:
+        self._pending.merge_older(batch)
+        self._seen = self._pending.seen
+
+    # ----------------------------------------------------------------- service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive and flush until the channel is closed, then drain (also when cancelled)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive)
+                nursery.start_soon(self._flush_loop)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._drain()
+
+    async def _receive(self) -> None:
+        apply = self._apply
+        async for message in self._recv:
+            apply(message)
+        self._closed.set()
+        self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        next_flush = trio.current_time() + self._interval
+        while not self._closed.is_set():
+            if self._backlog_since is None:
+                with trio.move_on_at(next_flush):
+                    await self._wake.wait()
+            else:
+                # Outage: back off; neither batch_max nor anything else shortens the wait.
+                delay = min(
+                    self._retry_max, self._retry_initial * 2 ** max(0, self._failed_attempts - 1)
+                )
+                with trio.move_on_after(delay):
+                    await self._closed.wait()
+            if self._closed.is_set():
+                return  # the drain does the final flush
+            next_flush = trio.current_time() + self._interval
+            await self._flush_once()
+
+    async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:
+        """Write the pending batch; on failure merge it back. True when committed."""
+        batch = self._take()
+        if not batch and shutdown_at is None:
+            for waiter in batch.waiters:
+                waiter.set()
+            return True
+        self._inflight = batch
+        done = False
+        started = time.perf_counter()
+        try:
+            rows = await self._db.run(
+                partial(
+                    _write_batch, batch=batch, instance_id=self.instance_id, shutdown_at=shutdown_at
+                )
+            )
+            done = True
+        except (psycopg.Error, _LostRace) as exc:
+            self._errors += 1
+            self._failed_attempts += 1
+            if self._backlog_since is None:
+                self._backlog_since = time.time()
+                logger.warning(
+                    "database writes failing (%s: %s); keeping changes in memory and retrying",
+                    type(exc).__name__,
+                    str(exc).strip() or "no detail",
+                )
+            else:
+                logger.debug("flush attempt %d failed: %s", self._failed_attempts, exc)
+            return False
+        finally:
+            self._inflight = None
+            if not done:  # failed, or cancelled while the thread ran: the outcome is unknown
+                self._merge_back(batch)
+        elapsed = time.perf_counter() - started
+        self._flushes += 1
+        self._rows += rows
+        self._last_rows = rows
+        self._last_seconds = elapsed
+        if self._backlog_since is not None:
+            logger.info(
+                "database writes recovered after %.1f s and %d failed attempts",
+                time.time() - self._backlog_since,
+                self._failed_attempts,
+            )
+            self._backlog_since = None
+            self._failed_attempts = 0
+        for waiter in batch.waiters:
+            waiter.set()
+        return True
+
+    async def _drain(self) -> None:
+        """Final flush plus closing this instance's open sessions, bounded by drain_timeout_s."""
+        while True:  # apply what producers queued before the close
+            try:
+                self._apply(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._recv.close()
+        shutdown_at = time.time()
+        with trio.move_on_after(self._drain_timeout) as scope:
+            delay = self._retry_initial
+            while not await self._flush_once(shutdown_at=shutdown_at):
+                await trio.sleep(delay)
+                delay = min(self._retry_max, delay * 2)
+        if scope.cancelled_caught:
+            stats = self.statistics()
+            logger.error(
+                "shutdown drain timed out after %.1f s: %d agents and %d sessions not written; "
+                "the next start's repair_after_crash closes the open sessions",
+                self._drain_timeout,
+                stats.pending_agents,
+                stats.pending_sessions,
+            )
+        else:
+            logger.info("writer drained: open sessions of %s closed", self.instance_id)
+        self._open_session.clear()
+        for waiter in self._pending.waiters:  # nobody waits forever on a writer that has stopped
+            waiter.set()
+        self._pending.waiters.clear()
+
+    async def repair_after_crash(self, reason: str = RESTART_REASON) -> int:
+        """Close sessions a previous run of this instance left open; mark its agents offline.
+
+        Call before accepting connections. A session ends at the agent's last known
+        ``last_seen_at`` (never before it started), or now when that is unknown. Returns the
+        number of sessions closed.
+        """
+        closed: int = await self._db.run(
+            partial(_repair, instance_id=self.instance_id, reason=clean_text(reason))
+        )
+        if closed:
+            logger.info("closed %d sessions left open by a previous run (%s)", closed, reason)
+        return closed
+
+    def statistics(self) -> WriterStatistics:
+        pending = self._pending
+        inflight = self._inflight
+        agents = pending.agents.keys() | pending.seen.keys()
+        sessions = len(pending.sessions) + len(pending.closes)
+        if inflight is not None:
+            agents |= inflight.agents.keys() | inflight.seen.keys()
+            sessions += len(inflight.sessions) + len(inflight.closes)
+        return WriterStatistics(
+            pending_agents=len(agents),
+            pending_sessions=sessions,
+            queued=self._recv.statistics().current_buffer_used,
+            flushes_total=self._flushes,
+            rows_written_total=self._rows,
+            last_flush_rows=self._last_rows,
+            last_flush_seconds=self._last_seconds,
+            db_errors_total=self._errors,
+            backlog_since=self._backlog_since,
+            flushing=inflight is not None,
+        )
+
+
+# --------------------------------------------------------------------- SQL (worker thread)
+
+_STAGING = """
+SET LOCAL client_min_messages = warning;
+CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
+    uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
+    reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
+    agent_name text, description text, health text, effective_config text,
+    remote_config_status text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
+    seq int4, session_id bytea, uid bytea, connected_at float8, disconnected_at float8,
+    reason text, remote_addr text, transport text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
+    session_id bytea, closed_at float8, reason text
+) ON COMMIT DELETE ROWS;
+"""
+
+_AGENT_TYPES = [
+    "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
+    "text", "text", "text", "text", "text",
+]  # fmt: skip
+
+# A transition applies only if it is not older than the last one stored (another instance may
+# hold the agent by now); equal times re-apply, which makes a retried batch idempotent.
+_APPLIES = (
+    "(s.status IS NOT NULL AND to_timestamp(s.status_at) >= "
+    "COALESCE(GREATEST(a.last_connected_at, a.last_disconnected_at), '-infinity'))"
+)
+
+_UPDATE_AGENTS = f"""
+UPDATE agents AS a SET
+    status = CASE WHEN {_APPLIES} THEN s.status ELSE a.status END,
+    serving_instance = CASE WHEN {_APPLIES}
+        THEN (CASE WHEN s.status = 'online' THEN %(instance)s END) ELSE a.serving_instance END,
+    transport = COALESCE(s.transport, a.transport),
+    last_connected_at = GREATEST(a.last_connected_at, to_timestamp(s.connected_at)),
+    last_disconnected_at = GREATEST(a.last_disconnected_at, to_timestamp(s.disconnected_at)),
+    disconnect_reason = CASE
+        WHEN to_timestamp(s.disconnected_at) >= COALESCE(a.last_disconnected_at, '-infinity')
+        THEN s.reason ELSE a.disconnect_reason END,
+    last_seen_at = GREATEST(a.last_seen_at, to_timestamp(s.last_seen)),
+    capabilities = CASE WHEN s.has_snapshot THEN s.capabilities ELSE a.capabilities END,
+    agent_name = CASE WHEN s.has_snapshot THEN s.agent_name ELSE a.agent_name END,
+    description = CASE WHEN s.has_snapshot THEN s.description::jsonb ELSE a.description END,
+    health = CASE WHEN s.has_snapshot THEN s.health::jsonb ELSE a.health END,
+    effective_config = CASE WHEN s.has_snapshot
+        THEN s.effective_config::jsonb ELSE a.effective_config END,
+    remote_config_status = CASE WHEN s.has_snapshot
+        THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
+    updated_at = now()
+FROM opamp_stage_agents AS s
+WHERE a.instance_uid = s.uid
+"""
+
+_INSERT_AGENTS = """
+INSERT INTO agents (
+    instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
+    last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
+    health, effective_config, remote_config_status)
+SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
+    CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
+    s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
+    to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
+    s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb
+FROM opamp_stage_agents AS s
+"""
+
+_UPDATE_SEEN = """
+UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
+FROM opamp_stage_seen AS s
+WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
+"""
+
+_INSERT_SESSIONS = """
+INSERT INTO agent_connection_history AS h (
+    session_id, instance_uid, connected_at, disconnected_at, duration_s, disconnect_reason,
+    remote_addr, transport, serving_instance)
+SELECT encode(s.session_id, 'hex')::uuid, s.uid, to_timestamp(s.connected_at),
+    to_timestamp(s.disconnected_at),
+    CASE WHEN s.disconnected_at IS NOT NULL
+        THEN GREATEST(0.0, s.disconnected_at - s.connected_at) END,
+    s.reason, s.remote_addr, s.transport, %(instance)s
+FROM opamp_stage_sessions AS s
+ORDER BY s.seq
+ON CONFLICT (session_id) DO UPDATE SET
+    disconnected_at = EXCLUDED.disconnected_at,
+    duration_s = EXCLUDED.duration_s,
+    disconnect_reason = EXCLUDED.disconnect_reason
+WHERE h.disconnected_at IS NULL AND EXCLUDED.disconnected_at IS NOT NULL
+"""
+
+_UPDATE_CLOSES = """
+UPDATE agent_connection_history AS h SET
+    disconnected_at = to_timestamp(c.closed_at),
+    duration_s = GREATEST(0.0, c.closed_at - extract(epoch FROM h.connected_at)::float8),
+    disconnect_reason = c.reason
+FROM opamp_stage_closes AS c
+WHERE h.session_id = encode(c.session_id, 'hex')::uuid AND h.disconnected_at IS NULL
+"""
+
+_CLOSE_INSTANCE_SESSIONS = """
+UPDATE agent_connection_history SET
+    disconnected_at = GREATEST(connected_at, to_timestamp(%(at)s)),
+    duration_s = GREATEST(0.0, %(at)s - extract(epoch FROM connected_at)::float8),
+    disconnect_reason = %(reason)s
+WHERE serving_instance = %(instance)s AND disconnected_at IS NULL
+"""
+
+_OFFLINE_INSTANCE_AGENTS = """
+UPDATE agents SET
+    status = 'offline', serving_instance = NULL,
+    last_disconnected_at = GREATEST(last_disconnected_at, to_timestamp(%(at)s)),
+    disconnect_reason = %(reason)s, updated_at = now()
+WHERE serving_instance = %(instance)s AND status = 'online'
+"""
+
+_REPAIR_SESSIONS = """
+UPDATE agent_connection_history AS h SET
+    disconnected_at = e.ended_at,
+    duration_s = GREATEST(0.0, extract(epoch FROM e.ended_at - h.connected_at)::float8),
+    disconnect_reason = %(reason)s
+FROM (
+    SELECT o.id, COALESCE(GREATEST(a.last_seen_at, o.connected_at), now()) AS ended_at
+    FROM agent_connection_history AS o
+    LEFT JOIN agents AS a ON a.instance_uid = o.instance_uid AND a.last_seen_at IS NOT NULL
+    WHERE o.serving_instance = %(instance)s AND o.disconnected_at IS NULL
+) AS e
+WHERE h.id = e.id
+"""
+
+_REPAIR_AGENTS = """
+UPDATE agents SET
+    status = 'offline', serving_instance = NULL,
+    last_disconnected_at = GREATEST(last_disconnected_at, COALESCE(last_seen_at, now())),
+    disconnect_reason = %(reason)s, updated_at = now()
+WHERE serving_instance = %(instance)s AND status = 'online'
+"""
+
+_COPY_HISTORY = """
+COPY agent_connection_history (
+    session_id, instance_uid, connected_at, disconnected_at, duration_s, disconnect_reason,
+    remote_addr, transport, serving_instance) FROM STDIN (FORMAT BINARY)
+"""
+_HISTORY_TYPES = [
+    "uuid", "bytea", "timestamptz", "timestamptz", "float8", "text", "text", "text", "text"
+]  # fmt: skip
+
+_json = msgspec.json.Encoder()
+
+
+def _json_text(value: JSONObject | None) -> str | None:
+    return None if value is None else _json.encode(value).decode("utf-8")
+
+
+def _write_batch(
+    conn: psycopg.Connection[Any],
+    *,
+    batch: _Batch,
+    instance_id: str,
+    shutdown_at: float | None = None,
+) -> int:
+    """Blocking: write one batch in the caller's transaction; returns the rows written.
+
+    Order matters: agent rows first (a new agent's row exists before its history), then new
+    sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``.
+    """
+    params = {"instance": instance_id}
+    rows = 0
+    with conn.cursor() as cur:
+        cur.execute(_STAGING)
+        agents = batch.agents
+        seen = batch.seen
+        if agents:
+            with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_AGENT_TYPES)
+                write = copy.write_row
+                for uid, c in agents.items():
+                    status_at = c.connected_at if c.status == "online" else c.disconnected_at
+                    snap = c.snapshot
+                    if snap is None:
+                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                               c.reason, c.transport, seen.get(uid), False, None, None, None,
+                               None, None, None))  # fmt: skip
+                    else:
+                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                               c.reason, c.transport or snap.transport, seen.get(uid), True,
+                               capabilities_to_bigint(snap.capabilities), snap.agent_name,
+                               _json_text(snap.description), _json_text(snap.health),
+                               _json_text(snap.effective_config),
+                               _json_text(snap.remote_config_status)))  # fmt: skip
+            cur.execute(_UPDATE_AGENTS, params)
+            updated = cur.rowcount
+            inserted = 0
+            if updated == 0:
+                # All new (the common first flush of a fleet): a plain INSERT, no speculative
+                # insertion. Another instance inserting one of them meanwhile raises a unique
+                # violation and the batch is retried, then updating that row.
+                cur.execute(_INSERT_AGENTS, params)
+                inserted = cur.rowcount
+            elif updated < len(agents):
+                cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
+                inserted = cur.rowcount
+            if updated + inserted != len(agents):
+                raise _LostRace(
+                    f"{len(agents) - updated - inserted} agent rows appeared concurrently"
+                )
+            rows += updated + inserted
+        if batch.sessions:
+            rows += _write_sessions(cur, batch.sessions, instance_id)
+        if batch.closes:
+            with cur.copy("COPY opamp_stage_closes FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea", "float8", "text"])
+                write = copy.write_row
+                for session_id, (closed_at, reason) in batch.closes.items():
+                    write((session_id, closed_at, reason))
+            cur.execute(_UPDATE_CLOSES)
+            rows += cur.rowcount
+        if seen:
+            staged = 0
+            with cur.copy("COPY opamp_stage_seen FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea", "float8"])
+                write = copy.write_row
+                for uid, at in seen.items():
+                    if uid not in agents:
+                        write((uid, at))
+                        staged += 1
+            if staged:
+                cur.execute(_UPDATE_SEEN)
+                rows += cur.rowcount
+        if shutdown_at is not None:
+            shutdown = {"instance": instance_id, "at": shutdown_at, "reason": SHUTDOWN_REASON}
+            cur.execute(_CLOSE_INSTANCE_SESSIONS, shutdown)
+            rows += cur.rowcount
+            cur.execute(_OFFLINE_INSTANCE_AGENTS, shutdown)
+            rows += cur.rowcount
+    return rows
+
+
+def _write_sessions(
+    cur: psycopg.Cursor[Any], sessions: dict[bytes, _Session], instance_id: str
+) -> int:
+    """History rows of sessions opened since the last commit, in event order.
+
+    Sessions from a failed flush (``uncertain``, always older than the others) are upserted on
+    ``session_id`` through staging; fresh ones cannot exist yet and are COPYed straight into the
+    table, which is what raw COPY costs. A duplicate there (impossible by construction) would
+    fail the flush, mark the batch uncertain and so heal on the retry.
+    """
+    rows = 0
+    if any(s.uncertain for s in sessions.values()):
+        uncertain = [(sid, s) for sid, s in sessions.items() if s.uncertain]
+        with cur.copy("COPY opamp_stage_sessions FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "bytea", "bytea", "float8", "float8", "text", "text", "text"])
+            write = copy.write_row
+            for seq, (session_id, s) in enumerate(uncertain):
+                write((seq, session_id, s.uid, s.connected_at, s.disconnected_at, s.reason,
+                       s.remote_addr, s.transport))  # fmt: skip
+        cur.execute(_INSERT_SESSIONS, {"instance": instance_id})
+        rows += cur.rowcount
+        if all(s.uncertain for s in sessions.values()):
+            return rows
+    utc = dt.UTC
+    from_timestamp = dt.datetime.fromtimestamp
+    as_uuid = uuid.UUID
+    with cur.copy(_COPY_HISTORY) as copy:
+        copy.set_types(_HISTORY_TYPES)
+        write = copy.write_row
+        for session_id, s in sessions.items():
+            if s.uncertain:
+                continue
+            end = s.disconnected_at
+            write((as_uuid(bytes=session_id), s.uid, from_timestamp(s.connected_at, utc),
+                   None if end is None else from_timestamp(end, utc),
+                   None if end is None else max(0.0, end - s.connected_at),
+                   s.reason, s.remote_addr, s.transport, instance_id))  # fmt: skip
+            rows += 1
+    return rows
+
+
+def _repair(conn: psycopg.Connection[Any], *, instance_id: str, reason: str) -> int:
+    params = {"instance": instance_id, "reason": reason}
+    with conn.cursor() as cur:
+        cur.execute(_REPAIR_SESSIONS, params)
+        closed = cur.rowcount
+        cur.execute(_REPAIR_AGENTS, params)
+    return closed

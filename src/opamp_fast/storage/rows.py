@@ -1,0 +1,194 @@
+"""Plain data handed to the batch writer, and converters from OpAMP protobuf to JSON-able values.
+
+Why this exists: the writer stores agent status sub-messages as ``jsonb`` so the REST API can
+serve them without protobuf, and the writer's hot path must not touch protobuf at all. The
+handler converts a status sub-message once, when it *changes* (rare next to heartbeats), into an
+immutable :class:`AgentSnapshot`; the writer only coalesces and serialises those.
+
+The converters are hand-written rather than ``json_format.MessageToDict``: they are several times
+faster, decode ``AnyValue`` to plain Python values (not ``{"stringValue": ...}``), and make every
+string safe for Postgres, which rejects NUL characters in ``text`` and ``\\u0000`` in ``jsonb``.
+
+Conventions of the JSON shapes:
+- attributes (``repeated KeyValue``) become an object ``{key: value}`` (a later duplicate key wins);
+- ``bytes`` become ``{"base64": "..."}`` (AnyValue) or, for config bodies, text when they are valid
+  UTF-8 without NUL, else the base64 text with ``"encoding": "base64"``;
+- hashes become lowercase hex strings; enums their short name (``"APPLIED"``);
+- times stay as the protocol's integer UNIX nanoseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from .._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
+
+JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
+JSONObject: TypeAlias = dict[str, JSON]
+
+SERVICE_NAME_KEY = "service.name"
+_REPLACEMENT = "\ufffd"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """The agent-row fields the writer stores, already converted to JSON-able values.
+
+    A snapshot replaces the previous one as a whole (last one wins), so the handler passes the
+    agent's full merged state (status compression already applied), not a delta. ``None`` in a
+    JSON field means "the agent has not reported it".
+    """
+
+    capabilities: int = 0
+    agent_name: str | None = None
+    description: JSONObject | None = None
+    health: JSONObject | None = None
+    effective_config: JSONObject | None = None
+    remote_config_status: JSONObject | None = None
+    transport: str | None = None
+
+    @classmethod
+    def from_messages(
+        cls,
+        *,
+        capabilities: int = 0,
+        description: opamp_pb2.AgentDescription | None = None,
+        health: opamp_pb2.ComponentHealth | None = None,
+        effective_config: opamp_pb2.EffectiveConfig | None = None,
+        remote_config_status: opamp_pb2.RemoteConfigStatus | None = None,
+        transport: str | None = None,
+    ) -> AgentSnapshot:
+        """Build a snapshot from protobuf messages (``None`` for a message not reported)."""
+        desc = description_to_json(description) if description is not None else None
+        return cls(
+            capabilities=capabilities,
+            agent_name=agent_name(description) if description is not None else None,
+            description=desc,
+            health=health_to_json(health) if health is not None else None,
+            effective_config=(
+                effective_config_to_json(effective_config) if effective_config is not None else None
+            ),
+            remote_config_status=(
+                remote_config_status_to_json(remote_config_status)
+                if remote_config_status is not None
+                else None
+            ),
+            transport=transport,
+        )
+
+
+def clean_text(value: str) -> str:
+    """``value`` with NUL characters (rejected by Postgres text and jsonb) replaced."""
+    return value.replace("\x00", _REPLACEMENT) if "\x00" in value else value
+
+
+def _float(value: float) -> JSON:
+    # JSON (and jsonb) has no NaN/Infinity: keep the information as a string.
+    return value if math.isfinite(value) else str(value)
+
+
+def any_value_to_json(value: anyvalue_pb2.AnyValue) -> JSON:
+    """An OTLP/OpAMP ``AnyValue`` as a plain Python value (``None`` when unset)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return clean_text(value.string_value)
+    if kind == "int_value":
+        return value.int_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "double_value":
+        return _float(value.double_value)
+    if kind == "array_value":
+        return [any_value_to_json(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return key_values_to_json(value.kvlist_value.values)
+    if kind == "bytes_value":
+        return {"base64": base64.b64encode(value.bytes_value).decode("ascii")}
+    return None
+
+
+def key_values_to_json(items: Iterable[anyvalue_pb2.KeyValue]) -> JSONObject:
+    """``repeated KeyValue`` as ``{key: value}``."""
+    return {clean_text(kv.key): any_value_to_json(kv.value) for kv in items}
+
+
+def description_to_json(description: opamp_pb2.AgentDescription) -> JSONObject:
+    return {
+        "identifying_attributes": key_values_to_json(description.identifying_attributes),
+        "non_identifying_attributes": key_values_to_json(description.non_identifying_attributes),
+    }
+
+
+def agent_name(description: opamp_pb2.AgentDescription) -> str | None:
+    """``service.name`` from the identifying attributes (the name the API searches), if a string."""
+    name: str | None = None
+    for kv in description.identifying_attributes:
+        if kv.key == SERVICE_NAME_KEY and kv.value.WhichOneof("value") == "string_value":
+            name = clean_text(kv.value.string_value)
+    return name
+
+
+def health_to_json(health: opamp_pb2.ComponentHealth) -> JSONObject:
+    """``ComponentHealth`` (recursively: ``component_health_map``)."""
+    out: JSONObject = {
+        "healthy": health.healthy,
+        "start_time_unix_nano": health.start_time_unix_nano,
+        "last_error": clean_text(health.last_error),
+        "status": clean_text(health.status),
+        "status_time_unix_nano": health.status_time_unix_nano,
+    }
+    if health.attributes:
+        out["attributes"] = key_values_to_json(health.attributes)
+    if health.component_health_map:
+        out["component_health_map"] = {
+            clean_text(name): health_to_json(child)
+            for name, child in health.component_health_map.items()
+        }
+    return out
+
+
+def config_body_to_json(body: bytes, content_type: str) -> JSONObject:
+    """A config file: UTF-8 text when it decodes (and has no NUL), else base64 with a marker."""
+    if b"\x00" not in body:
+        try:
+            return {"body": body.decode("utf-8"), "content_type": clean_text(content_type)}
+        except UnicodeDecodeError:
+            pass
+    return {
+        "body": base64.b64encode(body).decode("ascii"),
+        "encoding": "base64",
+        "content_type": clean_text(content_type),
+    }
+
+
+def effective_config_to_json(config: opamp_pb2.EffectiveConfig) -> JSONObject:
+    files = config.config_map.config_map
+    return {
+        "config_map": {
+            clean_text(name): config_body_to_json(f.body, f.content_type)
+            for name, f in files.items()
+        }
+    }
+
+
+_REMOTE_CONFIG_STATUSES = {0: "UNSET", 1: "APPLIED", 2: "APPLYING", 3: "FAILED"}
+
+
+def remote_config_status_to_json(status: opamp_pb2.RemoteConfigStatus) -> JSONObject:
+    code = int(status.status)
+    return {
+        "last_remote_config_hash": status.last_remote_config_hash.hex(),
+        "status": _REMOTE_CONFIG_STATUSES.get(code, str(code)),
+        "error_message": clean_text(status.error_message),
+    }
+
+
+def capabilities_to_bigint(capabilities: int) -> int:
+    """The uint64 capability bits as the signed 64-bit value a ``bigint`` column holds."""
+    capabilities &= 0xFFFF_FFFF_FFFF_FFFF
+    return capabilities - (1 << 64) if capabilities >= 1 << 63 else capabilities

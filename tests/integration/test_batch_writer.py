@@ -1,0 +1,534 @@
+"""BatchWriter on a real Postgres: coalescing, history order, outage, drain, crash repair."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import trio
+import trio.testing
+
+from opamp_fast._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
+from opamp_fast.storage import Database, apply_migrations
+from opamp_fast.storage.batch_writer import BatchWriter
+from opamp_fast.storage.rows import AgentSnapshot
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_700_000_000.0
+
+
+def uid(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def query(url: str, sql: str, params: Any = None) -> Any:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def aquery(url: str, sql: str, params: Any = None) -> Any:
+    return await trio.to_thread.run_sync(partial(query, url, sql, params))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url, pool_size=2, connect_timeout_s=1.0)
+    await database.open()
+    await apply_migrations(database)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def writer_factory(db: Database) -> AsyncIterator[Callable[..., Any]]:
+    """``await start(**kwargs)`` runs a BatchWriter in a nursery; teardown closes (drains) it."""
+    writers: list[BatchWriter] = []
+    async with trio.open_nursery() as nursery:
+
+        async def start(**kwargs: Any) -> BatchWriter:
+            kwargs.setdefault("instance_id", "node-a")
+            kwargs.setdefault("flush_interval_s", 3600.0)  # tests flush explicitly
+            writer = BatchWriter(kwargs.pop("database", db), **kwargs)
+            await nursery.start(writer.run)
+            writers.append(writer)
+            return writer
+
+        yield start
+        for writer in writers:
+            await writer.aclose()
+
+
+def snapshot(n: int, version: int = 1) -> AgentSnapshot:
+    description = opamp_pb2.AgentDescription(
+        identifying_attributes=[
+            anyvalue_pb2.KeyValue(
+                key="service.name", value=anyvalue_pb2.AnyValue(string_value=f"collector-{n}")
+            ),
+            anyvalue_pb2.KeyValue(
+                key="service.version", value=anyvalue_pb2.AnyValue(string_value=f"1.{version}")
+            ),
+        ],
+        non_identifying_attributes=[
+            anyvalue_pb2.KeyValue(key="host.cpus", value=anyvalue_pb2.AnyValue(int_value=n)),
+        ],
+    )
+    health = opamp_pb2.ComponentHealth(healthy=version % 2 == 1, status=f"v{version}")
+    config = opamp_pb2.EffectiveConfig(
+        config_map=opamp_pb2.AgentConfigMap(
+            config_map={
+                "main.yaml": opamp_pb2.AgentConfigFile(body=b"receivers: {}\n", content_type="y"),
+                "blob": opamp_pb2.AgentConfigFile(body=b"\xff\x00\x01"),
+            }
+        )
+    )
+    rcs = opamp_pb2.RemoteConfigStatus(
+        last_remote_config_hash=bytes([version]) * 4, status=1, error_message=""
+    )
+    return AgentSnapshot.from_messages(
+        capabilities=version,
+        description=description,
+        health=health,
+        effective_config=config,
+        remote_config_status=rcs,
+        transport="ws",
+    )
+
+
+AGENT_COLUMNS = """
+    instance_uid, uid_text, status, serving_instance, transport, agent_name,
+    extract(epoch FROM last_seen_at)::float8, extract(epoch FROM last_connected_at)::float8,
+    extract(epoch FROM last_disconnected_at)::float8, disconnect_reason, capabilities,
+    description, health, effective_config, remote_config_status, labels
+"""
+
+HISTORY_COLUMNS = """
+    instance_uid, extract(epoch FROM connected_at)::float8,
+    extract(epoch FROM disconnected_at)::float8, duration_s, disconnect_reason, remote_addr,
+    transport, serving_instance
+"""
+
+
+async def test_flush_writes_every_column(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    n = 200
+    for i in range(n):
+        await writer.connected(
+            uid(i), at=T0 + i, remote_addr=f"10.0.0.{i % 250}:4{i}", transport="ws",
+            snapshot=snapshot(i),
+        )  # fmt: skip
+        writer.seen(uid(i), T0 + i + 0.5)
+    await writer.flush()
+
+    rows = await aquery(database_url, f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY instance_uid")
+    assert len(rows) == n
+    for i, row in enumerate(rows):
+        assert row == (
+            uid(i),
+            str(uuid.UUID(bytes=uid(i))),
+            "online",
+            "node-a",
+            "ws",
+            f"collector-{i}",
+            T0 + i + 0.5,
+            T0 + i,
+            None,
+            None,
+            1,
+            {
+                "identifying_attributes": {
+                    "service.name": f"collector-{i}", "service.version": "1.1",
+                },
+                "non_identifying_attributes": {"host.cpus": i},
+            },
+            {
+                "healthy": True, "start_time_unix_nano": 0, "last_error": "", "status": "v1",
+                "status_time_unix_nano": 0,
+            },
+            {
+                "config_map": {
+                    "main.yaml": {"body": "receivers: {}\n", "content_type": "y"},
+                    "blob": {"body": "/wAB", "encoding": "base64", "content_type": ""},
+                }
+            },
+            {"last_remote_config_hash": "01010101", "status": "APPLIED", "error_message": ""},
+            {},
+        )  # fmt: skip
+    history = await aquery(
+        database_url, f"SELECT {HISTORY_COLUMNS} FROM agent_connection_history ORDER BY id"
+    )
+    assert history == [
+        (uid(i), T0 + i, None, None, None, f"10.0.0.{i % 250}:4{i}", "ws", "node-a")
+        for i in range(n)
+    ]
+    stats = writer.statistics()
+    assert stats.flushes_total == 1
+    assert stats.last_flush_rows == 2 * n
+    assert (stats.pending_agents, stats.pending_sessions, stats.backlog_since) == (0, 0, None)
+
+
+async def test_coalescing_last_values_win(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    await writer.connected(uid(1), at=T0, remote_addr="a", transport="http")
+    for version in range(1, 51):
+        await writer.status(uid(1), snapshot(1, version))
+    for k in range(1000):
+        writer.seen(uid(1), T0 + k)
+    for i in range(2, 12):
+        await writer.connected(uid(i), at=T0, remote_addr="b", transport="ws")
+        await writer.status(uid(i), snapshot(i, 3))
+    await trio.testing.wait_all_tasks_blocked()
+    stats = writer.statistics()
+    assert (stats.pending_agents, stats.pending_sessions) == (11, 11)
+    await writer.flush()
+
+    rows = await aquery(
+        database_url,
+        "SELECT instance_uid, capabilities, health->>'status', transport,"
+        " extract(epoch FROM last_seen_at)::float8, description->'identifying_attributes'"
+        " FROM agents ORDER BY instance_uid",
+    )
+    assert len(rows) == 11
+    assert rows[0] == (
+        uid(1), 50, "v50", "http", T0 + 999,
+        {"service.name": "collector-1", "service.version": "1.50"},
+    )  # fmt: skip
+    assert [r[1] for r in rows[1:]] == [3] * 10
+    assert await aquery(database_url, "SELECT count(*) FROM agent_connection_history") == [(11,)]
+
+    # A later status-only flush changes the snapshot fields and keeps the connection fields.
+    await writer.status(uid(1), snapshot(1, 51))
+    await writer.flush()
+    row = await aquery(
+        database_url,
+        "SELECT capabilities, status, serving_instance, extract(epoch FROM last_connected_at)"
+        "::float8 FROM agents WHERE instance_uid = %s",
+        (uid(1),),
+    )
+    assert row == [(51, "online", "node-a", T0)]
+
+
+async def test_open_close_open_in_one_batch(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    await writer.connected(uid(7), at=T0, remote_addr="1.2.3.4:1", transport="ws")
+    await writer.disconnected(uid(7), at=T0 + 2.5, reason="heartbeat timeout")
+    await writer.connected(uid(7), at=T0 + 3, remote_addr="1.2.3.4:2", transport="http")
+    await writer.disconnected(uid(7), at=T0 + 4, reason="client closed")
+    await writer.disconnected(uid(7), at=T0 + 4.5, reason="again")  # reported twice: ignored
+    await writer.connected(uid(7), at=T0 + 5, remote_addr="1.2.3.4:3", transport="ws")
+    await writer.connected(uid(7), at=T0 + 6, remote_addr="1.2.3.4:4", transport="ws")
+    await writer.flush()
+
+    history = await aquery(
+        database_url, f"SELECT {HISTORY_COLUMNS} FROM agent_connection_history ORDER BY id"
+    )
+    assert history == [
+        (uid(7), T0, T0 + 2.5, 2.5, "heartbeat timeout", "1.2.3.4:1", "ws", "node-a"),
+        (uid(7), T0 + 3, T0 + 4, 1.0, "client closed", "1.2.3.4:2", "http", "node-a"),
+        (uid(7), T0 + 5, T0 + 6, 1.0, "replaced by a new connection", "1.2.3.4:3", "ws", "node-a"),
+        (uid(7), T0 + 6, None, None, None, "1.2.3.4:4", "ws", "node-a"),
+    ]
+    agent = await aquery(database_url, f"SELECT {AGENT_COLUMNS} FROM agents")
+    assert agent[0][2:10] == (
+        "online",
+        "node-a",
+        "ws",
+        None,
+        T0 + 6,
+        T0 + 6,
+        T0 + 4,
+        "client closed",
+    )
+
+
+async def test_close_of_session_from_earlier_flush(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    for i in range(5):
+        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+    for i in range(5):
+        writer.seen(uid(i), T0 + 10)
+        await writer.disconnected(uid(i), at=T0 + 10 + i, reason=f"bye {i}")
+    await writer.flush()
+
+    history = await aquery(
+        database_url,
+        f"SELECT {HISTORY_COLUMNS} FROM agent_connection_history ORDER BY instance_uid",
+    )
+    assert history == [
+        (uid(i), T0, T0 + 10 + i, 10.0 + i, f"bye {i}", "x", "ws", "node-a") for i in range(5)
+    ]
+    agents = await aquery(
+        database_url,
+        "SELECT status, serving_instance, extract(epoch FROM last_disconnected_at)::float8,"
+        " disconnect_reason, extract(epoch FROM last_seen_at)::float8"
+        " FROM agents ORDER BY instance_uid",
+    )
+    assert agents == [("offline", None, T0 + 10 + i, f"bye {i}", T0 + 10) for i in range(5)]
+
+
+async def test_last_seen_only_moves_forward(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    await writer.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    writer.seen(uid(1), T0 + 100)
+    writer.seen(uid(99), T0 + 100)  # never connected: no row to update, nothing invented
+    await writer.flush()
+    writer.seen(uid(1), T0 + 50)  # an older time (clock step, reordered report) is ignored
+    await writer.flush()
+    rows = await aquery(
+        database_url, "SELECT instance_uid, extract(epoch FROM last_seen_at)::float8 FROM agents"
+    )
+    assert rows == [(uid(1), T0 + 100)]
+    writer.seen(uid(1), T0 + 200)
+    await writer.flush()
+    rows = await aquery(database_url, "SELECT extract(epoch FROM last_seen_at)::float8 FROM agents")
+    assert rows == [(T0 + 200,)]
+
+
+async def test_stale_transition_from_another_instance_does_not_win(
+    writer_factory, database_url
+) -> None:
+    # The agent moved from node-a to node-b; node-a's older disconnect lands afterwards.
+    a: BatchWriter = await writer_factory(instance_id="node-a")
+    b: BatchWriter = await writer_factory(instance_id="node-b")
+    await a.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    await a.flush()
+    await b.connected(uid(1), at=T0 + 10, remote_addr="y", transport="ws")
+    await b.flush()
+    await a.disconnected(uid(1), at=T0 + 5, reason="connection lost")
+    await a.flush()
+    rows = await aquery(
+        database_url,
+        "SELECT status, serving_instance, disconnect_reason,"
+        " extract(epoch FROM last_disconnected_at)::float8 FROM agents",
+    )
+    assert rows == [("online", "node-b", "connection lost", T0 + 5)]
+
+
+async def wait_for(predicate: Callable[[], bool], limit_s: float = 15.0) -> None:
+    """Poll ``predicate`` (state kept by the writer, no event to wait on) within a deadline."""
+    with trio.fail_after(limit_s):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(0.02)
+
+
+async def test_outage_loses_nothing(writer_factory, database_url, postgres_admin_url) -> None:
+    writer: BatchWriter = await writer_factory(flush_interval_s=0.05, retry_initial_s=0.05,
+                                               retry_max_s=0.2)  # fmt: skip
+    agents = 20
+    for i in range(agents):
+        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+
+    dbname = urlsplit(database_url).path.lstrip("/")
+    with psycopg.connect(postgres_admin_url, autocommit=True) as c:
+        c.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+        )
+    flaps = 5
+    try:
+        t = T0
+        for k in range(flaps):
+            for i in range(agents):
+                t += 0.001
+                await writer.disconnected(uid(i), at=t, reason=f"flap {k}")
+                t += 0.001
+                await writer.connected(uid(i), at=t, remote_addr=f"r{k}", transport="http")
+                writer.seen(uid(i), t)
+            if k == 0:
+                await wait_for(lambda: writer.statistics().backlog_since is not None)
+        # Several failed attempts (a broken connection, then pool timeouts) while it is down.
+        await wait_for(lambda: writer.statistics().db_errors_total >= 3)
+        stats = writer.statistics()
+        assert stats.backlog_since is not None
+        assert stats.pending_agents == agents
+        assert stats.pending_sessions == agents * (flaps + 1)  # first closes + 5 new sessions
+    finally:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as c:
+            c.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+    await wait_for(lambda: writer.statistics().backlog_since is None)
+    await writer.flush()
+    stats = writer.statistics()
+    assert (stats.pending_agents, stats.pending_sessions, stats.backlog_since) == (0, 0, None)
+
+    history = await aquery(
+        database_url,
+        "SELECT instance_uid, remote_addr, disconnect_reason, disconnected_at IS NULL"
+        " FROM agent_connection_history ORDER BY instance_uid, connected_at, id",
+    )
+    expected = []
+    for i in range(agents):
+        expected.append((uid(i), "x", "flap 0", False))
+        expected += [(uid(i), f"r{k}", f"flap {k + 1}", False) for k in range(flaps - 1)]
+        expected.append((uid(i), f"r{flaps - 1}", None, True))
+    assert history == expected
+    assert await aquery(
+        database_url, "SELECT count(*) FROM agent_connection_history GROUP BY session_id"
+        " HAVING count(*) > 1"
+    ) == []  # fmt: skip
+    final = await aquery(
+        database_url,
+        "SELECT DISTINCT status, transport, disconnect_reason FROM agents",
+    )
+    assert final == [("online", "http", f"flap {flaps - 1}")]
+
+
+async def test_drain_on_close(writer_factory, database_url) -> None:
+    writer: BatchWriter = await writer_factory()
+    for i in range(3):
+        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+    await writer.connected(uid(3), at=T0 + 1, remote_addr="y", transport="ws")  # not flushed
+    await writer.disconnected(uid(0), at=T0 + 2, reason="client closed")
+    await writer.aclose()
+    with trio.fail_after(5):
+        await writer.flush()  # returns at once on a closed writer
+    await wait_for(lambda: writer.statistics().flushes_total >= 2)
+
+    history = await aquery(
+        database_url,
+        "SELECT instance_uid, disconnect_reason, disconnected_at IS NOT NULL,"
+        " duration_s >= 0 FROM agent_connection_history ORDER BY instance_uid",
+    )
+    assert history == [
+        (uid(0), "client closed", True, True),
+        (uid(1), "server shutdown", True, True),
+        (uid(2), "server shutdown", True, True),
+        (uid(3), "server shutdown", True, True),
+    ]
+    agents = await aquery(
+        database_url,
+        "SELECT status, serving_instance, disconnect_reason FROM agents ORDER BY instance_uid",
+    )
+    assert agents == [
+        ("offline", None, "client closed"),
+        ("offline", None, "server shutdown"),
+        ("offline", None, "server shutdown"),
+        ("offline", None, "server shutdown"),
+    ]
+    # Events after the close are dropped quietly (the drain has recorded the shutdown).
+    await writer.connected(uid(9), at=T0 + 9, remote_addr="z", transport="ws")
+
+
+async def test_repair_after_crash(db, writer_factory, database_url) -> None:
+    # "Crash": a drain bound of 0 leaves everything as the process death would.
+    crashed = BatchWriter(db, instance_id="node-a", flush_interval_s=3600, drain_timeout_s=0)
+    other: BatchWriter = await writer_factory(instance_id="node-b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(crashed.run)
+        for i in range(4):
+            await crashed.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+        writer_seen = [T0 + 30, T0 + 31, None, None]
+        for i, at in enumerate(writer_seen):
+            if at is not None:
+                crashed.seen(uid(i), at)
+        await crashed.disconnected(uid(3), at=T0 + 5, reason="client closed")
+        await crashed.flush()
+        await crashed.connected(uid(4), at=T0 + 40, remote_addr="lost", transport="ws")
+        nursery.cancel_scope.cancel()
+    await other.connected(uid(10), at=T0, remote_addr="b", transport="ws")
+    await other.flush()
+
+    restarted = BatchWriter(db, instance_id="node-a")
+    assert await restarted.repair_after_crash() == 3
+    assert await restarted.repair_after_crash() == 0
+
+    history = await aquery(
+        database_url,
+        f"SELECT {HISTORY_COLUMNS} FROM agent_connection_history ORDER BY instance_uid",
+    )
+    assert history == [
+        (uid(0), T0, T0 + 30, 30.0, "server restart", "x", "ws", "node-a"),
+        (uid(1), T0, T0 + 31, 31.0, "server restart", "x", "ws", "node-a"),
+        (uid(2), T0, T0, 0.0, "server restart", "x", "ws", "node-a"),  # last seen at connect
+        (uid(3), T0, T0 + 5, 5.0, "client closed", "x", "ws", "node-a"),
+        (uid(10), T0, None, None, None, "b", "ws", "node-b"),
+    ]
+    agents = await aquery(
+        database_url,
+        "SELECT instance_uid, status, serving_instance, disconnect_reason,"
+        " extract(epoch FROM last_disconnected_at)::float8 FROM agents ORDER BY instance_uid",
+    )
+    assert agents == [
+        (uid(0), "offline", None, "server restart", T0 + 30),
+        (uid(1), "offline", None, "server restart", T0 + 31),
+        (uid(2), "offline", None, "server restart", T0),
+        (uid(3), "offline", None, "client closed", T0 + 5),
+        (uid(10), "online", "node-b", None, None),
+    ]
+
+
+class CommitThenFail:
+    """A Database whose next run() commits and then reports a lost connection anyway."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.fail_next = False
+
+    async def run(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        result = await self.db.run(fn)
+        if self.fail_next:
+            self.fail_next = False
+            raise psycopg.OperationalError("server closed the connection during COMMIT")
+        return result
+
+
+async def test_retry_after_unknown_commit_is_idempotent(db, writer_factory, database_url) -> None:
+    flaky = CommitThenFail(db)
+    writer: BatchWriter = await writer_factory(database=flaky, retry_initial_s=0.01)
+    for i in range(4):
+        await writer.connected(uid(i), at=T0, remote_addr="a", transport="ws")
+    await writer.flush()
+
+    flaky.fail_next = True
+    await writer.disconnected(uid(0), at=T0 + 1, reason="gone")  # close of an earlier session
+    await writer.connected(uid(5), at=T0 + 2, remote_addr="b", transport="ws")
+    await writer.connected(uid(6), at=T0 + 3, remote_addr="c", transport="ws")
+    await writer.disconnected(uid(6), at=T0 + 4, reason="short")
+    await writer.status(uid(1), snapshot(1, 7))
+    writer.seen(uid(2), T0 + 5)
+    with trio.fail_after(5):
+        await writer.flush()  # committed, reported as failed, merged back, retried
+    assert writer.statistics().db_errors_total == 1
+    await writer.disconnected(uid(5), at=T0 + 6, reason="later")  # its open row is "uncertain"
+    await writer.connected(uid(7), at=T0 + 7, remote_addr="d", transport="http")  # fresh
+    await writer.flush()
+
+    history = await aquery(
+        database_url,
+        f"SELECT {HISTORY_COLUMNS} FROM agent_connection_history ORDER BY id",
+    )
+    assert history == [
+        (uid(0), T0, T0 + 1, 1.0, "gone", "a", "ws", "node-a"),
+        (uid(1), T0, None, None, None, "a", "ws", "node-a"),
+        (uid(2), T0, None, None, None, "a", "ws", "node-a"),
+        (uid(3), T0, None, None, None, "a", "ws", "node-a"),
+        (uid(5), T0 + 2, T0 + 6, 4.0, "later", "b", "ws", "node-a"),
+        (uid(6), T0 + 3, T0 + 4, 1.0, "short", "c", "ws", "node-a"),
+        (uid(7), T0 + 7, None, None, None, "d", "http", "node-a"),
+    ]
+    agents = await aquery(
+        database_url,
+        "SELECT instance_uid, status, capabilities, extract(epoch FROM last_seen_at)::float8"
+        " FROM agents ORDER BY instance_uid",
+    )
+    assert agents == [
+        (uid(0), "offline", 0, T0),
+        (uid(1), "online", 7, T0),
+        (uid(2), "online", 0, T0 + 5),
+        (uid(3), "online", 0, T0),
+        (uid(5), "offline", 0, T0 + 2),
+        (uid(6), "offline", 0, T0 + 3),
+        (uid(7), "online", 0, T0 + 7),
+    ]

@@ -1,0 +1,116 @@
+"""Registry: liveness transitions, timeouts from the wheel, counters. No sockets, no database."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from opamp_fast.protocol import Session, Transport
+from opamp_fast.registry import AgentStatus, Registry
+
+
+def make_registry(**kw: float) -> Registry:
+    opts = {"timeout_s": 60.0, "timeout_factor": 2.5, "tick_s": 1.0, "start_mono": 0.0}
+    opts.update(kw)
+    return Registry(**opts)
+
+
+def online(
+    registry: Registry,
+    uid: bytes,
+    *,
+    mono: float,
+    interval: float = 30,
+    transport: Transport = Transport.WS,
+):
+    record, _ = registry.ensure(uid, uid)
+    return record, registry.mark_online(
+        record,
+        session=Session(transport),
+        connection=None,
+        transport=transport,
+        remote_addr="127.0.0.1:1",
+        heartbeat_interval_s=interval,
+        mono=mono,
+        wall=1000 + mono,
+    )
+
+
+def test_timeout_is_max_of_configured_and_factor_times_interval() -> None:
+    registry = make_registry(timeout_s=60, timeout_factor=2.5)
+    assert registry.agent_timeout_s(10) == 60
+    assert registry.agent_timeout_s(30) == 75
+
+
+def test_silent_agent_expires_at_deadline_rounded_up_to_tick() -> None:
+    registry = make_registry(timeout_s=5, timeout_factor=1, tick_s=1.0)
+    record, transition = online(registry, os.urandom(16), mono=0.5, interval=1)
+    assert transition is not None and transition.new is AgentStatus.ONLINE
+    assert registry.sweep(mono=5.4, wall=1005.4) == []
+    assert registry.sweep(mono=5.9, wall=1005.9) == []  # deadline 5.5 rounds up to tick 6
+    expired = registry.sweep(mono=6.0, wall=1006.0)
+    assert [t.record for t in expired] == [record]
+    assert expired[0].reason == "heartbeat timeout"
+    assert record.status is AgentStatus.OFFLINE
+    assert record.disconnected_at == 1006.0
+
+
+def test_refresh_pushes_deadline_out() -> None:
+    registry = make_registry(timeout_s=5, timeout_factor=1)
+    record, _ = online(registry, os.urandom(16), mono=0, interval=1)
+    for t in range(1, 20):
+        registry.refresh(record, mono=t, wall=1000 + t)
+        assert registry.sweep(mono=t, wall=1000 + t) == []
+    assert record.online
+    assert record.last_seen == 1019
+
+
+def test_each_transition_happens_once() -> None:
+    registry = make_registry()
+    record, first = online(registry, os.urandom(16), mono=0)
+    assert first is not None
+    _, again = online(registry, record.uid, mono=1)
+    assert again is None  # already online: a refresh, not a transition
+    assert registry.mark_offline(record, wall=5, reason="agent_disconnect") is not None
+    assert registry.mark_offline(record, wall=6, reason="connection closed") is None
+    assert record.disconnect_reason == "agent_disconnect"
+    assert registry.sweep(mono=10_000, wall=10_000) == []  # cancelled in the wheel
+    stats = registry.statistics()
+    assert stats.status_changes == {("new", "online"): 1, ("online", "offline"): 1}
+    assert (stats.online, stats.offline, stats.known) == (0, 1, 1)
+
+
+def test_counters_by_transport() -> None:
+    registry = make_registry()
+    online(registry, os.urandom(16), mono=0, transport=Transport.WS)
+    online(registry, os.urandom(16), mono=0, transport=Transport.HTTP)
+    record, _ = online(registry, os.urandom(16), mono=0, transport=Transport.HTTP)
+    stats = registry.statistics()
+    assert (stats.online, stats.online_ws, stats.online_http) == (3, 1, 2)
+    registry.mark_offline(record, wall=1, reason="agent_disconnect")
+    assert registry.statistics().online_http == 1
+
+
+def test_forget_reuses_handles_and_refuses_online_agents() -> None:
+    registry = make_registry()
+    record, _ = online(registry, os.urandom(16), mono=0)
+    with pytest.raises(ValueError, match="online"):
+        registry.forget(record)
+    registry.mark_offline(record, wall=1, reason="agent_disconnect")
+    handle = record.handle
+    registry.forget(record)
+    assert registry.get(record.uid) is None
+    other, _ = registry.ensure(os.urandom(16), b"")
+    assert other.handle == handle
+
+
+def test_many_agents_expire_together() -> None:
+    registry = make_registry(timeout_s=10, timeout_factor=1)
+    records = [online(registry, os.urandom(16), mono=0, interval=1)[0] for _ in range(5000)]
+    keep = records[::2]
+    for record in keep:
+        registry.refresh(record, mono=5, wall=1005)
+    expired = registry.sweep(mono=11, wall=1011)
+    assert {t.record.uid for t in expired} == {r.uid for r in records[1::2]}
+    assert registry.online_count == len(keep)

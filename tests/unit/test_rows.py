@@ -1,0 +1,114 @@
+"""Protobuf -> JSON converters used by the batch writer (no database)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from opamp_fast._proto.opamp.v1 import anyvalue_pb2 as av
+from opamp_fast._proto.opamp.v1 import opamp_pb2 as pb
+from opamp_fast.storage.rows import (
+    AgentSnapshot,
+    any_value_to_json,
+    capabilities_to_bigint,
+    config_body_to_json,
+)
+
+
+def kv(key: str, **value: object) -> av.KeyValue:
+    return av.KeyValue(key=key, value=av.AnyValue(**value))
+
+
+def test_any_value_decodes_to_plain_values() -> None:
+    nested = av.AnyValue(
+        kvlist_value=av.KeyValueList(
+            values=[
+                kv("s", string_value="a\x00b"),
+                kv("i", int_value=-(2**63)),
+                kv("b", bool_value=True),
+                kv("d", double_value=float("nan")),
+                kv("raw", bytes_value=b"\x00\xff"),
+                kv("unset"),
+                av.KeyValue(
+                    key="list",
+                    value=av.AnyValue(
+                        array_value=av.ArrayValue(values=[av.AnyValue(double_value=1.5)])
+                    ),
+                ),
+            ]
+        )
+    )
+    value = any_value_to_json(nested)
+    assert value == {
+        "s": "a\ufffdb",
+        "i": -(2**63),
+        "b": True,
+        "d": "nan",
+        "raw": {"base64": "AP8="},
+        "unset": None,
+        "list": [1.5],
+    }
+    msgspec.json.encode(value)  # always serialisable (no NaN, no NUL)
+
+
+def test_snapshot_from_messages() -> None:
+    description = pb.AgentDescription(
+        identifying_attributes=[kv("service.name", string_value="otelcol")],
+        non_identifying_attributes=[kv("os.type", string_value="linux")],
+    )
+    health = pb.ComponentHealth(
+        healthy=False,
+        last_error="boom",
+        component_health_map={"pipeline:traces": pb.ComponentHealth(healthy=True)},
+        attributes=[kv("k", int_value=1)],
+    )
+    snap = AgentSnapshot.from_messages(
+        capabilities=0x2001,
+        description=description,
+        health=health,
+        remote_config_status=pb.RemoteConfigStatus(
+            last_remote_config_hash=b"\xab\xcd", status=3, error_message="bad yaml"
+        ),
+        transport="ws",
+    )
+    assert snap.agent_name == "otelcol"
+    assert snap.description == {
+        "identifying_attributes": {"service.name": "otelcol"},
+        "non_identifying_attributes": {"os.type": "linux"},
+    }
+    assert snap.health is not None
+    assert snap.health["last_error"] == "boom"
+    assert snap.health["attributes"] == {"k": 1}
+    assert snap.health["component_health_map"] == {
+        "pipeline:traces": {
+            "healthy": True,
+            "start_time_unix_nano": 0,
+            "last_error": "",
+            "status": "",
+            "status_time_unix_nano": 0,
+        }
+    }
+    assert snap.effective_config is None
+    assert snap.remote_config_status == {
+        "last_remote_config_hash": "abcd",
+        "status": "FAILED",
+        "error_message": "bad yaml",
+    }
+
+
+def test_config_bodies_text_or_base64() -> None:
+    assert config_body_to_json("é: 1".encode(), "text/yaml") == {
+        "body": "é: 1",
+        "content_type": "text/yaml",
+    }
+    assert config_body_to_json(b"a\x00b", "") == {
+        "body": "YQBi",
+        "encoding": "base64",
+        "content_type": "",
+    }
+    assert config_body_to_json(b"\xff", "x")["encoding"] == "base64"
+
+
+def test_capabilities_fit_bigint() -> None:
+    assert capabilities_to_bigint(5) == 5
+    assert capabilities_to_bigint(2**64 - 1) == -1
+    assert capabilities_to_bigint(2**63) == -(2**63)
