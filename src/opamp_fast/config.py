@@ -74,6 +74,13 @@ class Settings:
     graceful_timeout_s: float = 10.0
     backlog: int = 4096
     max_connections: int = 200_000
+    api_jwt_secret: str | None = None
+    api_jwt_public_key_file: Path | None = None
+    api_jwt_algorithm: str = "HS256"
+    api_jwt_issuer: str | None = None
+    api_jwt_audience: str | None = None
+    api_max_page_size: int = 1000
+    metrics_agent_series_max: int = 10_000
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -141,6 +148,26 @@ class Settings:
         _check(self.backlog >= 1, "backlog", self.backlog, "must be >= 1")
         _check(self.max_connections >= 1, "max_connections", self.max_connections, "must be >= 1")
         _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
+        algorithms = ("HS256", "HS384", "HS512", "RS256", "ES256")
+        _check(
+            self.api_jwt_algorithm in algorithms,
+            "api_jwt_algorithm",
+            self.api_jwt_algorithm,
+            f"must be one of {algorithms}",
+        )
+        if self.api_jwt_public_key_file is not None and not isinstance(
+            self.api_jwt_public_key_file, Path
+        ):
+            object.__setattr__(self, "api_jwt_public_key_file", Path(self.api_jwt_public_key_file))
+        _check(
+            self.api_max_page_size >= 1, "api_max_page_size", self.api_max_page_size, "must be >= 1"
+        )
+        _check(
+            self.metrics_agent_series_max >= 0,
+            "metrics_agent_series_max",
+            self.metrics_agent_series_max,
+            "must be >= 0 (0 disables per-agent series)",
+        )
         levels = ("debug", "info", "warning", "error")
         _check(self.log_level in levels, "log_level", self.log_level, f"must be one of {levels}")
 
@@ -209,9 +236,21 @@ _HELP = {
     "backlog": "listen backlog (reconnect storms need thousands)",
     "max_connections": "concurrent OpAMP connections accepted before answering 503",
     "log_level": "log level",
+    "api_jwt_secret": "HS* secret for REST API bearer tokens (unset: a random secret persisted "
+    "next to the data directory, shared with 'opamp-fast token')",
+    "api_jwt_public_key_file": "PEM public key file for RS256/ES256 REST API tokens",
+    "api_jwt_algorithm": "the one JWT algorithm accepted by the REST API",
+    "api_jwt_issuer": "required 'iss' claim of REST API tokens (unset: not checked)",
+    "api_jwt_audience": "required 'aud' claim of REST API tokens (unset: not checked)",
+    "api_max_page_size": "largest page (limit) a REST list accepts",
+    "metrics_agent_series_max": "export agent_last_seen_seconds per agent only while the fleet "
+    "has at most this many agents (0 disables)",
 }
-_SECRETS = {"agent_auth_token"}
-_CHOICES = {"log_level": ("debug", "info", "warning", "error")}
+_SECRETS = {"agent_auth_token", "api_jwt_secret"}
+_CHOICES = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "api_jwt_algorithm": ("HS256", "HS384", "HS512", "RS256", "ES256"),
+}
 
 
 def _option_kind(f: dataclasses.Field[Any]) -> type:
