@@ -1,4 +1,4 @@
-"""Command line: ``opamp-fast serve | migrate | version``.
+"""Command line: ``opamp-fast serve | migrate | version | token``.
 
 Every failure a user can cause (bad flag, bad value, port in use, unreachable database,
 unwritable data directory) ends with one ``opamp-fast: error: ...`` line and a non-zero exit:
@@ -87,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(migrate, ("database_url", "data_dir", "log_level", "db_pool_size"))
 
     sub.add_parser("version", help="print the version", description="Print the version.")
+
+    token = sub.add_parser(
+        "token",
+        help="mint a REST API bearer token and print it",
+        description="Mint an HS* bearer token for the REST API from the configured secret (or "
+        "the secret persisted next to the data directory, shared with the server).",
+    )
+    token.add_argument("--subject", required=True, help="the token's 'sub' claim (who uses it)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d [default 1h]")
+    _add_settings_flags(
+        token,
+        (
+            "api_jwt_secret",
+            "api_jwt_public_key_file",
+            "api_jwt_algorithm",
+            "api_jwt_issuer",
+            "api_jwt_audience",
+            "data_dir",
+            "log_level",
+        ),
+    )
     return parser
 
 
@@ -117,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opamp-fast {__version__}")
         return 0
     settings = _settings(args)
+    if args.command == "token":
+        return _token(args, settings)
     _configure_logging(settings.log_level)
     try:
         trio.run(_migrate if args.command == "migrate" else _serve, settings)
@@ -127,6 +150,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(known, KeyboardInterrupt):
             return 130
         _fail(str(known), EXIT_FAILURE)
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    """``opamp-fast token``: print a token the server started with the same settings accepts."""
+    from .auth import load_key_material, mint_token, parse_ttl
+
+    try:
+        ttl_s = parse_ttl(args.ttl)
+    except ValueError as exc:
+        _fail(f"--ttl: {exc}", EXIT_USAGE)
+    if not args.subject.strip():
+        _fail("--subject: must not be empty", EXIT_USAGE)
+    try:
+        keys = load_key_material(settings)
+        token = mint_token(
+            keys,
+            subject=args.subject,
+            ttl_s=ttl_s,
+            issuer=settings.api_jwt_issuer,
+            audience=settings.api_jwt_audience,
+        )
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot read or create the JWT secret: {exc}", EXIT_FAILURE)
+    print(token)
     return 0
 
 

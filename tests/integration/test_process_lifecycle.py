@@ -32,7 +32,7 @@ class ServerProcess:
         ]
         for key, value in extra.items():
             args += ["--" + key.replace("_", "-"), value]
-        self.log = open(tmp_path / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.log = open(tmp_path / f"server-{self.port}.log", "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     async def ready(self, timeout: float = 20.0) -> None:

@@ -1,35 +1,60 @@
 """The ASGI application: the OpAMP endpoint is dispatched before Starlette's routing.
 
 OpAMP is the hot path (every agent message), so it goes to a plain ASGI callable; REST, docs,
-metrics and health probes go through Starlette.
+metrics and health probes go through Starlette. Everything under ``/api`` needs a bearer JWT
+(``auth.BearerAuthMiddleware``); probes, metrics, ``/openapi.json`` and ``/docs`` do not.
+
+To add routes, add them to the ``routes`` list in :func:`build_starlette`; the OpenAPI document
+is generated from that list, so new routes are described automatically.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.middleware import Middleware
 
+from .. import metrics
+from ..auth import BearerAuthMiddleware, TokenVerifier
 from ..services import Services
-from . import health
-from .responses import error_response
+from . import agents, health, openapi
+from .errors import EXCEPTION_HANDLERS
 
 ASGIApp = Any
 
 
 def build_starlette(services: Services) -> Starlette:
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = dict(exc.headers) if exc.headers else None
-        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+    """The Starlette app. Raises ``ConfigError`` when the REST API's JWT keys are misconfigured."""
+    verifier = TokenVerifier.from_settings(services.settings)
+    counts = agents.StatusCountCache(services.db.run)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A nursery for background work of request handlers (count refreshes) that must not
+        # hold up the request that triggered it.
+        async with trio.open_nursery() as nursery:
+            counts.nursery = nursery
+            try:
+                yield
+            finally:
+                counts.nursery = None
+                nursery.cancel_scope.cancel()
+
+    routes = [
+        *health.routes(services),
+        *agents.routes(services, counts),
+        *openapi.routes(services),
+        *metrics.routes(services),
+    ]
     return Starlette(
-        routes=[*health.routes(services)],
-        exception_handlers={HTTPException: http_error},
+        routes=routes,
+        middleware=[Middleware(BearerAuthMiddleware, verifier=verifier, prefix="/api")],
+        exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
+        lifespan=lifespan,
     )
 
 

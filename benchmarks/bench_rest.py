@@ -1,0 +1,326 @@
+"""REST API latency over real HTTP against a live server with a large history table.
+
+Run (starts its own embedded Postgres via pgserver in a temporary directory):
+
+    python benchmarks/bench_rest.py                      # 10k agents, 1M history rows
+    python benchmarks/bench_rest.py --agents 2000 --rows 100000 --requests 500   # quick
+
+What it does:
+
+1. Loads ``--agents`` agents (all offline, labelled, named ``collector-<i % 1000>``) and
+   ``--rows`` connection-history rows with binary COPY: one "flapping" agent gets ``--heavy``
+   rows, the others share the rest evenly; then ``VACUUM ANALYZE`` (as autovacuum would).
+2. Starts the real server in-process (hypercorn + Starlette, JWT auth on) and puts ``--live``
+   agents online in its registry (as if they had connected).
+3. Times ``--requests`` sequential requests per endpoint with an httpx client over loopback,
+   after a warm-up, and prints p50/p99 per endpoint as a Markdown table, plus the EXPLAIN
+   ANALYZE of the history and list queries. Client time is included (same process, same core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import trio
+from psycopg.types.json import Jsonb
+
+from opamp_fast.auth import load_key_material, mint_token
+from opamp_fast.config import Settings
+from opamp_fast.protocol import Session, Transport
+from opamp_fast.protocol.codec import format_instance_uid
+from opamp_fast.server import serve
+from opamp_fast.storage.migrations import migrate_sync
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+SECRET = "b" * 64
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, bytes]:
+    """Fill the tables; returns (heavy agent uid, a typical agent uid)."""
+    uids = [uuid.uuid4().bytes for _ in range(n_agents)]
+    heavy = uids[0]
+    per_agent = (n_rows - heavy_rows) // max(1, n_agents - 1)
+    envs = ("prod", "staging", "dev")
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate_sync(conn)
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY agents (instance_uid, uid_text, status, transport, agent_name,"
+                " last_seen_at, last_connected_at, last_disconnected_at, disconnect_reason,"
+                " capabilities, labels) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(
+                    [
+                        "bytea",
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                        "timestamptz",
+                        "timestamptz",
+                        "timestamptz",
+                        "text",
+                        "int8",
+                        "jsonb",
+                    ]
+                )
+                for i, uid in enumerate(uids):
+                    t = T0 + dt.timedelta(days=100, seconds=i)
+                    copy.write_row(
+                        (
+                            uid,
+                            format_instance_uid(uid),
+                            "offline",
+                            "ws",
+                            f"collector-{i % 1000}",
+                            t,
+                            t - dt.timedelta(hours=1),
+                            t,
+                            "heartbeat timeout",
+                            0x3F,
+                            Jsonb({"env": envs[i % 3], "rack": str(i % 50)}),
+                        )
+                    )
+            with cur.copy(
+                "COPY agent_connection_history (session_id, instance_uid, connected_at,"
+                " disconnected_at, duration_s, disconnect_reason, remote_addr, transport,"
+                " serving_instance) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(
+                    [
+                        "uuid",
+                        "bytea",
+                        "timestamptz",
+                        "timestamptz",
+                        "float8",
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                    ]
+                )
+                written = 0
+                for i, uid in enumerate(uids):
+                    count = heavy_rows if i == 0 else per_agent
+                    step = dt.timedelta(days=100) / max(1, count)
+                    for k in range(count):
+                        t = T0 + step * k
+                        copy.write_row(
+                            (
+                                uuid.uuid4(),
+                                uid,
+                                t,
+                                t + step / 2,
+                                step.total_seconds() / 2,
+                                "connection closed",
+                                f"10.{i % 250}.{k % 250}.1:4000",
+                                "ws",
+                                "bench",
+                            )
+                        )
+                    written += count
+        print(f"loaded {n_agents} agents, {written} history rows in "
+              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)  # fmt: skip
+        conn.execute("VACUUM ANALYZE agents")
+        conn.execute("VACUUM ANALYZE agent_connection_history")
+    return heavy, uids[1]
+
+
+def explain(url: str, sql: str, params: dict[str, Any]) -> str:
+    with psycopg.connect(url) as conn:
+        conn.execute(sql, params)  # warm
+        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="opamp-bench-rest-"))
+    import pgserver
+
+    pg = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+    try:
+        url = pg.get_uri()
+        heavy, typical = await trio.to_thread.run_sync(
+            load, url, args.agents, args.rows, args.heavy
+        )
+        settings = Settings(
+            host="127.0.0.1",
+            port=args.port,
+            database_url=url,
+            data_dir=tmp / "unused",
+            instance_id="bench",
+            api_jwt_secret=SECRET,
+        )
+        token = mint_token(load_key_material(settings), subject="bench", ttl_s=3600)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(lambda task_status: serve(
+                settings, shutdown_trigger=shutdown, task_status=task_status))  # fmt: skip
+            registry = running.services.registry
+            now_mono, now_wall = trio.current_time(), time.time()
+            for _ in range(args.live):
+                uid = uuid.uuid4().bytes
+                record, _ = registry.ensure(uid, uid)
+                registry.mark_online(
+                    record, session=Session(Transport.WS), connection=None,
+                    transport=Transport.WS, remote_addr="10.0.0.1:1", heartbeat_interval_s=3600,
+                    mono=now_mono, wall=now_wall,
+                )  # fmt: skip
+            results = await measure(url, running.url, token, heavy, typical, args)
+            shutdown.set()
+        print_report(results, args)
+        history_sql = (
+            "SELECT id, connected_at FROM agent_connection_history WHERE instance_uid = %(uid)s"
+            " {where} ORDER BY connected_at DESC, id DESC LIMIT 101"
+        )
+        deep = await trio.to_thread.run_sync(lambda: _deep_cursor(url, heavy, args.heavy * 9 // 10))
+        print("\n### EXPLAIN: deep keyset history page\n\n```")
+        print(explain(url, history_sql.format(
+            where="AND (connected_at, id) < (%(at)s, %(id)s)"),
+            {"uid": heavy, "at": deep[0], "id": deep[1]}))  # fmt: skip
+        print("```\n\n### EXPLAIN: history count of the heavy agent\n\n```")
+        print(explain(url, "SELECT count(*) FROM agent_connection_history"
+                           " WHERE instance_uid = %(uid)s", {"uid": heavy}))  # fmt: skip
+        print("```\n\n### EXPLAIN: offline list, keyset page\n\n```")
+        print(explain(url, "SELECT uid_text FROM agents WHERE status = 'offline' AND uid_text >"
+                           " %(after)s ORDER BY uid_text LIMIT 101",
+                      {"after": "80000000-0000-0000-0000-000000000000"}))  # fmt: skip
+        print("```\n\n### EXPLAIN: name prefix filter\n\n```")
+        print(explain(url, r"SELECT uid_text FROM agents WHERE lower(agent_name) LIKE"
+                           r" lower(%(p)s) || '%%' ORDER BY uid_text LIMIT 101",
+                      {"p": "collector-12"}))  # fmt: skip
+        print("```\n\n### EXPLAIN: label filter\n\n```")
+        label_sql = "SELECT uid_text FROM agents WHERE labels @> %(l)s ORDER BY uid_text LIMIT 101"
+        print(explain(url, label_sql, {"l": Jsonb({"rack": "7"})}))
+        print("```")
+    finally:
+        pg.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _deep_cursor(url: str, uid: bytes, position: int) -> tuple[dt.datetime, int]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT connected_at, id FROM agent_connection_history WHERE instance_uid = %s"
+            " ORDER BY connected_at DESC, id DESC OFFSET %s LIMIT 1",
+            (uid, position),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def measure(
+    db_url: str, base_url: str, token: str, heavy: bytes, typical: bytes, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    from opamp_fast.api.params import encode_history_cursor
+
+    results: dict[str, list[float]] = {}
+    heavy_id = format_instance_uid(heavy)
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        # The cursor a client holds after paging 90 % of the way down the heavy agent's history.
+        deep_at, deep_id = await trio.to_thread.run_sync(
+            _deep_cursor, db_url, heavy, args.heavy * 9 // 10
+        )
+        deep_cursor = encode_history_cursor(deep_at, deep_id, args.heavy)
+        offline = (await client.get("/api/agents/offline", params={"limit": 100})).json()
+        offline_cursor = offline["next_cursor"]
+        for _ in range(args.agents // 200):  # about half way through the offline list
+            page = await client.get(
+                "/api/agents/offline", params={"limit": 100, "cursor": offline_cursor}
+            )
+            offline_cursor = page.json()["next_cursor"]
+        cases: dict[str, tuple[str, dict[str, Any]]] = {
+            "GET /api/agents/status/summary": ("/api/agents/status/summary", {}),
+            f"history, first page (agent with {args.heavy:,} rows)": (
+                f"/api/agents/{heavy_id}/connection-history", {"limit": 100}),
+            f"history, deep keyset page (~row {args.heavy * 9 // 10:,})": (
+                f"/api/agents/{heavy_id}/connection-history",
+                {"limit": 100, "cursor": deep_cursor}),
+            f"history, deep OFFSET page (offset {args.heavy * 9 // 10:,})": (
+                f"/api/agents/{heavy_id}/connection-history",
+                {"limit": 100, "offset": args.heavy * 9 // 10}),
+            "history, first page (typical agent)": (
+                f"/api/agents/{format_instance_uid(typical)}/connection-history", {"limit": 100}),
+            "offline list, first page": ("/api/agents/offline", {"limit": 100}),
+            "offline list, keyset page half way": (
+                "/api/agents/offline", {"limit": 100, "cursor": offline_cursor}),
+            "agents list, q=collector-12 (prefix)": ("/api/agents", {"q": "collector-12"}),
+            "agents list, label=rack:7": ("/api/agents", {"label": "rack:7"}),
+            f"online list, first page ({args.live:,} live agents)": ("/api/agents/online", {}),
+            "agent detail (database row)": (f"/api/agents/{heavy_id}", {}),
+        }  # fmt: skip
+        for name, (path, params) in cases.items():
+            for _ in range(args.warmup):
+                r = await client.get(path, params=params)
+                assert r.status_code == 200, (name, r.status_code, r.text[:300])
+            timings = []
+            for _ in range(args.requests):
+                started = time.perf_counter()
+                r = await client.get(path, params=params)
+                timings.append((time.perf_counter() - started) * 1000)
+                assert r.status_code == 200
+            results[name] = timings
+    return results
+
+
+def print_report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
+    print(f"\nnproc={os.cpu_count()}, CPU {cpu_model()!r}, Python {platform.python_version()}; "
+          f"{args.agents:,} agents, {args.rows:,} history rows; {args.requests} sequential "
+          f"requests per endpoint after {args.warmup} warm-up\n")  # fmt: skip
+    print("| endpoint | p50 | p99 | mean |")
+    print("|---|---|---|---|")
+    for name, timings in results.items():
+        print(
+            f"| {name} | {percentile(timings, 0.5):.2f} ms | {percentile(timings, 0.99):.2f} ms"
+            f" | {statistics.fmean(timings):.2f} ms |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--heavy", type=int, default=20_000, help="rows of the flapping agent")
+    parser.add_argument("--live", type=int, default=10_000, help="agents online in the registry")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--port", type=int, default=14321)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    trio.run(run, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""OpenAPI 3.1 document generated from the routes themselves, and a Swagger UI page.
+
+Why generated: a hand-written spec drifts. Each REST route is a :class:`DocumentedRoute` carrying
+its :class:`Operation` (summary, parameters declared next to their parsers in ``params.py``,
+the msgspec Struct it answers with, the error statuses it can return). The document is built
+from the application's route list at the first request, so any route added later (metrics, ...)
+appears too: undocumented routes get a minimal entry instead of silently missing. Component
+schemas come from ``msgspec.json.schema_components`` over the same Structs the handlers encode.
+OpenAPI 3.1 uses JSON Schema 2020-12, which is what msgspec emits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..services import Services
+from .models import RESPONSE_STRUCTS
+from .params import Param
+
+SCHEMA_REF = "#/components/schemas/{name}"
+SECURITY_SCHEME = "bearerAuth"
+SWAGGER_UI_VERSION = "5.17.14"
+
+_ERROR_TEXT = {
+    400: "Invalid parameter or agent id (`invalid_parameter`, `invalid_agent_id`).",
+    401: "Missing or invalid bearer token (`unauthorized`).",
+    404: "Unknown agent (`agent_not_found`) or agent not connected (`not_connected`).",
+    503: "The database is unavailable (`database_unavailable`); retry later.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """OpenAPI metadata of one route (GET unless ``method`` says otherwise)."""
+
+    summary: str
+    description: str = ""
+    params: Sequence[Param] = ()
+    response: type[msgspec.Struct] | None = None
+    errors: Sequence[int] = ()
+    tags: Sequence[str] = ("agents",)
+    secured: bool = True
+    method: str = "GET"
+    extra_responses: dict[str, Any] = field(default_factory=dict)
+
+
+class DocumentedRoute(Route):
+    """A Starlette route that carries its OpenAPI :class:`Operation`."""
+
+    def __init__(
+        self, path: str, endpoint: Callable[..., Any], operation: Operation, **kwargs: Any
+    ) -> None:
+        super().__init__(path, endpoint, methods=[operation.method], **kwargs)
+        self.operation = operation
+
+
+# Routes defined outside this package's REST modules (probes, metrics) documented here.
+_EXTERNAL_DOCS = {
+    "/healthz": Operation(
+        "Liveness probe",
+        "200 while the process runs. No authentication.",
+        tags=("health",),
+        secured=False,
+        extra_responses={
+            "200": {
+                "description": "Alive.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
+                            "required": ["status", "version"],
+                        }
+                    }
+                },
+            }
+        },
+    ),
+    "/metrics": Operation(
+        "Prometheus metrics",
+        "Prometheus text exposition format. No authentication.",
+        tags=("health",),
+        secured=False,
+        extra_responses={
+            "200": {
+                "description": "Metrics.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    ),
+    "/readyz": Operation(
+        "Readiness probe",
+        "200 when the database is reachable and migrated, else 503 with the problems.",
+        tags=("health",),
+        secured=False,
+        extra_responses={
+            "200": {"description": "Ready.", "content": {"application/json": {"schema": {}}}},
+            "503": {"description": "Not ready.", "content": {"application/json": {"schema": {}}}},
+        },
+    ),
+}
+
+
+def _json_content(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": ref}}}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": _ERROR_TEXT.get(status, "Error."),
+        "content": _json_content(SCHEMA_REF.format(name="ErrorResponse")),
+    }
+    if status == 401:
+        out["headers"] = {
+            "WWW-Authenticate": {
+                "description": 'Bearer challenge (RFC 6750), e.g. `Bearer error="invalid_token"`.',
+                "schema": {"type": "string"},
+            }
+        }
+    if status == 503:
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return out
+
+
+def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
+    responses: dict[str, Any] = dict(op.extra_responses)
+    if op.response is not None:
+        responses["200"] = {
+            "description": (op.response.__doc__ or "OK").strip().splitlines()[0],
+            "content": _json_content(SCHEMA_REF.format(name=op.response.__name__)),
+        }
+    errors = sorted({*op.errors, *([401] if op.secured else [])})
+    for status in errors:
+        responses[str(status)] = _error_response(status)
+    out: dict[str, Any] = {
+        "operationId": name,
+        "summary": op.summary,
+        "tags": list(op.tags),
+        "parameters": [p.to_openapi() for p in op.params],
+        "responses": responses,
+    }
+    if op.description:
+        out["description"] = op.description
+    out["security"] = [{SECURITY_SCHEME: []}] if op.secured else []
+    return out
+
+
+def build_openapi(routes: Sequence[BaseRoute], *, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``routes`` (Starlette routes of the application)."""
+    _, components = msgspec.json.schema_components(RESPONSE_STRUCTS, ref_template=SCHEMA_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route) or not route.include_in_schema:
+            continue
+        if isinstance(route, DocumentedRoute):
+            op = route.operation
+        elif route.path in _EXTERNAL_DOCS:
+            op = _EXTERNAL_DOCS[route.path]
+        else:
+            op = Operation(
+                route.name.replace("_", " "),
+                "Not part of the JSON API; see the project documentation.",
+                tags=("other",),
+                secured=False,
+                extra_responses={"200": {"description": "OK."}},
+            )
+        method = op.method.lower()
+        if route.methods and op.method not in route.methods:
+            method = sorted(m for m in route.methods if m != "HEAD")[0].lower()
+        paths.setdefault(route.path, {})[method] = _operation_object(route.path, route.name, op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "opamp-fast REST API",
+            "version": version,
+            "description": (
+                "Agent status of an opamp-fast OpAMP server. Every `/api` route needs "
+                "`Authorization: Bearer <JWT>` (mint one with `opamp-fast token`). Errors are "
+                '`{"error": {"code", "message"}}`. Times are RFC 3339 UTC.'
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "tags": [
+            {"name": "agents", "description": "Agent status, connections and history."},
+            {"name": "health", "description": "Probes and metrics (no authentication)."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+_DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>opamp-fast REST API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@VERSION/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@VERSION/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({
+  url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true, deepLinking: true
+});
+</script>
+</body>
+</html>
+""".replace("VERSION", SWAGGER_UI_VERSION)
+
+
+def routes(services: Services) -> list[Route]:
+    cache: dict[str, bytes] = {}
+
+    async def openapi_json(request: Request) -> Response:
+        body = cache.get("spec")
+        if body is None:
+            spec = build_openapi(request.app.routes, version=services.version)
+            body = cache["spec"] = msgspec.json.encode(spec)
+        return Response(body, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(_DOCS_HTML)
+
+    return [
+        Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+        Route("/docs", docs, methods=["GET"], include_in_schema=False),
+    ]

@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 document: valid, complete, and true to the live server (schemathesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from openapi_spec_validator import validate
+from starlette.routing import Route
+
+from opamp_fast.api.models import RESPONSE_STRUCTS
+from tests.helpers.agents import HTTPAgent, open_ws_agent
+from tests.integration.test_rest_api import insert_agents, insert_history, run_sql, token_for
+
+pytestmark = pytest.mark.postgres
+
+
+async def fetch_spec(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        r = await client.get("/openapi.json")  # no token needed
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    spec: dict[str, Any] = r.json()
+    return spec
+
+
+async def test_document_is_valid_openapi_31_and_describes_every_route(server) -> None:
+    spec = await fetch_spec(server.url)
+    validate(spec)  # raises on any violation of the OpenAPI 3.1 meta-schema
+    assert spec["openapi"] == "3.1.0"
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    for struct in RESPONSE_STRUCTS:
+        assert struct.__name__ in spec["components"]["schemas"]
+
+    # Every route of the running app (except the document and the UI themselves) is described.
+    app = server.services  # the Starlette app is not exposed; rebuild its route list instead
+    from opamp_fast.api.app import build_starlette
+
+    routes = [r for r in build_starlette(app).routes if isinstance(r, Route)]
+    described = {r.path for r in routes if r.include_in_schema}
+    assert set(spec["paths"]) == described
+    assert "/openapi.json" not in spec["paths"] and "/docs" not in spec["paths"]
+
+    api_paths = [p for p in spec["paths"] if p.startswith("/api/")]
+    assert sorted(api_paths) == sorted(
+        [
+            "/api/agents",
+            "/api/agents/online",
+            "/api/agents/offline",
+            "/api/agents/status/summary",
+            "/api/agents/{id}",
+            "/api/agents/{id}/active-connection",
+            "/api/agents/{id}/connection-history",
+        ]
+    )
+    for path in api_paths:
+        op = spec["paths"][path]["get"]
+        assert op["security"] == [{"bearerAuth": []}], path
+        assert "401" in op["responses"] and "200" in op["responses"], path
+        assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert ok.startswith("#/components/schemas/")
+        err = op["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
+        assert err == "#/components/schemas/ErrorResponse"
+        names = {p["name"] for p in op["parameters"]}
+        if "{id}" in path:
+            assert "id" in names and "404" in op["responses"] and "400" in op["responses"]
+        paged = path in ("/api/agents", "/api/agents/online", "/api/agents/offline")
+        if paged or path.endswith("/connection-history"):
+            assert {"limit", "offset", "cursor"} <= names, path
+    listing = {p["name"]: p for p in spec["paths"]["/api/agents"]["get"]["parameters"]}
+    assert listing["limit"]["schema"]["maximum"] == server.services.settings.api_max_page_size
+    assert listing["status"]["schema"]["enum"] == ["online", "offline"]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+async def test_swagger_ui_page(server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        r = await client.get("/docs")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in r.text and "/openapi.json" in r.text
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_server_errors(server, database_url) -> None:
+    """Property-based requests to every GET operation (valid and invalid inputs): no 5xx, and
+    responses conform to the documented status codes, content types and schemas."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    # Some real data so positive cases also exercise full pages.
+    uids = [uuid.uuid4().bytes for _ in range(5)]
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def seed(conn: Any) -> None:
+        insert_agents(conn, [{"uid": u, "name": f"svc-{i}"} for i, u in enumerate(uids)])
+        insert_history(conn, uids[0], [base + timedelta(seconds=i) for i in range(30)])
+
+    await run_sql(database_url, seed)
+    token = token_for(server.services.settings)
+    spec = await fetch_spec(server.url)
+    headers = {"Authorization": f"Bearer {token}"}
+    base_url = server.url
+    positive_checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    failures: list[str] = []
+
+    calls = 0
+
+    def fuzz(operation: Any, mode: GenerationMode, checks: list[Any]) -> None:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=40,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def exercise(case: Any) -> None:
+            nonlocal calls
+            calls += 1
+            case.call_and_validate(base_url=base_url, headers=headers, checks=checks)
+
+        try:
+            exercise()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE  # nothing to negate (no parameters)
+        except Exception as exc:  # collect all operations' failures, then report
+            failures.append(f"{operation.label} [{mode.value}]: {exc}")
+
+    def run() -> int:
+        schema = schemathesis.openapi.from_dict(spec)
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            fuzz(operation, GenerationMode.POSITIVE, positive_checks)
+            fuzz(operation, GenerationMode.NEGATIVE, [not_a_server_error])
+        return calls
+
+    async with open_ws_agent(server.url) as ws:
+        await ws.full_state("fuzz-ws")
+        async with httpx.AsyncClient(base_url=server.url) as opamp_client:
+            await HTTPAgent(opamp_client).full_state("fuzz-http")
+            with trio.fail_after(120):
+                calls = await trio.to_thread.run_sync(run)
+    assert not failures, "\n\n".join(failures)
+    assert calls >= 100
