@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .heartbeat import USING_EXTENSION, TimingWheel
 from .protocol import AgentState, Session, Transport
@@ -28,6 +29,38 @@ if TYPE_CHECKING:
     from .transport.connection import Connection
 
 logger = logging.getLogger(__name__)
+
+
+# -- metrics support (issue 6) -------------------------------------------------------------
+# Plain numbers only: ``metrics.py`` turns these into Prometheus samples at scrape time, so the
+# registry never imports prometheus_client and a disconnect costs one bisect and two adds.
+
+#: Upper bounds (``le``) of ``agent_connection_duration_seconds``: 1 s to one week.
+CONNECTION_DURATION_BOUNDS_S: Final = (
+    1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0,
+    86400.0, 2 * 86400.0, 4 * 86400.0, 7 * 86400.0,
+)  # fmt: skip
+
+
+class BucketCounts:
+    """A histogram as plain numbers: per-bucket (not cumulative) counts plus the sum.
+
+    ``counts[i]`` counts observations ``<= bounds[i]`` and ``> bounds[i - 1]``; the last slot is
+    the ``+Inf`` overflow. The exporter copies ``counts`` and ``sum`` on the event loop.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(bounds)
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError("bucket bounds must be strictly increasing")
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 
 class AgentStatus(enum.Enum):
@@ -125,6 +158,8 @@ class Registry:
         self._expired_total = 0
         # (from, to) -> count; "new" is the from-state of an agent's first connection.
         self._changes: dict[tuple[str, str], int] = {}
+        # metrics (issue 6): durations of connections that ended (online -> offline), seconds.
+        self.connection_durations = BucketCounts(CONNECTION_DURATION_BOUNDS_S)
 
     # -- lookup ---------------------------------------------------------------------------
     def get(self, uid: bytes) -> AgentRecord | None:
@@ -222,6 +257,8 @@ class Registry:
         if record.transport is not None:
             self._online_by_transport[record.transport] -= 1
         self._count("online", "offline")
+        # metrics (issue 6): a WebSocket's lifetime, or an HTTP agent's first poll to its end.
+        self.connection_durations.observe(max(0.0, wall - record.connected_at))
         return StatusTransition(record, AgentStatus.OFFLINE, wall, reason, connection)
 
     def sweep(self, *, mono: float, wall: float) -> list[StatusTransition]:

@@ -18,6 +18,7 @@ import trio
 from . import __version__
 from .config import Settings
 from .fleet import FleetHandler
+from .metrics import MetricsExporter
 from .protocol import ServerPolicy
 from .registry import Registry
 from .storage import Database
@@ -38,6 +39,8 @@ class Services:
     writer: BatchWriter
     fleet: FleetHandler
     opamp: OpAMPEndpoint
+    # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
+    metrics: MetricsExporter | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -84,6 +87,8 @@ async def open_services(
         fleet=fleet,
         opamp=OpAMPEndpoint(fleet, max_message_bytes=settings.max_message_bytes),
     )
+    # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
+    services.metrics = MetricsExporter.for_services(services)
     logger.info(
         "heartbeat wheel: %s implementation",
         "Cython" if registry.statistics().using_extension else "pure-Python",

@@ -29,6 +29,7 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -227,6 +228,9 @@ class BatchWriter:
         self._errors = 0
         self._failed_attempts = 0
         self._backlog_since: float | None = None
+        # metrics (issue 6): called with (rows, seconds) after each committed flush, on the event
+        # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
+        self.on_flush: Callable[[int, float], None] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -426,6 +430,8 @@ class BatchWriter:
             )
             self._backlog_since = None
             self._failed_attempts = 0
+        if self.on_flush is not None:  # metrics (issue 6)
+            self.on_flush(rows, elapsed)
         for waiter in batch.waiters:
             waiter.set()
         return True

@@ -1,0 +1,589 @@
+"""Prometheus metrics at ``GET /metrics``, read from the services' own counters at scrape time.
+
+Why it looks like this (capability 5, house style "Logging, metrics, config"):
+
+- **No global state.** Every :class:`MetricsExporter` owns an injected ``CollectorRegistry``
+  (never prometheus_client's default ``REGISTRY``), and the ``/metrics`` route serves exactly the
+  exporter held by its server's :class:`~opamp_fast.services.Services`. Two servers in one
+  process therefore export independent numbers.
+- **No metric work per message.** The hot path only bumps plain ``int`` attributes that already
+  exist (``TransportStats``, ``FleetHandler.heartbeats_total``, the registry's transition
+  counts and connection-duration buckets). :class:`FleetCollector` turns them into samples
+  when Prometheus scrapes, so an idle scrape interval costs nothing.
+- **Consistent reads, formatting off the loop.** The registry and the writer are not
+  thread-safe, so :meth:`MetricsExporter.snapshot` copies what it needs *on the event loop*
+  (a few dict copies, plus one list of record references); building the families and the text
+  exposition -- 100k ``agent_last_seen_seconds`` lines when the cap is raised -- runs in a worker
+  thread (:meth:`MetricsExporter.render`). When ``generate_latest`` is called from such a thread,
+  the collector hops back to the loop with ``trio.from_thread.run_sync`` to take its snapshot.
+- **Bounded cardinality.** The only per-agent series, ``agent_last_seen_seconds{agent_id}``, is
+  exported only while the number of known agents is at most ``metrics_agent_series_max``;
+  beyond that it disappears as a whole and ``opamp_fast_agent_series_suppressed`` is 1.
+
+Every exported name, type and label is listed in :data:`METRICS` and in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import trio
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .protocol import Transport
+from .registry import AgentRecord, AgentStatus, BucketCounts, Registry, RegistryStatistics
+
+if TYPE_CHECKING:
+    from .fleet import FleetHandler
+    from .services import Services
+    from .storage.batch_writer import BatchWriter, WriterStatistics
+    from .transport.stats import TransportStats
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4  # "text/plain; version=0.0.4; charset=utf-8"
+
+#: An online agent is *stale* once it has been silent for more than this many heartbeat
+#: intervals: it missed the heartbeat it owed by at least half an interval (jitter and network
+#: delay stay well below that), but has not yet reached its heartbeat timeout (by default
+#: max(60 s, 2.5 intervals)), which would take it offline.
+STALE_AFTER_INTERVALS: Final = 1.5
+
+#: ``le`` bounds of ``opamp_fast_writer_flush_rows`` (rows written by one committed flush).
+FLUSH_ROWS_BOUNDS: Final = (1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0)
+#: ``le`` bounds of ``opamp_fast_writer_flush_duration_seconds`` (one committed flush).
+FLUSH_SECONDS_BOUNDS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
+
+_TRANSPORTS: Final = (Transport.WS, Transport.HTTP)
+#: Transitions exported at 0 before they first happen, so ``rate()`` and alerts see the series.
+_KNOWN_CHANGES: Final = (("new", "online"), ("offline", "online"), ("online", "offline"))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric: the text-format family name, its type, help and label names."""
+
+    name: str
+    kind: str  # "gauge" | "counter" | "histogram" | "info"
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+def _spec(name: str, kind: str, help: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, kind, help, labels)
+
+
+#: Every metric this module exports (besides prometheus_client's ``process_*``), by name.
+#: Counter names include ``_total``; histograms expose ``_bucket``/``_sum``/``_count``; info
+#: metrics expose ``<name>_info``.
+METRICS: Final[dict[str, MetricSpec]] = {
+    s.name: s
+    for s in (
+        # -- the fleet (names kept from the seed's dashboards and queries) ------------------
+        _spec("agents_by_status", "gauge", "Known agents by liveness status.", "status"),
+        _spec(
+            "agent_status_changes_total",
+            "counter",
+            "Agent liveness transitions; from is 'new' for an agent's first connection.",
+            "from",
+            "to",
+        ),
+        _spec(
+            "agent_heartbeats_total",
+            "counter",
+            "Agent messages that changed no reported state (heartbeats).",
+        ),
+        _spec(
+            "agents_stale",
+            "gauge",
+            f"Online agents silent for more than {STALE_AFTER_INTERVALS} heartbeat intervals.",
+        ),
+        _spec(
+            "agent_last_seen_seconds",
+            "gauge",
+            "UNIX time of the last message from each known agent; exported only while the "
+            "number of known agents is at most metrics_agent_series_max.",
+            "agent_id",
+        ),
+        _spec(
+            "agent_connection_duration_seconds",
+            "histogram",
+            "Duration of agent connections that ended (WebSocket lifetime, or first HTTP poll to "
+            "timeout/disconnect).",
+        ),
+        # -- the server's own -------------------------------------------------------------
+        _spec(
+            "opamp_fast_agent_series_suppressed",
+            "gauge",
+            "1 when agent_last_seen_seconds is omitted (too many agents, or disabled), else 0.",
+        ),
+        _spec("opamp_fast_agents_online", "gauge", "Online agents by transport.", "transport"),
+        _spec(
+            "opamp_fast_agent_heartbeat_timeouts_total",
+            "counter",
+            "Agents taken offline because they were silent past their heartbeat timeout.",
+        ),
+        _spec(
+            "opamp_fast_received_messages_total",
+            "counter",
+            "OpAMP messages received.",
+            "transport",
+        ),
+        _spec("opamp_fast_sent_messages_total", "counter", "OpAMP messages sent.", "transport"),
+        _spec(
+            "opamp_fast_received_bytes_total",
+            "counter",
+            "OpAMP bytes received: WebSocket frames; HTTP bodies after decompression.",
+            "transport",
+        ),
+        _spec(
+            "opamp_fast_sent_bytes_total",
+            "counter",
+            "OpAMP bytes sent: WebSocket frames; HTTP bodies as sent (gzipped if accepted).",
+            "transport",
+        ),
+        _spec(
+            "opamp_fast_protocol_errors_total",
+            "counter",
+            "Undecodable or invalid OpAMP input (and oversized replies), by kind.",
+            "transport",
+            "kind",
+        ),
+        _spec(
+            "opamp_fast_rejected_connections_total",
+            "counter",
+            "OpAMP connections refused before any protocol work, by HTTP status.",
+            "transport",
+            "status",
+        ),
+        _spec(
+            "opamp_fast_open_connections",
+            "gauge",
+            "Open OpAMP connections (WebSockets; HTTP requests in flight).",
+            "transport",
+        ),
+        _spec(
+            "opamp_fast_writer_flush_rows",
+            "histogram",
+            "Rows written to Postgres by one committed flush.",
+        ),
+        _spec(
+            "opamp_fast_writer_flush_duration_seconds",
+            "histogram",
+            "Wall time of one committed flush (one transaction).",
+        ),
+        _spec(
+            "opamp_fast_writer_flushes_total", "counter", "Committed flushes of the batch writer."
+        ),
+        _spec(
+            "opamp_fast_writer_rows_written_total",
+            "counter",
+            "Rows written to Postgres by committed flushes.",
+        ),
+        _spec(
+            "opamp_fast_writer_pending_agents",
+            "gauge",
+            "Agents with changes not yet committed to Postgres (pending or in flight).",
+        ),
+        _spec(
+            "opamp_fast_writer_pending_sessions",
+            "gauge",
+            "Connection-history opens/closes not yet committed to Postgres.",
+        ),
+        _spec(
+            "opamp_fast_writer_queue_length",
+            "gauge",
+            "Events waiting in the channel between connections and the writer.",
+        ),
+        _spec(
+            "opamp_fast_writer_queue_capacity",
+            "gauge",
+            "Bound of that channel (writer_queue_max); connections wait when it is full.",
+        ),
+        _spec("opamp_fast_db_errors_total", "counter", "Failed flush attempts (database errors)."),
+        _spec(
+            "opamp_fast_db_backlog_seconds",
+            "gauge",
+            "Seconds since database writes started failing; 0 when healthy.",
+        ),
+        _spec(
+            "opamp_fast_sweeper_lag_seconds",
+            "gauge",
+            "How late the heartbeat sweeper's last tick ran (event-loop lag).",
+        ),
+        _spec(
+            "opamp_fast_heartbeat_wheel",
+            "info",
+            "Timing wheel implementation in use (cython or python).",
+            "implementation",
+        ),
+        _spec("opamp_fast_build", "info", "opamp-fast version.", "version"),
+    )
+}
+
+
+def agent_id(uid: bytes) -> str:
+    """The canonical UUID text of a 16-byte instance uid (as in the ``agents.uid_text`` column)."""
+    h = uid.hex()
+    if len(h) != 32:
+        return h
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A copied histogram: per-bucket counts (last is ``+Inf``), bounds and the sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @classmethod
+    def of(cls, buckets: BucketCounts) -> Histogram:
+        return cls(buckets.bounds, tuple(buckets.counts), buckets.sum)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs ending with ``+Inf``, as Prometheus expects."""
+        out = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Everything one scrape exports, copied on the event loop at one instant.
+
+    ``records`` is a list of references to the registry's records taken at the same instant;
+    the collector reads only their scalar fields (``status``, ``last_seen``, the uid), each of
+    which the loop replaces atomically, so reading them from a worker thread is safe.
+    """
+
+    at: float  # wall clock, UNIX seconds
+    registry: RegistryStatistics
+    connection_durations: Histogram
+    heartbeats_total: int
+    sweeper_lag_s: float
+    writer: WriterStatistics | None
+    flush_rows: Histogram
+    flush_seconds: Histogram
+    messages_in: dict[Transport, int]
+    messages_out: dict[Transport, int]
+    bytes_in: dict[Transport, int]
+    bytes_out: dict[Transport, int]
+    open_connections: dict[Transport, int]
+    errors: dict[tuple[Transport, str], int]
+    rejections: dict[tuple[Transport, int], int]
+    records: list[AgentRecord]
+
+
+class MetricsExporter:
+    """One server's metrics: an injected registry with :class:`FleetCollector` and process
+    metrics, fed by the services passed in (never found through globals).
+
+    Args:
+        registry: the live agent registry (required: it is the fleet).
+        fleet: supplies ``heartbeats_total`` and ``sweeper_lag_s``; ``None`` exports zeros.
+        writer: the batch writer; its flushes feed the flush histograms through its
+            ``on_flush`` hook, which this constructor sets. ``None`` exports zeros.
+        transport: the OpAMP endpoint's :class:`TransportStats`; ``None`` exports zeros.
+        heartbeat_interval_s: the interval offered to agents; ``agents_stale`` is measured in it.
+        agent_series_max: the ``metrics_agent_series_max`` cap (0 disables per-agent series).
+        writer_queue_max: exported as ``opamp_fast_writer_queue_capacity``.
+        collector_registry: where to register; a fresh ``CollectorRegistry`` by default.
+        clock: wall clock for ``agents_stale`` and the database backlog (tests inject one).
+        process_metrics: register prometheus_client's ``ProcessCollector`` (``process_*``).
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        fleet: FleetHandler | None = None,
+        writer: BatchWriter | None = None,
+        transport: TransportStats | None = None,
+        heartbeat_interval_s: float,
+        agent_series_max: int,
+        writer_queue_max: int = 0,
+        version: str = "",
+        collector_registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        process_metrics: bool = True,
+    ) -> None:
+        if heartbeat_interval_s <= 0 or agent_series_max < 0:
+            raise ValueError("heartbeat_interval_s must be > 0 and agent_series_max >= 0")
+        self.agents = registry
+        self.fleet = fleet
+        self.writer = writer
+        self.transport = transport
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.agent_series_max = agent_series_max
+        self.writer_queue_max = writer_queue_max
+        self.version = version
+        self._clock = clock
+        self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
+        self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
+        if writer is not None:
+            writer.on_flush = self._observe_flush
+        # The loop this exporter serves: collect() called from any other thread hops back to it.
+        self._trio_token = (
+            trio.lowlevel.current_trio_token() if trio.lowlevel.in_trio_run() else None
+        )
+        # One scrape formats at a time; a second concurrent scrape waits instead of adding CPU.
+        self._render_limiter = trio.CapacityLimiter(1)
+        self.registry = (
+            collector_registry if collector_registry is not None else CollectorRegistry()
+        )
+        self.collector = FleetCollector(self)
+        self.registry.register(self.collector)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+
+    @classmethod
+    def for_services(cls, services: Services) -> MetricsExporter:
+        """The exporter of one server, from its services and settings."""
+        settings = services.settings
+        return cls(
+            registry=services.registry,
+            fleet=services.fleet,
+            writer=services.writer,
+            transport=services.opamp.stats,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            agent_series_max=settings.metrics_agent_series_max,
+            writer_queue_max=settings.writer_queue_max,
+            version=services.version,
+        )
+
+    def _observe_flush(self, rows: int, seconds: float) -> None:
+        self.flush_rows.observe(rows)
+        self.flush_seconds.observe(seconds)
+
+    # -- reading the services --------------------------------------------------------------
+    def snapshot(self) -> MetricsSnapshot:
+        """Copy every exported number. Must run on the event loop (or with no loop at all):
+        it never awaits, so it sees the services between two of their mutations."""
+        fleet = self.fleet
+        stats = self.transport
+        zero = dict.fromkeys(_TRANSPORTS, 0)
+        return MetricsSnapshot(
+            at=self._clock(),
+            registry=self.agents.statistics(),
+            connection_durations=Histogram.of(self.agents.connection_durations),
+            heartbeats_total=fleet.heartbeats_total if fleet is not None else 0,
+            sweeper_lag_s=fleet.sweeper_lag_s if fleet is not None else 0.0,
+            writer=self.writer.statistics() if self.writer is not None else None,
+            flush_rows=Histogram.of(self.flush_rows),
+            flush_seconds=Histogram.of(self.flush_seconds),
+            messages_in=dict(stats.messages_in) if stats else zero,
+            messages_out=dict(stats.messages_out) if stats else zero,
+            bytes_in=dict(stats.bytes_in) if stats else zero,
+            bytes_out=dict(stats.bytes_out) if stats else zero,
+            open_connections=dict(stats.open) if stats else zero,
+            errors=dict(stats.errors) if stats else {},
+            rejections=dict(stats.rejections) if stats else {},
+            records=list(self.agents),
+        )
+
+    def snapshot_on_loop(self) -> MetricsSnapshot:
+        """:meth:`snapshot`, taken on the event loop whichever thread asks for it."""
+        token = self._trio_token
+        if token is None or trio.lowlevel.in_trio_run():
+            return self.snapshot()
+        try:
+            return trio.from_thread.run_sync(self.snapshot, trio_token=token)
+        except trio.RunFinishedError:
+            return self.snapshot()  # the loop has ended: nothing mutates the services any more
+
+    # -- exposition --------------------------------------------------------------------------
+    def generate(self) -> bytes:
+        """The text exposition (format 0.0.4) of the whole registry; callable from any thread."""
+        return generate_latest(self.registry)
+
+    async def render(self) -> bytes:
+        """Format a scrape in a worker thread so 100k per-agent lines never stall the loop."""
+        return await trio.to_thread.run_sync(self.generate, limiter=self._render_limiter)
+
+
+class FleetCollector(Collector):
+    """Builds every family of :data:`METRICS` from one :class:`MetricsSnapshot` per scrape."""
+
+    def __init__(self, exporter: MetricsExporter) -> None:
+        self._exporter = exporter
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so registering a second collector with the same names fails loudly.
+        return [_empty_family(spec) for spec in METRICS.values()]
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.families(self._exporter.snapshot_on_loop()))
+
+    def families(self, snap: MetricsSnapshot) -> Iterator[Metric]:
+        """Pure: the families of one snapshot (unit tests call it with hand-made snapshots)."""
+        exporter = self._exporter
+        reg = snap.registry
+        f = _Families()
+
+        # -- fleet ---------------------------------------------------------------------------
+        by_status = f.gauge("agents_by_status")
+        by_status.add_metric([AgentStatus.ONLINE.value], reg.online)
+        by_status.add_metric([AgentStatus.OFFLINE.value], reg.offline)
+
+        changes = f.counter("agent_status_changes_total")
+        for (src, dst), n in sorted(
+            {**dict.fromkeys(_KNOWN_CHANGES, 0), **reg.status_changes}.items()
+        ):
+            changes.add_metric([src, dst], n)
+
+        f.counter("agent_heartbeats_total").add_metric([], snap.heartbeats_total)
+
+        stale_before = snap.at - STALE_AFTER_INTERVALS * exporter.heartbeat_interval_s
+        records = snap.records
+        online = AgentStatus.ONLINE
+        stale = sum(1 for r in records if r.status is online and r.last_seen < stale_before)
+        f.gauge("agents_stale").add_metric([], stale)
+
+        cap = exporter.agent_series_max
+        suppressed = cap == 0 or len(records) > cap
+        if not suppressed:
+            last_seen = f.gauge("agent_last_seen_seconds")
+            add = last_seen.add_metric
+            for r in records:
+                seen = r.last_seen
+                if seen > 0:  # known but never heard from (e.g. config assigned ahead): no sample
+                    add([agent_id(r.uid)], seen)
+        f.gauge("opamp_fast_agent_series_suppressed").add_metric([], 1 if suppressed else 0)
+
+        f.histogram("agent_connection_duration_seconds", snap.connection_durations)
+
+        online_by = f.gauge("opamp_fast_agents_online")
+        online_by.add_metric([Transport.WS.value], reg.online_ws)
+        online_by.add_metric([Transport.HTTP.value], reg.online_http)
+        f.counter("opamp_fast_agent_heartbeat_timeouts_total").add_metric([], reg.expired_total)
+
+        # -- transports ----------------------------------------------------------------------
+        for name, values in (
+            ("opamp_fast_received_messages_total", snap.messages_in),
+            ("opamp_fast_sent_messages_total", snap.messages_out),
+            ("opamp_fast_received_bytes_total", snap.bytes_in),
+            ("opamp_fast_sent_bytes_total", snap.bytes_out),
+        ):
+            family = f.counter(name)
+            for transport in _TRANSPORTS:
+                family.add_metric([transport.value], values.get(transport, 0))
+        open_conns = f.gauge("opamp_fast_open_connections")
+        for transport in _TRANSPORTS:
+            open_conns.add_metric([transport.value], snap.open_connections.get(transport, 0))
+        errors = f.counter("opamp_fast_protocol_errors_total")
+        for (transport, kind), n in sorted(snap.errors.items(), key=_label_key):
+            errors.add_metric([transport.value, kind], n)
+        rejections = f.counter("opamp_fast_rejected_connections_total")
+        for (transport, status), n in sorted(snap.rejections.items(), key=_label_key):
+            rejections.add_metric([transport.value, str(status)], n)
+
+        # -- persistence ---------------------------------------------------------------------
+        f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)
+        f.histogram("opamp_fast_writer_flush_duration_seconds", snap.flush_seconds)
+        w = snap.writer
+        f.counter("opamp_fast_writer_flushes_total").add_metric([], w.flushes_total if w else 0)
+        f.counter("opamp_fast_writer_rows_written_total").add_metric(
+            [], w.rows_written_total if w else 0
+        )
+        f.gauge("opamp_fast_writer_pending_agents").add_metric([], w.pending_agents if w else 0)
+        f.gauge("opamp_fast_writer_pending_sessions").add_metric([], w.pending_sessions if w else 0)
+        f.gauge("opamp_fast_writer_queue_length").add_metric([], w.queued if w else 0)
+        f.gauge("opamp_fast_writer_queue_capacity").add_metric([], exporter.writer_queue_max)
+        f.counter("opamp_fast_db_errors_total").add_metric([], w.db_errors_total if w else 0)
+        backlog = 0.0
+        if w is not None and w.backlog_since is not None:
+            backlog = max(0.0, snap.at - w.backlog_since)
+        f.gauge("opamp_fast_db_backlog_seconds").add_metric([], backlog)
+
+        # -- runtime -------------------------------------------------------------------------
+        f.gauge("opamp_fast_sweeper_lag_seconds").add_metric([], snap.sweeper_lag_s)
+        f.info(
+            "opamp_fast_heartbeat_wheel",
+            {"implementation": "cython" if reg.using_extension else "python"},
+        )
+        f.info("opamp_fast_build", {"version": exporter.version})
+        return iter(f.families)
+
+
+class _Families:
+    """Creates families from :data:`METRICS` (so names, help and labels live in one place)."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def gauge(self, name: str) -> GaugeMetricFamily:
+        spec = METRICS[name]
+        family = GaugeMetricFamily(name, spec.help, labels=spec.labels)
+        self.families.append(family)
+        return family
+
+    def counter(self, name: str) -> CounterMetricFamily:
+        spec = METRICS[name]
+        family = CounterMetricFamily(name, spec.help, labels=spec.labels)
+        self.families.append(family)
+        return family
+
+    def histogram(self, name: str, hist: Histogram) -> None:
+        spec = METRICS[name]
+        family = HistogramMetricFamily(name, spec.help, labels=spec.labels)
+        family.add_metric([], hist.cumulative(), hist.sum)
+        self.families.append(family)
+
+    def info(self, name: str, value: dict[str, str]) -> None:
+        spec = METRICS[name]
+        self.families.append(InfoMetricFamily(name, spec.help, value=value))
+
+
+def _empty_family(spec: MetricSpec) -> Metric:
+    if spec.kind == "counter":
+        return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    if spec.kind == "histogram":
+        return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+    if spec.kind == "info":
+        return InfoMetricFamily(spec.name, spec.help, labels=spec.labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _label_key(item: tuple[tuple[Transport, object], int]) -> tuple[str, str]:
+    (transport, detail), _ = item
+    return transport.value, str(detail)
+
+
+def routes(services: Services) -> list[Route]:
+    """``GET /metrics`` (unauthenticated, as Prometheus scrapes) for this server's exporter."""
+    exporter = services.metrics
+    if exporter is None:  # Services built by hand (e.g. API tests): give them their own
+        exporter = services.metrics = MetricsExporter.for_services(services)
+
+    async def metrics(request: Request) -> Response:
+        body = await exporter.render()
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return [Route("/metrics", metrics, methods=["GET"])]
