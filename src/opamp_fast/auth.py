@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .api.responses import error_response
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,18 @@ def load_or_create_secret(path: Path) -> tuple[str, bool]:
     """``(secret, created)``: read the persisted secret, creating it (mode 0600) on first use.
 
     Creation uses ``O_EXCL`` so two processes starting at once (server and ``token``) agree on
-    one secret: the loser of the race reads the winner's file.
+    one secret: the loser of the race reads the winner's file. An unusable location (not a
+    directory, no permission) is one clear ``StartupError``.
     """
+    try:
+        return _load_or_create_secret(path)
+    except OSError as exc:
+        raise StartupError(
+            f"JWT secret file {path} cannot be read or created: {exc.strerror or exc}"
+        ) from None
+
+
+def _load_or_create_secret(path: Path) -> tuple[str, bool]:
     try:
         return _read_secret(path), False
     except FileNotFoundError:

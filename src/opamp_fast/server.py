@@ -22,6 +22,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from .api.app import build_app
+from .auth import load_key_material
 from .config import Settings
 from .errors import StartupError
 from .services import Services, open_services
@@ -106,6 +107,7 @@ async def serve(
     """
     if shutdown_trigger is None:
         shutdown_trigger = trio.Event()
+    load_key_material(settings)  # a bad REST auth setup fails here, before anything starts
     config = hypercorn_config(settings)
     sockets = bind_sockets(config, settings)
     try:

@@ -88,8 +88,15 @@ def test_unreachable_database_is_one_line(tmp_path) -> None:
 def test_unwritable_data_dir_is_one_line(tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = run("serve", "--data-dir", str(blocker / "pg"), "--port", str(_free_port()))
+    secret = {"OPAMP_FAST_API_JWT_SECRET": "s" * 40}  # so the data directory is what fails
+    result = run(
+        "serve", "--data-dir", str(blocker / "pg"), "--port", str(_free_port()), env=secret
+    )
     assert_one_line_error(result, 1, "data directory")
+    # Without a configured secret, the generated one lives beside the data directory: that
+    # location is checked first, with its own clear line.
+    result = run("serve", "--data-dir", str(blocker / "pg"), "--port", str(_free_port()))
+    assert_one_line_error(result, 1, "JWT secret file")
 
 
 def test_port_in_use_says_so(tmp_path) -> None:
@@ -117,3 +124,17 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_bad_api_key_configuration_fails_before_start(tmp_path) -> None:
+    result = run(
+        "serve",
+        "--port",
+        str(_free_port()),
+        "--data-dir",
+        str(tmp_path / "pg"),
+        "--api-jwt-algorithm",
+        "RS256",
+    )
+    assert_one_line_error(result, 2, "api_jwt_public_key_file")
+    assert not (tmp_path / "pg").exists()  # failed before the embedded Postgres started
