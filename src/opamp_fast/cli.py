@@ -1,4 +1,4 @@
-"""Command line: ``opamp-fast serve | migrate | version | token``.
+"""Command line: ``opamp-fast serve | migrate | version | token | simulate``.
 
 Every failure a user can cause (bad flag, bad value, port in use, unreachable database,
 unwritable data directory) ends with one ``opamp-fast: error: ...`` line and a non-zero exit:
@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
             "log_level",
         ),
     )
+    from . import simulator
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="run simulated agents against a server on this machine (load testing)",
+        description="Hold N simulated OpAMP agents (WebSocket and/or HTTP) against a loopback "
+        "server for a bounded time, then print a JSON summary.",
+    )
+    simulator.add_arguments(simulate)
     return parser
 
 
@@ -138,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"opamp-fast {__version__}")
         return 0
+    if args.command == "simulate":
+        from . import simulator
+
+        return simulator.run_from_args(args)
     settings = _settings(args)
     if args.command == "token":
         return _token(args, settings)
