@@ -17,6 +17,7 @@ Liveness policy (one transition each, see ``registry``):
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -27,7 +28,6 @@ import trio
 
 from .handlers import ACCEPT, ConnectingRequest, ConnectionResponse
 from .protocol import (
-    AgentConnected,
     AgentDisconnected,
     InstanceUidReassigned,
     MessageMerged,
@@ -214,8 +214,8 @@ class FleetHandler:
                     conn.remote_addr,
                     event.new_uid.hex(),
                 )
-            elif isinstance(event, AgentConnected):
-                pass  # liveness is decided above, from the registry's view
+            # AgentConnected is not used: liveness is decided above from the registry's view,
+            # which also knows about plain-HTTP sessions that span polls.
 
         await self._persist(record, transitions, status_changed)
         if superseded is not None:
@@ -348,6 +348,4 @@ async def _close_quietly(conn: Connection, code: int, reason: str) -> None:
 
 
 def _constant_time_equal(a: str, b: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(a.encode(), b.encode())
