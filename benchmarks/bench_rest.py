@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import psycopg
 import trio
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from psycopg.types.json import Jsonb
 
 from opamp_fast.auth import load_key_material, mint_token
@@ -47,16 +48,6 @@ from opamp_fast.storage.migrations import migrate_sync
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 SECRET = "b" * 64
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, bytes]:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from psycopg.types.json import set_json_dumps
 
 from opamp_fast.storage.batch_writer import BatchWriter, _Batch, _write_batch
@@ -193,16 +194,6 @@ def bench_size(conn: psycopg.Connection[Any], n: int, rounds: int) -> dict[str, 
         conn.execute("VACUUM ANALYZE agents")
         results["last_seen"].append(timed_tx(conn, flush(seen_writer._take())))
     return {name: median(values) for name, values in results.items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
