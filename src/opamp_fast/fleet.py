@@ -104,7 +104,6 @@ class FleetHandler:
         self._wall = wall_clock
         self._open_connections = 0
         self.heartbeats_total = 0
-        self.messages_total = 0
         self.shutting_down = False
         self.sweeper_lag_s = 0.0
 
@@ -137,7 +136,6 @@ class FleetHandler:
         mono = trio.current_time()
         registry = self.registry
         record, _ = registry.ensure(uid, msg.instance_uid)
-        self.messages_total += 1
 
         duplicate = False
         superseded: Connection | None = None

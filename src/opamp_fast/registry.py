@@ -20,7 +20,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from .heartbeat import USING_EXTENSION, TimingWheel
 from .protocol import AgentState, Session, Transport
@@ -295,6 +295,3 @@ class Registry:
             status_changes=dict(self._changes),
             using_extension=USING_EXTENSION,
         )
-
-    def deadline_of(self, record: AgentRecord) -> Any:
-        return self._wheel.deadline(record.handle)
