@@ -37,7 +37,11 @@ class BodyTooLargeError(Exception):
 
 
 class BadEncodingError(Exception):
-    pass
+    """The body cannot be read as sent; ``status`` is the HTTP answer (400 or 415)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def serve_http(
@@ -78,7 +82,7 @@ async def serve_http(
         return
     except BadEncodingError as exc:
         stats.protocol_error(Transport.HTTP, "content_encoding")
-        await _plain(send, 400 if "corrupt" in str(exc) else 415, str(exc))
+        await _plain(send, exc.status, str(exc))
         return
     stats.received(Transport.HTTP, len(body))
 
@@ -135,7 +139,9 @@ async def _handle(
 
 async def _read_body(receive: Any, headers: Any, encoding: str, limit: int) -> bytes:
     if encoding not in ("identity", "gzip", "x-gzip"):
-        raise BadEncodingError(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+        raise BadEncodingError(
+            f"unsupported Content-Encoding {encoding!r}; use gzip or none", status=415
+        )
     declared = headers.get("content-length")
     if encoding == "identity" and declared is not None and declared.isdigit():
         if int(declared) > limit:
