@@ -1,4 +1,4 @@
-"""Builds only the Cython extension; all metadata lives in pyproject.toml.
+"""Builds only the Cython extensions; all metadata lives in pyproject.toml.
 
 Switches (read at build time):
   OPAMP_FAST_CYTHON_TRACE=1     compile with line tracing (profiling, coverage)
@@ -29,7 +29,13 @@ extensions = [
         ["src/opamp_fast/_heartbeat.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
-    )
+    ),
+    Extension(
+        "opamp_fast._wsframe",
+        ["src/opamp_fast/_wsframe.pyx"],
+        define_macros=macros,
+        extra_compile_args=["-O3"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=ANNOTATE))
