@@ -36,6 +36,12 @@ extensions = [
         define_macros=macros,
         extra_compile_args=["-O3"],
     ),
+    Extension(
+        "opamp_fast._pbscan",
+        ["src/opamp_fast/_pbscan.pyx"],
+        define_macros=macros,
+        extra_compile_args=["-O3"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=ANNOTATE))

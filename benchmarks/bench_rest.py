@@ -33,9 +33,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
-import trio
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from psycopg.types.json import Jsonb
 
@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
     pg = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
     try:
         url = pg.get_uri()
-        heavy, typical = await trio.to_thread.run_sync(
+        heavy, typical = await anyio.to_thread.run_sync(
             load, url, args.agents, args.rows, args.heavy
         )
         settings = Settings(
@@ -173,12 +173,12 @@ async def run(args: argparse.Namespace) -> None:
             api_jwt_secret=SECRET,
         )
         token = mint_token(load_key_material(settings), subject="bench", ttl_s=3600)
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
+        shutdown = anyio.Event()
+        async with anyio.create_task_group() as nursery:
             running = await nursery.start(lambda task_status: serve(
                 settings, shutdown_trigger=shutdown, task_status=task_status))  # fmt: skip
             registry = running.services.registry
-            now_mono, now_wall = trio.current_time(), time.time()
+            now_mono, now_wall = time.monotonic(), time.time()
             for _ in range(args.live):
                 uid = uuid.uuid4().bytes
                 record, _ = registry.ensure(uid, uid)
@@ -194,7 +194,9 @@ async def run(args: argparse.Namespace) -> None:
             "SELECT id, connected_at FROM agent_connection_history WHERE instance_uid = %(uid)s"
             " {where} ORDER BY connected_at DESC, id DESC LIMIT 101"
         )
-        deep = await trio.to_thread.run_sync(lambda: _deep_cursor(url, heavy, args.heavy * 9 // 10))
+        deep = await anyio.to_thread.run_sync(
+            lambda: _deep_cursor(url, heavy, args.heavy * 9 // 10)
+        )
         print("\n### EXPLAIN: deep keyset history page\n\n```")
         print(explain(url, history_sql.format(
             where="AND (connected_at, id) < (%(at)s, %(id)s)"),
@@ -241,7 +243,7 @@ async def measure(
         base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as client:
         # The cursor a client holds after paging 90 % of the way down the heavy agent's history.
-        deep_at, deep_id = await trio.to_thread.run_sync(
+        deep_at, deep_id = await anyio.to_thread.run_sync(
             _deep_cursor, db_url, heavy, args.heavy * 9 // 10
         )
         deep_cursor = encode_history_cursor(deep_at, deep_id, args.heavy)
@@ -310,7 +312,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=14321)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    trio.run(run, args)
+    anyio.run(run, args, backend_options={"use_uvloop": True})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Shared fixtures: a real Postgres for the whole session, a fresh database per test.
+"""Shared fixtures: a real Postgres for the whole session, a fresh database per test, and the
+event loop each async test runs on.
 
 With ``OPAMP_FAST_TEST_DATABASE_URL`` set, that server is used; otherwise an embedded Postgres
 (``pgserver``) is started once in a temporary directory. Each test that asks for ``database_url``
 gets its own freshly created database, so tests never see each other's rows.
+
+Async tests run through anyio's pytest plugin (``anyio_mode = "auto"`` in pyproject.toml) on
+asyncio with uvloop, the server's default backend. Suites that must hold on both backends (the
+transports and the interop suites) import ``anyio_backend`` from ``tests.helpers.backends``.
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import psycopg
 import pytest
-import trio
 
 from opamp_fast.config import Settings
 from opamp_fast.server import RunningServer, serve
 
 _counter = itertools.count()
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", {"use_uvloop": True})
 
 
 @pytest.fixture(scope="session")
@@ -91,21 +101,24 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def start_server() -> AsyncIterator[Callable[..., Any]]:
+async def start_server(
+    create_database: Callable[[], str],
+) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await start_server(settings)`` runs ``serve`` on a free loopback port.
 
-    The fixture owns the servers' nursery, so teardown is a real graceful shutdown (the same
-    ordered path SIGTERM takes), not a cancellation.
+    The fixture owns the servers' task group, so teardown is a real graceful shutdown (the same
+    ordered path SIGTERM takes), not a cancellation. It depends on ``create_database`` only so
+    that the test databases are dropped after the servers have drained into them.
     """
-    shutdowns: list[trio.Event] = []
-    async with trio.open_nursery() as nursery:
+    shutdowns: list[anyio.Event] = []
+    async with anyio.create_task_group() as tg:
 
         async def start(settings: Settings) -> RunningServer:
-            shutdown = trio.Event()
+            shutdown = anyio.Event()
             shutdowns.append(shutdown)
             if settings.port == 1:
                 settings = settings.replace(port=free_port())
-            running: RunningServer = await nursery.start(
+            running: RunningServer = await tg.start(
                 partial(serve, settings, shutdown_trigger=shutdown)
             )
             return running

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING
 from typing import Any, NoReturn
 
-import trio
+import anyio
+from anyio import CancelScope
 
 from . import __version__
 from .config import OPTIONS, Option, Settings, parse_value
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args, settings)
     _configure_logging(settings.log_level)
     try:
-        trio.run(_migrate if args.command == "migrate" else _serve, settings)
+        run(_migrate if args.command == "migrate" else _serve, settings)
     except BaseException as exc:
         known = _known_error(exc)
         if known is None:
@@ -165,6 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         _fail(str(known), EXIT_USAGE if isinstance(known, ConfigError) else EXIT_FAILURE)
     return 0
+
+
+def run(main: Callable[[Settings], Any], settings: Settings) -> None:
+    """Run ``main(settings)`` on the configured backend: asyncio with uvloop (the fast path;
+    plain asyncio if uvloop is missing), or trio."""
+    if settings.backend == "trio":
+        anyio.run(main, settings, backend="trio")
+        return
+    options: dict[str, Any] = {}
+    try:
+        import uvloop
+
+        options["loop_factory"] = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        logger.warning("uvloop is not installed; running on the default asyncio loop")
+    anyio.run(main, settings, backend="asyncio", backend_options=options)
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
@@ -224,16 +241,16 @@ async def _serve(settings: Settings) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     logger.info("opamp-fast %s starting with %s", __version__, settings.redacted())
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, shutdown, tg.cancel_scope)
         await serve(settings, shutdown_trigger=shutdown)
-        nursery.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
 
 
-async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
+async def _watch_signals(shutdown: anyio.Event, scope: CancelScope) -> None:
     """First SIGINT/SIGTERM: graceful shutdown. A second one: stop now."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if shutdown.is_set():
                 logger.warning("second %s: stopping immediately", signal.Signals(signum).name)

@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 ENV_PREFIX = "OPAMP_FAST_"
 MIB = 1024 * 1024
+BACKENDS = ("asyncio", "trio")
 
 
 def default_data_dir() -> Path:
@@ -66,6 +67,9 @@ class Settings:
     heartbeat_tick_s: float = 1.0
     ws_ping_interval_s: float = 0.0
     tcp_keepalive_s: float = 30.0
+    handshake_timeout_s: float = 10.0
+    message_timeout_s: float = 30.0
+    close_timeout_s: float = 5.0
     agent_auth_token: str | None = None
     flush_interval_s: float = 1.0
     flush_batch_max: int = 50_000
@@ -81,6 +85,10 @@ class Settings:
     api_jwt_audience: str | None = None
     api_max_page_size: int = 1000
     metrics_agent_series_max: int = 10_000
+    backend: str = "asyncio"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -133,6 +141,8 @@ class Settings:
             self.tcp_keepalive_s,
             "must be >= 0 (0 disables TCP keepalive)",
         )
+        for name in ("handshake_timeout_s", "message_timeout_s", "close_timeout_s"):
+            _positive(name, getattr(self, name))
         _positive("flush_interval_s", self.flush_interval_s)
         _check(self.flush_batch_max >= 1, "flush_batch_max", self.flush_batch_max, "must be >= 1")
         _check(
@@ -167,6 +177,23 @@ class Settings:
             "metrics_agent_series_max",
             self.metrics_agent_series_max,
             "must be >= 0 (0 disables per-agent series)",
+        )
+        _check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {BACKENDS}")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        _check(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "tls_cert_file",
+            self.tls_cert_file,
+            "and tls_key_file must be given together",
+        )
+        _check(
+            self.tls_client_ca_file is None or self.tls_cert_file is not None,
+            "tls_client_ca_file",
+            self.tls_client_ca_file,
+            "needs tls_cert_file and tls_key_file (client certificates need TLS)",
         )
         levels = ("debug", "info", "warning", "error")
         _check(self.log_level in levels, "log_level", self.log_level, f"must be one of {levels}")
@@ -223,10 +250,20 @@ _HELP = {
     "heartbeat_timeout_factor": "an agent's timeout is at least this many of its heartbeat "
     "intervals",
     "heartbeat_tick_s": "resolution of the heartbeat timing wheel, seconds",
-    "ws_ping_interval_s": "WebSocket ping interval, seconds (0 disables; costs a task per "
-    "connection, and hypercorn keeps a closed connection's ping task until its next tick)",
+    "ws_ping_interval_s": "WebSocket ping interval, seconds; a peer that misses a pong for a "
+    "whole interval is dropped (0 disables)",
     "tcp_keepalive_s": "idle seconds before TCP keepalive probes find half-open sockets "
     "(3 probes, 1/3 of this apart; 0 disables)",
+    "handshake_timeout_s": "time allowed for a request head (and a TLS handshake) from its first "
+    "byte, seconds",
+    "message_timeout_s": "time allowed for a request body, a WebSocket message once begun, the "
+    "first OpAMP message after an upgrade, and a peer that stops reading, seconds",
+    "close_timeout_s": "time allowed for the WebSocket close handshake, seconds",
+    "backend": "event loop: asyncio (with uvloop, the fast path) or trio",
+    "tls_cert_file": "PEM certificate chain: serve wss:// and https:// on the port",
+    "tls_key_file": "PEM private key of --tls-cert-file",
+    "tls_client_ca_file": "PEM CA bundle: OpAMP agents must present a client certificate signed "
+    "by it (probes and the REST API need none)",
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
@@ -248,6 +285,7 @@ _HELP = {
 }
 _SECRETS = {"agent_auth_token", "api_jwt_secret"}
 _CHOICES = {
+    "backend": BACKENDS,
     "log_level": ("debug", "info", "warning", "error"),
     "api_jwt_algorithm": ("HS256", "HS384", "HS512", "RS256", "ES256"),
 }

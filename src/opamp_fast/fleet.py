@@ -1,8 +1,13 @@
 """The server's OpAMP logic: the ``AgentHandler`` that ties core, registry and persistence.
 
 Per message: decode (transport) -> registry lookup -> sans-IO core -> liveness bookkeeping ->
-coalesced persistence calls. No database round trip per message: ``seen`` is a dict write and
-status changes go to the batch writer's bounded channel (awaiting it is the back-pressure).
+coalesced persistence calls. Every callback is synchronous and never blocks: ``seen`` is a dict
+write and status changes are merged into the batch writer's pending batch; admission control
+refuses new connections while the writer is overloaded (database away too long).
+
+The heartbeat fast path (``on_heartbeat``): a WebSocket heartbeat of the agent bound to the
+connection, with nothing to change or offer (``protocol.process_heartbeat``), costs a registry
+refresh, a ``seen`` and a cached reply; anything else takes the full ``on_message``.
 
 Liveness policy (one transition each, see ``registry``):
 * WebSocket: the first message binds the agent to the connection; socket close -> offline
@@ -24,7 +29,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-import trio
+import anyio
+from anyio.abc import TaskStatus
 
 from .handlers import ACCEPT, ConnectingRequest, ConnectionResponse
 from .protocol import (
@@ -39,13 +45,14 @@ from .protocol import (
     build_push,
     normalize_instance_uid,
     pb,
+    process_heartbeat,
     process_message,
 )
 from .registry import AgentRecord, AgentStatus, Registry, StatusTransition
 from .storage.rows import AgentSnapshot
 
 if TYPE_CHECKING:
-    from .transport.connection import Connection
+    from .handlers import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +62,9 @@ CLOSE_GOING_AWAY = 1001
 
 
 class AgentSink(Protocol):
-    """Where agent changes go (the batch writer). Awaiting a method is back-pressure."""
+    """Where agent changes go (the batch writer). Synchronous and O(1): never blocks."""
 
-    async def connected(
+    def connected(
         self,
         uid: bytes,
         *,
@@ -67,11 +74,14 @@ class AgentSink(Protocol):
         snapshot: AgentSnapshot | None = None,
     ) -> None: ...
 
-    async def disconnected(self, uid: bytes, *, at: float, reason: str) -> None: ...
+    def disconnected(self, uid: bytes, *, at: float, reason: str) -> None: ...
 
-    async def status(self, uid: bytes, snapshot: AgentSnapshot) -> None: ...
+    def status(self, uid: bytes, snapshot: AgentSnapshot) -> None: ...
 
     def seen(self, uid: bytes, at: float) -> None: ...
+
+    @property
+    def overloaded(self) -> bool: ...
 
 
 def new_instance_uid() -> bytes:
@@ -95,6 +105,7 @@ class FleetHandler:
         agent_auth_token: str | None = None,
         max_connections: int = 200_000,
         wall_clock: Callable[[], float] = time.time,
+        mono_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.sink = sink
@@ -102,6 +113,7 @@ class FleetHandler:
         self.max_connections = max_connections
         self._expected_auth = f"Bearer {agent_auth_token}" if agent_auth_token else None
         self._wall = wall_clock
+        self._mono = mono_clock
         self._open_connections = 0
         self.heartbeats_total = 0
         self.shutting_down = False
@@ -121,19 +133,40 @@ class FleetHandler:
             # Admission control: shed with 503 + Retry-After (clients that honour it back off;
             # the spec recommends at least 30 s). Counts WebSockets and in-flight HTTP polls.
             return ConnectionResponse.reject(503, "server at capacity", (("retry-after", "30"),))
+        if self.sink.overloaded:
+            # The database has been away long enough that connection history waiting for it
+            # reached its bound: keep serving connected agents, refuse newcomers until it drains.
+            return ConnectionResponse.reject(
+                503, "database backlog, try again later", (("retry-after", "30"),)
+            )
         return ACCEPT
 
-    async def on_connected(self, conn: Connection) -> None:
+    def on_connected(self, conn: Connection) -> None:
         self._open_connections += 1
 
     def on_read_message_error(self, conn: Connection, error: ProtocolError) -> None:
         logger.debug("bad message from %s: %s", conn.remote_addr, error)
 
     # -- messages -------------------------------------------------------------------------
-    async def on_message(self, conn: Connection, msg: pb.AgentToServer) -> pb.ServerToAgent:
+    def on_heartbeat(self, conn: Connection, uid: bytes, seq: int, caps: int) -> bytes | None:
+        record: AgentRecord | None = conn.record
+        if (
+            record is None
+            or record.connection is not conn
+            or record.state.wire_uid != uid
+            or not process_heartbeat(record.state, conn.session, seq, caps)  # type: ignore[arg-type]
+        ):
+            return None
+        wall = self._wall()
+        self.registry.refresh(record, mono=self._mono(), wall=wall)
+        self.sink.seen(record.uid, wall)
+        self.heartbeats_total += 1
+        return record.ack
+
+    def on_message(self, conn: Connection, msg: pb.AgentToServer) -> pb.ServerToAgent:
         uid = normalize_instance_uid(msg.instance_uid)
         wall = self._wall()
-        mono = trio.current_time()
+        mono = self._mono()
         registry = self.registry
         record, _ = registry.ensure(uid, msg.instance_uid)
 
@@ -141,6 +174,7 @@ class FleetHandler:
         superseded: Connection | None = None
         if conn.transport is Transport.WS:
             session = conn.session
+            assert session is not None
             owner = record.connection
             if conn.record is not record and owner is not None and owner is not conn:
                 if (
@@ -181,7 +215,7 @@ class FleetHandler:
                         record,
                         session=session,
                         connection=conn if conn.transport is Transport.WS else None,
-                        transport=conn.transport,
+                        transport=conn.transport or Transport.HTTP,
                         remote_addr=conn.remote_addr,
                         heartbeat_interval_s=self.policy.heartbeat_interval_s,
                         mono=mono,
@@ -215,12 +249,12 @@ class FleetHandler:
             # AgentConnected is not used: liveness is decided above from the registry's view,
             # which also knows about plain-HTTP sessions that span polls.
 
-        await self._persist(record, transitions, status_changed)
+        self._persist(record, transitions, status_changed)
         if superseded is not None:
-            await superseded.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
+            superseded.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
         return reply.response
 
-    async def on_connection_close(self, conn: Connection) -> None:
+    def on_connection_close(self, conn: Connection) -> None:
         self._open_connections -= 1
         if conn.transport is not Transport.WS:
             return  # an HTTP agent lives across polls; only timeouts or agent_disconnect end it
@@ -229,18 +263,18 @@ class FleetHandler:
             return
         t = self.registry.mark_offline(record, wall=self._wall(), reason="connection closed")
         if t is not None:
-            await self._persist(record, [t], False)
+            self._persist(record, [t], False)
 
     # -- server-side actions --------------------------------------------------------------
-    async def assign_remote_config(self, uid: bytes, files: dict[str, tuple[bytes, str]]) -> bytes:
+    def assign_remote_config(self, uid: bytes, files: dict[str, tuple[bytes, str]]) -> bytes:
         """Set the config an agent should run (known or not yet seen) and push it at once to a
         WebSocket agent; a plain-HTTP agent gets it in its next poll response. Returns the hash."""
         record, _ = self.registry.ensure(uid, uid)
         config_hash = record.state.set_remote_config(files)
-        await self.push(record)
+        self.push(record)
         return config_hash
 
-    async def push(self, record: AgentRecord) -> bool:
+    def push(self, record: AgentRecord) -> bool:
         """Send whatever is pending for a WebSocket agent now (e.g. a new remote config).
 
         Plain-HTTP agents get it on their next poll; returns False for them (or when offline).
@@ -251,58 +285,49 @@ class FleetHandler:
         message = build_push(record.state, record.session, policy=self.policy)
         if message is None:
             return False
-        try:
-            await conn.send(message)
-        except Exception:  # the socket died under us; its receive loop will clean up
-            logger.debug("push to %s failed", record.uid.hex(), exc_info=True)
-            return False
-        return True
+        return conn.send(message)
 
-    async def sweep(self, mono: float) -> list[StatusTransition]:
-        """Advance the wheel; expired agents go offline (persisted). Returns the transitions."""
+    def sweep(self, mono: float) -> list[StatusTransition]:
+        """Advance the wheel; expired agents go offline (persisted) and their WebSockets get a
+        close (4001), whose handshake the transport bounds. Returns the transitions."""
         transitions = self.registry.sweep(mono=mono, wall=self._wall())
         for t in transitions:
-            await self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
+            self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
+            if t.connection is not None:
+                t.connection.close(CLOSE_TIMEOUT, "heartbeat timeout")
         return transitions
 
     async def run_sweeper(
-        self, *, tick_s: float, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, *, tick_s: float, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """One task advances the wheel every tick (no timer per agent) and closes the
-        WebSockets of expired agents, each close bounded so a dead peer can't stall it."""
-        async with trio.open_nursery() as closers:
-            task_status.started()
-            next_tick = trio.current_time() + tick_s
-            while True:
-                await trio.sleep_until(next_tick)
-                now = trio.current_time()
-                self.sweeper_lag_s = now - next_tick
-                next_tick = max(next_tick + tick_s, now)
-                for t in await self.sweep(now):
-                    if t.connection is not None:
-                        closers.start_soon(
-                            _close_quietly, t.connection, CLOSE_TIMEOUT, "heartbeat timeout"
-                        )
+        """One task advances the wheel every tick: no timer per agent."""
+        task_status.started()
+        next_tick = self._mono() + tick_s
+        while True:
+            await anyio.sleep(max(0.0, next_tick - self._mono()))
+            now = self._mono()
+            self.sweeper_lag_s = max(0.0, now - next_tick)
+            next_tick = max(next_tick + tick_s, now)
+            self.sweep(now)
 
-    async def close_all(self, *, reason: str = "server shutdown") -> int:
+    def close_all(self, *, reason: str = "server shutdown") -> int:
         """Shutdown: refuse new connections, mark every online agent offline with ``reason``
-        (so history rows close with it, not with "connection closed"), close WebSockets (1001)."""
+        (so history rows close with it, not with "connection closed"), close WebSockets (1001).
+        Returns the number of WebSockets asked to close."""
         self.shutting_down = True
         wall = self._wall()
-        closing = []
+        closing = 0
         for record in self.registry.online_records():
             t = self.registry.mark_offline(record, wall=wall, reason=reason)
             if t is None:
                 continue
-            await self.sink.disconnected(record.uid, at=wall, reason=reason)
+            self.sink.disconnected(record.uid, at=wall, reason=reason)
             if t.connection is not None:
-                closing.append(t.connection)
-        async with trio.open_nursery() as nursery:
-            for conn in closing:
-                nursery.start_soon(_close_quietly, conn, CLOSE_GOING_AWAY, "server shutting down")
-        return len(closing)
+                t.connection.close(CLOSE_GOING_AWAY, "server shutting down")
+                closing += 1
+        return closing
 
-    async def _persist(
+    def _persist(
         self, record: AgentRecord, transitions: list[StatusTransition], status_changed: bool
     ) -> None:
         snapshot = None
@@ -310,7 +335,7 @@ class FleetHandler:
             snapshot = snapshot_of(record)
         for t in transitions:
             if t.new is AgentStatus.ONLINE:
-                await self.sink.connected(
+                self.sink.connected(
                     record.uid,
                     at=t.at,
                     remote_addr=record.remote_addr,
@@ -318,13 +343,13 @@ class FleetHandler:
                     snapshot=snapshot,
                 )
             else:
-                await self.sink.disconnected(record.uid, at=t.at, reason=t.reason or "")
+                self.sink.disconnected(record.uid, at=t.at, reason=t.reason or "")
         if (
             status_changed
             and snapshot is not None
             and not any(t.new is AgentStatus.ONLINE for t in transitions)
         ):
-            await self.sink.status(record.uid, snapshot)
+            self.sink.status(record.uid, snapshot)
 
 
 def snapshot_of(record: AgentRecord) -> AgentSnapshot:
@@ -338,11 +363,6 @@ def snapshot_of(record: AgentRecord) -> AgentSnapshot:
         remote_config_status=state.remote_config_status,
         transport=record.transport.value if record.transport else None,
     )
-
-
-async def _close_quietly(conn: Connection, code: int, reason: str) -> None:
-    with trio.move_on_after(5):
-        await conn.close(code, reason)
 
 
 def _constant_time_equal(a: str, b: str) -> bool:

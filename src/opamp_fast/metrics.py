@@ -15,7 +15,7 @@ Why it looks like this (capability 5, house style "Logging, metrics, config"):
   (a few dict copies, plus one list of record references); building the families and the text
   exposition -- 100k ``agent_last_seen_seconds`` lines when the cap is raised -- runs in a worker
   thread (:meth:`MetricsExporter.render`). When ``generate_latest`` is called from such a thread,
-  the collector hops back to the loop with ``trio.from_thread.run_sync`` to take its snapshot.
+  the collector hops back to the loop with ``anyio.from_thread.run_sync`` to take its snapshot.
 - **Bounded cardinality.** The only per-agent series, ``agent_last_seen_seconds{agent_id}``, is
   exported only while the number of known agents is at most ``metrics_agent_series_max``;
   beyond that it disappears as a whole and ``opamp_fast_agent_series_suppressed`` is 1.
@@ -31,7 +31,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import trio
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -350,11 +353,9 @@ class MetricsExporter:
         if writer is not None:
             writer.on_flush = self._observe_flush
         # The loop this exporter serves: collect() called from any other thread hops back to it.
-        self._trio_token = (
-            trio.lowlevel.current_trio_token() if trio.lowlevel.in_trio_run() else None
-        )
+        self._loop_token = _current_token()
         # One scrape formats at a time; a second concurrent scrape waits instead of adding CPU.
-        self._render_limiter = trio.CapacityLimiter(1)
+        self._render_limiter = anyio.CapacityLimiter(1)
         self.registry = (
             collector_registry if collector_registry is not None else CollectorRegistry()
         )
@@ -410,12 +411,12 @@ class MetricsExporter:
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
         """:meth:`snapshot`, taken on the event loop whichever thread asks for it."""
-        token = self._trio_token
-        if token is None or trio.lowlevel.in_trio_run():
+        token = self._loop_token
+        if token is None or _current_token() is not None:
             return self.snapshot()
         try:
-            return trio.from_thread.run_sync(self.snapshot, trio_token=token)
-        except trio.RunFinishedError:
+            return anyio.from_thread.run_sync(self.snapshot, token=token)
+        except RuntimeError:
             return self.snapshot()  # the loop has ended: nothing mutates the services any more
 
     # -- exposition --------------------------------------------------------------------------
@@ -425,7 +426,15 @@ class MetricsExporter:
 
     async def render(self) -> bytes:
         """Format a scrape in a worker thread so 100k per-agent lines never stall the loop."""
-        return await trio.to_thread.run_sync(self.generate, limiter=self._render_limiter)
+        return await anyio.to_thread.run_sync(self.generate, limiter=self._render_limiter)
+
+
+def _current_token() -> anyio.lowlevel.EventLoopToken | None:
+    """The running event loop's token, or None outside one (a worker thread, no loop)."""
+    try:
+        return anyio.lowlevel.current_token()
+    except RuntimeError:
+        return None
 
 
 class FleetCollector(Collector):

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from .heartbeat import USING_EXTENSION, TimingWheel
-from .protocol import AgentState, Session, Transport
+from .protocol import AgentState, Session, Transport, pb
 
 if TYPE_CHECKING:
-    from .transport.connection import Connection
+    from .handlers import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class AgentRecord:
     """One known agent. ``state`` is the sans-IO protocol state; the rest is liveness."""
 
     __slots__ = (
+        "ack",
         "connected_at",
         "connection",
         "disconnect_reason",
@@ -90,6 +91,9 @@ class AgentRecord:
     def __init__(self, handle: int, state: AgentState) -> None:
         self.handle = handle
         self.state = state
+        # The encoded bare acknowledgement (``ServerToAgent{instance_uid}``): the whole reply to
+        # a heartbeat on the fast path, built once per agent instead of once per message.
+        self.ack: bytes = pb.ServerToAgent(instance_uid=state.wire_uid).SerializeToString()
         self.status = AgentStatus.OFFLINE
         self.session: Session | None = None
         self.connection: Connection | None = None  # the live WebSocket that owns this agent

@@ -1,8 +1,15 @@
-"""``serve``: the root nursery that owns the database, every service and the hypercorn listener.
+"""``serve``: the root task group that owns the database, every service and the listener.
 
-Shutdown runs in a fixed order (house style, hypercorn ``worker_serve``):
-1. the shutdown trigger fires: hypercorn stops accepting; OpAMP WebSockets are closed with 1001;
-2. connections get ``graceful_timeout_s`` to finish, then are cancelled;
+One port serves agents and operators: the front (``transport.asyncio_front`` on asyncio,
+``transport.trio_front`` on trio) answers the OpAMP path itself and hands every other request
+to the Starlette app through a well-kept ASGI server's HTTP machinery (uvicorn on asyncio,
+hypercorn on trio).
+
+Shutdown runs in a fixed order (house style, hypercorn ``worker_serve``), each step logged once:
+1. the shutdown trigger fires: the front stops accepting; every online agent is marked offline
+   with "server shutdown" and its WebSocket gets a 1001 close;
+2. connections get ``graceful_timeout_s`` to finish (close handshakes, in-flight requests),
+   then are dropped;
 3. services close in reverse start order (the sweeper stops, the writer drains and flushes);
 4. the database closes (and the embedded Postgres stops).
 """
@@ -15,20 +22,22 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+import anyio
+import sniffio
+from anyio.abc import TaskStatus
 
 from .api.app import build_app
 from .auth import load_key_material
 from .config import Settings
 from .errors import StartupError
-from .services import Services, open_services
+from .services import Services, fd_limit, open_services
 from .storage import apply_migrations, open_database
+from .transport.tls import server_tls_context
 
 logger = logging.getLogger(__name__)
+
+#: Descriptors no connection may take: accepting stops short of the limit by this many.
+FD_HARD_RESERVE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,42 +50,37 @@ class RunningServer:
         return self.urls[0]
 
 
-def hypercorn_config(settings: Settings) -> HypercornConfig:
-    config = HypercornConfig()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.backlog = settings.backlog
-    # +16 leaves room for the OpAMP varint header in front of a maximal protobuf payload.
-    config.websocket_max_message_size = settings.max_message_bytes + 16
-    config.websocket_ping_interval = settings.ws_ping_interval_s or None
-    config.graceful_timeout = settings.graceful_timeout_s
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = max(75.0, 3.0 * settings.heartbeat_interval_s)
-    # A slow or silent peer must not hold a request half-read forever.
-    config.read_timeout = None
-    config.include_server_header = False
-    return config
-
-
-def bind_sockets(config: HypercornConfig, settings: Settings) -> Sockets:
+def bind_sockets(settings: Settings) -> list[socket.socket]:
     """Bind before anything else starts, so a port in use is one clear line, not a traceback."""
     try:
-        sockets = config.create_sockets()
+        infos = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {settings.host}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
     except OSError as exc:
+        sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
                 f"port {settings.port} on {settings.host} is already in use "
                 "(another opamp-fast or other server is listening there)"
             ) from None
-        if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        if exc.errno == errno.EADDRNOTAVAIL:
             raise StartupError(f"cannot listen on {settings.host}: {exc.strerror}") from None
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
-    for sock in sockets.insecure_sockets:
-        if settings.tcp_keepalive_s > 0:
-            set_keepalive(sock, settings.tcp_keepalive_s)
-        sock.listen(config.backlog)
-    return sockets
+    if settings.tcp_keepalive_s > 0:
+        set_keepalive(sock, settings.tcp_keepalive_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.listen(settings.backlog)
+    sock.setblocking(False)
+    return [sock]
 
 
 def set_keepalive(sock: socket.socket, idle_s: float) -> None:
@@ -84,8 +88,8 @@ def set_keepalive(sock: socket.socket, idle_s: float) -> None:
 
     Accepted sockets inherit these options from the listener on Linux, so this costs nothing
     per connection in Python: no task, no timer. After ``idle_s`` of silence the kernel sends
-    3 probes ``idle_s / 3`` apart, then resets the socket, which ends the connection's receive
-    loop and marks the agent offline.
+    3 probes ``idle_s / 3`` apart, then resets the socket, which ends the connection and marks
+    the agent offline.
     """
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if hasattr(socket, "TCP_KEEPIDLE"):
@@ -94,61 +98,85 @@ def set_keepalive(sock: socket.socket, idle_s: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
+def _front(services: Services, app: Any) -> Any:
+    """The listener driver of the running backend."""
+    settings = services.settings
+    kwargs: dict[str, Any] = {
+        "tls": server_tls_context(settings),
+        "max_sockets": fd_limit() - FD_HARD_RESERVE,
+        "tick_s": min(1.0, settings.close_timeout_s / 4, settings.handshake_timeout_s / 4),
+    }
+    if sniffio.current_async_library() == "trio":
+        from .transport.trio_front import TrioFront
+
+        return TrioFront(services.opamp, app, **kwargs)
+    from .transport.asyncio_front import AsyncioFront
+
+    return AsyncioFront(services.opamp, app, backlog=settings.backlog, **kwargs)
+
+
 async def serve(
     settings: Settings,
     *,
-    shutdown_trigger: trio.Event | None = None,
-    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: anyio.Event | None = None,
+    task_status: TaskStatus[RunningServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until ``shutdown_trigger`` is set.
 
     ``task_status.started`` receives a :class:`RunningServer` (bound URLs and the services) once
-    the listener accepts connections, so callers can ``await nursery.start(serve, ...)``.
+    the listener accepts connections, so callers can ``await tg.start(serve, ...)``.
     """
     if shutdown_trigger is None:
-        shutdown_trigger = trio.Event()
+        shutdown_trigger = anyio.Event()
     load_key_material(settings)  # a bad REST auth setup fails here, before anything starts
-    config = hypercorn_config(settings)
-    sockets = bind_sockets(config, settings)
+    server_tls_context(settings)  # and so does an unreadable certificate
+    sockets = bind_sockets(settings)
     try:
         async with open_database(settings) as db:
             applied = await apply_migrations(db)
             if applied:
                 logger.info("schema migrated: %s", ", ".join(applied))
             async with open_services(settings, db, shutdown_trigger) as services:
-                app = build_app(services)
-                binds = [_bound_url(s) for s in sockets.insecure_sockets]
-                logger.info("serving OpAMP at %s%s", binds[0], settings.opamp_path)
-
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(_run_hypercorn, app, config, sockets, shutdown_trigger)
-                    task_status.started(RunningServer(binds, services))
+                await _run_front(services, sockets, shutdown_trigger, task_status)
                 logger.info("listener stopped; closing services")
             logger.info("services stopped; closing database")
     finally:
-        for sock in sockets.insecure_sockets:
+        for sock in sockets:
             sock.close()
     logger.info("shutdown complete")
 
 
-async def _run_hypercorn(
-    app: Any,
-    config: HypercornConfig,
-    sockets: Sockets,
-    shutdown_trigger: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+async def _run_front(
+    services: Services,
+    sockets: list[socket.socket],
+    shutdown_trigger: anyio.Event,
+    task_status: TaskStatus[RunningServer],
 ) -> None:
-    await worker_serve(
-        wrap_app(app, config.wsgi_max_body_size, "asgi"),
-        config,
-        sockets=sockets,
-        shutdown_trigger=shutdown_trigger.wait,
-        task_status=task_status,
-    )
+    settings = services.settings
+    front = _front(services, build_app(services))
+    scheme = "https" if front.tls is not None else "http"
+    urls = [_bound_url(s, scheme) for s in sockets]
+    async with anyio.create_task_group() as tg:
+        await tg.start(front.run, sockets)
+        logger.info("serving OpAMP at %s%s", urls[0], settings.opamp_path)
+        task_status.started(RunningServer(urls, services))
+        await shutdown_trigger.wait()
+        front.stop_accepting()
+        closed = services.fleet.close_all()
+        logger.info("stopped accepting; closing %d WebSocket agent connection(s) with 1001", closed)
+        with anyio.CancelScope(shield=True):
+            dropped = await front.drain(settings.graceful_timeout_s)
+            if dropped:
+                logger.warning(
+                    "%d connection(s) did not close within %.1f s and were dropped",
+                    dropped,
+                    settings.graceful_timeout_s,
+                )
+            await front.aclose()
+            tg.cancel_scope.cancel()
 
 
-def _bound_url(sock: socket.socket) -> str:
+def _bound_url(sock: socket.socket, scheme: str) -> str:
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"

@@ -1,6 +1,7 @@
-"""``open_services``: every background service, owned by one nursery, with explicit readiness.
+"""``open_services``: every background service, owned by one task group, with explicit
+readiness.
 
-Services start in dependency order with ``await nursery.start(service.run)`` (each calls
+Services start in dependency order with ``await tg.start(service.run)`` (each calls
 ``task_status.started()`` when ready) and stop in reverse order when the block exits.
 """
 
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 
-import trio
+import anyio
 
 from . import __version__
 from .config import Settings
@@ -23,7 +25,7 @@ from .protocol import ServerPolicy
 from .registry import Registry
 from .storage import Database
 from .storage.batch_writer import BatchWriter
-from .transport import OpAMPEndpoint
+from .transport import Limits, TransportStats
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +36,44 @@ class Services:
 
     settings: Settings
     db: Database
-    shutdown: trio.Event
+    shutdown: anyio.Event
     registry: Registry
     writer: BatchWriter
     fleet: FleetHandler
-    opamp: OpAMPEndpoint
+    opamp: Limits  # the OpAMP endpoint's handler, limits, timeouts and counters
     # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
     metrics: MetricsExporter | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
+
+
+#: Descriptors kept free of agent connections: probes, the REST API, the database pools, logs.
+FD_RESERVE = 256
+
+
+def fd_limit() -> int:
+    """This process's open-file limit (RLIMIT_NOFILE, soft)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def max_agent_connections(settings: Settings) -> int:
+    """``max_connections``, capped so agents can never take the descriptors the rest needs."""
+    return max(1, min(settings.max_connections, fd_limit() - FD_RESERVE))
+
+
+def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
+    return Limits(
+        handler=handler,
+        stats=TransportStats(),
+        path=settings.opamp_path,
+        max_message_bytes=settings.max_message_bytes,
+        handshake_timeout_s=settings.handshake_timeout_s,
+        message_timeout_s=settings.message_timeout_s,
+        close_timeout_s=settings.close_timeout_s,
+        keep_alive_timeout_s=max(75.0, 3.0 * settings.heartbeat_interval_s),
+        ws_ping_interval_s=settings.ws_ping_interval_s,
+    )
 
 
 def server_policy(settings: Settings) -> ServerPolicy:
@@ -54,15 +85,15 @@ def server_policy(settings: Settings) -> ServerPolicy:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, db: Database, shutdown: trio.Event
+    settings: Settings, db: Database, shutdown: anyio.Event
 ) -> AsyncIterator[Services]:
-    """Start the writer (after crash repair) and the sweeper; on exit close connections, stop
-    the sweeper, then drain the writer, in that order."""
+    """Start the writer (after crash repair) and the sweeper; on exit stop the sweeper, then
+    drain the writer, in that order. Closing connections is the caller's (``server.serve``)."""
     registry = Registry(
         timeout_s=settings.heartbeat_timeout_s,
         timeout_factor=settings.heartbeat_timeout_factor,
         tick_s=settings.heartbeat_tick_s,
-        start_mono=trio.current_time(),
+        start_mono=time.monotonic(),
     )
     writer = BatchWriter(
         db,
@@ -76,7 +107,7 @@ async def open_services(
         sink=writer,
         policy=server_policy(settings),
         agent_auth_token=settings.agent_auth_token,
-        max_connections=settings.max_connections,
+        max_connections=max_agent_connections(settings),
     )
     services = Services(
         settings=settings,
@@ -85,7 +116,7 @@ async def open_services(
         registry=registry,
         writer=writer,
         fleet=fleet,
-        opamp=OpAMPEndpoint(fleet, max_message_bytes=settings.max_message_bytes),
+        opamp=opamp_limits(settings, fleet),
     )
     # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
     services.metrics = MetricsExporter.for_services(services)
@@ -97,26 +128,18 @@ async def open_services(
     repaired = await writer.repair_after_crash()
     if repaired:
         logger.info("closed %d connection(s) left open by a previous run", repaired)
-    async with trio.open_nursery() as writer_nursery:
-        await writer_nursery.start(writer.run)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
-            nursery.start_soon(_close_connections_on_shutdown, services)
+    async with anyio.create_task_group() as writer_group:
+        await writer_group.start(writer.run)
+        async with anyio.create_task_group() as group:
+            await group.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
             try:
                 yield services
             finally:
-                nursery.cancel_scope.cancel()
+                group.cancel_scope.cancel()
         logger.info("sweeper stopped; draining the database writer")
-        with trio.CancelScope(shield=True):
-            await writer.aclose()
-    with trio.CancelScope(shield=True):
+        writer.close()
+    with anyio.CancelScope(shield=True):
         await _record_instance_stop(services)
-
-
-async def _close_connections_on_shutdown(services: Services) -> None:
-    await services.shutdown.wait()
-    closed = await services.fleet.close_all()
-    logger.info("closed %d WebSocket connection(s) with 1001", closed)
 
 
 async def _record_instance_start(services: Services) -> None:

@@ -1,19 +1,18 @@
-"""Minimal real OpAMP peers for tests: a WebSocket agent (trio-websocket) and an HTTP agent
-(httpx), speaking our generated protobuf classes over loopback."""
+"""Minimal real OpAMP peers for tests: a WebSocket agent (``wsclient``, anyio + wsproto) and an
+HTTP agent (httpx), speaking our generated protobuf classes over loopback."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
-import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
 
 from opamp_fast.protocol import pb
+from tests.helpers.wsclient import WSClient, open_ws
 
 CAPS_PYTHON_CLIENT = 0x3007  # ReportsStatus|AcceptsRemoteConfig|ReportsEffectiveConfig|...Heartbeat
 
@@ -41,7 +40,7 @@ def ws_url(server_url: str, path: str = "/v1/opamp") -> str:
 class WSAgent:
     """One agent over one WebSocket. ``send`` frames with the 0x00 header unless ``legacy``."""
 
-    def __init__(self, ws: WebSocketConnection, uid: bytes, caps: int = CAPS_PYTHON_CLIENT):
+    def __init__(self, ws: WSClient, uid: bytes, caps: int = CAPS_PYTHON_CLIENT):
         self.ws = ws
         self.uid = uid
         self.caps = caps
@@ -62,7 +61,7 @@ class WSAgent:
         await self.ws.send_message(payload if legacy else b"\x00" + payload)
 
     async def receive(self, timeout: float = 5.0) -> pb.ServerToAgent:
-        with trio.fail_after(timeout):
+        with anyio.fail_after(timeout):
             data = await self.ws.get_message()
         assert isinstance(data, bytes), "server sent a text frame"
         assert data[:1] == b"\x00", "server frames must carry the 0x00 header"
@@ -77,19 +76,6 @@ class WSAgent:
 
     async def heartbeat(self) -> pb.ServerToAgent:
         return await self.request(self.message())
-
-
-@contextlib.asynccontextmanager
-async def open_ws(url: str, **kw: Any) -> AsyncIterator[WebSocketConnection]:
-    """trio-websocket's ``open_websocket_url`` that also closes the TCP stream when the *server*
-    closed first (trio-websocket 0.12 leaves that socket open for the garbage collector)."""
-    ws = None
-    try:
-        async with open_websocket_url(url, **kw) as ws:
-            yield ws
-    finally:
-        if ws is not None:
-            await ws._stream.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -145,45 +131,41 @@ class HTTPAgent:
 
 async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
     """Poll ``predicate()`` (sync) until true; fail after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
+    with anyio.fail_after(timeout):
         while not predicate():
-            await trio.sleep(interval)
+            await anyio.sleep(interval)
 
 
 class HandlerSpy:
-    """Decorates the server's AgentHandler through the public seam (``OpAMPEndpoint.handler``):
-    records every response, and can delay or replace replies to emulate a slow or shedding
-    server. Everything else is the real handler."""
+    """Decorates the server's AgentHandler through the public seam (``services.opamp.handler``):
+    records every request and response, and can replace replies to emulate a shedding server.
+    Everything else is the real handler. It declines the heartbeat fast path, so that every
+    message reaches ``on_message`` and is recorded."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.requests: list[pb.AgentToServer] = []
         self.responses: list[pb.ServerToAgent] = []
-        self.delays: list[float] = []  # popped per message: seconds to sleep before replying
         self.override: pb.ServerToAgent | None = None
-        self.gate: trio.Event | None = None  # when set, replies wait until the event fires
 
     def on_connecting(self, request: Any) -> Any:
         return self.inner.on_connecting(request)
 
-    async def on_connected(self, conn: Any) -> None:
-        await self.inner.on_connected(conn)
+    def on_connected(self, conn: Any) -> None:
+        self.inner.on_connected(conn)
 
     def on_read_message_error(self, conn: Any, error: Any) -> None:
         self.inner.on_read_message_error(conn, error)
 
-    async def on_connection_close(self, conn: Any) -> None:
-        await self.inner.on_connection_close(conn)
+    def on_connection_close(self, conn: Any) -> None:
+        self.inner.on_connection_close(conn)
 
-    async def on_message(self, conn: Any, msg: pb.AgentToServer) -> pb.ServerToAgent:
+    def on_heartbeat(self, conn: Any, uid: bytes, seq: int, caps: int) -> bytes | None:
+        return None
+
+    def on_message(self, conn: Any, msg: pb.AgentToServer) -> pb.ServerToAgent:
         self.requests.append(msg)
-        if self.delays:
-            await trio.sleep(self.delays.pop(0))
-        if self.gate is not None:
-            await self.gate.wait()
-        response = (
-            self.override if self.override is not None else await self.inner.on_message(conn, msg)
-        )
+        response = self.override if self.override is not None else self.inner.on_message(conn, msg)
         self.responses.append(response)
         return response
 

@@ -8,10 +8,9 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import psycopg
 import pytest
-import trio
-import trio.testing
 
 from opamp_fast._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
 from opamp_fast.storage import Database, apply_migrations
@@ -33,7 +32,7 @@ def query(url: str, sql: str, params: Any = None) -> Any:
 
 
 async def aquery(url: str, sql: str, params: Any = None) -> Any:
-    return await trio.to_thread.run_sync(partial(query, url, sql, params))
+    return await anyio.to_thread.run_sync(partial(query, url, sql, params))
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 async def writer_factory(db: Database) -> AsyncIterator[Callable[..., Any]]:
     """``await start(**kwargs)`` runs a BatchWriter in a nursery; teardown closes (drains) it."""
     writers: list[BatchWriter] = []
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
 
         async def start(**kwargs: Any) -> BatchWriter:
             kwargs.setdefault("instance_id", "node-a")
@@ -120,7 +119,7 @@ async def test_flush_writes_every_column(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
     n = 200
     for i in range(n):
-        await writer.connected(
+        writer.connected(
             uid(i), at=T0 + i, remote_addr=f"10.0.0.{i % 250}:4{i}", transport="ws",
             snapshot=snapshot(i),
         )  # fmt: skip
@@ -176,15 +175,14 @@ async def test_flush_writes_every_column(writer_factory, database_url) -> None:
 
 async def test_coalescing_last_values_win(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
-    await writer.connected(uid(1), at=T0, remote_addr="a", transport="http")
+    writer.connected(uid(1), at=T0, remote_addr="a", transport="http")
     for version in range(1, 51):
-        await writer.status(uid(1), snapshot(1, version))
+        writer.status(uid(1), snapshot(1, version))
     for k in range(1000):
         writer.seen(uid(1), T0 + k)
     for i in range(2, 12):
-        await writer.connected(uid(i), at=T0, remote_addr="b", transport="ws")
-        await writer.status(uid(i), snapshot(i, 3))
-    await trio.testing.wait_all_tasks_blocked()
+        writer.connected(uid(i), at=T0, remote_addr="b", transport="ws")
+        writer.status(uid(i), snapshot(i, 3))
     stats = writer.statistics()
     assert (stats.pending_agents, stats.pending_sessions) == (11, 11)
     await writer.flush()
@@ -204,7 +202,7 @@ async def test_coalescing_last_values_win(writer_factory, database_url) -> None:
     assert await aquery(database_url, "SELECT count(*) FROM agent_connection_history") == [(11,)]
 
     # A later status-only flush changes the snapshot fields and keeps the connection fields.
-    await writer.status(uid(1), snapshot(1, 51))
+    writer.status(uid(1), snapshot(1, 51))
     await writer.flush()
     row = await aquery(
         database_url,
@@ -217,13 +215,13 @@ async def test_coalescing_last_values_win(writer_factory, database_url) -> None:
 
 async def test_open_close_open_in_one_batch(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
-    await writer.connected(uid(7), at=T0, remote_addr="1.2.3.4:1", transport="ws")
-    await writer.disconnected(uid(7), at=T0 + 2.5, reason="heartbeat timeout")
-    await writer.connected(uid(7), at=T0 + 3, remote_addr="1.2.3.4:2", transport="http")
-    await writer.disconnected(uid(7), at=T0 + 4, reason="client closed")
-    await writer.disconnected(uid(7), at=T0 + 4.5, reason="again")  # reported twice: ignored
-    await writer.connected(uid(7), at=T0 + 5, remote_addr="1.2.3.4:3", transport="ws")
-    await writer.connected(uid(7), at=T0 + 6, remote_addr="1.2.3.4:4", transport="ws")
+    writer.connected(uid(7), at=T0, remote_addr="1.2.3.4:1", transport="ws")
+    writer.disconnected(uid(7), at=T0 + 2.5, reason="heartbeat timeout")
+    writer.connected(uid(7), at=T0 + 3, remote_addr="1.2.3.4:2", transport="http")
+    writer.disconnected(uid(7), at=T0 + 4, reason="client closed")
+    writer.disconnected(uid(7), at=T0 + 4.5, reason="again")  # reported twice: ignored
+    writer.connected(uid(7), at=T0 + 5, remote_addr="1.2.3.4:3", transport="ws")
+    writer.connected(uid(7), at=T0 + 6, remote_addr="1.2.3.4:4", transport="ws")
     await writer.flush()
 
     history = await aquery(
@@ -251,11 +249,11 @@ async def test_open_close_open_in_one_batch(writer_factory, database_url) -> Non
 async def test_close_of_session_from_earlier_flush(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
     for i in range(5):
-        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+        writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
     await writer.flush()
     for i in range(5):
         writer.seen(uid(i), T0 + 10)
-        await writer.disconnected(uid(i), at=T0 + 10 + i, reason=f"bye {i}")
+        writer.disconnected(uid(i), at=T0 + 10 + i, reason=f"bye {i}")
     await writer.flush()
 
     history = await aquery(
@@ -276,7 +274,7 @@ async def test_close_of_session_from_earlier_flush(writer_factory, database_url)
 
 async def test_last_seen_only_moves_forward(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
-    await writer.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    writer.connected(uid(1), at=T0, remote_addr="x", transport="ws")
     writer.seen(uid(1), T0 + 100)
     writer.seen(uid(99), T0 + 100)  # never connected: no row to update, nothing invented
     await writer.flush()
@@ -298,11 +296,11 @@ async def test_stale_transition_from_another_instance_does_not_win(
     # The agent moved from node-a to node-b; node-a's older disconnect lands afterwards.
     a: BatchWriter = await writer_factory(instance_id="node-a")
     b: BatchWriter = await writer_factory(instance_id="node-b")
-    await a.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    a.connected(uid(1), at=T0, remote_addr="x", transport="ws")
     await a.flush()
-    await b.connected(uid(1), at=T0 + 10, remote_addr="y", transport="ws")
+    b.connected(uid(1), at=T0 + 10, remote_addr="y", transport="ws")
     await b.flush()
-    await a.disconnected(uid(1), at=T0 + 5, reason="connection lost")
+    a.disconnected(uid(1), at=T0 + 5, reason="connection lost")
     await a.flush()
     rows = await aquery(
         database_url,
@@ -314,11 +312,11 @@ async def test_stale_transition_from_another_instance_does_not_win(
 
 async def wait_for(predicate: Callable[[], bool], limit_s: float = 15.0) -> None:
     """Poll ``predicate`` (state kept by the writer, no event to wait on) within a deadline."""
-    with trio.fail_after(limit_s):
+    with anyio.fail_after(limit_s):
         while True:
             if predicate():
                 return
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
 
 
 async def test_outage_loses_nothing(writer_factory, database_url, postgres_admin_url) -> None:
@@ -326,7 +324,7 @@ async def test_outage_loses_nothing(writer_factory, database_url, postgres_admin
                                                retry_max_s=0.2)  # fmt: skip
     agents = 20
     for i in range(agents):
-        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+        writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
     await writer.flush()
 
     dbname = urlsplit(database_url).path.lstrip("/")
@@ -341,9 +339,9 @@ async def test_outage_loses_nothing(writer_factory, database_url, postgres_admin
         for k in range(flaps):
             for i in range(agents):
                 t += 0.001
-                await writer.disconnected(uid(i), at=t, reason=f"flap {k}")
+                writer.disconnected(uid(i), at=t, reason=f"flap {k}")
                 t += 0.001
-                await writer.connected(uid(i), at=t, remote_addr=f"r{k}", transport="http")
+                writer.connected(uid(i), at=t, remote_addr=f"r{k}", transport="http")
                 writer.seen(uid(i), t)
             if k == 0:
                 await wait_for(lambda: writer.statistics().backlog_since is not None)
@@ -387,12 +385,12 @@ async def test_outage_loses_nothing(writer_factory, database_url, postgres_admin
 async def test_drain_on_close(writer_factory, database_url) -> None:
     writer: BatchWriter = await writer_factory()
     for i in range(3):
-        await writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+        writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
     await writer.flush()
-    await writer.connected(uid(3), at=T0 + 1, remote_addr="y", transport="ws")  # not flushed
-    await writer.disconnected(uid(0), at=T0 + 2, reason="client closed")
+    writer.connected(uid(3), at=T0 + 1, remote_addr="y", transport="ws")  # not flushed
+    writer.disconnected(uid(0), at=T0 + 2, reason="client closed")
     await writer.aclose()
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await writer.flush()  # returns at once on a closed writer
     await wait_for(lambda: writer.statistics().flushes_total >= 2)
 
@@ -418,26 +416,26 @@ async def test_drain_on_close(writer_factory, database_url) -> None:
         ("offline", None, "server shutdown"),
     ]
     # Events after the close are dropped quietly (the drain has recorded the shutdown).
-    await writer.connected(uid(9), at=T0 + 9, remote_addr="z", transport="ws")
+    writer.connected(uid(9), at=T0 + 9, remote_addr="z", transport="ws")
 
 
 async def test_repair_after_crash(db, writer_factory, database_url) -> None:
     # "Crash": a drain bound of 0 leaves everything as the process death would.
     crashed = BatchWriter(db, instance_id="node-a", flush_interval_s=3600, drain_timeout_s=0)
     other: BatchWriter = await writer_factory(instance_id="node-b")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         await nursery.start(crashed.run)
         for i in range(4):
-            await crashed.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+            crashed.connected(uid(i), at=T0, remote_addr="x", transport="ws")
         writer_seen = [T0 + 30, T0 + 31, None, None]
         for i, at in enumerate(writer_seen):
             if at is not None:
                 crashed.seen(uid(i), at)
-        await crashed.disconnected(uid(3), at=T0 + 5, reason="client closed")
+        crashed.disconnected(uid(3), at=T0 + 5, reason="client closed")
         await crashed.flush()
-        await crashed.connected(uid(4), at=T0 + 40, remote_addr="lost", transport="ws")
+        crashed.connected(uid(4), at=T0 + 40, remote_addr="lost", transport="ws")
         nursery.cancel_scope.cancel()
-    await other.connected(uid(10), at=T0, remote_addr="b", transport="ws")
+    other.connected(uid(10), at=T0, remote_addr="b", transport="ws")
     await other.flush()
 
     restarted = BatchWriter(db, instance_id="node-a")
@@ -476,8 +474,8 @@ class CommitThenFail:
         self.db = db
         self.fail_next = False
 
-    async def run(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        result = await self.db.run(fn)
+    async def run_writer(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        result = await self.db.run_writer(fn)
         if self.fail_next:
             self.fail_next = False
             raise psycopg.OperationalError("server closed the connection during COMMIT")
@@ -488,21 +486,21 @@ async def test_retry_after_unknown_commit_is_idempotent(db, writer_factory, data
     flaky = CommitThenFail(db)
     writer: BatchWriter = await writer_factory(database=flaky, retry_initial_s=0.01)
     for i in range(4):
-        await writer.connected(uid(i), at=T0, remote_addr="a", transport="ws")
+        writer.connected(uid(i), at=T0, remote_addr="a", transport="ws")
     await writer.flush()
 
     flaky.fail_next = True
-    await writer.disconnected(uid(0), at=T0 + 1, reason="gone")  # close of an earlier session
-    await writer.connected(uid(5), at=T0 + 2, remote_addr="b", transport="ws")
-    await writer.connected(uid(6), at=T0 + 3, remote_addr="c", transport="ws")
-    await writer.disconnected(uid(6), at=T0 + 4, reason="short")
-    await writer.status(uid(1), snapshot(1, 7))
+    writer.disconnected(uid(0), at=T0 + 1, reason="gone")  # close of an earlier session
+    writer.connected(uid(5), at=T0 + 2, remote_addr="b", transport="ws")
+    writer.connected(uid(6), at=T0 + 3, remote_addr="c", transport="ws")
+    writer.disconnected(uid(6), at=T0 + 4, reason="short")
+    writer.status(uid(1), snapshot(1, 7))
     writer.seen(uid(2), T0 + 5)
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         await writer.flush()  # committed, reported as failed, merged back, retried
     assert writer.statistics().db_errors_total == 1
-    await writer.disconnected(uid(5), at=T0 + 6, reason="later")  # its open row is "uncertain"
-    await writer.connected(uid(7), at=T0 + 7, remote_addr="d", transport="http")  # fresh
+    writer.disconnected(uid(5), at=T0 + 6, reason="later")  # its open row is "uncertain"
+    writer.connected(uid(7), at=T0 + 7, remote_addr="d", transport="http")  # fresh
     await writer.flush()
 
     history = await aquery(

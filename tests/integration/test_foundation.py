@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
 
 from opamp_fast.storage import Database, apply_migrations, pending_migrations
 from opamp_fast.storage.migrations import load_migrations
@@ -78,7 +78,7 @@ async def test_concurrent_migrations_apply_once(database_url) -> None:
         async def run(db: Database) -> None:
             results.append(await apply_migrations(db))
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for db in dbs:
                 nursery.start_soon(run, db)
     finally:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import psycopg
 import pytest
-import trio
-from trio_websocket import ConnectionClosed
 
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
+from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
+from tests.helpers.wsclient import ConnectionClosed
 
 pytestmark = pytest.mark.postgres
 
@@ -41,19 +42,19 @@ async def test_silent_ws_agent_times_out(fast_server, database_url) -> None:
         await chatty.full_state()
         await agent.full_state()
         record = fast_server.services.registry.get(agent.uid)
-        last = trio.current_time()
+        last = anyio.current_time()
         deadline = last + TIMEOUT_S + TICK_S
         while record.online:
             await chatty.heartbeat()  # the other agent keeps talking
-            await trio.sleep(0.05)
-        went_offline = trio.current_time()
+            await anyio.sleep(0.05)
+        went_offline = anyio.current_time()
         assert went_offline <= deadline + 0.15  # timeout + one tick (+ scheduling slack)
         assert went_offline >= last + TIMEOUT_S - 0.05
         assert record.disconnect_reason == "heartbeat timeout"
         assert abs(record.disconnected_at - time.time()) < 1
         assert fast_server.services.registry.get(chatty.uid).online
         with pytest.raises(ConnectionClosed) as info:
-            with trio.fail_after(3):
+            with anyio.fail_after(3):
                 await agent.ws.get_message()
         assert info.value.reason.code == 4001
 

@@ -9,6 +9,7 @@ import pytest
 
 from opamp_fast.protocol import pb
 from tests.helpers.agents import HTTPAgent, description
+from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 
 pytestmark = pytest.mark.postgres
 

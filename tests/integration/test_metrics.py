@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -98,11 +98,11 @@ async def test_scrape_shows_exactly_what_the_agents_did(fast_server: Any) -> Non
         # while a keeps heartbeating over its WebSocket.
         c = HTTPAgent(http)
         await wire.http(c, c.message(agent_description=description("c")))  # type: ignore[misc]
-        with trio.fail_after(5):
+        with anyio.fail_after(5):
             while registry.get(c.uid).online:
                 await wire.ws(a, a.message())
                 heartbeats += 1
-                await trio.sleep(0.2)
+                await anyio.sleep(0.2)
         assert registry.get(c.uid).disconnect_reason == "heartbeat timeout"
 
         # One request that is not OpAMP at all.

@@ -21,12 +21,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import psycopg
 import pytest
-import trio
 
 from opamp_fast.protocol import pb
 from tests.helpers.agents import HandlerSpy, wait_for
+from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -119,11 +121,11 @@ def node_client() -> tuple[str, str | None]:
 class NodeAgent:
     """One ``agent.mjs`` process: its events (parsed stdout lines), commands over stdin."""
 
-    def __init__(self, process: trio.Process, stderr_path: Path) -> None:
+    def __init__(self, process: anyio.abc.Process, stderr_path: Path) -> None:
         self.process = process
         self.stderr_path = stderr_path
         self.events: list[dict[str, Any]] = []
-        self.eof = trio.Event()  # stdout closed: every event line has been read
+        self.eof = anyio.Event()  # stdout closed: every event line has been read
         self.uid = b""
 
     async def read_events(self) -> None:
@@ -153,21 +155,21 @@ class NodeAgent:
         timeout: float = 5.0,
     ) -> dict[str, Any]:
         try:
-            with trio.fail_after(timeout):
+            with anyio.fail_after(timeout):
                 while True:
                     for event in self.of(kind):
                         if predicate(event):
                             return event
                     if self.eof.is_set():
                         raise AssertionError(f"driver exited ({self.process.returncode})")
-                    await trio.sleep(0.02)
-        except (trio.TooSlowError, AssertionError) as exc:
+                    await anyio.sleep(0.02)
+        except (TimeoutError, AssertionError) as exc:
             raise AssertionError(f"no {kind!r} event: {exc!r}\n{self.describe()}") from exc
 
     async def shutdown(self, timeout: float = 5.0) -> None:
         assert self.process.stdin is not None
-        await self.process.stdin.send_all(b'{"cmd": "shutdown"}\n')
-        with trio.fail_after(timeout):
+        await self.process.stdin.send(b'{"cmd": "shutdown"}\n')
+        with anyio.fail_after(timeout):
             await self.process.wait()
             await self.eof.wait()
         assert self.process.returncode == 0, self.describe()
@@ -183,7 +185,7 @@ async def node_agents(
     process still running is killed."""
     node, install_error = node_client
     agents: list[NodeAgent] = []
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
 
         async def start(url: str, **options: Any) -> NodeAgent:
             if install_error is not None:
@@ -191,7 +193,7 @@ async def node_agents(
             options = {"endpoint": url + "/v1/opamp", **options}
             stderr_path = tmp_path / f"node-agent-{len(agents)}.stderr"
             with stderr_path.open("wb") as stderr:
-                process = await trio.lowlevel.open_process(
+                process = await anyio.open_process(
                     [node, str(DRIVER), json.dumps(options)],
                     cwd=NODE_DIR,
                     stdin=subprocess.PIPE,
@@ -211,7 +213,7 @@ async def node_agents(
             for agent in agents:
                 if agent.process.returncode is None:
                     agent.process.kill()
-                with trio.move_on_after(5):
+                with anyio.move_on_after(5):
                     await agent.process.wait()
                 if agent.process.stdin is not None:
                     await agent.process.stdin.aclose()
@@ -290,7 +292,7 @@ async def test_heartbeats_advance_last_seen_without_full_state_or_resend(
 ) -> None:
     spy = HandlerSpy.install(fast_server)
     agent = await node_agents(fast_server.url)
-    config_hash = await fast_server.services.fleet.assign_remote_config(agent.uid, JSON_CONFIG)
+    config_hash = fast_server.services.fleet.assign_remote_config(agent.uid, JSON_CONFIG)
     await agent.wait_event("status_reported", timeout=5)
     record = fast_server.services.registry.get(agent.uid)
     await wait_for(lambda: sum(map(is_heartbeat, spy.requests)) >= 4, timeout=10)
@@ -318,11 +320,11 @@ async def test_remote_config_received_applied_and_not_resent(fast_server, node_a
     agent = await node_agents(fast_server.url)
     await agent.wait_event("sent", lambda e: e["seq"] == 2, timeout=5)  # polling
     fleet = fast_server.services.fleet
-    changed_at = trio.current_time()
-    config_hash = await fleet.assign_remote_config(agent.uid, JSON_CONFIG)
+    changed_at = anyio.current_time()
+    config_hash = fleet.assign_remote_config(agent.uid, JSON_CONFIG)
 
     got = await agent.wait_event("remote_config", timeout=5)
-    assert trio.current_time() - changed_at <= 1.1 + 0.5  # next heartbeat (+jitter, RTT)
+    assert anyio.current_time() - changed_at <= 1.1 + 0.5  # next heartbeat (+jitter, RTT)
     assert got["hash"] == config_hash.hex()
     assert got["files"] == {
         "x.json": {"content_type": "application/json", "body": {"sampling": 0.5}}
@@ -347,7 +349,7 @@ async def test_remote_config_received_applied_and_not_resent(fast_server, node_a
 
     # A new hash goes out on the next poll and is applied too.
     second = {"x.json": (b'{"sampling": 0.25}', "application/json")}
-    new_hash = await fleet.assign_remote_config(agent.uid, second)
+    new_hash = fleet.assign_remote_config(agent.uid, second)
     got = await agent.wait_event("remote_config", lambda e: e["hash"] == new_hash.hex())
     assert got["files"]["x.json"]["body"] == {"sampling": 0.25}
     await wait_for(
@@ -371,13 +373,13 @@ async def test_shutdown_sends_no_disconnect_offline_by_heartbeat_timeout(
     assert record.online  # 1 s heartbeats keep it alive against the 2 s timeout
 
     await agent.shutdown()
-    stopped_at = trio.current_time()
+    stopped_at = anyio.current_time()
     sent_before_stop = len(spy.requests)
     assert record.online  # no agent_disconnect: the server cannot know yet
     last_exchange = agent.of("sent")[-1]["time_ms"] / 1000  # wall clock, as the client saw it
 
     await wait_for(lambda: not record.online, timeout=TIMEOUT_S + 3)
-    await trio.sleep(1.5)  # would a late (or disconnect) message still arrive?
+    await anyio.sleep(1.5)  # would a late (or disconnect) message still arrive?
     assert len(spy.requests) == sent_before_stop  # silent after shutdown()
     assert not any(m.HasField("agent_disconnect") for m in spy.requests)
     assert record.disconnect_reason == "heartbeat timeout"
@@ -385,7 +387,7 @@ async def test_shutdown_sends_no_disconnect_offline_by_heartbeat_timeout(
     # Offline one timeout (+ up to a tick) after the last message, which preceded shutdown().
     silence = record.disconnected_at - record.last_seen
     assert TIMEOUT_S - 0.05 <= silence <= TIMEOUT_S + TICK_S + 0.3, silence
-    assert trio.current_time() - stopped_at < TIMEOUT_S + TICK_S + 1.5 + 1.0
+    assert anyio.current_time() - stopped_at < TIMEOUT_S + TICK_S + 1.5 + 1.0
 
     def row() -> Any:
         with psycopg.connect(database_url) as conn:
@@ -401,7 +403,7 @@ async def test_shutdown_sends_no_disconnect_offline_by_heartbeat_timeout(
 async def test_failed_status_stored_and_not_resent(fast_server, node_agents) -> None:
     spy = HandlerSpy.install(fast_server)
     agent = await node_agents(fast_server.url, configStatus="FAILED")
-    config_hash = await fast_server.services.fleet.assign_remote_config(agent.uid, JSON_CONFIG)
+    config_hash = fast_server.services.fleet.assign_remote_config(agent.uid, JSON_CONFIG)
     await agent.wait_event("status_reported", lambda e: e["hash"] == config_hash.hex())
     record = fast_server.services.registry.get(agent.uid)
     await wait_for(

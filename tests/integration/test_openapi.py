@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx
 import pytest
-import trio
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
@@ -161,7 +161,7 @@ async def test_schemathesis_finds_no_server_errors(server, database_url) -> None
         await ws.full_state("fuzz-ws")
         async with httpx.AsyncClient(base_url=server.url) as opamp_client:
             await HTTPAgent(opamp_client).full_state("fuzz-http")
-            with trio.fail_after(120):
-                calls = await trio.to_thread.run_sync(run)
+            with anyio.fail_after(120):
+                calls = await anyio.to_thread.run_sync(run)
     assert not failures, "\n\n".join(failures)
     assert calls >= 100

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
 
 from tests.conftest import free_port
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
@@ -25,10 +25,22 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
-            sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1",
-            "--port", str(self.port), "--database-url", database_url,
-            "--instance-id", "proc-test", "--flush-interval-s", "0.1",
-            "--graceful-timeout-s", "3",
+            sys.executable,
+            "-m",
+            "opamp_fast",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database-url",
+            database_url,
+            "--instance-id",
+            "proc-test",
+            "--flush-interval-s",
+            "0.1",
+            "--graceful-timeout-s",
+            "3",
         ]
         for key, value in extra.items():
             args += ["--" + key.replace("_", "-"), value]
@@ -37,7 +49,7 @@ class ServerProcess:
 
     async def ready(self, timeout: float = 20.0) -> None:
         async with httpx.AsyncClient(base_url=self.url) as client:
-            with trio.fail_after(timeout):
+            with anyio.fail_after(timeout):
                 while True:
                     assert self.proc.poll() is None, self.output()
                     try:
@@ -45,7 +57,7 @@ class ServerProcess:
                             return
                     except httpx.TransportError:
                         pass
-                    await trio.sleep(0.1)
+                    await anyio.sleep(0.1)
 
     def output(self) -> str:
         self.log.flush()
@@ -103,7 +115,7 @@ async def test_sigterm_closes_every_history_row_with_server_shutdown(launch, dat
         await wait_for(lambda: open_rows(database_url) == 8, timeout=10)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        rc = await trio.to_thread.run_sync(server.proc.wait, 15)
+        rc = await anyio.to_thread.run_sync(server.proc.wait, 15)
         elapsed = time.monotonic() - started
     assert rc == 0, server.output()
     assert elapsed < 3 + 5  # grace period plus drain bound
@@ -138,4 +150,4 @@ async def test_kill_9_then_restart_closes_rows_with_server_restart(launch, datab
     assert rows == [("server restart", True)] * 6
     assert query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(0,)]
     again.proc.send_signal(signal.SIGTERM)
-    assert await trio.to_thread.run_sync(again.proc.wait, 15) == 0
+    assert await anyio.to_thread.run_sync(again.proc.wait, 15) == 0

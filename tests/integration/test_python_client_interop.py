@@ -2,7 +2,7 @@
 with the official Python client ``opentelemetry-opamp-client`` unchanged, over loopback HTTP.
 
 The client is synchronous (requests + threads): its calls run in worker threads while the
-server runs in this test's trio loop.
+server runs in this test's event loop (asyncio and trio, each test on both).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 import threading
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
 from opentelemetry._opamp import OpAMPAgent, OpAMPCallbacks, OpAMPClient
 from opentelemetry._opamp.proto import opamp_pb2 as client_pb
 from opentelemetry._opamp.transport.exceptions import OpAMPException
@@ -23,6 +23,8 @@ from opentelemetry._opamp.transport.exceptions import OpAMPException
 from opamp_fast.protocol import pb
 from tests.conftest import free_port
 from tests.helpers.agents import HandlerSpy, wait_for
+from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
+from tests.helpers.proxy import open_delay_proxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -94,7 +96,7 @@ def make_agent(client: OpAMPClient, callbacks: Callbacks, interval: float = 1.0)
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:
-    return await trio.to_thread.run_sync(fn, *args)
+    return await anyio.to_thread.run_sync(fn, *args)
 
 
 @pytest.fixture
@@ -134,7 +136,7 @@ async def test_02_heartbeats_update_last_seen_without_full_state(server, stop_ag
     client = make_client(server.url)
     callbacks = Callbacks()
     spy = HandlerSpy.install(server)
-    await server.services.fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
+    server.services.fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
     agent = make_agent(client, callbacks, interval=0.3)
     await in_thread(agent.start)
     stop_agents(agent)
@@ -160,9 +162,7 @@ async def test_02_heartbeats_update_last_seen_without_full_state(server, stop_ag
 async def test_03_04_config_before_connect_applied_and_not_resent(server, stop_agents) -> None:
     client = make_client(server.url)
     callbacks = Callbacks()
-    config_hash = await server.services.fleet.assign_remote_config(
-        client._instance_uid, JSON_CONFIG
-    )
+    config_hash = server.services.fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
     spy = HandlerSpy.install(server)
     agent = make_agent(client, callbacks, interval=0.3)
     await in_thread(agent.start)
@@ -187,7 +187,7 @@ async def test_05_failed_status_stored_not_resent_new_hash_goes_out(server, stop
     client = make_client(server.url)
     callbacks = Callbacks(fail_with="bad sampling value")
     fleet = server.services.fleet
-    first_hash = await fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
+    first_hash = fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
     spy = HandlerSpy.install(server)
     agent = make_agent(client, callbacks, interval=0.3)
     await in_thread(agent.start)
@@ -202,7 +202,7 @@ async def test_05_failed_status_stored_not_resent_new_hash_goes_out(server, stop
     await wait_for(lambda: len(spy.requests) >= count + 3, timeout=10)
     assert sum(1 for r in spy.responses if r.HasField("remote_config")) == 1  # no resend on FAILED
     callbacks.fail_with = None
-    new_hash = await fleet.assign_remote_config(
+    new_hash = fleet.assign_remote_config(
         client._instance_uid, {"x.json": (b'{"sampling": 0.25}', "application/json")}
     )
     await wait_for(lambda: len(callbacks.configs) == 2, timeout=5)
@@ -222,10 +222,10 @@ async def test_06_config_change_rides_next_heartbeat(server, stop_agents) -> Non
     await in_thread(agent.start)
     stop_agents(agent)
     await wait_for(lambda: callbacks.connects >= 2, timeout=5)  # first heartbeat answered
-    changed_at = trio.current_time()
-    await server.services.fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
+    changed_at = anyio.current_time()
+    server.services.fleet.assign_remote_config(client._instance_uid, JSON_CONFIG)
     await wait_for(lambda: callbacks.configs, timeout=5)
-    delivered_after = trio.current_time() - changed_at
+    delivered_after = anyio.current_time() - changed_at
     assert delivered_after <= 0.5 + 0.5  # within one interval plus round trip
     carrying = [r for r in spy.responses if r.HasField("remote_config")]
     assert len(carrying) == 1
@@ -264,14 +264,16 @@ async def test_07_server_restart_asks_unknown_agent_for_full_state_once(
 
 # 8 ------------------------------------------------------------------------------------------
 async def test_08_slow_reply_retry_duplicate_seq_and_gap(server, database_url, stop_agents):
-    client = make_client(server.url)
-    callbacks = Callbacks()
     spy = HandlerSpy.install(server)
-    spy.delays = [1.5]  # the first reply outlives the client's 1 s timeout
-    agent = make_agent(client, callbacks, interval=0.5)
-    await in_thread(agent.start)
-    stop_agents(agent)
-    await wait_for(lambda: len(spy.responses) >= 6, timeout=15)
+    port = int(server.url.rsplit(":", 1)[1])
+    # A slow network: the first reply outlives the client's 1 s timeout.
+    async with open_delay_proxy(port, delays=[1.5]) as slow_url:
+        client = make_client(slow_url)
+        callbacks = Callbacks()
+        agent = make_agent(client, callbacks, interval=0.5)
+        await in_thread(agent.start)
+        stop_agents(agent)
+        await wait_for(lambda: len(spy.responses) >= 6, timeout=15)
     seqs = [m.sequence_num for m in spy.requests]
     assert seqs[:2] == [0, 0]  # the retried payload keeps its seq
     assert len(spy.responses) == len(spy.requests)  # every duplicate answered
@@ -362,13 +364,18 @@ async def test_12_wrong_token_401_good_token_works(start_server, make_settings, 
 # 13 -----------------------------------------------------------------------------------------
 async def test_13_503_retry_after_then_recovery(start_server, make_settings) -> None:
     running = await start_server(make_settings(max_connections=1))
-    spy = HandlerSpy.install(running)
-    spy.gate = trio.Event()  # a slow in-flight poll occupies the only slot until released
+    port = int(running.url.rsplit(":", 1)[1])
     client = make_client(running.url)
-    async with httpx.AsyncClient(base_url=running.url) as http, trio.open_nursery() as nursery:
-        occupier = make_client(running.url, name="occupier")
-        nursery.start_soon(in_thread, occupier.send, occupier.build_full_state_message())
-        await wait_for(lambda: spy.requests)
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        # A slow agent whose POST body is still arriving occupies the only slot.
+        occupier = await anyio.connect_tcp("127.0.0.1", port)
+        body = make_client(running.url, name="occupier").build_full_state_message()
+        head = (
+            "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        await occupier.send(head.encode() + body[:3])
+        await wait_for(lambda: running.services.opamp.stats.http_open == 1)
         with pytest.raises(OpAMPException) as info:
             await in_thread(client.send, client.build_full_state_message())
         assert "503" in str(info.value)
@@ -379,7 +386,10 @@ async def test_13_503_retry_after_then_recovery(start_server, make_settings) -> 
         )
         assert raw.status_code == 503 and int(raw.headers["retry-after"]) >= 30
         assert running.services.registry.get(client._instance_uid) is None  # shed cheaply
-        spy.gate.set()
+        await occupier.send(body[3:])  # the slow request completes and frees the slot
+        answer = await occupier.receive()
+        assert answer.startswith(b"HTTP/1.1 200")
+        await occupier.aclose()
     reply = await in_thread(client.send, client.build_full_state_message())
     assert reply.instance_uid == client._instance_uid
     assert running.services.registry.get(client._instance_uid).online

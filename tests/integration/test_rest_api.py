@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 import psycopg
 import pytest
-import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -69,7 +69,7 @@ async def run_sql(database_url: str, fn: Callable[[psycopg.Connection[Any]], Any
         with psycopg.connect(database_url) as conn:
             return fn(conn)
 
-    return await trio.to_thread.run_sync(work)
+    return await anyio.to_thread.run_sync(work)
 
 
 def insert_agents(conn: psycopg.Connection[Any], agents: list[dict[str, Any]]) -> None:
@@ -235,7 +235,7 @@ async def test_rs256_public_key_and_no_hs_confusion(start_server, make_settings,
 async def test_token_subcommand_mints_a_token_the_server_accepts(server, tmp_path) -> None:
     settings = server.services.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPAMP_FAST_")}
-    result = await trio.run_process(
+    result = await anyio.run_process(
         [
             sys.executable,
             "-m",
@@ -248,8 +248,6 @@ async def test_token_subcommand_mints_a_token_the_server_accepts(server, tmp_pat
             "--data-dir",
             str(settings.data_dir),
         ],
-        capture_stdout=True,
-        capture_stderr=True,
         env=env,
     )
     token = result.stdout.decode().strip()
@@ -270,7 +268,7 @@ async def test_token_subcommand_mints_a_token_the_server_accepts(server, tmp_pat
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    failed = await trio.run_process(
+    failed = await anyio.run_process(
         [
             sys.executable,
             "-m",
@@ -285,8 +283,6 @@ async def test_token_subcommand_mints_a_token_the_server_accepts(server, tmp_pat
             "--api-jwt-public-key-file",
             str(key_file),
         ],
-        capture_stdout=True,
-        capture_stderr=True,
         check=False,
         env=env,
     )
@@ -433,9 +429,9 @@ async def test_endpoints_follow_ws_and_http_agents(server, api) -> None:
             async def stored_online() -> int:
                 return (await api.get("/api/agents?status=online")).json()["total"]
 
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 while await stored_online() != 3:
-                    await trio.sleep(0.05)
+                    await anyio.sleep(0.05)
             await http_agent.request(http_agent.message(agent_disconnect=pb.AgentDisconnect()))
         # Both WebSockets closed, the HTTP agent said goodbye.
         await wait_for(lambda: registry.statistics().online == 0)
@@ -450,12 +446,12 @@ async def test_endpoints_follow_ws_and_http_agents(server, api) -> None:
     status, code, _ = error_of(await api.get(f"/api/agents/{ws2.uid.hex()}/active-connection"))
     assert (status, code) == (404, "not_connected")
 
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         while True:
             offline = (await api.get("/api/agents/offline")).json()
             if offline["total"] == 3:
                 break
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
     assert [a["id"] for a in offline["agents"]] == ids
     assert all(a["status"] == "offline" and a["disconnect_reason"] for a in offline["agents"])
 
@@ -646,7 +642,7 @@ async def test_unreachable_database_is_503_not_500(server, api, database_url, po
         return work
 
     await api.get("/api/agents/status/summary")  # prime the count cache
-    await trio.to_thread.run_sync(admin(block))
+    await anyio.to_thread.run_sync(admin(block))
     try:
         r = await api.get("/api/agents/offline", timeout=30)
         status, code, _ = error_of(r)
@@ -654,7 +650,7 @@ async def test_unreachable_database_is_503_not_500(server, api, database_url, po
         # The summary still answers from memory (with the last counts).
         assert (await api.get("/api/agents/status/summary", timeout=30)).status_code == 200
     finally:
-        await trio.to_thread.run_sync(admin(unblock))
+        await anyio.to_thread.run_sync(admin(unblock))
 
 
 def test_paths_are_plain(tmp_path: Path) -> None:

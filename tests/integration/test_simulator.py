@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
-import trio
 
 from opamp_fast.protocol import REMOTE_CONFIG_APPLIED, Transport
 from opamp_fast.simulator import SimConfig, run_simulation
 from tests.helpers.agents import wait_for
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The simulator is a trio program (``opamp-fast simulate``): run it, and the server beside
+    it in this process, on trio."""
+    return "trio"
 
 
 async def test_mixed_fleet_summary(server) -> None:
@@ -61,7 +68,7 @@ async def test_remote_config_is_applied_and_reported(server) -> None:
         progress=False,
     )
     result: dict[str, object] = {}
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
 
         async def simulate() -> None:
             result.update(await run_simulation(config))
@@ -71,7 +78,7 @@ async def test_remote_config_is_applied_and_reported(server) -> None:
         files = {"collector.yaml": (b"exporters:\n  debug: {}\n", "text/yaml")}
         hashes = {}
         for record in list(registry.online_records()):
-            hashes[record.uid] = await server.services.fleet.assign_remote_config(record.uid, files)
+            hashes[record.uid] = server.services.fleet.assign_remote_config(record.uid, files)
 
         def all_applied() -> bool:
             return all(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import psycopg
 import pytest
-import trio
-from trio_websocket import ConnectionClosed
 
 from opamp_fast.protocol import pb
 from tests.helpers.agents import description, new_uid, open_ws, open_ws_agent, wait_for, ws_url
+from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
+from tests.helpers.wsclient import ConnectionClosed
 
 pytestmark = pytest.mark.postgres
 
@@ -59,7 +60,7 @@ async def test_text_frame_closes_with_1002(server) -> None:
     async with open_ws(ws_url(server.url)) as ws:
         await ws.send_message("hello")
         with pytest.raises(ConnectionClosed) as info:
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await ws.get_message()
         assert info.value.reason.code == 1002
         assert "binary" in info.value.reason.reason
@@ -73,7 +74,7 @@ async def test_non_zero_header_closes_with_1002(server) -> None:
             b"\x01" + pb.AgentToServer(instance_uid=new_uid()).SerializeToString()
         )
         with pytest.raises(ConnectionClosed) as info:
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await ws.get_message()
         assert info.value.reason.code == 1002
 
@@ -93,10 +94,10 @@ async def test_garbage_protobuf_gets_bad_request_and_connection_survives(server)
 
 async def test_oversize_frame_closes_with_1009(start_server, make_settings) -> None:
     running = await start_server(make_settings(max_message_bytes=4096))
-    async with open_ws(ws_url(running.url), max_message_size=1 << 20) as ws:
+    async with open_ws(ws_url(running.url)) as ws:
         await ws.send_message(b"\x00" + b"\x0a" * 10_000)
         with pytest.raises(ConnectionClosed) as info:
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await ws.get_message()
         assert info.value.reason.code == 1009
     # The server is unaffected: a normal agent still gets served.
@@ -110,7 +111,7 @@ async def test_remote_config_push_while_connected(server) -> None:
         await agent.full_state()
         record = server.services.registry.get(agent.uid)
         config_hash = record.state.set_remote_config({"x.json": (b'{"a": 1}', "application/json")})
-        assert await fleet.push(record)
+        assert fleet.push(record)
         pushed = await agent.receive()
         assert pushed.remote_config.config_hash == config_hash
         assert pushed.remote_config.config.config_map["x.json"].body == b'{"a": 1}'
@@ -122,7 +123,7 @@ async def test_remote_config_push_while_connected(server) -> None:
         assert record.state.remote_config_status.status == pb.RemoteConfigStatuses_APPLIED
         # Heartbeats omit the status: no resend, and nothing more to push.
         assert not (await agent.heartbeat()).HasField("remote_config")
-        assert not await fleet.push(record)
+        assert not fleet.push(record)
 
 
 async def test_socket_close_marks_agent_offline_and_history_is_written(
@@ -156,7 +157,7 @@ async def test_duplicate_uid_newer_connection_takes_over(server) -> None:
             record = server.services.registry.get(uid)
             assert record.online
             with pytest.raises(ConnectionClosed) as info:
-                with trio.fail_after(5):
+                with anyio.fail_after(5):
                     await first.ws.get_message()
             assert info.value.reason.code == 4000
             # A third live connection within one heartbeat interval: two agents share the uid.
@@ -191,6 +192,6 @@ async def test_shutdown_closes_websockets_with_1001(start_server, make_settings)
         await agent.full_state()
         running.services.shutdown.set()
         with pytest.raises(ConnectionClosed) as info:
-            with trio.fail_after(5):
+            with anyio.fail_after(5):
                 await agent.ws.get_message()
         assert info.value.reason.code == 1001

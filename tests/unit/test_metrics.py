@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
-import trio
-import trio.lowlevel
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -209,13 +209,10 @@ def test_transport_and_fleet_counters() -> None:
     stats = TransportStats()
     policy = ServerPolicy(heartbeat_interval_s=INTERVAL)
     fleet = FleetHandler(registry=registry, sink=None, policy=policy)  # type: ignore[arg-type]
-    stats.received(Transport.WS, 100)
-    stats.received(Transport.WS, 50)
-    stats.received(Transport.HTTP, 7)
-    stats.sent(Transport.HTTP, 9)
-    stats.opened(Transport.WS)
-    stats.opened(Transport.WS)
-    stats.closed(Transport.WS)
+    stats.ws_in, stats.ws_bytes_in = 2, 150
+    stats.http_in, stats.http_bytes_in = 1, 7
+    stats.http_out, stats.http_bytes_out = 1, 9
+    stats.ws_open = 1
     stats.protocol_error(Transport.WS, "decode")
     stats.protocol_error(Transport.HTTP, "too_large")
     stats.protocol_error(Transport.HTTP, "too_large")
@@ -253,10 +250,12 @@ class FakeDatabase:
         self.fail = False
 
     async def run(self, fn: Callable[..., Any]) -> int:
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         if self.fail:
             raise psycopg.OperationalError("database is down")
         return self.rows
+
+    run_writer = run
 
 
 async def test_writer_metrics_and_flush_histograms() -> None:
@@ -272,12 +271,12 @@ async def test_writer_metrics_and_flush_histograms() -> None:
     )
     clock = Clock(WALL0)
     exporter = exporter_for(make_registry(), clock, writer=writer, writer_queue_max=64)
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         await nursery.start(writer.run)
-        await writer.connected(b"w" * 16, at=WALL0, remote_addr="x", transport="ws")
+        writer.connected(b"w" * 16, at=WALL0, remote_addr="x", transport="ws")
         await writer.flush()
         db.rows = 20_000
-        await writer.connected(b"v" * 16, at=WALL0, remote_addr="x", transport="ws")
+        writer.connected(b"v" * 16, at=WALL0, remote_addr="x", transport="ws")
         await writer.flush()
         samples = scrape(exporter)
         assert value(samples, "opamp_fast_writer_flushes_total") == 2
@@ -294,10 +293,10 @@ async def test_writer_metrics_and_flush_histograms() -> None:
         assert value(samples, "opamp_fast_db_backlog_seconds") == 0
 
         db.fail = True
-        await writer.connected(b"u" * 16, at=WALL0, remote_addr="x", transport="ws")
-        with trio.fail_after(5):
+        writer.connected(b"u" * 16, at=WALL0, remote_addr="x", transport="ws")
+        with anyio.fail_after(5):
             while writer.statistics().db_errors_total < 1:
-                await trio.sleep(0.005)
+                await anyio.sleep(0.005)
         backlog_since = writer.statistics().backlog_since
         assert backlog_since is not None
         clock.now = backlog_since + 12.5

@@ -24,7 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -127,12 +128,12 @@ class StatusCountCache:
         self.max_age_s = max_age_s
         self.cost_factor = cost_factor
         self.inline_cost_s = inline_cost_s
-        self.nursery: trio.Nursery | None = None  # set while the app's lifespan runs
+        self.task_group: TaskGroup | None = None  # set while the app's lifespan runs
         self._value: tuple[int, int] | None = None
         self._at = float("-inf")  # monotonic time of the count
         self._wall_at: float | None = None
         self._cost = 0.0
-        self._refreshing: trio.Event | None = None
+        self._refreshing: anyio.Event | None = None
 
     @property
     def max_age(self) -> float:
@@ -149,9 +150,9 @@ class StatusCountCache:
                 if self._value is None:
                     raise APIError(503, "database_unavailable", "cannot count agents")
             return (*(self._value or value), _wall(self._wall_at))  # type: ignore[misc]
-        if value is not None and self.nursery is not None and self._cost > self.inline_cost_s:
-            self._refreshing = trio.Event()
-            self.nursery.start_soon(self._refresh_quietly)
+        if value is not None and self.task_group is not None and self._cost > self.inline_cost_s:
+            self._refreshing = anyio.Event()
+            self.task_group.start_soon(self._refresh_quietly)
             return (*value, _wall(self._wall_at))
         await self._refresh(keep_stale=value is not None)
         assert self._value is not None
@@ -165,7 +166,7 @@ class StatusCountCache:
 
     async def _refresh(self, *, keep_stale: bool) -> None:
         if self._refreshing is None:
-            self._refreshing = trio.Event()
+            self._refreshing = anyio.Event()
         started = time.monotonic()
         try:
             self._value = await self._run(queries.status_counts)

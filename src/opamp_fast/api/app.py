@@ -1,7 +1,9 @@
-"""The ASGI application: the OpAMP endpoint is dispatched before Starlette's routing.
+"""The ASGI application: REST API, docs, metrics and health probes.
 
-OpAMP is the hot path (every agent message), so it goes to a plain ASGI callable; REST, docs,
-metrics and health probes go through Starlette. Everything under ``/api`` needs a bearer JWT
+OpAMP is the hot path (every agent message) and never comes here: the front serves it
+natively. The one exception is an OpAMP POST on a keep-alive connection that the front already
+handed to the ASGI server; :class:`~opamp_fast.transport.asgi_fallback.OpAMPFallback` serves it
+with the same sans-IO code. Everything under ``/api`` needs a bearer JWT
 (``auth.BearerAuthMiddleware``); probes, metrics, ``/openapi.json`` and ``/docs`` do not.
 
 To add routes, add them to the ``routes`` list in :func:`build_starlette`; the OpenAPI document
@@ -14,13 +16,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from .. import metrics
 from ..auth import BearerAuthMiddleware, TokenVerifier
 from ..services import Services
+from ..transport.asgi_fallback import OpAMPFallback
 from . import agents, health, openapi
 from .errors import EXCEPTION_HANDLERS
 
@@ -34,15 +37,15 @@ def build_starlette(services: Services) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # A nursery for background work of request handlers (count refreshes) that must not
+        # A task group for background work of request handlers (count refreshes) that must not
         # hold up the request that triggered it.
-        async with trio.open_nursery() as nursery:
-            counts.nursery = nursery
+        async with anyio.create_task_group() as tg:
+            counts.task_group = tg
             try:
                 yield
             finally:
-                counts.nursery = None
-                nursery.cancel_scope.cancel()
+                counts.task_group = None
+                tg.cancel_scope.cancel()
 
     routes = [
         *health.routes(services),
@@ -60,7 +63,7 @@ def build_starlette(services: Services) -> Starlette:
 
 def build_app(services: Services) -> ASGIApp:
     rest = build_starlette(services)
-    opamp = services.opamp
+    opamp = OpAMPFallback(services.opamp)
     path = services.settings.opamp_path
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -57,6 +57,7 @@ from ._core import Reply as Reply
 from ._core import ServerPolicy as ServerPolicy
 from ._core import build_push as build_push
 from ._core import error_response as error_response
+from ._core import process_heartbeat as process_heartbeat
 from ._core import process_message as process_message
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MessageTooLargeError as MessageTooLargeError
@@ -155,6 +156,7 @@ __all__ = [
     "normalize_instance_uid",
     "parse_instance_uid_text",
     "pb",
+    "process_heartbeat",
     "process_message",
     "remote_config_hash",
 ]

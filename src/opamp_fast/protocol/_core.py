@@ -48,6 +48,7 @@ __all__ = [
     "ServerPolicy",
     "build_push",
     "error_response",
+    "process_heartbeat",
     "process_message",
 ]
 
@@ -264,9 +265,10 @@ def process_message(
         resp.flags = flags
     if first or http:
         resp.capabilities = policy.capabilities
-    _add_custom_capabilities(resp, session, policy, http)
+    offered = _add_custom_capabilities(resp, session, policy, http)
     if not disconnect:
-        _add_offers(resp, agent, session, policy)
+        offered = _add_offers(resp, agent, session, policy) or offered
+    session.settled_epoch = -1 if offered or disconnect or http else agent.offers_epoch
 
     merged = frozenset(changed) if changed else _EMPTY
     events.append(MessageMerged(uid, seq, now, merged))
@@ -280,6 +282,31 @@ def process_message(
         events.append(AgentDisconnected(uid, now, "agent_disconnect"))
     session.first_response_sent = True
     return Reply(resp, tuple(events))
+
+
+def process_heartbeat(agent: AgentState, session: Session, seq: int, caps: int) -> bool:
+    """The fast path of :func:`process_message` for a WebSocket heartbeat.
+
+    For a message holding only ``instance_uid`` (the agent's own), ``sequence_num`` and
+    ``capabilities``: returns True, with ``agent.sequence_num`` advanced, when
+    :func:`process_message` would answer with the bare ``instance_uid`` and change nothing else
+    (same capabilities, the next sequence number, no full state pending, and nothing left to
+    offer since the session's last reply). Returns False, changing nothing, otherwise: the caller
+    then runs :func:`process_message` on the decoded message. Emits no events; the caller
+    accounts the message as merged-without-change.
+    """
+    prev = agent.sequence_num
+    if (
+        session.settled_epoch != agent.offers_epoch
+        or caps != agent.capabilities
+        or prev is None
+        or seq != prev + 1
+        or agent.full_state_pending
+        or agent.description is None
+    ):
+        return False
+    agent.sequence_num = seq
+    return True
 
 
 def _add_custom_capabilities(

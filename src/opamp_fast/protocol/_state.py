@@ -82,6 +82,7 @@ class AgentState:
         "full_state_seq",
         "health",
         "instance_uid",
+        "offers_epoch",
         "package_statuses",
         "remote_config_status",
         "sequence_num",
@@ -102,6 +103,7 @@ class AgentState:
     connection_settings_status: pb.ConnectionSettingsStatus | None
     full_state_pending: bool
     full_state_seq: int
+    offers_epoch: int
     _remote_config: pb.AgentRemoteConfig | None
     _remote_config_hash: bytes | None
 
@@ -125,6 +127,9 @@ class AgentState:
         self.connection_settings_status = None
         self.full_state_pending = False
         self.full_state_seq = 0
+        # Bumped whenever what the server wants to offer changes, so that a session knows it
+        # must build a full reply again instead of the heartbeat fast path's bare ack.
+        self.offers_epoch = 0
         self._remote_config = None
         self._remote_config_hash = None
 
@@ -165,11 +170,13 @@ class AgentState:
             raise ValueError("AgentRemoteConfig.config_hash must be set")
         self._remote_config = config
         self._remote_config_hash = config.config_hash
+        self.offers_epoch += 1
 
     def clear_remote_config(self) -> None:
         """Forget the desired config; nothing more is offered (the agent keeps its own)."""
         self._remote_config = None
         self._remote_config_hash = None
+        self.offers_epoch += 1
 
 
 class Session:
@@ -184,11 +191,13 @@ class Session:
         "first_response_sent",
         "offered_config_hash",
         "offered_settings_hash",
+        "settled_epoch",
         "transport",
     )
 
     transport: Transport
     first_response_sent: bool
+    settled_epoch: int
     offered_config_hash: bytes | None
     offered_settings_hash: bytes | None
     custom_capabilities_sent: tuple[str, ...] | None
@@ -199,6 +208,9 @@ class Session:
         self.offered_config_hash = None
         self.offered_settings_hash = None
         self.custom_capabilities_sent = None
+        # The agent's offers_epoch at the last WebSocket reply that had nothing left to offer;
+        # -1 until then. Equal to the agent's current epoch: a heartbeat needs a bare ack only.
+        self.settled_epoch = -1
 
     def __repr__(self) -> str:
         return (

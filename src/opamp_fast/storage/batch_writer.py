@@ -2,12 +2,13 @@
 
 Why it looks like this (capability 3, house style "no database I/O per message"):
 
-- Connection handlers never touch the database. They ``await`` a bounded trio channel
-  (backpressure, not loss) for connects, disconnects and status changes, and call the synchronous
-  :meth:`BatchWriter.seen` (a dict write, no channel) for every heartbeat.
-- A receiver task drains the channel continuously into per-agent *coalesced* state, even while a
-  flush is running in a worker thread: memory grows with the number of agents and sessions,
-  never with the number of messages. Every history row (each open and close) is kept.
+- Connection handlers never touch the database and never wait. Connects, disconnects and status
+  changes (:meth:`BatchWriter.connected` ...) and every heartbeat (:meth:`BatchWriter.seen`) are
+  synchronous O(1) merges into per-agent *coalesced* state on the event loop, also while a flush
+  runs in a worker thread: memory grows with the number of agents and sessions, never with the
+  number of messages. Every history row (each open and close) is kept. When too many history
+  rows wait for the database (``queue_max``), :attr:`BatchWriter.overloaded` makes admission
+  control refuse new connections (503) rather than grow without bound.
 - A flusher task swaps the pending buffers (no ``await`` in between, so nothing is lost or seen
   twice) every ``flush_interval_s`` or when ``batch_max`` agents are pending, and writes the
   batch in ONE transaction: binary ``COPY`` into temp staging tables, then set-based statements.
@@ -32,11 +33,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import msgspec
 import psycopg
-import trio
+from anyio.abc import TaskStatus
 
 from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
 
@@ -50,14 +52,6 @@ SHUTDOWN_REASON: Final = "server shutdown"
 RESTART_REASON: Final = "server restart"
 REPLACED_REASON: Final = "replaced by a new connection"
 
-_CONNECT: Final = 0
-_DISCONNECT: Final = 1
-_STATUS: Final = 2
-_FLUSH: Final = 3
-
-# (kind, uid, ...) tuples: cheaper to build and unpack than objects on the producer side.
-_Message: TypeAlias = tuple[Any, ...]
-
 
 class _LostRace(Exception):
     """Another writer inserted one of our new agents between our UPDATE and INSERT: retry."""
@@ -67,7 +61,7 @@ class _LostRace(Exception):
 class WriterStatistics:
     pending_agents: int  # agents with changes not yet committed (pending + in flight)
     pending_sessions: int  # history opens/closes not yet committed
-    queued: int  # messages waiting in the channel
+    queued: int  # history opens/closes waiting for the next flush (admission control)
     flushes_total: int  # committed flushes
     rows_written_total: int
     last_flush_rows: int
@@ -137,7 +131,7 @@ class _Batch:
         # session_id -> (closed at, reason) for sessions written by an earlier flush
         self.closes: dict[bytes, tuple[float, str]] = {}
         # flush() callers waiting for this batch to commit
-        self.waiters: list[trio.Event] = []
+        self.waiters: list[anyio.Event] = []
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes)
@@ -189,7 +183,13 @@ class _Batch:
 class BatchWriter:
     """Coalesces agent state and connection history and writes it to Postgres in batches.
 
-    One instance per server, owned by the root nursery: ``await nursery.start(writer.run)``.
+    One instance per server, owned by the root task group: ``await tg.start(writer.run)``.
+    Producers (:meth:`connected`, :meth:`disconnected`, :meth:`status`, :meth:`seen`) are
+    synchronous and O(1): they merge the change into the pending batch on the event loop, so a
+    connection handler never waits and never does I/O. Memory is bounded by agents and sessions
+    (never by messages); :attr:`overloaded` tells admission control when the history rows waiting
+    for the database pass ``queue_max`` (a long outage, a reconnect storm), so that new
+    connections are refused with 503 until the database catches up, instead of memory growing.
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class BatchWriter:
         instance_id: str,
         flush_interval_s: float = 1.0,
         batch_max: int = 50_000,
-        queue_max: int = 10_000,
+        queue_max: int = 200_000,
         retry_max_s: float = 30.0,
         retry_initial_s: float = 0.5,
         drain_timeout_s: float = 10.0,
@@ -210,16 +210,18 @@ class BatchWriter:
         self.instance_id = instance_id
         self._interval = flush_interval_s
         self._batch_max = batch_max
+        self._queue_max = queue_max
         self._retry_initial = min(retry_initial_s, retry_max_s)
         self._retry_max = retry_max_s
         self._drain_timeout = drain_timeout_s
-        self._send, self._recv = trio.open_memory_channel[_Message](queue_max)
         self._pending = _Batch()
         self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
         self._inflight: _Batch | None = None
+        self._inflight_sessions = 0
         self._open_session: dict[bytes, bytes] = {}  # uid -> session_id of its open connection
-        self._wake = trio.Event()  # early flush (batch_max) or close
-        self._closed = trio.Event()  # the channel reached its end
+        self._wake = anyio.Event()  # early flush (batch_max, flush()) or close
+        self._closed = anyio.Event()  # close(): ends an outage back-off at once
+        self._closing = False
         # statistics
         self._flushes = 0
         self._rows = 0
@@ -234,7 +236,7 @@ class BatchWriter:
 
     # ----------------------------------------------------------------- producer side
 
-    async def connected(
+    def connected(
         self,
         uid: bytes,
         *,
@@ -243,30 +245,54 @@ class BatchWriter:
         transport: str,
         snapshot: AgentSnapshot | None = None,
     ) -> None:
-        """An agent connected (WebSocket open, first HTTP poll); awaits while the queue is full."""
+        """An agent connected (WebSocket open, first HTTP poll): opens a history row."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, not {transport!r}")
-        await self._put((_CONNECT, uid, at, remote_addr, transport, snapshot))
+        if self._closing:
+            return self._late("connect", uid)
+        batch = self._pending
+        previous = self._open_session.get(uid)
+        if previous is not None:
+            batch.close_session(previous, at, REPLACED_REASON)
+        session_id = os.urandom(16)
+        self._open_session[uid] = session_id
+        batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
+        change = batch.change(uid)
+        change.status = "online"
+        change.connected_at = at
+        change.transport = transport
+        if snapshot is not None:
+            change.snapshot = snapshot
+        if batch.seen.get(uid, -math.inf) < at:
+            batch.seen[uid] = at
+        self._check_size(batch)
 
-    async def disconnected(self, uid: bytes, *, at: float, reason: str) -> None:
+    def disconnected(self, uid: bytes, *, at: float, reason: str) -> None:
         """The agent's connection ended (closed, timed out, replaced, ...)."""
-        await self._put((_DISCONNECT, uid, at, reason))
+        if self._closing:
+            return self._late("disconnect", uid)
+        session_id = self._open_session.pop(uid, None)
+        if session_id is None:
+            # A second report of the same disconnect (timeout, then socket close): the first one
+            # already recorded it.
+            logger.debug("disconnect of %s without an open session ignored", uid.hex())
+            return
+        batch = self._pending
+        reason = clean_text(reason)
+        batch.close_session(session_id, at, reason)
+        change = batch.change(uid)
+        change.status = "offline"
+        change.disconnected_at = at
+        change.reason = reason
+        self._check_size(batch)
 
-    async def status(self, uid: bytes, snapshot: AgentSnapshot) -> None:
+    def status(self, uid: bytes, snapshot: AgentSnapshot) -> None:
         """The agent's reported state changed; the last snapshot per agent wins."""
-        await self._put((_STATUS, uid, snapshot))
-
-    async def flush(self) -> None:
-        """Wait until everything sent before this call is committed (tests, admin tools).
-
-        During a database outage this waits for the recovery; bound it with a cancel scope.
-        """
-        done = trio.Event()
-        try:
-            await self._send.send((_FLUSH, b"", done))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return  # closed: the drain flushes (or has flushed) everything
-        await done.wait()
+        if self._closing:
+            return self._late("status", uid)
+        batch = self._pending
+        batch.change(uid).snapshot = snapshot
+        self._check_size(batch)
 
     def seen(self, uid: bytes, at: float) -> None:
         """A message arrived from the agent at ``at`` (UNIX seconds). O(1), never blocks."""
@@ -275,62 +301,38 @@ class BatchWriter:
         if len(seen) >= self._batch_max:
             self._wake.set()
 
-    async def _put(self, message: _Message) -> None:
-        try:
-            await self._send.send(message)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            # The writer is shutting down: its drain closes every open session of this instance
-            # with "server shutdown", which is what this late event would have recorded.
-            logger.debug("writer closed; dropped late event %s for %s", message[0], message[1])
+    @property
+    def overloaded(self) -> bool:
+        """True while more history rows wait for the database than ``queue_max`` allows."""
+        return len(self._pending.sessions) + self._inflight_sessions >= self._queue_max
+
+    async def flush(self) -> None:
+        """Wait until everything recorded before this call is committed (tests, admin tools).
+
+        During a database outage this waits for the recovery; bound it with a cancel scope.
+        """
+        if self._closing:
+            return  # the drain flushes (or has flushed) everything
+        done = anyio.Event()
+        self._pending.waiters.append(done)
+        self._wake.set()
+        await done.wait()
 
     def close(self) -> None:
-        """Close the input channel: ``run()`` drains, flushes and returns."""
-        self._send.close()
+        """Stop taking changes: ``run()`` drains, flushes and returns."""
+        self._closing = True
+        self._wake.set()
+        self._closed.set()
 
     async def aclose(self) -> None:
-        await self._send.aclose()
+        self.close()
 
-    # ----------------------------------------------------------------- coalescing
+    def _late(self, kind: str, uid: bytes) -> None:
+        # The writer is shutting down: its drain closes every open session of this instance with
+        # "server shutdown", which is what this late event would have recorded.
+        logger.debug("writer closed; dropped late %s event for %s", kind, uid.hex())
 
-    def _apply(self, message: _Message) -> None:
-        kind = message[0]
-        batch = self._pending
-        uid: bytes = message[1]
-        if kind == _DISCONNECT:
-            _, _, at, reason = message
-            session_id = self._open_session.pop(uid, None)
-            if session_id is None:
-                # A second report of the same disconnect (timeout, then socket close): the first
-                # one already recorded it.
-                logger.debug("disconnect of %s without an open session ignored", uid.hex())
-                return
-            reason = clean_text(reason)
-            batch.close_session(session_id, at, reason)
-            change = batch.change(uid)
-            change.status = "offline"
-            change.disconnected_at = at
-            change.reason = reason
-        elif kind == _CONNECT:
-            _, _, at, remote_addr, transport, snapshot = message
-            previous = self._open_session.get(uid)
-            if previous is not None:
-                batch.close_session(previous, at, REPLACED_REASON)
-            session_id = os.urandom(16)
-            self._open_session[uid] = session_id
-            batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
-            change = batch.change(uid)
-            change.status = "online"
-            change.connected_at = at
-            change.transport = transport
-            if snapshot is not None:
-                change.snapshot = snapshot
-            if batch.seen.get(uid, -math.inf) < at:
-                batch.seen[uid] = at
-        elif kind == _STATUS:
-            batch.change(uid).snapshot = message[2]
-        else:
-            batch.waiters.append(message[2])
-            self._wake.set()
+    def _check_size(self, batch: _Batch) -> None:
         if len(batch.agents) >= self._batch_max or len(batch.sessions) >= self._batch_max:
             self._wake.set()
 
@@ -338,7 +340,7 @@ class BatchWriter:
         batch = self._pending
         self._pending = _Batch()
         self._seen = self._pending.seen
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
         return batch
 
     def _merge_back(self, batch: _Batch) -> None:
@@ -347,40 +349,31 @@ class BatchWriter:
 
     # ----------------------------------------------------------------- service
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Receive and flush until the channel is closed, then drain (also when cancelled)."""
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Flush until closed (or cancelled), then drain: final flush under a shield."""
+        task_status.started()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive)
-                nursery.start_soon(self._flush_loop)
-                task_status.started()
+            await self._flush_loop()
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._drain()
 
-    async def _receive(self) -> None:
-        apply = self._apply
-        async for message in self._recv:
-            apply(message)
-        self._closed.set()
-        self._wake.set()
-
     async def _flush_loop(self) -> None:
-        next_flush = trio.current_time() + self._interval
-        while not self._closed.is_set():
+        next_flush = anyio.current_time() + self._interval
+        while not self._closing:
             if self._backlog_since is None:
-                with trio.move_on_at(next_flush):
+                with anyio.move_on_after(max(0.0, next_flush - anyio.current_time())):
                     await self._wake.wait()
             else:
                 # Outage: back off; neither batch_max nor anything else shortens the wait.
                 delay = min(
                     self._retry_max, self._retry_initial * 2 ** max(0, self._failed_attempts - 1)
                 )
-                with trio.move_on_after(delay):
+                with anyio.move_on_after(delay):
                     await self._closed.wait()
-            if self._closed.is_set():
+            if self._closing:
                 return  # the drain does the final flush
-            next_flush = trio.current_time() + self._interval
+            next_flush = anyio.current_time() + self._interval
             await self._flush_once()
 
     async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:
@@ -391,10 +384,11 @@ class BatchWriter:
                 waiter.set()
             return True
         self._inflight = batch
+        self._inflight_sessions = len(batch.sessions)
         done = False
         started = time.perf_counter()
         try:
-            rows = await self._db.run(
+            rows = await self._db.run_writer(
                 partial(
                     _write_batch, batch=batch, instance_id=self.instance_id, shutdown_at=shutdown_at
                 )
@@ -415,6 +409,7 @@ class BatchWriter:
             return False
         finally:
             self._inflight = None
+            self._inflight_sessions = 0
             if not done:  # failed, or cancelled while the thread ran: the outcome is unknown
                 self._merge_back(batch)
         elapsed = time.perf_counter() - started
@@ -438,17 +433,12 @@ class BatchWriter:
 
     async def _drain(self) -> None:
         """Final flush plus closing this instance's open sessions, bounded by drain_timeout_s."""
-        while True:  # apply what producers queued before the close
-            try:
-                self._apply(self._recv.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        self._recv.close()
+        self._closing = True
         shutdown_at = time.time()
-        with trio.move_on_after(self._drain_timeout) as scope:
+        with anyio.move_on_after(self._drain_timeout) as scope:
             delay = self._retry_initial
             while not await self._flush_once(shutdown_at=shutdown_at):
-                await trio.sleep(delay)
+                await anyio.sleep(delay)
                 delay = min(self._retry_max, delay * 2)
         if scope.cancelled_caught:
             stats = self.statistics()
@@ -491,7 +481,7 @@ class BatchWriter:
         return WriterStatistics(
             pending_agents=len(agents),
             pending_sessions=sessions,
-            queued=self._recv.statistics().current_buffer_used,
+            queued=len(pending.sessions) + len(pending.closes),
             flushes_total=self._flushes,
             rows_written_total=self._rows,
             last_flush_rows=self._last_rows,

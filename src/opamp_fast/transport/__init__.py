@@ -1,5 +1,11 @@
-"""OpAMP transports: WebSocket and plain HTTP on one path, both feeding one ``AgentHandler``."""
+"""OpAMP transports: WebSocket and plain HTTP on one port, both feeding one ``AgentHandler``.
 
-from .endpoint import OpAMPEndpoint as OpAMPEndpoint
+``connection`` is the sans-IO state machine of one connection; ``asyncio_front`` and
+``trio_front`` drive it on each backend and hand every other request to the ASGI server.
+"""
 
-__all__ = ["OpAMPEndpoint"]
+from .connection import Limits as Limits
+from .connection import OpAMPConnection as OpAMPConnection
+from .stats import TransportStats as TransportStats
+
+__all__ = ["Limits", "OpAMPConnection", "TransportStats"]

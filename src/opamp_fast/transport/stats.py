@@ -1,4 +1,9 @@
-"""Transport counters: plain integers bumped inline, read by the metrics collector."""
+"""Transport counters: plain integers bumped inline, read by the metrics collector.
+
+The WebSocket message counters are separate attributes rather than dicts keyed by transport:
+they are bumped twice per message on the hot path, where an attribute add is the cheapest
+thing Python offers. The dict views (``messages_in`` ...) are for the collector.
+"""
 
 from __future__ import annotations
 
@@ -9,40 +14,62 @@ from ..protocol import Transport
 
 class TransportStats:
     __slots__ = (
-        "bytes_in",
-        "bytes_out",
         "errors",
-        "messages_in",
-        "messages_out",
-        "open",
+        "handed_off",
+        "http_bytes_in",
+        "http_bytes_out",
+        "http_in",
+        "http_open",
+        "http_out",
         "rejections",
+        "tcp_open",
+        "tcp_refused",
+        "timeouts",
+        "ws_bytes_in",
+        "ws_bytes_out",
+        "ws_in",
+        "ws_open",
+        "ws_out",
     )
 
     def __init__(self) -> None:
-        self.messages_in = {Transport.WS: 0, Transport.HTTP: 0}
-        self.messages_out = {Transport.WS: 0, Transport.HTTP: 0}
-        self.bytes_in = {Transport.WS: 0, Transport.HTTP: 0}
-        self.bytes_out = {Transport.WS: 0, Transport.HTTP: 0}
-        self.open = {Transport.WS: 0, Transport.HTTP: 0}
+        self.ws_in = self.ws_bytes_in = self.ws_out = self.ws_bytes_out = 0
+        self.http_in = self.http_bytes_in = self.http_out = self.http_bytes_out = 0
+        self.ws_open = self.http_open = 0
+        self.tcp_open = 0  # sockets on the shared port, whatever they carry
+        self.tcp_refused = 0  # accepted and closed at once: no descriptor to spare
+        self.handed_off = 0  # connections passed to the ASGI server (REST, metrics, probes)
         self.errors: Counter[tuple[Transport, str]] = Counter()
         self.rejections: Counter[tuple[Transport, int]] = Counter()
+        self.timeouts: Counter[str] = Counter()  # by phase: handshake, body, message, close...
 
-    def received(self, transport: Transport, size: int) -> None:
-        self.messages_in[transport] += 1
-        self.bytes_in[transport] += size
+    # -- collector views ---------------------------------------------------------------
+    @property
+    def messages_in(self) -> dict[Transport, int]:
+        return {Transport.WS: self.ws_in, Transport.HTTP: self.http_in}
 
-    def sent(self, transport: Transport, size: int) -> None:
-        self.messages_out[transport] += 1
-        self.bytes_out[transport] += size
+    @property
+    def messages_out(self) -> dict[Transport, int]:
+        return {Transport.WS: self.ws_out, Transport.HTTP: self.http_out}
 
-    def opened(self, transport: Transport) -> None:
-        self.open[transport] += 1
+    @property
+    def bytes_in(self) -> dict[Transport, int]:
+        return {Transport.WS: self.ws_bytes_in, Transport.HTTP: self.http_bytes_in}
 
-    def closed(self, transport: Transport) -> None:
-        self.open[transport] -= 1
+    @property
+    def bytes_out(self) -> dict[Transport, int]:
+        return {Transport.WS: self.ws_bytes_out, Transport.HTTP: self.http_bytes_out}
 
+    @property
+    def open(self) -> dict[Transport, int]:
+        return {Transport.WS: self.ws_open, Transport.HTTP: self.http_open}
+
+    # -- slow-path updates ---------------------------------------------------------------
     def protocol_error(self, transport: Transport, kind: str) -> None:
         self.errors[transport, kind] += 1
 
     def rejected(self, transport: Transport, status: int) -> None:
         self.rejections[transport, status] += 1
+
+    def timed_out(self, phase: str) -> None:
+        self.timeouts[phase] += 1
