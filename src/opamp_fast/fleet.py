@@ -103,6 +103,7 @@ class FleetHandler:
         sink: AgentSink,
         policy: ServerPolicy,
         agent_auth_token: str | None = None,
+        require_client_cert: bool = False,
         max_connections: int = 200_000,
         wall_clock: Callable[[], float] = time.time,
         mono_clock: Callable[[], float] = time.monotonic,
@@ -112,6 +113,7 @@ class FleetHandler:
         self.policy = policy
         self.max_connections = max_connections
         self._expected_auth = f"Bearer {agent_auth_token}" if agent_auth_token else None
+        self.require_client_cert = require_client_cert
         self._wall = wall_clock
         self._mono = mono_clock
         self._open_connections = 0
@@ -123,6 +125,9 @@ class FleetHandler:
     def on_connecting(self, request: ConnectingRequest) -> ConnectionResponse:
         if self.shutting_down:
             return ConnectionResponse.reject(503, "server shutting down", (("retry-after", "30"),))
+        if self.require_client_cert and not request.tls_peer_cert:
+            # TLS verified any certificate presented; agents must present one.
+            return ConnectionResponse.reject(401, "a TLS client certificate is required")
         if self._expected_auth is not None:
             given = request.headers.get("authorization", "")
             if not _constant_time_equal(given, self._expected_auth):

@@ -107,6 +107,7 @@ async def open_services(
         sink=writer,
         policy=server_policy(settings),
         agent_auth_token=settings.agent_auth_token,
+        require_client_cert=settings.tls_client_ca_file is not None,
         max_connections=max_agent_connections(settings),
     )
     services = Services(

@@ -69,7 +69,7 @@ def test_snapshot_from_messages() -> None:
             last_remote_config_hash=b"\xab\xcd", status=3, error_message="bad yaml"
         ),
         transport="ws",
-    )
+    ).row()
     assert snap.agent_name == "otelcol"
     assert snap.description == {
         "identifying_attributes": {"service.name": "otelcol"},

@@ -679,12 +679,13 @@ def _write_batch(
                                c.reason, c.transport, seen.get(uid), False, None, None, None,
                                None, None, None))  # fmt: skip
                     else:
+                        row = snap.row()  # protobuf -> JSON here, in the worker thread
                         write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
                                c.reason, c.transport or snap.transport, seen.get(uid), True,
-                               capabilities_to_bigint(snap.capabilities), snap.agent_name,
-                               _json_text(snap.description), _json_text(snap.health),
-                               _json_text(snap.effective_config),
-                               _json_text(snap.remote_config_status)))  # fmt: skip
+                               capabilities_to_bigint(snap.capabilities), row.agent_name,
+                               _json_text(row.description), _json_text(row.health),
+                               _json_text(row.effective_config),
+                               _json_text(row.remote_config_status)))  # fmt: skip
             cur.execute(_UPDATE_AGENTS, params)
             updated = cur.rowcount
             inserted = 0

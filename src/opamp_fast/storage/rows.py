@@ -1,9 +1,9 @@
 """Plain data handed to the batch writer, and converters from OpAMP protobuf to JSON-able values.
 
 Why this exists: the writer stores agent status sub-messages as ``jsonb`` so the REST API can
-serve them without protobuf, and the writer's hot path must not touch protobuf at all. The
-handler converts a status sub-message once, when it *changes* (rare next to heartbeats), into an
-immutable :class:`AgentSnapshot`; the writer only coalesces and serialises those.
+serve them without protobuf. The handler takes an :class:`AgentSnapshot` (references to the
+agent's immutable merged messages) when the status *changes* (rare next to heartbeats); the
+writer coalesces snapshots per agent and converts only the last one, in its worker thread.
 
 The converters are hand-written rather than ``json_format.MessageToDict``: they are several times
 faster, decode ``AnyValue`` to plain Python values (not ``{"stringValue": ...}``), and make every
@@ -36,20 +36,32 @@ _REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True, slots=True)
-class AgentSnapshot:
-    """The agent-row fields the writer stores, already converted to JSON-able values.
+class SnapshotRow:
+    """The JSON-able agent-row fields of one snapshot. ``None``: not reported."""
 
-    A snapshot replaces the previous one as a whole (last one wins), so the handler passes the
-    agent's full merged state (status compression already applied), not a delta. ``None`` in a
-    JSON field means "the agent has not reported it".
+    agent_name: str | None
+    description: JSONObject | None
+    health: JSONObject | None
+    effective_config: JSONObject | None
+    remote_config_status: JSONObject | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """The agent's full merged state (status compression applied) at one moment, for the writer.
+
+    It holds the protobuf messages themselves, not their JSON: the protocol state replaces a
+    sub-message wholesale when it changes and never mutates a stored one, so keeping references
+    is safe and costs nothing on the event loop. The conversion (:meth:`row`) runs in the
+    writer's worker thread at flush time, only for the last snapshot of each agent in a batch.
+    A snapshot replaces the previous one as a whole (last one wins).
     """
 
     capabilities: int = 0
-    agent_name: str | None = None
-    description: JSONObject | None = None
-    health: JSONObject | None = None
-    effective_config: JSONObject | None = None
-    remote_config_status: JSONObject | None = None
+    description: opamp_pb2.AgentDescription | None = None
+    health: opamp_pb2.ComponentHealth | None = None
+    effective_config: opamp_pb2.EffectiveConfig | None = None
+    remote_config_status: opamp_pb2.RemoteConfigStatus | None = None
     transport: str | None = None
 
     @classmethod
@@ -63,22 +75,29 @@ class AgentSnapshot:
         remote_config_status: opamp_pb2.RemoteConfigStatus | None = None,
         transport: str | None = None,
     ) -> AgentSnapshot:
-        """Build a snapshot from protobuf messages (``None`` for a message not reported)."""
-        desc = description_to_json(description) if description is not None else None
+        """A snapshot of these messages (``None`` for a message not reported); the caller
+        must not mutate them afterwards."""
         return cls(
-            capabilities=capabilities,
+            capabilities, description, health, effective_config, remote_config_status, transport
+        )
+
+    def row(self) -> SnapshotRow:
+        """Convert to the stored JSON shapes (costly for big descriptions: off the loop)."""
+        description = self.description
+        return SnapshotRow(
             agent_name=agent_name(description) if description is not None else None,
-            description=desc,
-            health=health_to_json(health) if health is not None else None,
+            description=description_to_json(description) if description is not None else None,
+            health=health_to_json(self.health) if self.health is not None else None,
             effective_config=(
-                effective_config_to_json(effective_config) if effective_config is not None else None
-            ),
-            remote_config_status=(
-                remote_config_status_to_json(remote_config_status)
-                if remote_config_status is not None
+                effective_config_to_json(self.effective_config)
+                if self.effective_config is not None
                 else None
             ),
-            transport=transport,
+            remote_config_status=(
+                remote_config_status_to_json(self.remote_config_status)
+                if self.remote_config_status is not None
+                else None
+            ),
         )
 
 

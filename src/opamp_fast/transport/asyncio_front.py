@@ -164,7 +164,7 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
 
     def _close_socket(self) -> None:
         tp = self._tp
-        if tp is None or tp.is_closing():
+        if tp is None or (tp.is_closing() and not self.abort):
             return
         if self._timer >= 0 and self._scheduled is not None:
             self._scheduled = None
@@ -254,6 +254,7 @@ class AsyncioFront:
                 ssl=self.tls,
                 backlog=self.backlog,
                 ssl_handshake_timeout=self.limits.handshake_timeout_s if self.tls else None,
+                ssl_shutdown_timeout=self.limits.close_timeout_s if self.tls else None,
             )
             self._servers.append(server)
         task_status.started()
