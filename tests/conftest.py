@@ -30,6 +30,8 @@ from opamp_fast.server import RunningServer, serve
 
 _counter = itertools.count()
 
+pytest_plugins = ["tests.helpers.process"]  # the ``launch`` fixture (server child processes)
+
 
 @pytest.fixture
 def anyio_backend() -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ unwritable data directory) ends with one ``opamp-fast: error: ...`` line and a n
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import signal
 import sys
@@ -22,6 +21,7 @@ from anyio import CancelScope
 from . import __version__
 from .config import OPTIONS, Option, Settings, parse_value
 from .errors import ConfigError, OpAMPFastError
+from .gcpolicy import freeze_after_startup
 
 logger = logging.getLogger("opamp_fast")
 
@@ -234,12 +234,9 @@ async def _migrate(settings: Settings) -> None:
 async def _serve(settings: Settings) -> None:
     from .server import serve
 
-    # Long-lived start-up objects (modules, settings, compiled protobuf descriptors) leave the
-    # collector's view, and young collections run less often: with 10k+ connections a full
-    # collection otherwise pauses the loop for up to a second (measured, see product notes).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # Long-lived start-up objects leave the collector's view; connections follow as the fleet
+    # grows (gcpolicy.GrowthFreezer, run by the services).
+    freeze_after_startup()
     logger.info("opamp-fast %s starting with %s", __version__, settings.redacted())
     shutdown = anyio.Event()
     async with anyio.create_task_group() as tg:

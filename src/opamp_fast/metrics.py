@@ -184,6 +184,33 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "transport",
         ),
         _spec(
+            "opamp_fast_tcp_open",
+            "gauge",
+            "Sockets open on the shared port and not yet handed to the ASGI server.",
+        ),
+        _spec(
+            "opamp_fast_tcp_refused_total",
+            "counter",
+            "Sockets closed at accept: no descriptor to spare and nothing idle to drop.",
+        ),
+        _spec(
+            "opamp_fast_tcp_evicted_total",
+            "counter",
+            "Idle sockets (no request yet) dropped to make room when descriptors ran out.",
+        ),
+        _spec(
+            "opamp_fast_handed_off_total",
+            "counter",
+            "Connections handed to the ASGI server (REST API, metrics, probes, docs).",
+        ),
+        _spec(
+            "opamp_fast_connection_timeouts_total",
+            "counter",
+            "Connections ended by a time bound, by phase (handshake, body, first_message, "
+            "message, close, write_stall, ping, keep_alive).",
+            "phase",
+        ),
+        _spec(
             "opamp_fast_writer_flush_rows",
             "histogram",
             "Rows written to Postgres by one committed flush.",
@@ -301,6 +328,8 @@ class MetricsSnapshot:
     open_connections: dict[Transport, int]
     errors: dict[tuple[Transport, str], int]
     rejections: dict[tuple[Transport, int], int]
+    sockets: dict[str, int]
+    timeouts: dict[str, int]
     records: list[AgentRecord]
 
 
@@ -406,6 +435,17 @@ class MetricsExporter:
             open_connections=dict(stats.open) if stats else zero,
             errors=dict(stats.errors) if stats else {},
             rejections=dict(stats.rejections) if stats else {},
+            sockets=(
+                {
+                    "open": stats.tcp_open,
+                    "refused": stats.tcp_refused,
+                    "evicted": stats.tcp_evicted,
+                    "handed_off": stats.handed_off,
+                }
+                if stats
+                else {}
+            ),
+            timeouts=dict(stats.timeouts) if stats else {},
             records=list(self.agents),
         )
 
@@ -512,6 +552,14 @@ class FleetCollector(Collector):
         rejections = f.counter("opamp_fast_rejected_connections_total")
         for (transport, status), n in sorted(snap.rejections.items(), key=_label_key):
             rejections.add_metric([transport.value, str(status)], n)
+        sockets = snap.sockets
+        f.gauge("opamp_fast_tcp_open").add_metric([], sockets.get("open", 0))
+        f.counter("opamp_fast_tcp_refused_total").add_metric([], sockets.get("refused", 0))
+        f.counter("opamp_fast_tcp_evicted_total").add_metric([], sockets.get("evicted", 0))
+        f.counter("opamp_fast_handed_off_total").add_metric([], sockets.get("handed_off", 0))
+        timeouts = f.counter("opamp_fast_connection_timeouts_total")
+        for phase, n in sorted(snap.timeouts.items()):
+            timeouts.add_metric([phase], n)
 
         # -- persistence ---------------------------------------------------------------------
         f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)

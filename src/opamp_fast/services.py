@@ -20,6 +20,7 @@ import anyio
 from . import __version__
 from .config import Settings
 from .fleet import FleetHandler
+from .gcpolicy import GrowthFreezer
 from .metrics import MetricsExporter
 from .protocol import ServerPolicy
 from .registry import Registry
@@ -133,6 +134,7 @@ async def open_services(
         await writer_group.start(writer.run)
         async with anyio.create_task_group() as group:
             await group.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
+            await group.start(GrowthFreezer(lambda: registry.online_count).run)
             try:
                 yield services
             finally:

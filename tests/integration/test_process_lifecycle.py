@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import anyio
@@ -14,75 +12,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import free_port
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-class ServerProcess:
-    def __init__(self, database_url: str, tmp_path, **extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [
-            sys.executable,
-            "-m",
-            "opamp_fast",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--database-url",
-            database_url,
-            "--instance-id",
-            "proc-test",
-            "--flush-interval-s",
-            "0.1",
-            "--graceful-timeout-s",
-            "3",
-        ]
-        for key, value in extra.items():
-            args += ["--" + key.replace("_", "-"), value]
-        self.log = open(tmp_path / f"server-{self.port}.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        async with httpx.AsyncClient(base_url=self.url) as client:
-            with anyio.fail_after(timeout):
-                while True:
-                    assert self.proc.poll() is None, self.output()
-                    try:
-                        if (await client.get("/readyz")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
-
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log.name, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def launch(database_url, tmp_path):
-    started: list[ServerProcess] = []
-
-    def make(**extra: str) -> ServerProcess:
-        process = ServerProcess(database_url, tmp_path, **extra)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        process.stop()
 
 
 def query(database_url: str, sql: str) -> list[tuple]:

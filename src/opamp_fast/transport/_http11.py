@@ -111,6 +111,8 @@ def parse_head(raw: bytes, *, max_message_bytes: int) -> RequestHead:
     except httptools.HttpParserError as exc:
         raise HTTPError(400, f"malformed HTTP request: {exc}", kind="bad_request") from None
     head.method = parser.get_method()
+    if not head.method or not head.target:
+        raise HTTPError(400, "malformed HTTP request: no request line", kind="bad_request")
     head.keep_alive = parser.should_keep_alive()
     target = head.target
     path = target.split(b"?", 1)[0]

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ..protocol import Transport
-from .connection import CLOSED, HANDOFF, WS, Limits, OpAMPConnection
+from .connection import CLOSED, HANDOFF, HEAD, WS, Limits, OpAMPConnection
 from .timers import ConnectionTimers
 
 __all__ = ["AsyncioConnection", "AsyncioFront"]
@@ -49,7 +49,7 @@ def _discard(data: bytes) -> None:
 class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
     """The asyncio driver: protocol callbacks in, sans-IO state out, applied to the socket."""
 
-    __slots__ = ("_front", "_paused", "_scheduled", "_timer", "_tp")
+    __slots__ = ("_front", "_paused", "_pending", "_scheduled", "_timer", "_tp")
 
     def __init__(self, front: AsyncioFront) -> None:
         self._front = front
@@ -57,6 +57,7 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         self._timer = -1
         self._scheduled: float | None = None
         self._paused = False
+        self._pending = False  # in front.pending: connected, no request yet
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,15 +70,17 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         cert = ssl_object.getpeercert() if ssl_object is not None else None
         OpAMPConnection.__init__(self, front.limits, remote, transport.write, now, cert)
         self._tp = transport
-        if front.sockets_open() >= front.max_sockets:
-            # No descriptor to spare for another agent: free this one at once, keep the
-            # reserve for probes, the API and the database.
+        if front.sockets_open() >= front.max_sockets and not front.evict_pending():
+            # No descriptor to spare and no idle newcomer to drop for this one: refuse it at
+            # once, keeping the reserve for the database and the process itself.
             front.limits.stats.tcp_refused += 1
             self._write = _discard
             self.state = CLOSED
             transport.abort()
             return
         front.connections.add(self)
+        front.pending[self] = None
+        self._pending = True
         front.limits.stats.tcp_open += 1
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._timer = front.timers.add(self)
@@ -113,6 +116,9 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         if self in front.connections:
             front.connections.discard(self)
             front.limits.stats.tcp_open -= 1
+        if self._pending:
+            self._pending = False
+            front.pending.pop(self, None)
         self._write = _discard
         self._tp = None
 
@@ -138,8 +144,7 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
             "connection from %s (agent %s) failed; dropping it", self.remote_addr, agent
         )
         self.limits.stats.protocol_error(self.transport or Transport.HTTP, "internal_error")
-        self.abort = True
-        self.state = CLOSED
+        self._finish(abort=True)
         self._close_socket()
 
     # -- what the handler may call from elsewhere ----------------------------------------------
@@ -151,6 +156,9 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
 
     # -- applying the state ------------------------------------------------------------------
     def _sync(self, now: float) -> None:
+        if self._pending and (self.requests or self.state != HEAD):
+            self._pending = False
+            self._front.pending.pop(self, None)
         state = self.state
         if state == CLOSED:
             self._close_socket()
@@ -214,6 +222,9 @@ class AsyncioFront:
             tick_s=tick_s, start=clock()
         )
         self.connections: set[AsyncioConnection] = set()
+        # Connected, nothing requested yet, oldest first: what gives way when descriptors run
+        # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
+        self.pending: dict[AsyncioConnection, None] = {}
         self._uv_config = uvicorn.Config(
             app,
             http="httptools",
@@ -237,6 +248,17 @@ class AsyncioFront:
 
     def sockets_open(self) -> int:
         return len(self.connections) + len(self._uv_state.connections)
+
+    def evict_pending(self) -> bool:
+        """Drop the oldest connection that has not sent a request yet; False if none."""
+        if not self.pending:
+            return False
+        oldest = next(iter(self.pending))
+        self.limits.stats.tcp_evicted += 1
+        oldest._finish(abort=True)
+        oldest._close_socket()
+        oldest.connection_lost_at(self.clock())
+        return True
 
     async def run(
         self, listeners: list[socket.socket], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
@@ -286,8 +308,7 @@ class AsyncioFront:
                 await anyio.sleep(0.05)
         dropped = len(self.connections) + len(self._uv_state.connections)
         for conn in list(self.connections):
-            conn.abort = True
-            conn.state = CLOSED
+            conn._finish(abort=True)
             conn._close_socket()
         for protocol in list(self._uv_state.connections):
             if protocol.transport is not None:

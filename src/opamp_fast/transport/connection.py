@@ -137,6 +137,7 @@ class OpAMPConnection:
         "limits",
         "record",
         "remote_addr",
+        "requests",
         "session",
         "state",
         "tls_peer_cert",
@@ -161,6 +162,7 @@ class OpAMPConnection:
         self.transport: Transport | None = None  # what the handler sees (WS, or HTTP per POST)
         self.session: Session | None = None
         self.record: Any = None  # the handler's: the agent this connection serves
+        self.requests = 0  # request heads read so far (0: nothing useful came yet)
         self._raw: bytearray | None = None  # HEAD: bytes of the request being read
         self._head: RequestHead | None = None
         self._body: BodyReader | None = None
@@ -206,7 +208,7 @@ class OpAMPConnection:
         if self.state == WS:
             self._fail(code, reason, now)
         elif self.state in (HEAD, BODY):
-            self.state = CLOSED
+            self._finish()
 
     # -- driver input --------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
@@ -224,11 +226,18 @@ class OpAMPConnection:
 
     def peer_gone(self, now: float) -> None:
         """The socket is gone (reset, closed, or closed by us): the agent is disconnected."""
-        if self.state in (WS, CLOSING, BODY):
-            self._notify_closed()
         if self.state != HANDOFF:
-            self.state = CLOSED
+            self._finish()
         self.deadline = None
+
+    def _finish(self, *, abort: bool = False) -> None:
+        """The end of the connection (every path to ``CLOSED`` comes here): the handler hears
+        of it exactly once, and the socket is to be closed (``abort``: without flushing)."""
+        self.state = CLOSED
+        self.abort = self.abort or abort
+        self._phase_deadline = self._stall_deadline = self._ping_deadline = None
+        self.deadline = None
+        self._notify_closed()
 
     def on_deadline(self, now: float) -> None:
         """The clock passed ``deadline``: act on whichever bound expired."""
@@ -279,19 +288,13 @@ class OpAMPConnection:
         self.limits.stats.timed_out(phase)
         state = self.state
         if state == HEAD and phase == "keep_alive":
-            self.state = CLOSED
+            self._finish()
         elif state in (HEAD, BODY) and phase != "write_stall":
             self._respond_error(HTTPError(408, "request not complete within its time limit"))
         elif state == WS and phase not in ("write_stall", "ping"):
             self._fail(CLOSE_POLICY, f"no complete OpAMP message in time ({phase})", now)
-            return
-        else:
-            self.state = CLOSED
-            self.abort = True
-        self._phase_deadline = None
-        self._stall_deadline = None
-        self._ping_deadline = None
-        self.deadline = None
+        else:  # the peer stopped reading, stopped answering pings, or ignored our close
+            self._finish(abort=True)
 
     def _ping(self, now: float) -> None:
         if self._ping_outstanding:  # no pong for a whole interval: the peer is gone
@@ -306,6 +309,9 @@ class OpAMPConnection:
     def _head_data(self, data: bytes, now: float) -> None:
         raw = self._raw
         if not raw:  # the first byte of a request: the head must complete in time
+            data = data.lstrip(b"\r\n")  # empty lines before a request are allowed (RFC 9112)
+            if not data:
+                return
             raw = self._raw = bytearray(data)
             self._phase_deadline = now + self.limits.handshake_timeout_s
             self._update_deadline()
@@ -331,6 +337,7 @@ class OpAMPConnection:
 
     def _request(self, head_bytes: bytes, raw: bytearray, end: int, now: float) -> None:
         """One complete head: route it. ``raw[end:]`` is what followed it."""
+        self.requests += 1
         limits = self.limits
         try:
             head = parse_head(head_bytes, max_message_bytes=limits.max_message_bytes)
@@ -364,9 +371,7 @@ class OpAMPConnection:
         """Answer with ``exc`` and close (what follows on the socket cannot be trusted)."""
         self.limits.stats.protocol_error(transport, exc.kind)
         self._write(plain_response(exc.status, exc.reason, exc.headers))
-        if self.state == BODY:
-            self._notify_closed()
-        self.state = CLOSED
+        self._finish()
         self._raw = None
         self._head = None
         self._body = None
@@ -474,7 +479,7 @@ class OpAMPConnection:
         self._head = None
         self._body = None
         if not keep_alive:
-            self.state = CLOSED
+            self._finish()
             return
         self.state = HEAD
         self._phase_deadline = now + self.limits.keep_alive_timeout_s
@@ -565,8 +570,7 @@ class OpAMPConnection:
             events = reader.feed(data)
         except FrameError as exc:
             if self.state == CLOSING:  # garbage after our close frame: stop waiting
-                self.state = CLOSED
-                self.abort = True
+                self._finish(abort=True)
                 return
             self.limits.stats.protocol_error(Transport.WS, "frame")
             self._fail(exc.code, exc.reason, now)
@@ -574,8 +578,7 @@ class OpAMPConnection:
         for opcode, payload in events:
             if self.state != WS:
                 if self.state == CLOSING and opcode == OP_CLOSE:
-                    self.state = CLOSED  # the peer answered our close: done
-                    self.deadline = None
+                    self._finish()  # the peer answered our close: done
                     return
                 continue
             if opcode == OP_BINARY:
@@ -653,9 +656,7 @@ class OpAMPConnection:
             code, _ = parse_close(payload)  # the reader validated it already
             # Echo the peer's code (RFC 6455 5.5.1), then close the TCP connection first.
             self._write(encode_frame(OP_CLOSE, b"") if code == 1005 else encode_close(code))
-            self.state = CLOSED
-            self.deadline = None
-            self._notify_closed()
+            self._finish()
         else:  # a text frame
             self.limits.stats.protocol_error(Transport.WS, "text_frame")
             self._fail(CLOSE_PROTOCOL_ERROR, "text frames are not OpAMP; send binary frames", now)

@@ -22,6 +22,7 @@ class TransportStats:
         "http_open",
         "http_out",
         "rejections",
+        "tcp_evicted",
         "tcp_open",
         "tcp_refused",
         "timeouts",
@@ -38,6 +39,7 @@ class TransportStats:
         self.ws_open = self.http_open = 0
         self.tcp_open = 0  # sockets on the shared port, whatever they carry
         self.tcp_refused = 0  # accepted and closed at once: no descriptor to spare
+        self.tcp_evicted = 0  # idle before their first request, dropped to make room
         self.handed_off = 0  # connections passed to the ASGI server (REST, metrics, probes)
         self.errors: Counter[tuple[Transport, str]] = Counter()
         self.rejections: Counter[tuple[Transport, int]] = Counter()

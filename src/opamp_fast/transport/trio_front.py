@@ -28,7 +28,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from .connection import CLOSED, HANDOFF, Limits, OpAMPConnection
+from .connection import CLOSED, HANDOFF, HEAD, Limits, OpAMPConnection
 
 __all__ = ["TrioConnection", "TrioFront"]
 
@@ -120,6 +120,7 @@ class TrioConnection(OpAMPConnection):
         finally:
             self.peer_gone(front.clock())
             front.connections.discard(self)
+            front.pending.pop(self, None)
         if self.state == HANDOFF and self.handoff is not None:
             front.limits.stats.handed_off += 1
             await front.serve_rest(_Replay(self._stream, self.handoff))
@@ -156,6 +157,8 @@ class TrioConnection(OpAMPConnection):
                 self.receive_eof(now)
             else:
                 self.receive_data(data, now)
+            if self.requests or self.state != HEAD:
+                self._front.pending.pop(self, None)
 
     def _trio_deadline(self) -> float:
         """The connection's deadline (our clock) on trio's clock."""
@@ -183,8 +186,7 @@ class TrioConnection(OpAMPConnection):
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._out.clear()
-                self.state = CLOSED
-                self.abort = True
+                self._finish(abort=True)
                 self._interrupt()
                 return
             finally:
@@ -219,6 +221,9 @@ class TrioFront:
         self.max_sockets = max_sockets
         self.clock = clock
         self.connections: set[TrioConnection] = set()
+        # Connected, nothing requested yet, oldest first: what gives way when descriptors run
+        # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
+        self.pending: dict[TrioConnection, None] = {}
         self.rest_open = 0
         config = HypercornConfig()
         config.keep_alive_timeout = limits.keep_alive_timeout_s
@@ -261,7 +266,7 @@ class TrioFront:
                 logger.warning("accept failed (%s); retrying", exc.strerror)
                 await trio.sleep(1.0)
                 continue
-            if self.sockets_open() >= self.max_sockets:
+            if self.sockets_open() >= self.max_sockets and not self.evict_pending():
                 self.limits.stats.tcp_refused += 1
                 await trio.aclose_forcefully(stream)
                 continue
@@ -269,6 +274,17 @@ class TrioFront:
 
     def sockets_open(self) -> int:
         return len(self.connections) + self.rest_open
+
+    def evict_pending(self) -> bool:
+        """Drop the oldest connection that has not sent a request yet; False if none."""
+        if not self.pending:
+            return False
+        oldest = next(iter(self.pending))
+        del self.pending[oldest]
+        self.limits.stats.tcp_evicted += 1
+        oldest._finish(abort=True)
+        oldest._interrupt()
+        return True
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         peer = stream.socket.getpeername()
@@ -287,6 +303,7 @@ class TrioFront:
             cert = inner.getpeercert()
         conn = TrioConnection(self, inner, remote, cert, self.clock())
         self.connections.add(conn)
+        self.pending[conn] = None
         self.limits.stats.tcp_open += 1
         try:
             await conn.run()
@@ -315,8 +332,7 @@ class TrioFront:
                 await trio.sleep(0.05)
         dropped = len(self.connections) + self.rest_open
         for conn in list(self.connections):
-            conn.abort = True
-            conn.state = CLOSED
+            conn._finish(abort=True)
             conn._interrupt()
         return dropped
 
