@@ -1,14 +1,20 @@
 """Print the README's configuration table from ``opamp_fast.config.OPTIONS``.
 
 ``tests/unit/test_readme.py`` fails when README.md and this output drift apart; regenerate with
-``python scripts/config_table.py`` and paste between the CONFIG-TABLE markers.
+``python scripts/config_table.py --write`` (rewrites the table between the CONFIG-TABLE markers of
+README.md), or print it with no argument.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 from opamp_fast.config import OPTIONS, Settings
+
+START = "<!-- CONFIG-TABLE:START -->"
+END = "<!-- CONFIG-TABLE:END -->"
 
 
 def default_text(name: str) -> str:
@@ -29,5 +35,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def write_readme(path: Path) -> None:
+    text = path.read_text()
+    start = text.index(START) + len(START)
+    end = text.index(END)
+    path.write_text(text[:start] + "\n" + table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(table())
+    if sys.argv[1:] == ["--write"]:
+        write_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(table())

@@ -20,6 +20,8 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -208,6 +210,80 @@ def mint_token(
     if audience is not None:
         claims["aud"] = audience
     return jwt.encode(claims, keys.signing_secret, algorithm=keys.algorithm)
+
+
+# ----------------------------------------------------------------------------- agent tokens
+#
+# A per-agent token is an HS256 JWT whose ``sub`` is the agent's instance uid (canonical UUID
+# text) and whose audience is ``opamp-agent``. It is signed with its own key (``agent_token_
+# secret``, or one derived from the REST secret with HMAC and a fixed label), so a REST token
+# can never pass as an agent token or the other way round. An agent that presents one is bound
+# to that uid: it cannot speak for another agent.
+
+AGENT_AUDIENCE = "opamp-agent"
+_AGENT_KEY_LABEL = b"opamp-fast agent tokens v1"
+
+
+def agent_token_key(settings: Settings) -> str | None:
+    """The HMAC key of per-agent tokens, or None when none can be had (public-key REST auth
+    and no ``agent_token_secret``)."""
+    if settings.agent_token_secret is not None:
+        return settings.agent_token_secret
+    keys = load_key_material(settings)
+    if keys.signing_secret is None:
+        return None
+    return hmac.new(keys.signing_secret.encode(), _AGENT_KEY_LABEL, hashlib.sha256).hexdigest()
+
+
+def mint_agent_token(key: str, *, instance_uid: str, ttl_s: int, now: float | None = None) -> str:
+    issued = int(time.time() if now is None else now)
+    claims = {"sub": instance_uid, "aud": AGENT_AUDIENCE, "iat": issued, "exp": issued + ttl_s}
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+class AgentTokenVerifier:
+    """``uid_of(token)``: the 16-byte instance uid a valid agent token is bound to, else None.
+
+    Runs once per WebSocket connection and once per plain-HTTP POST; good tokens are kept in a
+    bounded LRU until their expiry so a polling agent costs one HMAC, not one per poll.
+    """
+
+    def __init__(self, key: str, *, cache_size: int = 4096, clock: Any = time.time) -> None:
+        self._key = key
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._cache_size = cache_size
+        self._jwt = jwt.PyJWT()
+
+    def uid_of(self, token: str) -> bytes | None:
+        now = self._clock()
+        hit = self._cache.get(token)
+        if hit is not None:
+            exp, uid = hit
+            if now < exp:
+                self._cache.move_to_end(token)
+                return uid
+            del self._cache[token]
+            return None
+        if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+            return None
+        try:
+            claims = self._jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=AGENT_AUDIENCE,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+            uid = bytes.fromhex(str(claims["sub"]).replace("-", ""))
+        except (jwt.InvalidTokenError, ValueError):
+            return None
+        if len(uid) != 16:
+            return None
+        self._cache[token] = (float(claims["exp"]), uid)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return uid
 
 
 # ----------------------------------------------------------------------------- verification

@@ -1,4 +1,4 @@
-"""Command line: ``opamp-fast serve | migrate | version | token | simulate``.
+"""Command line: ``opamp-fast serve | migrate | version | token | agent-token | simulate``.
 
 Every failure a user can cause (bad flag, bad value, port in use, unreachable database,
 unwritable data directory) ends with one ``opamp-fast: error: ...`` line and a non-zero exit:
@@ -110,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
             "log_level",
         ),
     )
+    agent_token = sub.add_parser(
+        "agent-token",
+        help="mint a per-agent OpAMP token bound to one instance uid and print it",
+        description="Mint a bearer token an agent presents on the OpAMP endpoint "
+        "('Authorization: Bearer <token>'). It is bound to one instance uid: the agent cannot "
+        "speak for another one, and a newer connection with it may take over an older one.",
+    )
+    agent_token.add_argument("--uid", required=True, help="the agent's instance uid (a UUID)")
+    agent_token.add_argument("--ttl", default="365d", help="lifetime [default 365d]")
+    _add_settings_flags(
+        agent_token,
+        (
+            "agent_token_secret",
+            "api_jwt_secret",
+            "api_jwt_public_key_file",
+            "api_jwt_algorithm",
+            "data_dir",
+            "log_level",
+        ),
+    )
     from . import simulator
 
     simulate = sub.add_parser(
@@ -155,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     if args.command == "token":
         return _token(args, settings)
+    if args.command == "agent-token":
+        return _agent_token(args, settings)
     _configure_logging(settings.log_level)
     try:
         run(_migrate if args.command == "migrate" else _serve, settings)
@@ -208,6 +230,36 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         _fail(f"cannot read or create the JWT secret: {exc}", EXIT_FAILURE)
     print(token)
+    return 0
+
+
+def _agent_token(args: argparse.Namespace, settings: Settings) -> int:
+    """``opamp-fast agent-token``: a token the server started with the same settings binds to
+    the given uid."""
+    from .auth import agent_token_key, mint_agent_token, parse_ttl
+    from .protocol import format_instance_uid, parse_instance_uid_text
+
+    try:
+        ttl_s = parse_ttl(args.ttl)
+    except ValueError as exc:
+        _fail(f"--ttl: {exc}", EXIT_USAGE)
+    try:
+        uid = format_instance_uid(parse_instance_uid_text(args.uid.strip()))
+    except ValueError:
+        _fail(f"--uid: {args.uid!r} is not a UUID (e.g. 0190c4b8-...)", EXIT_USAGE)
+    try:
+        key = agent_token_key(settings)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot read or create the JWT secret: {exc}", EXIT_FAILURE)
+    if key is None:
+        _fail(
+            "no key for agent tokens: the REST API verifies public-key tokens; "
+            "set --agent-token-secret",
+            EXIT_USAGE,
+        )
+    print(mint_agent_token(key, instance_uid=uid, ttl_s=ttl_s))
     return 0
 
 

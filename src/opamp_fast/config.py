@@ -71,6 +71,8 @@ class Settings:
     message_timeout_s: float = 30.0
     close_timeout_s: float = 5.0
     agent_auth_token: str | None = None
+    agent_token_secret: str | None = None
+    require_agent_identity: bool = False
     flush_interval_s: float = 1.0
     flush_batch_max: int = 50_000
     writer_queue_max: int = 10_000
@@ -78,6 +80,8 @@ class Settings:
     graceful_timeout_s: float = 10.0
     backlog: int = 4096
     max_connections: int = 200_000
+    max_handshakes: int = 512
+    max_loop_lag_s: float = 0.5
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
     api_jwt_algorithm: str = "HS256"
@@ -157,6 +161,8 @@ class Settings:
         )
         _check(self.backlog >= 1, "backlog", self.backlog, "must be >= 1")
         _check(self.max_connections >= 1, "max_connections", self.max_connections, "must be >= 1")
+        _check(self.max_handshakes >= 1, "max_handshakes", self.max_handshakes, "must be >= 1")
+        _positive("max_loop_lag_s", self.max_loop_lag_s)
         _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
         algorithms = ("HS256", "HS384", "HS512", "RS256", "ES256")
         _check(
@@ -264,6 +270,10 @@ _HELP = {
     "tls_key_file": "PEM private key of --tls-cert-file",
     "tls_client_ca_file": "PEM CA bundle: OpAMP agents must present a client certificate signed "
     "by it (probes and the REST API need none)",
+    "agent_token_secret": "HMAC secret of per-agent tokens ('opamp-fast agent-token'; unset: "
+    "derived from the REST API's HS* secret)",
+    "require_agent_identity": "refuse agents whose credentials are not bound to their instance "
+    "uid (a per-agent token, or a client certificate whose CN is the uid)",
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
@@ -271,7 +281,12 @@ _HELP = {
     "db_pool_size": "database connections (each used from a worker thread)",
     "graceful_timeout_s": "time allowed for connections to close on shutdown, seconds",
     "backlog": "listen backlog (reconnect storms need thousands)",
-    "max_connections": "concurrent OpAMP connections accepted before answering 503",
+    "max_connections": "concurrent OpAMP connections accepted before answering 503 (capped "
+    "below the open-file limit)",
+    "max_handshakes": "WebSocket agents connected but not yet answered, beyond which new "
+    "upgrades get 503 + Retry-After (a reconnect storm is admitted in waves)",
+    "max_loop_lag_s": "event-loop lag beyond which new WebSocket agents get 503 + Retry-After, "
+    "so connected agents keep their latency, seconds",
     "log_level": "log level",
     "api_jwt_secret": "HS* secret for REST API bearer tokens (unset: a random secret persisted "
     "next to the data directory, shared with 'opamp-fast token')",
@@ -283,7 +298,7 @@ _HELP = {
     "metrics_agent_series_max": "export agent_last_seen_seconds per agent only while the fleet "
     "has at most this many agents (0 disables)",
 }
-_SECRETS = {"agent_auth_token", "api_jwt_secret"}
+_SECRETS = {"agent_auth_token", "api_jwt_secret", "agent_token_secret"}
 _CHOICES = {
     "backend": BACKENDS,
     "log_level": ("debug", "info", "warning", "error"),
@@ -293,7 +308,7 @@ _CHOICES = {
 
 def _option_kind(f: dataclasses.Field[Any]) -> type:
     annotation = str(f.type)
-    for name, kind in (("int", int), ("float", float), ("Path", Path)):
+    for name, kind in (("int", int), ("float", float), ("Path", Path), ("bool", bool)):
         if annotation.startswith(name):
             return kind
     return str
@@ -311,9 +326,18 @@ OPTIONS: tuple[Option, ...] = tuple(
 )
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def parse_value(opt: Option, raw: str, *, source: str) -> Any:
     """Convert one textual value (env var or flag) to the option's type, or raise ConfigError."""
     raw = raw.strip()
+    if opt.kind is bool:
+        word = raw.lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ConfigError(f"{source}: {raw!r} is not a boolean (true/false, yes/no, 1/0)")
     parser: Callable[[str], Any] = opt.kind
     try:
         value = parser(raw)

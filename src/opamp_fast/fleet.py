@@ -14,15 +14,18 @@ Liveness policy (one transition each, see ``registry``):
   ("connection closed"); ``agent_disconnect`` -> offline at once.
 * Plain HTTP: the first poll while offline opens a session; later polls refresh it; offline on
   ``agent_disconnect`` or heartbeat timeout (k x the poll interval).
-* Duplicate uid on two live WebSockets: the newer connection takes over (the older one is most
-  likely half-open after a network blip) and the older is closed. A second takeover within one
-  heartbeat interval means two live agents share the uid (cloned VM): the newcomer is answered
-  with ``agent_identification.new_instance_uid`` instead.
+* Duplicate uid (see ``_role``): a newer WebSocket takes over an older one (closed, 4000); a
+  second takeover within one heartbeat interval, or a plain-HTTP request for a uid live on a
+  WebSocket, is a duplicate: answered with ``agent_identification.new_instance_uid`` against a
+  scratch state, so it never touches the owner's state, liveness or rows. Credentials bound to
+  the uid (``admission``) prove the agent: it always takes over, and never speaks for another uid.
+* An agent that adopts a new uid on its WebSocket ends its old record ("instance uid changed")
+  and the connection serves the new uid.
 """
 
 from __future__ import annotations
 
-import hmac
+import enum
 import logging
 import os
 import time
@@ -32,17 +35,23 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from .handlers import ACCEPT, ConnectingRequest, ConnectionResponse
+from . import reasons
+from .admission import Admission
+from .handlers import ConnectingRequest, ConnectionResponse
 from .protocol import (
     AgentDisconnected,
+    AgentState,
+    Event,
     InstanceUidReassigned,
     MessageMerged,
     ProtocolError,
+    RemoteProtocolError,
     ServerPolicy,
     Session,
     StatusChanged,
     Transport,
     build_push,
+    format_instance_uid,
     normalize_instance_uid,
     pb,
     process_heartbeat,
@@ -56,9 +65,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLOSE_SUPERSEDED = 4000  # application close code: a newer connection took over this agent
-CLOSE_TIMEOUT = 4001  # application close code: no message within the heartbeat timeout
-CLOSE_GOING_AWAY = 1001
+
+class _Role(enum.Enum):
+    OWNER = "owner"  # may speak for the agent (possibly taking it over from another socket)
+    DUPLICATE = "duplicate"  # another live connection owns the uid: answered, never merged
 
 
 class AgentSink(Protocol):
@@ -94,7 +104,8 @@ def new_instance_uid() -> bytes:
 
 
 class FleetHandler:
-    """Implements ``AgentHandler`` for the whole fleet."""
+    """Implements ``AgentHandler`` for the whole fleet. Admission (credentials, capacity,
+    shedding) is delegated to :class:`~opamp_fast.admission.Admission`."""
 
     def __init__(
         self,
@@ -102,52 +113,33 @@ class FleetHandler:
         registry: Registry,
         sink: AgentSink,
         policy: ServerPolicy,
-        agent_auth_token: str | None = None,
-        require_client_cert: bool = False,
-        max_connections: int = 200_000,
+        admission: Admission | None = None,
         wall_clock: Callable[[], float] = time.time,
         mono_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.sink = sink
         self.policy = policy
-        self.max_connections = max_connections
-        self._expected_auth = f"Bearer {agent_auth_token}" if agent_auth_token else None
-        self.require_client_cert = require_client_cert
+        self.admission = admission if admission is not None else Admission()
         self._wall = wall_clock
         self._mono = mono_clock
-        self._open_connections = 0
         self.heartbeats_total = 0
-        self.shutting_down = False
+        self.duplicates_total = 0  # messages answered as a duplicate (never merged)
         self.sweeper_lag_s = 0.0
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.admission.shutting_down
 
     # -- accept / reject ------------------------------------------------------------------
     def on_connecting(self, request: ConnectingRequest) -> ConnectionResponse:
-        if self.shutting_down:
-            return ConnectionResponse.reject(503, "server shutting down", (("retry-after", "30"),))
-        if self.require_client_cert and not request.tls_peer_cert:
-            # TLS verified any certificate presented; agents must present one.
-            return ConnectionResponse.reject(401, "a TLS client certificate is required")
-        if self._expected_auth is not None:
-            given = request.headers.get("authorization", "")
-            if not _constant_time_equal(given, self._expected_auth):
-                return ConnectionResponse.reject(
-                    401, "missing or invalid agent credentials", (("www-authenticate", "Bearer"),)
-                )
-        if self._open_connections >= self.max_connections:
-            # Admission control: shed with 503 + Retry-After (clients that honour it back off;
-            # the spec recommends at least 30 s). Counts WebSockets and in-flight HTTP polls.
-            return ConnectionResponse.reject(503, "server at capacity", (("retry-after", "30"),))
-        if self.sink.overloaded:
-            # The database has been away long enough that connection history waiting for it
-            # reached its bound: keep serving connected agents, refuse newcomers until it drains.
-            return ConnectionResponse.reject(
-                503, "database backlog, try again later", (("retry-after", "30"),)
-            )
-        return ACCEPT
+        return self.admission.decide(request)
 
     def on_connected(self, conn: Connection) -> None:
-        self._open_connections += 1
+        admission = self.admission
+        admission.open_connections += 1
+        if conn.transport is Transport.WS:
+            admission.handshakes += 1  # until its first message is answered (or it closes)
 
     def on_read_message_error(self, conn: Connection, error: ProtocolError) -> None:
         logger.debug("bad message from %s: %s", conn.remote_addr, error)
@@ -170,32 +162,30 @@ class FleetHandler:
 
     def on_message(self, conn: Connection, msg: pb.AgentToServer) -> pb.ServerToAgent:
         uid = normalize_instance_uid(msg.instance_uid)
+        identity = conn.identity
+        if identity is not None and uid != identity:
+            raise RemoteProtocolError(
+                f"this connection's credentials are bound to instance uid "
+                f"{format_instance_uid(identity)}, not {format_instance_uid(uid)}",
+                kind="identity",
+            )
         wall = self._wall()
         mono = self._mono()
-        registry = self.registry
-        record, _ = registry.ensure(uid, msg.instance_uid)
-
-        duplicate = False
-        superseded: Connection | None = None
-        if conn.transport is Transport.WS:
-            session = conn.session
-            assert session is not None
-            owner = record.connection
-            if conn.record is not record and owner is not None and owner is not conn:
-                if (
-                    not owner.closed
-                    and mono - record.last_takeover_mono < self.policy.heartbeat_interval_s
-                ):
-                    duplicate = True  # two live agents with one uid: ask the newcomer to change
-                else:
-                    record.last_takeover_mono = mono
-                    superseded = owner
-        elif record.online and record.transport is Transport.HTTP and record.session is not None:
-            session = record.session
-        else:
-            session = Session(Transport.HTTP)
-
-        disconnecting = msg.HasField("agent_disconnect")
+        transitions: list[StatusTransition] = []
+        bound: AgentRecord | None = conn.record
+        if bound is not None and bound.uid != uid:
+            # The agent adopted a new uid on this socket (after agent_identification): the old
+            # record ends here, the connection serves the new uid from now on.
+            if bound.connection is conn:
+                t = self.registry.mark_offline(bound, wall=wall, reason=reasons.UID_CHANGED)
+                if t is not None:
+                    self._persist(bound, [t], False)
+            conn.record = None
+        record, _ = self.registry.ensure(uid, msg.instance_uid)
+        role, superseded = self._role(conn, record, mono)
+        if role is _Role.DUPLICATE:
+            return self._answer_duplicate(conn, record, msg, wall)
+        session = self._session(conn, record)
         reply = process_message(
             record.state,
             session,
@@ -203,70 +193,140 @@ class FleetHandler:
             policy=self.policy,
             now=wall,
             new_uid=new_instance_uid,
-            duplicate=duplicate,
+            allow_new_uid=identity is None,
         )
-
-        transitions: list[StatusTransition] = []
-        if not duplicate:
-            if superseded is not None:
-                t = registry.mark_offline(
-                    record, wall=wall, reason="superseded by a new connection"
+        if superseded is not None:
+            t = self.registry.mark_offline(record, wall=wall, reason=reasons.SUPERSEDED)
+            if t is not None:
+                transitions.append(t)
+        disconnecting = msg.HasField("agent_disconnect")
+        if record.session is not session or not record.online:
+            if not (disconnecting and not record.online):
+                t = self.registry.mark_online(
+                    record,
+                    session=session,
+                    connection=conn if conn.transport is Transport.WS else None,
+                    transport=conn.transport or Transport.HTTP,
+                    remote_addr=conn.remote_addr,
+                    heartbeat_interval_s=self.policy.heartbeat_interval_s,
+                    mono=mono,
+                    wall=wall,
                 )
                 if t is not None:
                     transitions.append(t)
-            if record.session is not session or not record.online:
-                if not (disconnecting and not record.online):
-                    t = registry.mark_online(
-                        record,
-                        session=session,
-                        connection=conn if conn.transport is Transport.WS else None,
-                        transport=conn.transport or Transport.HTTP,
-                        remote_addr=conn.remote_addr,
-                        heartbeat_interval_s=self.policy.heartbeat_interval_s,
-                        mono=mono,
-                        wall=wall,
-                    )
-                    if t is not None:
-                        transitions.append(t)
-            else:
-                registry.refresh(record, mono=mono, wall=wall)
-            conn.record = record
+        else:
+            self.registry.refresh(record, mono=mono, wall=wall)
+        if conn.record is None and conn.transport is Transport.WS:
+            self.admission.handshakes -= 1  # its first message is answered
+        conn.record = record
+        status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
+        self._persist(record, transitions, status_changed)
+        if superseded is not None:
+            superseded.close(reasons.CLOSE_SUPERSEDED, reasons.SUPERSEDED)
+        return reply.response
 
-        status_changed = False
+    def _role(
+        self, conn: Connection, record: AgentRecord, mono: float
+    ) -> tuple[_Role, Connection | None]:
+        """Whether ``conn`` may speak for ``record``: as its owner, by taking it over from an
+        older WebSocket (returned, to be closed), or not at all (a duplicate).
+
+        A newer WebSocket takes over an older one for the same uid: the older is most likely
+        half-open after a network blip. A second takeover within one heartbeat interval means two
+        live agents share the uid (a cloned VM): the newcomer is a duplicate. Credentials bound
+        to the uid prove the newcomer is that agent: it always takes over. A plain-HTTP request
+        for a uid that is live on a WebSocket is a duplicate unless its credentials prove it.
+        """
+        owner = record.connection
+        if owner is None or owner is conn or owner.closed:
+            return _Role.OWNER, None
+        proven = conn.identity is not None and conn.identity == record.uid
+        if conn.transport is not Transport.WS and not proven:
+            return _Role.DUPLICATE, None
+        if not proven and mono - record.last_takeover_mono < self.policy.heartbeat_interval_s:
+            return _Role.DUPLICATE, None
+        record.last_takeover_mono = mono
+        return _Role.OWNER, owner
+
+    def _session(self, conn: Connection, record: AgentRecord) -> Session:
+        if conn.transport is Transport.WS:
+            assert conn.session is not None
+            return conn.session
+        if record.online and record.transport is Transport.HTTP and record.session is not None:
+            return record.session  # an HTTP agent's session spans its polls
+        return Session(Transport.HTTP)
+
+    def _answer_duplicate(
+        self, conn: Connection, record: AgentRecord, msg: pb.AgentToServer, wall: float
+    ) -> pb.ServerToAgent:
+        """Another live connection owns this uid: answer with a new uid to adopt, and let the
+        message touch nothing of the owner's (state, liveness, rows)."""
+        self.duplicates_total += 1
+        scratch = AgentState(record.uid, record.state.wire_uid)
+        session = conn.session if conn.transport is Transport.WS else None
+        reply = process_message(
+            scratch,
+            session or Session(Transport.HTTP),
+            msg,
+            policy=self.policy,
+            now=wall,
+            new_uid=new_instance_uid,
+            duplicate=True,
+        )
         for event in reply.events:
-            if isinstance(event, MessageMerged):
-                self.sink.seen(uid, wall)
-                if not event.changed:
-                    self.heartbeats_total += 1
-            elif isinstance(event, StatusChanged):
-                status_changed = True
-            elif isinstance(event, AgentDisconnected) and record.connection in (conn, None):
-                t = registry.mark_offline(record, wall=wall, reason=event.reason)
-                if t is not None:
-                    transitions.append(t)
-            elif isinstance(event, InstanceUidReassigned):
+            if isinstance(event, InstanceUidReassigned):
                 logger.info(
                     "duplicate instance uid %s on %s: offered %s",
                     event.old_uid.hex(),
                     conn.remote_addr,
                     event.new_uid.hex(),
                 )
-            # AgentConnected is not used: liveness is decided above from the registry's view,
-            # which also knows about plain-HTTP sessions that span polls.
-
-        self._persist(record, transitions, status_changed)
-        if superseded is not None:
-            superseded.close(CLOSE_SUPERSEDED, "superseded by a newer connection")
         return reply.response
 
+    def _apply_events(
+        self,
+        conn: Connection,
+        record: AgentRecord,
+        events: tuple[Event, ...],
+        transitions: list[StatusTransition],
+        wall: float,
+    ) -> bool:
+        """Liveness and persistence effects of the core's events; True if the status changed."""
+        status_changed = False
+        for event in events:
+            if isinstance(event, MessageMerged):
+                self.sink.seen(record.uid, wall)
+                if not event.changed:
+                    self.heartbeats_total += 1
+            elif isinstance(event, StatusChanged):
+                status_changed = True
+            elif isinstance(event, AgentDisconnected) and record.connection in (conn, None):
+                t = self.registry.mark_offline(record, wall=wall, reason=event.reason)
+                if t is not None:
+                    transitions.append(t)
+            elif isinstance(event, InstanceUidReassigned):
+                logger.info(
+                    "instance uid %s on %s asked for a new one: offered %s",
+                    event.old_uid.hex(),
+                    conn.remote_addr,
+                    event.new_uid.hex(),
+                )
+            # AgentConnected is not used: liveness is decided from the registry's view, which
+            # also knows about plain-HTTP sessions that span polls.
+        return status_changed
+
     def on_connection_close(self, conn: Connection) -> None:
-        self._open_connections -= 1
+        admission = self.admission
+        admission.open_connections -= 1
         if conn.transport is not Transport.WS:
             return  # an HTTP agent lives across polls; only timeouts or agent_disconnect end it
         record: AgentRecord | None = conn.record
-        if record is None or record.connection is not conn:
+        if record is None:
+            admission.handshakes -= 1  # closed before its first message was answered
             return
-        t = self.registry.mark_offline(record, wall=self._wall(), reason="connection closed")
+        if record.connection is not conn:
+            return
+        t = self.registry.mark_offline(record, wall=self._wall(), reason=reasons.CONNECTION_CLOSED)
         if t is not None:
             self._persist(record, [t], False)
 
@@ -299,7 +359,7 @@ class FleetHandler:
         for t in transitions:
             self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
             if t.connection is not None:
-                t.connection.close(CLOSE_TIMEOUT, "heartbeat timeout")
+                t.connection.close(reasons.CLOSE_TIMEOUT, reasons.HEARTBEAT_TIMEOUT)
         return transitions
 
     async def run_sweeper(
@@ -315,11 +375,11 @@ class FleetHandler:
             next_tick = max(next_tick + tick_s, now)
             self.sweep(now)
 
-    def close_all(self, *, reason: str = "server shutdown") -> int:
+    def close_all(self, *, reason: str = reasons.SERVER_SHUTDOWN) -> int:
         """Shutdown: refuse new connections, mark every online agent offline with ``reason``
         (so history rows close with it, not with "connection closed"), close WebSockets (1001).
         Returns the number of WebSockets asked to close."""
-        self.shutting_down = True
+        self.admission.shutting_down = True
         wall = self._wall()
         closing = 0
         for record in self.registry.online_records():
@@ -328,7 +388,7 @@ class FleetHandler:
                 continue
             self.sink.disconnected(record.uid, at=wall, reason=reason)
             if t.connection is not None:
-                t.connection.close(CLOSE_GOING_AWAY, "server shutting down")
+                t.connection.close(reasons.CLOSE_GOING_AWAY, "server shutting down")
                 closing += 1
         return closing
 
@@ -368,7 +428,3 @@ def snapshot_of(record: AgentRecord) -> AgentSnapshot:
         remote_config_status=state.remote_config_status,
         transport=record.transport.value if record.transport else None,
     )
-
-
-def _constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())

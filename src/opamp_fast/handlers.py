@@ -41,6 +41,7 @@ class ConnectionResponse:
     http_status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     reason: str = ""
+    identity: bytes | None = None  # the instance uid the credentials are bound to, if any
 
     @classmethod
     def reject(
@@ -55,11 +56,13 @@ ACCEPT = ConnectionResponse(True)
 class Connection(Protocol):
     """What a handler sees of one agent connection (a WebSocket, or one plain-HTTP POST).
 
-    ``record`` belongs to the handler: the agent it serves on this connection.
+    ``record`` belongs to the handler: the agent it serves on this connection. ``identity`` is
+    the uid the connection's credentials are bound to (``ConnectionResponse.identity``).
     """
 
     transport: Transport | None
     remote_addr: str
+    identity: bytes | None
     session: Session | None
     record: Any
 

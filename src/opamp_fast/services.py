@@ -11,13 +11,15 @@ import contextlib
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
 
 from . import __version__
+from .admission import Admission, LoopLag
+from .auth import AgentTokenVerifier, agent_token_key
 from .config import Settings
 from .fleet import FleetHandler
 from .gcpolicy import GrowthFreezer
@@ -63,6 +65,23 @@ def max_agent_connections(settings: Settings) -> int:
     return max(1, min(settings.max_connections, fd_limit() - FD_RESERVE))
 
 
+def admission_of(
+    settings: Settings, *, overloaded: Callable[[], bool], loop_lag: Callable[[], float]
+) -> Admission:
+    key = agent_token_key(settings)
+    return Admission(
+        agent_auth_token=settings.agent_auth_token,
+        agent_tokens=AgentTokenVerifier(key) if key is not None else None,
+        require_client_cert=settings.tls_client_ca_file is not None,
+        require_identity=settings.require_agent_identity,
+        max_connections=max_agent_connections(settings),
+        max_handshakes=settings.max_handshakes,
+        max_loop_lag_s=settings.max_loop_lag_s,
+        overloaded=overloaded,
+        loop_lag=loop_lag,
+    )
+
+
 def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
     return Limits(
         handler=handler,
@@ -103,13 +122,12 @@ async def open_services(
         batch_max=settings.flush_batch_max,
         queue_max=settings.writer_queue_max,
     )
+    loop_lag = LoopLag()
     fleet = FleetHandler(
         registry=registry,
         sink=writer,
         policy=server_policy(settings),
-        agent_auth_token=settings.agent_auth_token,
-        require_client_cert=settings.tls_client_ca_file is not None,
-        max_connections=max_agent_connections(settings),
+        admission=admission_of(settings, overloaded=lambda: writer.overloaded, loop_lag=loop_lag),
     )
     services = Services(
         settings=settings,
@@ -135,6 +153,7 @@ async def open_services(
         async with anyio.create_task_group() as group:
             await group.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
             await group.start(GrowthFreezer(lambda: registry.online_count).run)
+            await group.start(loop_lag.run)
             try:
                 yield services
             finally:

@@ -135,12 +135,14 @@ def process_message(
     now: float,
     new_uid: Callable[[], bytes],
     duplicate: bool = False,
+    allow_new_uid: bool = True,
 ) -> Reply:
     """Merge ``msg`` into ``agent`` and ``session`` and build the response.
 
     Every message is answered, duplicates and retries included. ``duplicate=True`` means
     the caller saw this uid live on another connection: the response assigns a new uid
-    (as does the agent's ``RequestInstanceUid`` flag); the caller re-keys its registry.
+    (as does the agent's ``RequestInstanceUid`` flag, unless ``allow_new_uid`` is False: an
+    agent whose credentials are bound to its uid keeps it); the caller re-keys its registry.
 
     Events come out in this order: AgentConnected, InstanceUidReassigned, MessageMerged,
     StatusChanged, RemoteConfigStatusChanged, FullStateRequested, AgentDisconnected.
@@ -154,7 +156,7 @@ def process_message(
     events: list[Event] = []
     if first:
         events.append(AgentConnected(uid, session.transport, now))
-    if duplicate or msg.flags & AGENT_FLAG_REQUEST_INSTANCE_UID:
+    if duplicate or (allow_new_uid and msg.flags & AGENT_FLAG_REQUEST_INSTANCE_UID):
         fresh = new_uid()
         if len(fresh) != 16:
             raise LocalProtocolError(

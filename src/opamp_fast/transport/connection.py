@@ -134,6 +134,7 @@ class OpAMPConnection:
         "abort",
         "deadline",
         "handoff",
+        "identity",
         "limits",
         "record",
         "remote_addr",
@@ -162,6 +163,7 @@ class OpAMPConnection:
         self.transport: Transport | None = None  # what the handler sees (WS, or HTTP per POST)
         self.session: Session | None = None
         self.record: Any = None  # the handler's: the agent this connection serves
+        self.identity: bytes | None = None  # the uid its credentials are bound to
         self.requests = 0  # request heads read so far (0: nothing useful came yet)
         self._raw: bytearray | None = None  # HEAD: bytes of the request being read
         self._head: RequestHead | None = None
@@ -389,6 +391,7 @@ class OpAMPConnection:
         if not verdict.accept:
             self.limits.stats.rejected(transport, verdict.http_status)
             raise HTTPError(verdict.http_status, verdict.reason, verdict.headers, kind="rejected")
+        self.identity = verdict.identity
 
     # -- HTTP: OpAMP POST ----------------------------------------------------------------------
     def _begin_post(self, head: RequestHead, rest: bytes, now: float) -> None:
