@@ -21,6 +21,7 @@ from .errors import ConfigError
 ENV_PREFIX = "OPAMP_FAST_"
 MIB = 1024 * 1024
 BACKENDS = ("asyncio", "trio")
+_STATE_BOUNDS = ("max_description_bytes", "max_description_attributes", "max_status_part_bytes")
 
 
 def default_data_dir() -> Path:
@@ -63,8 +64,12 @@ class Settings:
     max_message_bytes: int = 64 * MIB
     heartbeat_interval_s: int = 30
     heartbeat_timeout_s: float = 60.0
-    heartbeat_timeout_factor: float = 2.5
+    heartbeat_timeout_factor: float = 2.0
     heartbeat_tick_s: float = 1.0
+    offline_retention_s: float = 3600.0
+    max_description_bytes: int = 64 * 1024
+    max_description_attributes: int = 1024
+    max_status_part_bytes: int = MIB
     ws_ping_interval_s: float = 0.0
     tcp_keepalive_s: float = 30.0
     handshake_timeout_s: float = 10.0
@@ -127,6 +132,18 @@ class Settings:
             self.heartbeat_timeout_s,
             "must be at least one tick (heartbeat_tick_s)",
         )
+        _check(
+            self.offline_retention_s >= 0,
+            "offline_retention_s",
+            self.offline_retention_s,
+            "must be >= 0",
+        )
+        for name in (
+            "max_description_bytes",
+            "max_description_attributes",
+            "max_status_part_bytes",
+        ):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(
             self.heartbeat_timeout_factor >= 1.0,
             "heartbeat_timeout_factor",
@@ -252,9 +269,17 @@ _HELP = {
     "instance_id": "stable id of this server instance, recorded on connection history rows",
     "max_message_bytes": "largest OpAMP message accepted or sent, after decompression",
     "heartbeat_interval_s": "heartbeat (and HTTP poll) interval offered to agents, seconds",
-    "heartbeat_timeout_s": "silence after which an agent is marked offline, seconds",
-    "heartbeat_timeout_factor": "an agent's timeout is at least this many of its heartbeat "
-    "intervals",
+    "heartbeat_timeout_s": "silence after which an agent is marked offline, seconds (raised to "
+    "--heartbeat-timeout-factor x --heartbeat-interval-s when that is longer)",
+    "heartbeat_timeout_factor": "an agent's timeout is at least this many heartbeat intervals "
+    "(2 x 30 s = the 60 s default timeout)",
+    "offline_retention_s": "how long an offline agent's merged state stays in memory (its rows "
+    "stay in Postgres; an agent back later is asked for its full state), seconds",
+    "max_description_bytes": "largest AgentDescription the server keeps per agent (a larger one "
+    "is refused with a BadRequest error), bytes",
+    "max_description_attributes": "most attributes an AgentDescription may carry",
+    "max_status_part_bytes": "largest other status part (health, effective config, package "
+    "statuses...) the server keeps per agent, bytes",
     "heartbeat_tick_s": "resolution of the heartbeat timing wheel, seconds",
     "ws_ping_interval_s": "WebSocket ping interval, seconds; a peer that misses a pong for a "
     "whole interval is dropped (0 disables)",

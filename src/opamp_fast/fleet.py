@@ -51,6 +51,7 @@ from .protocol import (
     StatusChanged,
     Transport,
     build_push,
+    check_bounds,
     format_instance_uid,
     normalize_instance_uid,
     pb,
@@ -162,6 +163,7 @@ class FleetHandler:
 
     def on_message(self, conn: Connection, msg: pb.AgentToServer) -> pb.ServerToAgent:
         uid = normalize_instance_uid(msg.instance_uid)
+        check_bounds(msg, self.policy)  # before anything is created or changed for it
         identity = conn.identity
         if identity is not None and uid != identity:
             raise RemoteProtocolError(
@@ -181,7 +183,7 @@ class FleetHandler:
                 if t is not None:
                     self._persist(bound, [t], False)
             conn.record = None
-        record, _ = self.registry.ensure(uid, msg.instance_uid)
+        record, created = self.registry.ensure(uid, msg.instance_uid)
         role, superseded = self._role(conn, record, mono)
         if role is _Role.DUPLICATE:
             return self._answer_duplicate(conn, record, msg, wall)
@@ -221,6 +223,8 @@ class FleetHandler:
         conn.record = record
         status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
         self._persist(record, transitions, status_changed)
+        if created and not record.online and record.state.remote_config is None:
+            self.registry.forget(record)  # an unknown agent's goodbye: nothing to remember
         if superseded is not None:
             superseded.close(reasons.CLOSE_SUPERSEDED, reasons.SUPERSEDED)
         return reply.response
@@ -355,7 +359,9 @@ class FleetHandler:
     def sweep(self, mono: float) -> list[StatusTransition]:
         """Advance the wheel; expired agents go offline (persisted) and their WebSockets get a
         close (4001), whose handshake the transport bounds. Returns the transitions."""
-        transitions = self.registry.sweep(mono=mono, wall=self._wall())
+        wall = self._wall()
+        transitions = self.registry.sweep(mono=mono, wall=wall)
+        self.registry.forget_offline(wall=wall)
         for t in transitions:
             self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
             if t.connection is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -150,10 +151,15 @@ class Registry:
         tick_s: float,
         start_mono: float,
         capacity: int = 1024,
+        retention_s: float = 3600.0,
     ) -> None:
         self.timeout_s = timeout_s
         self.timeout_factor = timeout_factor
         self._wheel = TimingWheel(tick_s=tick_s, capacity=capacity, start=start_mono)
+        self.retention_s = retention_s
+        # (offline since, record), oldest first: offline agents are forgotten after retention_s.
+        self._offline: deque[tuple[float, AgentRecord]] = deque()
+        self.forgotten_total = 0
         self._by_uid: dict[bytes, AgentRecord] = {}
         self._by_handle: list[AgentRecord | None] = []
         self._free_handles: list[int] = []
@@ -261,6 +267,7 @@ class Registry:
         if record.transport is not None:
             self._online_by_transport[record.transport] -= 1
         self._count("online", "offline")
+        self._offline.append((wall, record))
         # metrics (issue 6): a WebSocket's lifetime, or an HTTP agent's first poll to its end.
         self.connection_durations.observe(max(0.0, wall - record.connected_at))
         return StatusTransition(record, AgentStatus.OFFLINE, wall, reason, connection)
@@ -277,6 +284,28 @@ class Registry:
                 self._expired_total += 1
                 transitions.append(transition)
         return transitions
+
+    def forget_offline(self, *, wall: float) -> int:
+        """Drop agents offline for longer than ``retention_s`` (their rows stay in Postgres).
+
+        Kept regardless: an agent that came back (it is online, or went offline again later)
+        and one the server holds a desired remote config for (only in memory). O(1) per agent.
+        """
+        horizon = wall - self.retention_s
+        offline = self._offline
+        forgotten = 0
+        while offline and offline[0][0] <= horizon:
+            at, record = offline.popleft()
+            if (
+                record.status is AgentStatus.OFFLINE
+                and record.disconnected_at == at
+                and record.state.remote_config is None
+                and self._by_uid.get(record.uid) is record
+            ):
+                self.forget(record)
+                forgotten += 1
+        self.forgotten_total += forgotten
+        return forgotten
 
     def _count(self, from_state: str, to_state: str) -> None:
         key = (from_state, to_state)

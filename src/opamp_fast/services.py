@@ -100,6 +100,9 @@ def server_policy(settings: Settings) -> ServerPolicy:
     return ServerPolicy(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_message_bytes=settings.max_message_bytes,
+        max_description_bytes=settings.max_description_bytes,
+        max_description_attributes=settings.max_description_attributes,
+        max_status_part_bytes=settings.max_status_part_bytes,
     )
 
 
@@ -114,6 +117,7 @@ async def open_services(
         timeout_factor=settings.heartbeat_timeout_factor,
         tick_s=settings.heartbeat_tick_s,
         start_mono=time.monotonic(),
+        retention_s=settings.offline_retention_s,
     )
     writer = BatchWriter(
         db,

@@ -114,3 +114,36 @@ def test_many_agents_expire_together() -> None:
     expired = registry.sweep(mono=11, wall=1011)
     assert {t.record.uid for t in expired} == {r.uid for r in records[1::2]}
     assert registry.online_count == len(keep)
+
+
+def test_default_settings_time_agents_out_after_60_seconds() -> None:
+    """The seed's monitor times agents out after 60 s: so do the defaults (30 s heartbeat)."""
+    from opamp_fast.config import Settings
+
+    settings = Settings()
+    registry = make_registry(
+        timeout_s=settings.heartbeat_timeout_s, timeout_factor=settings.heartbeat_timeout_factor
+    )
+    assert registry.agent_timeout_s(settings.heartbeat_interval_s) == 60.0
+
+
+def test_offline_agents_are_forgotten_after_retention() -> None:
+    registry = make_registry(retention_s=100.0)
+    gone, _ = online(registry, b"g" * 16, mono=0)
+    back, _ = online(registry, b"b" * 16, mono=0)
+    wanted, _ = online(registry, b"w" * 16, mono=0)
+    wanted.state.set_remote_config({"x.yaml": (b"a: 1", "text/yaml")})
+    for record in (gone, back, wanted):
+        registry.mark_offline(record, wall=1000.0, reason="connection closed")
+    online(registry, b"b" * 16, mono=50)  # came back before the retention ran out
+    assert registry.forget_offline(wall=1099.0) == 0  # not yet
+    assert registry.forget_offline(wall=1100.0) == 1
+    assert registry.get(b"g" * 16) is None  # offline for the whole retention: forgotten
+    assert registry.get(b"b" * 16) is back and back.online
+    assert registry.get(b"w" * 16) is wanted  # the server still wants it to run a config
+    assert registry.statistics().known == 2
+    # An agent that went offline again later is kept until its own retention ends.
+    registry.mark_offline(back, wall=1500.0, reason="connection closed")
+    assert registry.forget_offline(wall=1550.0) == 0
+    assert registry.forget_offline(wall=1600.0) == 1
+    assert registry.forgotten_total == 2

@@ -73,7 +73,7 @@ from .params import (
     parse_q,
     parse_status,
 )
-from .responses import JSONResponse
+from .responses import JSONResponse, encode_json
 
 logger = logging.getLogger(__name__)
 
@@ -443,7 +443,13 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
         record = registry.get(uid)
         if record is None and row is None:
             raise not_found(uid)
-        return JSONResponse(detail(record, row, settings.instance_id))
+        # Converting and encoding a large agent state (up to the policy's bounds, a few MiB)
+        # takes milliseconds: do it in a worker thread, never on the event loop. The live
+        # state's messages are replaced, never mutated, so reading them there is safe.
+        body = await anyio.to_thread.run_sync(
+            lambda: encode_json(detail(record, row, settings.instance_id))
+        )
+        return Response(body, media_type="application/json")
 
     async def active_connection(request: Request) -> Response:
         uid = agent_id(request)

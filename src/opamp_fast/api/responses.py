@@ -10,6 +10,11 @@ from starlette.responses import Response
 _encoder = msgspec.json.Encoder()
 
 
+def encode_json(content: Any) -> bytes:
+    """JSON bytes of ``content`` (msgspec; safe to call from worker threads)."""
+    return msgspec.json.encode(content)
+
+
 class JSONResponse(Response):
     media_type = "application/json"
 

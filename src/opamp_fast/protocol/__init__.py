@@ -56,6 +56,7 @@ from ._core import DEFAULT_SERVER_CAPABILITIES as DEFAULT_SERVER_CAPABILITIES
 from ._core import Reply as Reply
 from ._core import ServerPolicy as ServerPolicy
 from ._core import build_push as build_push
+from ._core import check_bounds as check_bounds
 from ._core import error_response as error_response
 from ._core import process_heartbeat as process_heartbeat
 from ._core import process_message as process_message
@@ -145,6 +146,7 @@ __all__ = [
     "anyvalue_pb",
     "build_push",
     "build_remote_config",
+    "check_bounds",
     "decode_agent_to_server",
     "decode_server_to_agent",
     "decode_ws_payload",

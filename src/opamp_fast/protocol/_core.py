@@ -28,7 +28,7 @@ from ._constants import (
     SERVER_OFFERS_CONNECTION_SETTINGS,
     SERVER_OFFERS_REMOTE_CONFIG,
 )
-from ._errors import LocalProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     AgentConnected,
     AgentDisconnected,
@@ -47,6 +47,7 @@ __all__ = [
     "Reply",
     "ServerPolicy",
     "build_push",
+    "check_bounds",
     "error_response",
     "process_heartbeat",
     "process_message",
@@ -78,6 +79,12 @@ class ServerPolicy:
     heartbeat_interval_s: int = 30
     custom_capabilities: tuple[str, ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: What one agent may make the server keep: an AgentDescription of at most this many
+    #: encoded bytes and attributes, and any other stored status part of at most
+    #: ``max_status_part_bytes`` (a message over it is refused, nothing of it is kept).
+    max_description_bytes: int = 64 * 1024
+    max_description_attributes: int = 1024
+    max_status_part_bytes: int = 1024 * 1024
     connection_settings: pb.ConnectionSettingsOffers = field(init=False, repr=False, compare=False)
     connection_settings_hash: bytes = field(init=False, repr=False, compare=False)
 
@@ -89,8 +96,14 @@ class ServerPolicy:
             raise ValueError(f"undefined server capability bits in 0x{caps:x}")
         if not isinstance(self.heartbeat_interval_s, int) or self.heartbeat_interval_s < 1:
             raise ValueError("heartbeat_interval_s must be a positive integer")
-        if self.max_message_bytes < 1:
-            raise ValueError("max_message_bytes must be positive")
+        for name in (
+            "max_message_bytes",
+            "max_description_bytes",
+            "max_description_attributes",
+            "max_status_part_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
         custom = tuple(self.custom_capabilities)
         if not all(isinstance(c, str) and c for c in custom):
             raise ValueError("custom_capabilities must be non-empty strings")
@@ -147,6 +160,7 @@ def process_message(
     Events come out in this order: AgentConnected, InstanceUidReassigned, MessageMerged,
     StatusChanged, RemoteConfigStatusChanged, FullStateRequested, AgentDisconnected.
     """
+    check_bounds(msg, policy)
     uid = agent.instance_uid
     first = not session.first_response_sent
     http = session.transport is _HTTP
@@ -284,6 +298,50 @@ def process_message(
         events.append(AgentDisconnected(uid, now, "agent_disconnect"))
     session.first_response_sent = True
     return Reply(resp, tuple(events))
+
+
+_STATUS_PARTS = (
+    "health",
+    "effective_config",
+    "remote_config_status",
+    "package_statuses",
+    "custom_capabilities",
+    "available_components",
+    "connection_settings_status",
+)
+
+
+def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
+    """Refuse a message whose status parts the server would not keep (see ``ServerPolicy``).
+
+    Raises:
+        RemoteProtocolError: ``kind="too_large_state"``; nothing of the message is merged.
+    """
+    if msg.ByteSize() <= policy.max_description_bytes:
+        return  # the whole message is smaller than the smallest bound: nothing to look at
+    has = msg.HasField
+    if has("agent_description"):
+        description = msg.agent_description
+        size = description.ByteSize()
+        count = len(description.identifying_attributes) + len(
+            description.non_identifying_attributes
+        )
+        if size > policy.max_description_bytes or count > policy.max_description_attributes:
+            raise RemoteProtocolError(
+                f"agent_description of {size} bytes and {count} attributes exceeds what the "
+                f"server keeps ({policy.max_description_bytes} bytes, "
+                f"{policy.max_description_attributes} attributes)",
+                kind="too_large_state",
+            )
+    for name in _STATUS_PARTS:
+        if has(name):
+            size = getattr(msg, name).ByteSize()
+            if size > policy.max_status_part_bytes:
+                raise RemoteProtocolError(
+                    f"{name} of {size} bytes exceeds what the server keeps "
+                    f"({policy.max_status_part_bytes} bytes)",
+                    kind="too_large_state",
+                )
 
 
 def process_heartbeat(agent: AgentState, session: Session, seq: int, caps: int) -> bool:
