@@ -67,6 +67,7 @@ class Settings:
     heartbeat_timeout_factor: float = 2.0
     heartbeat_tick_s: float = 1.0
     offline_retention_s: float = 3600.0
+    history_retention_days: float = 30.0
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = MIB
@@ -275,6 +276,8 @@ _HELP = {
     "(2 x 30 s = the 60 s default timeout)",
     "offline_retention_s": "how long an offline agent's merged state stays in memory (its rows "
     "stay in Postgres; an agent back later is asked for its full state), seconds",
+    "history_retention_days": "closed connection-history rows older than this are deleted, in "
+    "small batches that never block the writer (0 keeps them forever), days",
     "max_description_bytes": "largest AgentDescription the server keeps per agent (a larger one "
     "is refused with a BadRequest error), bytes",
     "max_description_attributes": "most attributes an AgentDescription may carry",

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .fleet import FleetHandler
     from .services import Services
     from .storage.batch_writer import BatchWriter, WriterStatistics
+    from .storage.retention import HistoryRetention
     from .transport.stats import TransportStats
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,30 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "gauge",
             "Open OpAMP connections (WebSockets; HTTP requests in flight).",
             "transport",
+        ),
+        _spec(
+            "opamp_fast_history_deleted_total",
+            "counter",
+            "Closed connection-history rows deleted by retention (history_retention_days).",
+        ),
+        _spec(
+            "opamp_fast_admission_shed_total",
+            "counter",
+            "Connections refused with 503 by admission control, by reason (capacity, database, "
+            "handshakes, loop_lag, shutdown).",
+            "reason",
+        ),
+        _spec(
+            "opamp_fast_duplicate_messages_total",
+            "counter",
+            "Messages for a uid live on another connection, answered with a new uid and never "
+            "merged.",
+        ),
+        _spec(
+            "opamp_fast_loop_lag_seconds",
+            "gauge",
+            "How late the event loop runs (a decaying maximum; admission sheds new WebSockets "
+            "above max_loop_lag_s).",
         ),
         _spec(
             "opamp_fast_tcp_open",
@@ -330,6 +355,10 @@ class MetricsSnapshot:
     rejections: dict[tuple[Transport, int], int]
     sockets: dict[str, int]
     timeouts: dict[str, int]
+    history_deleted: int
+    shed: dict[str, int]
+    duplicates: int
+    loop_lag_s: float
     records: list[AgentRecord]
 
 
@@ -358,6 +387,8 @@ class MetricsExporter:
         fleet: FleetHandler | None = None,
         writer: BatchWriter | None = None,
         transport: TransportStats | None = None,
+        retention: HistoryRetention | None = None,
+        loop_lag: Callable[[], float] | None = None,
         heartbeat_interval_s: float,
         agent_series_max: int,
         writer_queue_max: int = 0,
@@ -372,6 +403,8 @@ class MetricsExporter:
         self.fleet = fleet
         self.writer = writer
         self.transport = transport
+        self.retention = retention
+        self.loop_lag = loop_lag
         self.heartbeat_interval_s = heartbeat_interval_s
         self.agent_series_max = agent_series_max
         self.writer_queue_max = writer_queue_max
@@ -402,6 +435,8 @@ class MetricsExporter:
             fleet=services.fleet,
             writer=services.writer,
             transport=services.opamp.stats,
+            retention=services.retention,
+            loop_lag=services.loop_lag,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             agent_series_max=settings.metrics_agent_series_max,
             writer_queue_max=settings.writer_queue_max,
@@ -446,6 +481,10 @@ class MetricsExporter:
                 else {}
             ),
             timeouts=dict(stats.timeouts) if stats else {},
+            history_deleted=self.retention.deleted_total if self.retention is not None else 0,
+            shed=dict(fleet.admission.shed_total) if fleet is not None else {},
+            duplicates=fleet.duplicates_total if fleet is not None else 0,
+            loop_lag_s=self.loop_lag() if self.loop_lag is not None else 0.0,
             records=list(self.agents),
         )
 
@@ -560,6 +599,12 @@ class FleetCollector(Collector):
         timeouts = f.counter("opamp_fast_connection_timeouts_total")
         for phase, n in sorted(snap.timeouts.items()):
             timeouts.add_metric([phase], n)
+        shed = f.counter("opamp_fast_admission_shed_total")
+        for reason, n in sorted(snap.shed.items()):
+            shed.add_metric([reason], n)
+        f.counter("opamp_fast_duplicate_messages_total").add_metric([], snap.duplicates)
+        f.gauge("opamp_fast_loop_lag_seconds").add_metric([], snap.loop_lag_s)
+        f.counter("opamp_fast_history_deleted_total").add_metric([], snap.history_deleted)
 
         # -- persistence ---------------------------------------------------------------------
         f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)

@@ -28,6 +28,7 @@ from .protocol import ServerPolicy
 from .registry import Registry
 from .storage import Database
 from .storage.batch_writer import BatchWriter
+from .storage.retention import HistoryRetention
 from .transport import Limits, TransportStats
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Services:
     writer: BatchWriter
     fleet: FleetHandler
     opamp: Limits  # the OpAMP endpoint's handler, limits, timeouts and counters
+    retention: HistoryRetention
+    loop_lag: LoopLag
     # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
     metrics: MetricsExporter | None = None
     started_at: float = field(default_factory=time.time)
@@ -141,6 +144,8 @@ async def open_services(
         writer=writer,
         fleet=fleet,
         opamp=opamp_limits(settings, fleet),
+        retention=HistoryRetention(db, retention_days=settings.history_retention_days),
+        loop_lag=loop_lag,
     )
     # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
     services.metrics = MetricsExporter.for_services(services)
@@ -158,6 +163,7 @@ async def open_services(
             await group.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
             await group.start(GrowthFreezer(lambda: registry.online_count).run)
             await group.start(loop_lag.run)
+            await group.start(services.retention.run)
             try:
                 yield services
             finally:

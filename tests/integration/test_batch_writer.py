@@ -530,3 +530,31 @@ async def test_retry_after_unknown_commit_is_idempotent(db, writer_factory, data
         (uid(6), "offline", 0, T0 + 3),
         (uid(7), "online", 0, T0 + 7),
     ]
+
+
+async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory, database_url):
+    from opamp_fast.storage.retention import HistoryRetention
+
+    writer: BatchWriter = await writer_factory()
+    old, recent, open_ = uid(1), uid(2), uid(3)
+    writer.connected(old, at=T0, remote_addr="x", transport="ws")
+    writer.disconnected(old, at=T0 + 1, reason="connection closed")
+    writer.connected(recent, at=T0, remote_addr="x", transport="ws")
+    writer.disconnected(recent, at=T0 + 2, reason="connection closed")
+    writer.connected(open_, at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+    # Age the rows: one closed 40 days ago, one 10 days ago; the open one started 40 days ago.
+    await aquery(
+        database_url,
+        "UPDATE agent_connection_history SET connected_at = now() - interval '40 days',"
+        " disconnected_at = CASE WHEN instance_uid = %s THEN now() - interval '40 days'"
+        " WHEN instance_uid = %s THEN now() - interval '10 days' END RETURNING 1",
+        (old, recent),
+    )
+    retention = HistoryRetention(db, retention_days=30, batch_rows=1)
+    assert await retention.run_once() == 1
+    rows = await aquery(
+        database_url, "SELECT instance_uid FROM agent_connection_history ORDER BY instance_uid"
+    )
+    assert rows == [(recent,), (open_,)]  # the open row stays, whatever its age
+    assert retention.deleted_total == 1 and await retention.run_once() == 0

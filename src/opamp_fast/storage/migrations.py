@@ -1,14 +1,23 @@
 """Schema migrations: ordered ``migrations/NNNN_name.sql`` files, one transaction each.
 
-Applied versions are recorded in ``schema_migrations``. A transaction-level advisory lock
-serialises concurrent starters (two servers, or ``opamp-fast migrate`` beside a server): the
-second waits, then finds nothing left to do.
+Applied versions are recorded in ``schema_migrations``. A session-level advisory lock,
+held for the whole run, serialises concurrent starters (two servers, or ``opamp-fast migrate``
+beside a server): the second waits, then finds nothing left to do. It waits by polling
+``pg_try_advisory_lock`` rather than blocking in ``pg_advisory_lock``: a blocked statement holds
+a snapshot, and ``CREATE INDEX CONCURRENTLY`` in the first starter would wait for that snapshot
+while the second waits for the lock: a deadlock.
+
+A file whose first line is ``-- migrate: no-transaction`` runs statement by statement outside
+a transaction: what ``CREATE INDEX CONCURRENTLY`` needs so that an index on a big, busy table is
+built without blocking writes. Such statements must be idempotent (``IF NOT EXISTS``): a crash
+in the middle reruns them.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -25,11 +34,23 @@ MIGRATION_LOCK_KEY = 0x6F70616D70667374
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
+NO_TRANSACTION = "-- migrate: no-transaction"
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.startswith(NO_TRANSACTION)
+
+    def statements(self) -> list[str]:
+        """The statements of a no-transaction migration (split on ``;`` at line ends)."""
+        parts = [p.strip() for p in self.sql.split(";\n")]
+        return [p for p in parts if p and not all(ln.startswith("--") for ln in p.splitlines())]
 
 
 def load_migrations() -> list[Migration]:
@@ -59,23 +80,42 @@ def _applied(conn: psycopg.Connection[Any]) -> set[int]:
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def migrate_sync(conn: psycopg.Connection[Any]) -> list[str]:
-    """Blocking: apply every pending migration; returns the names applied now."""
-    applied_now: list[str] = []
-    for migration in load_migrations():
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute(_CREATE_TABLE)
+def migrate_sync(conn: psycopg.Connection[Any], *, poll_s: float = 0.1) -> list[str]:
+    """Blocking, on an autocommit connection: apply every pending migration; returns the names
+    applied now."""
+    while not _try_lock(conn):
+        time.sleep(poll_s)
+    try:
+        conn.execute(_CREATE_TABLE)
+        applied_now: list[str] = []
+        for migration in load_migrations():
             if migration.version in _applied(conn):
                 continue
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
-        logger.info("applied migration %s", migration.name)
-        applied_now.append(migration.name)
-    return applied_now
+            if migration.transactional:
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    _record(conn, migration)
+            else:
+                for statement in migration.statements():
+                    conn.execute(statement.encode())
+                _record(conn, migration)
+            logger.info("applied migration %s", migration.name)
+            applied_now.append(migration.name)
+        return applied_now
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _try_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
+
+
+def _record(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+        (migration.version, migration.name),
+    )
 
 
 def pending_sync(conn: psycopg.Connection[Any]) -> list[str]:
