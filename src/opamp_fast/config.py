@@ -81,7 +81,7 @@ class Settings:
     require_agent_identity: bool = False
     flush_interval_s: float = 1.0
     flush_batch_max: int = 50_000
-    writer_queue_max: int = 10_000
+    writer_queue_max: int = 100_000
     db_pool_size: int = 4
     graceful_timeout_s: float = 10.0
     backlog: int = 4096
@@ -305,7 +305,8 @@ _HELP = {
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
-    "writer_queue_max": "bound of the queue between connections and the database writer",
+    "writer_queue_max": "connection-history rows waiting for the database beyond which new "
+    "agents get 503 (memory stays bounded through a long database outage)",
     "db_pool_size": "database connections (each used from a worker thread)",
     "graceful_timeout_s": "time allowed for connections to close on shutdown, seconds",
     "backlog": "listen backlog (reconnect storms need thousands)",
