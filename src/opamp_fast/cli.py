@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
@@ -22,6 +24,7 @@ from . import __version__
 from .config import OPTIONS, Option, Settings, parse_value
 from .errors import ConfigError, OpAMPFastError
 from .gcpolicy import freeze_after_startup
+from .metrics_share import WorkerSlot
 
 logger = logging.getLogger("opamp_fast")
 
@@ -291,17 +294,38 @@ async def _serve(settings: Settings) -> None:
     freeze_after_startup()
     logger.info("opamp-fast %s starting with %s", __version__, settings.redacted())
     shutdown = anyio.Event()
+    worker = _worker_slot()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, shutdown, tg.cancel_scope)
-        await serve(settings, shutdown_trigger=shutdown)
+        # A worker's supervisor escalates by itself (SIGKILL after a bound), and a service
+        # manager or a terminal may signal the worker directly too: a second signal must not
+        # cut its drain short.
+        tg.start_soon(_watch_signals, shutdown, tg.cancel_scope, worker is None)
+        if settings.workers != "1":
+            from .supervisor import supervise
+
+            await supervise(settings, shutdown)
+        else:
+            await serve(settings, shutdown_trigger=shutdown, worker=worker)
         tg.cancel_scope.cancel()
 
 
-async def _watch_signals(shutdown: anyio.Event, scope: CancelScope) -> None:
-    """First SIGINT/SIGTERM: graceful shutdown. A second one: stop now."""
+def _worker_slot() -> WorkerSlot | None:
+    """Set when this process is one of the workers of ``--workers`` (by the supervisor)."""
+    from .supervisor import WORKER_DIR_ENV, WORKER_SLOT_ENV
+
+    slot, directory = os.environ.get(WORKER_SLOT_ENV), os.environ.get(WORKER_DIR_ENV)
+    if slot is None or directory is None:
+        return None
+    return WorkerSlot(int(slot), Path(directory))
+
+
+async def _watch_signals(shutdown: anyio.Event, scope: CancelScope, second_stops: bool) -> None:
+    """First SIGINT/SIGTERM: graceful shutdown. A second one: stop now (``second_stops``)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             if shutdown.is_set():
+                if not second_stops:
+                    continue
                 logger.warning("second %s: stopping immediately", signal.Signals(signum).name)
                 scope.cancel()
                 return

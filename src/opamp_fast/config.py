@@ -61,6 +61,7 @@ class Settings:
     database_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)
     instance_id: str = field(default_factory=default_instance_id)
+    lease_s: float = 30.0
     max_message_bytes: int = 64 * MIB
     heartbeat_interval_s: int = 30
     heartbeat_timeout_s: float = 60.0
@@ -96,6 +97,7 @@ class Settings:
     api_max_page_size: int = 1000
     metrics_agent_series_max: int = 10_000
     backend: str = "asyncio"
+    workers: str = "1"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -127,6 +129,7 @@ class Settings:
             "must be at least 1 second",
         )
         _positive("heartbeat_tick_s", self.heartbeat_tick_s)
+        _check(self.lease_s >= 1, "lease_s", self.lease_s, "must be at least 1 second")
         _check(
             self.heartbeat_timeout_s >= self.heartbeat_tick_s,
             "heartbeat_timeout_s",
@@ -268,6 +271,8 @@ _HELP = {
     "database_url": "Postgres URL; unset starts an embedded Postgres in --data-dir",
     "data_dir": "data directory of the embedded Postgres (used only without a database URL)",
     "instance_id": "stable id of this server instance, recorded on connection history rows",
+    "lease_s": "an instance that has not renewed its lease for this long is declared lost by "
+    "another: its agents are marked offline and its history rows closed, seconds",
     "max_message_bytes": "largest OpAMP message accepted or sent, after decompression",
     "heartbeat_interval_s": "heartbeat (and HTTP poll) interval offered to agents, seconds",
     "heartbeat_timeout_s": "silence after which an agent is marked offline, seconds (raised to "
@@ -294,6 +299,9 @@ _HELP = {
     "first OpAMP message after an upgrade, and a peer that stops reading, seconds",
     "close_timeout_s": "time allowed for the WebSocket close handshake, seconds",
     "backend": "event loop: asyncio (with uvloop, the fast path) or trio",
+    "workers": "server processes sharing the port (SO_REUSEPORT), each an instance "
+    "<instance-id>/<k>, supervised; 'auto': one per CPU, more if --max-connections needs them "
+    "under the open-file limit",
     "tls_cert_file": "PEM certificate chain: serve wss:// and https:// on the port",
     "tls_key_file": "PEM private key of --tls-cert-file",
     "tls_client_ca_file": "PEM CA bundle: OpAMP agents must present a client certificate signed "

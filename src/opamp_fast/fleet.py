@@ -381,20 +381,40 @@ class FleetHandler:
             next_tick = max(next_tick + tick_s, now)
             self.sweep(now)
 
-    def close_all(self, *, reason: str = reasons.SERVER_SHUTDOWN) -> int:
-        """Shutdown: refuse new connections, mark every online agent offline with ``reason``
-        (so history rows close with it, not with "connection closed"), close WebSockets (1001).
-        Returns the number of WebSockets asked to close."""
-        self.admission.shutting_down = True
+    def close_all(self, *, reason: str = reasons.SERVER_SHUTDOWN, accepting: bool = False) -> int:
+        """Mark every online agent offline with ``reason`` (so history rows close with it, not
+        with "connection closed") and close their WebSockets (1001). Unless ``accepting``
+        (shutdown), new connections are refused from now on. Returns the WebSockets closed."""
+        if not accepting:
+            self.admission.shutting_down = True
+        records = list(self.registry.online_records())
+        return self._end(records, reason, reasons.CLOSE_GOING_AWAY, "server shutting down")
+
+    def release(self, uids: list[bytes], *, reason: str) -> int:
+        """Agents that connected to another instance: end them here (their old sockets are most
+        likely half-open). The rows are the other instance's now: our writer's offline transition
+        does not apply to them (see ``batch_writer._APPLIES``). Returns how many were online."""
+        records = [r for r in map(self.registry.get, uids) if r is not None and r.online]
+        self._end(records, reason, reasons.CLOSE_SUPERSEDED, reason)
+        return len(records)
+
+    def disconnect(self, uids: list[bytes], *, reason: str = reasons.OPERATOR) -> int:
+        """An operator's disconnect: end these agents' sessions here and close their sockets.
+        Returns how many were online here."""
+        records = [r for r in map(self.registry.get, uids) if r is not None and r.online]
+        self._end(records, reason, reasons.CLOSE_ROUTED, reason)
+        return len(records)
+
+    def _end(self, records: list[AgentRecord], reason: str, code: int, close_reason: str) -> int:
         wall = self._wall()
         closing = 0
-        for record in self.registry.online_records():
+        for record in records:
             t = self.registry.mark_offline(record, wall=wall, reason=reason)
             if t is None:
                 continue
             self.sink.disconnected(record.uid, at=wall, reason=reason)
             if t.connection is not None:
-                t.connection.close(reasons.CLOSE_GOING_AWAY, "server shutting down")
+                t.connection.close(code, close_reason)
                 closing += 1
         return closing
 

@@ -684,8 +684,13 @@ def routes(services: Services) -> list[Route]:
     if exporter is None:  # Services built by hand (e.g. API tests): give them their own
         exporter = services.metrics = MetricsExporter.for_services(services)
 
+    share = services.metrics_share
+
     async def metrics(request: Request) -> Response:
-        body = await exporter.render()
+        if share is not None:  # --workers: every worker's metrics, labelled
+            body = await anyio.to_thread.run_sync(share.merged)
+        else:
+            body = await exporter.render()
         return Response(body, media_type=CONTENT_TYPE)
 
     return [Route("/metrics", metrics, methods=["GET"])]

@@ -17,6 +17,7 @@ UID_CHANGED: Final = "instance uid changed"  # the agent continued under a new u
 SERVER_SHUTDOWN: Final = "server shutdown"  # this server stopped (SIGTERM)
 SERVER_RESTART: Final = "server restart"  # this server was killed; closed at its next start
 SERVER_LOST: Final = "server lost"  # another instance died; closed by a survivor
+OPERATOR: Final = "disconnected by an operator"  # POST /api/agents/{id}/disconnect
 
 # -- WebSocket close codes (RFC 6455 section 7.4: 4000-4999 are the application's) -------------
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down

@@ -316,6 +316,14 @@ class Registry:
     def online_count(self) -> int:
         return self._online
 
+    @property
+    def online_ws(self) -> int:
+        return self._online_by_transport[Transport.WS]
+
+    @property
+    def online_http(self) -> int:
+        return self._online_by_transport[Transport.HTTP]
+
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(
             known=len(self._by_uid),

@@ -30,6 +30,7 @@ from .api.app import build_app
 from .auth import load_key_material
 from .config import Settings
 from .errors import StartupError
+from .metrics_share import WorkerSlot
 from .services import Services, fd_limit, open_services
 from .storage import apply_migrations, open_database
 from .transport.tls import server_tls_context
@@ -50,8 +51,9 @@ class RunningServer:
         return self.urls[0]
 
 
-def bind_sockets(settings: Settings) -> list[socket.socket]:
-    """Bind before anything else starts, so a port in use is one clear line, not a traceback."""
+def bind_sockets(settings: Settings, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind before anything else starts, so a port in use is one clear line, not a traceback.
+    ``reuse_port``: share the port with sibling workers (the kernel spreads connections)."""
     try:
         infos = socket.getaddrinfo(
             settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -62,6 +64,8 @@ def bind_sockets(settings: Settings) -> list[socket.socket]:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
@@ -119,9 +123,11 @@ async def serve(
     settings: Settings,
     *,
     shutdown_trigger: anyio.Event | None = None,
+    worker: WorkerSlot | None = None,
     task_status: TaskStatus[RunningServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until ``shutdown_trigger`` is set.
+    """Run the server until ``shutdown_trigger`` is set (``worker``: as one of the processes of
+    ``--workers``, sharing the port and the metrics with its siblings).
 
     ``task_status.started`` receives a :class:`RunningServer` (bound URLs and the services) once
     the listener accepts connections, so callers can ``await tg.start(serve, ...)``.
@@ -130,13 +136,13 @@ async def serve(
         shutdown_trigger = anyio.Event()
     load_key_material(settings)  # a bad REST auth setup fails here, before anything starts
     server_tls_context(settings)  # and so does an unreadable certificate
-    sockets = bind_sockets(settings)
+    sockets = bind_sockets(settings, reuse_port=worker is not None)
     try:
         async with open_database(settings) as db:
             applied = await apply_migrations(db)
             if applied:
                 logger.info("schema migrated: %s", ", ".join(applied))
-            async with open_services(settings, db, shutdown_trigger) as services:
+            async with open_services(settings, db, shutdown_trigger, worker=worker) as services:
                 await _run_front(services, sockets, shutdown_trigger, task_status)
                 logger.info("listener stopped; closing services")
             logger.info("services stopped; closing database")

@@ -20,10 +20,12 @@ import anyio
 from . import __version__
 from .admission import Admission, LoopLag
 from .auth import AgentTokenVerifier, agent_token_key
+from .cluster import Cluster
 from .config import Settings
 from .fleet import FleetHandler
 from .gcpolicy import GrowthFreezer
 from .metrics import MetricsExporter
+from .metrics_share import WorkerMetricsShare, WorkerSlot
 from .protocol import ServerPolicy
 from .registry import Registry
 from .storage import Database
@@ -47,8 +49,10 @@ class Services:
     opamp: Limits  # the OpAMP endpoint's handler, limits, timeouts and counters
     retention: HistoryRetention
     loop_lag: LoopLag
+    cluster: Cluster
     # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
     metrics: MetricsExporter | None = None
+    metrics_share: WorkerMetricsShare | None = None  # with --workers: everyone's /metrics
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -111,7 +115,7 @@ def server_policy(settings: Settings) -> ServerPolicy:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, db: Database, shutdown: anyio.Event
+    settings: Settings, db: Database, shutdown: anyio.Event, *, worker: WorkerSlot | None = None
 ) -> AsyncIterator[Services]:
     """Start the writer (after crash repair) and the sweeper; on exit stop the sweeper, then
     drain the writer, in that order. Closing connections is the caller's (``server.serve``)."""
@@ -128,6 +132,7 @@ async def open_services(
         flush_interval_s=settings.flush_interval_s,
         batch_max=settings.flush_batch_max,
         queue_max=settings.writer_queue_max,
+        online_counts=lambda: (registry.online_ws, registry.online_http),
     )
     loop_lag = LoopLag()
     fleet = FleetHandler(
@@ -146,9 +151,12 @@ async def open_services(
         opamp=opamp_limits(settings, fleet),
         retention=HistoryRetention(db, retention_days=settings.history_retention_days),
         loop_lag=loop_lag,
+        cluster=Cluster(db, fleet, instance_id=settings.instance_id, lease_s=settings.lease_s),
     )
     # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
     services.metrics = MetricsExporter.for_services(services)
+    if worker is not None:
+        services.metrics_share = WorkerMetricsShare(worker, services.metrics.generate)
     logger.info(
         "heartbeat wheel: %s implementation",
         "Cython" if registry.statistics().using_extension else "pure-Python",
@@ -164,6 +172,9 @@ async def open_services(
             await group.start(GrowthFreezer(lambda: registry.online_count).run)
             await group.start(loop_lag.run)
             await group.start(services.retention.run)
+            await group.start(services.cluster.run)
+            if services.metrics_share is not None:
+                await group.start(services.metrics_share.run)
             try:
                 yield services
             finally:
@@ -178,13 +189,15 @@ async def _record_instance_start(services: Services) -> None:
     def _upsert(conn: object) -> None:
         conn.execute(  # type: ignore[attr-defined]
             """
-            INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at)
-            VALUES (%s, %s, now(), now())
+            INSERT INTO server_instances
+                (instance_id, version, started_at, last_heartbeat_at, lease_s)
+            VALUES (%s, %s, now(), now(), %s)
             ON CONFLICT (instance_id) DO UPDATE
-               SET version = EXCLUDED.version, started_at = now(),
-                   last_heartbeat_at = now(), stopped_at = NULL
+               SET version = EXCLUDED.version, started_at = now(), last_heartbeat_at = now(),
+                   lease_s = EXCLUDED.lease_s, stopped_at = NULL, lost_at = NULL,
+                   lost_by = NULL, online_ws = 0, online_http = 0
             """,
-            (services.settings.instance_id, services.version),
+            (services.settings.instance_id, services.version, services.settings.lease_s),
         )
 
     await services.db.run(_upsert)
@@ -193,7 +206,8 @@ async def _record_instance_start(services: Services) -> None:
 async def _record_instance_stop(services: Services) -> None:
     def _update(conn: object) -> None:
         conn.execute(  # type: ignore[attr-defined]
-            "UPDATE server_instances SET stopped_at = now() WHERE instance_id = %s",
+            "UPDATE server_instances SET stopped_at = now(), online_ws = 0, online_http = 0 "
+            "WHERE instance_id = %s",
             (services.settings.instance_id,),
         )
 

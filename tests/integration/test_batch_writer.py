@@ -293,21 +293,34 @@ async def test_last_seen_only_moves_forward(writer_factory, database_url) -> Non
 async def test_stale_transition_from_another_instance_does_not_win(
     writer_factory, database_url
 ) -> None:
-    # The agent moved from node-a to node-b; node-a's older disconnect lands afterwards.
+    # The agent moved from node-a to node-b; node-a's disconnects land afterwards, one older
+    # than the move, one newer (node-a timed its old, half-open socket out late): neither takes
+    # the agent offline, since node-b holds it; node-a's history rows still close.
     a: BatchWriter = await writer_factory(instance_id="node-a")
     b: BatchWriter = await writer_factory(instance_id="node-b")
     a.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    a.connected(uid(2), at=T0, remote_addr="x", transport="ws")
     await a.flush()
     b.connected(uid(1), at=T0 + 10, remote_addr="y", transport="ws")
+    b.connected(uid(2), at=T0 + 10, remote_addr="y", transport="ws")
     await b.flush()
     a.disconnected(uid(1), at=T0 + 5, reason="connection lost")
+    a.disconnected(uid(2), at=T0 + 50, reason="heartbeat timeout")
     await a.flush()
     rows = await aquery(
         database_url,
-        "SELECT status, serving_instance, disconnect_reason,"
-        " extract(epoch FROM last_disconnected_at)::float8 FROM agents",
+        "SELECT status, serving_instance, disconnect_reason, last_disconnected_at FROM agents",
     )
-    assert rows == [("online", "node-b", "connection lost", T0 + 5)]
+    assert rows == [("online", "node-b", None, None)] * 2
+    history = await aquery(
+        database_url,
+        "SELECT serving_instance, disconnect_reason FROM agent_connection_history ORDER BY id",
+    )
+    assert sorted(history, key=str) == sorted(
+        [("node-a", "connection lost"), ("node-a", "heartbeat timeout"),
+         ("node-b", None), ("node-b", None)],
+        key=str,
+    )  # fmt: skip
 
 
 async def wait_for(predicate: Callable[[], bool], limit_s: float = 15.0) -> None:

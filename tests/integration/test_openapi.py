@@ -57,14 +57,16 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/agents/{id}",
             "/api/agents/{id}/active-connection",
             "/api/agents/{id}/connection-history",
+            "/api/agents/{id}/disconnect",
         ]
     )
     for path in api_paths:
-        op = spec["paths"][path]["get"]
+        ((method, op),) = spec["paths"][path].items()
+        success = "202" if method == "post" else "200"
         assert op["security"] == [{"bearerAuth": []}], path
-        assert "401" in op["responses"] and "200" in op["responses"], path
+        assert "401" in op["responses"] and success in op["responses"], path
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
-        ok = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        ok = op["responses"][success]["content"]["application/json"]["schema"]["$ref"]
         assert ok.startswith("#/components/schemas/")
         err = op["responses"]["401"]["content"]["application/json"]["schema"]["$ref"]
         assert err == "#/components/schemas/ErrorResponse"

@@ -73,21 +73,36 @@ async def run_sql(database_url: str, fn: Callable[[psycopg.Connection[Any]], Any
 
 
 def insert_agents(conn: psycopg.Connection[Any], agents: list[dict[str, Any]]) -> None:
+    """Rows as the writers would leave them: fleet_stats counts them, and the online ones are
+    held (and published) by a running instance "seeded"."""
+    online = 0
     for a in agents:
         uid = a["uid"]
+        status = a.get("status", "offline")
+        online += status == "online"
         conn.execute(
             """INSERT INTO agents (instance_uid, uid_text, status, agent_name, labels,
-                   last_seen_at, last_disconnected_at, disconnect_reason, capabilities, transport)
-               VALUES (%s, %s, %s, %s, %s, now(), now(), 'test', %s, 'ws')""",
+                   last_seen_at, last_disconnected_at, disconnect_reason, capabilities, transport,
+                   serving_instance)
+               VALUES (%s, %s, %s, %s, %s, now(), now(), 'test', %s, 'ws', %s)""",
             (
                 uid,
                 format_instance_uid(uid),
-                a.get("status", "offline"),
+                status,
                 a.get("name"),
                 psycopg.types.json.Jsonb(a.get("labels", {})),
                 a.get("capabilities", 0),
+                "seeded" if status == "online" else None,
             ),
         )
+    conn.execute("UPDATE fleet_stats SET agents_total = agents_total + %s", (len(agents),))
+    conn.execute(
+        """INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at,
+               online_ws, lease_s)
+           VALUES ('seeded', 'test', now(), now(), %s, 3600)
+           ON CONFLICT (instance_id) DO UPDATE SET online_ws = server_instances.online_ws + %s""",
+        (online, online),
+    )
 
 
 def insert_history(conn: psycopg.Connection[Any], uid: bytes, times: list[datetime]) -> None:
@@ -381,6 +396,8 @@ async def test_endpoints_follow_ws_and_http_agents(server, api) -> None:
             await ws2.full_state("collector-ws-2")
             await http_agent.full_state("collector-http")
             ids = sorted(format_instance_uid(u) for u in (ws1.uid, ws2.uid, http_agent.uid))
+            # Every answer is fleet-wide, from Postgres: within one writer flush.
+            await server.services.writer.flush()
 
             r = await api.get("/api/agents/online")
             assert r.status_code == 200
@@ -415,8 +432,10 @@ async def test_endpoints_follow_ws_and_http_agents(server, api) -> None:
             assert http_conn.json()["transport"] == "http"
 
             detail = (await api.get(f"/api/agents/{format_instance_uid(ws1.uid)}")).json()
-            assert detail["source"] == "live"
+            assert detail["source"] == "database"
             assert detail["status"] == "online"
+            assert detail["serving_instance"] == "test-instance"
+            assert detail["remote_addr"].startswith("127.0.0.1")
             assert detail["name"] == "collector-ws-1"
             assert detail["description"]["identifying_attributes"] == {
                 "service.name": "collector-ws-1"
@@ -435,6 +454,7 @@ async def test_endpoints_follow_ws_and_http_agents(server, api) -> None:
             await http_agent.request(http_agent.message(agent_disconnect=pb.AgentDisconnect()))
         # Both WebSockets closed, the HTTP agent said goodbye.
         await wait_for(lambda: registry.statistics().online == 0)
+        await server.services.writer.flush()
 
     assert (await api.get("/api/agents/online")).json() == {
         "agents": [],
@@ -641,14 +661,15 @@ async def test_unreachable_database_is_503_not_500(server, api, database_url, po
 
         return work
 
-    await api.get("/api/agents/status/summary")  # prime the count cache
+    before = (await api.get("/api/agents/status/summary")).json()
     await anyio.to_thread.run_sync(admin(block))
     try:
         r = await api.get("/api/agents/offline", timeout=30)
         status, code, _ = error_of(r)
         assert (status, code) == (503, "database_unavailable")
-        # The summary still answers from memory (with the last counts).
-        assert (await api.get("/api/agents/status/summary", timeout=30)).status_code == 200
+        # The summary still answers, with the last counts it read and their time.
+        during = await api.get("/api/agents/status/summary", timeout=30)
+        assert during.status_code == 200 and during.json() == before
     finally:
         await anyio.to_thread.run_sync(admin(unblock))
 

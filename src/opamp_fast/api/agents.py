@@ -1,46 +1,39 @@
-"""``/api/agents...``: agent status, live connections, lists and connection history.
+"""``/api/agents...``: agent status, connections, lists and connection history, fleet-wide.
 
-Where each answer comes from, and why:
+Every answer is the same whichever instance serves it (several instances, or ``--workers``,
+share one Postgres): all of it comes from Postgres, which every instance's batch writer keeps
+up to date within one flush (``flush_interval_s``, 1 s by default). That is the staleness bound:
+an agent that connected a moment ago appears within a flush, on every instance alike.
 
-* **Live registry** (this process's memory, exact, no I/O): ``/online``,
-  ``/{id}/active-connection``, the ``online`` figure of ``/status/summary``, and the live parts
-  of ``/{id}`` (state reported over the current connection wins over the stored row).
-* **Postgres** (every agent ever seen, also by earlier runs; written by the batch writer, so up
-  to one flush interval behind): ``/offline``, ``/`` with filters, ``/{id}/connection-history``,
-  and the stored parts of ``/{id}``. Reads run in worker threads through ``Database.run``.
-* **Cached counts**: ``total``/``offline`` in the summary and the totals of unfiltered lists come
-  from one ``count(*)`` per status that is reused for a while, so the summary stays O(1)
-  whatever the fleet size. The reuse window adapts to what the count costs: ``COST_FACTOR`` x
-  its last duration, at most ``MAX_AGE_S``. A small table is therefore recounted on nearly every
-  request (exact), a million-agent table about every few seconds; counts that cost more than
-  ``INLINE_COST_S`` are refreshed in the background while the stale value is served.
+* ``/status/summary``: ``fleet_stats.agents_total`` (kept by the writers) and the online counts
+  each instance publishes with the flush that changed them: O(number of instances), whatever
+  the fleet size. An agent that moves between instances may count on both for up to a flush of
+  the instance it left.
+* Lists (``/online``, ``/offline``, ``/`` with filters): keyset pages of ``agents``; their
+  unfiltered totals come from the summary.
+* ``/{id}``, ``/{id}/active-connection``, ``/{id}/connection-history``: the agent's row and its
+  history rows.
+* ``POST /{id}/disconnect``: routed to the instance that holds the agent (a notice over
+  LISTEN/NOTIFY), which closes its connection.
+
+Reads run in worker threads through ``Database.run``.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import anyio
-from anyio.abc import TaskGroup
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..protocol import pb
-from ..protocol.codec import format_instance_uid, parse_instance_uid_text
-from ..registry import AgentRecord, Registry
+from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import queries
-from ..storage.rows import (
-    agent_name,
-    description_to_json,
-    effective_config_to_json,
-    health_to_json,
-    remote_config_status_to_json,
-)
 from .errors import APIError
 from .models import (
     ActiveConnection,
@@ -49,6 +42,7 @@ from .models import (
     AgentSummary,
     ConnectionHistory,
     ConnectionHistoryPage,
+    DisconnectAccepted,
     StatusCounts,
     StatusSummary,
     TransportCounts,
@@ -76,10 +70,6 @@ from .params import (
 from .responses import JSONResponse, encode_json
 
 logger = logging.getLogger(__name__)
-
-MAX_AGE_S = 5.0
-COST_FACTOR = 100.0
-INLINE_COST_S = 0.005
 
 _U64 = (1 << 64) - 1
 _CAPABILITIES = [
@@ -110,117 +100,7 @@ def _wall(seconds: float | None) -> datetime | None:
     return None if not seconds else datetime.fromtimestamp(seconds, UTC)
 
 
-# ------------------------------------------------------------------------------ cached counts
-
-
-class StatusCountCache:
-    """``(online, offline)`` rows of ``agents``, recounted at most every adaptive window."""
-
-    def __init__(
-        self,
-        db_run: Callable[[Callable[[queries.Conn], tuple[int, int]]], Awaitable[tuple[int, int]]],
-        *,
-        max_age_s: float = MAX_AGE_S,
-        cost_factor: float = COST_FACTOR,
-        inline_cost_s: float = INLINE_COST_S,
-    ) -> None:
-        self._run = db_run
-        self.max_age_s = max_age_s
-        self.cost_factor = cost_factor
-        self.inline_cost_s = inline_cost_s
-        self.task_group: TaskGroup | None = None  # set while the app's lifespan runs
-        self._value: tuple[int, int] | None = None
-        self._at = float("-inf")  # monotonic time of the count
-        self._wall_at: float | None = None
-        self._cost = 0.0
-        self._refreshing: anyio.Event | None = None
-
-    @property
-    def max_age(self) -> float:
-        return min(self.max_age_s, self.cost_factor * self._cost)
-
-    async def get(self) -> tuple[int, int, datetime | None]:
-        """``(online, offline, counted_at)``; stale by at most ``max_age`` (+ one refresh)."""
-        value = self._value
-        if value is not None and time.monotonic() - self._at <= self.max_age:
-            return (*value, _wall(self._wall_at))
-        if self._refreshing is not None:  # another request is counting already
-            if value is None:
-                await self._refreshing.wait()
-                if self._value is None:
-                    raise APIError(503, "database_unavailable", "cannot count agents")
-            return (*(self._value or value), _wall(self._wall_at))  # type: ignore[misc]
-        if value is not None and self.task_group is not None and self._cost > self.inline_cost_s:
-            self._refreshing = anyio.Event()
-            self.task_group.start_soon(self._refresh_quietly)
-            return (*value, _wall(self._wall_at))
-        await self._refresh(keep_stale=value is not None)
-        assert self._value is not None
-        return (*self._value, _wall(self._wall_at))
-
-    async def _refresh_quietly(self) -> None:
-        try:
-            await self._refresh(keep_stale=True)
-        except Exception:  # pragma: no cover - keep_stale swallows database errors
-            logger.exception("background agent count failed")
-
-    async def _refresh(self, *, keep_stale: bool) -> None:
-        if self._refreshing is None:
-            self._refreshing = anyio.Event()
-        started = time.monotonic()
-        try:
-            self._value = await self._run(queries.status_counts)
-            now = time.monotonic()
-            self._cost = now - started
-            self._at = now
-            self._wall_at = time.time()
-        except Exception as exc:
-            if not keep_stale:
-                raise
-            logger.warning("agent count failed, serving the previous one: %s", exc)
-            # Back off for a full window, and retry in the background, not in a request.
-            self._at = time.monotonic()
-            self._cost = max(self._cost, self.max_age_s / self.cost_factor, self.inline_cost_s * 2)
-        finally:
-            event, self._refreshing = self._refreshing, None
-            event.set()
-
-
-class OnlineIndex:
-    """The registry's online agents sorted by uid, re-sorted only after a status transition."""
-
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
-        self._generation = -1
-        self._uids: list[bytes] = []
-        self._records: list[AgentRecord] = []
-
-    def snapshot(self) -> tuple[list[bytes], list[AgentRecord]]:
-        stats = self._registry.statistics()
-        generation = sum(stats.status_changes.values())
-        if generation != self._generation:
-            records = sorted(self._registry.online_records(), key=lambda r: r.uid)
-            self._records = records
-            self._uids = [r.uid for r in records]
-            self._generation = generation
-        return self._uids, self._records
-
-
 # ------------------------------------------------------------------------------ conversions
-
-
-def summary_from_record(record: AgentRecord) -> AgentSummary:
-    description = record.state.description
-    return AgentSummary(
-        id=format_instance_uid(record.uid),
-        name=agent_name(description) if description is not None else None,
-        status="online" if record.online else "offline",
-        transport=record.transport.value if record.transport is not None else None,  # type: ignore[arg-type]
-        last_seen_at=_wall(record.last_seen),
-        last_connected_at=_wall(record.connected_at),
-        last_disconnected_at=_wall(record.disconnected_at),
-        disconnect_reason=record.disconnect_reason,
-    )
 
 
 def summary_from_row(row: queries.AgentRow) -> AgentSummary:
@@ -250,86 +130,28 @@ def _history_item(agent_id: str, row: queries.HistoryRow) -> ConnectionHistory:
     )
 
 
-def detail(
-    record: AgentRecord | None, row: queries.AgentDetailRow | None, instance_id: str
-) -> AgentDetail:
-    """Merge the live record (preferred) and the stored row; at least one is given."""
-    if record is None:
-        assert row is not None
-        return AgentDetail(
-            id=row.uid_text,
-            name=row.agent_name,
-            status=row.status,  # type: ignore[arg-type]
-            source="database",
-            transport=row.transport,  # type: ignore[arg-type]
-            remote_addr=None,
-            serving_instance=row.serving_instance,
-            capabilities=capability_names(row.capabilities),
-            capabilities_bits=row.capabilities & _U64,
-            description=row.description,
-            health=row.health,
-            effective_config=row.effective_config,
-            remote_config_status=row.remote_config_status,
-            labels=row.labels,
-            last_seen_at=_utc(row.last_seen_at),
-            last_connected_at=_utc(row.last_connected_at),
-            last_disconnected_at=_utc(row.last_disconnected_at),
-            disconnect_reason=row.disconnect_reason,
-            created_at=_utc(row.created_at),
-            updated_at=_utc(row.updated_at),
-        )
-    state = record.state
-    capabilities = state.capabilities or (row.capabilities if row is not None else 0)
-    online = record.online
+def detail(row: queries.AgentDetailRow) -> AgentDetail:
     return AgentDetail(
-        id=format_instance_uid(record.uid),
-        name=(
-            agent_name(state.description)
-            if state.description is not None
-            else (row.agent_name if row else None)
-        ),
-        status="online" if online else "offline",
-        source="live",
-        transport=record.transport.value if record.transport else None,  # type: ignore[arg-type]
-        remote_addr=record.remote_addr if online else None,
-        serving_instance=instance_id if online else None,
-        capabilities=capability_names(capabilities),
-        capabilities_bits=capabilities & _U64,
-        description=(
-            description_to_json(state.description)
-            if state.description is not None
-            else (row.description if row else None)
-        ),
-        health=(
-            health_to_json(state.health)
-            if state.health is not None
-            else (row.health if row else None)
-        ),
-        effective_config=(
-            effective_config_to_json(state.effective_config)
-            if state.effective_config is not None
-            else (row.effective_config if row else None)
-        ),
-        remote_config_status=(
-            remote_config_status_to_json(state.remote_config_status)
-            if state.remote_config_status is not None
-            else (row.remote_config_status if row else None)
-        ),
-        labels=row.labels if row else {},
-        last_seen_at=_wall(record.last_seen) or (_utc(row.last_seen_at) if row else None),
-        last_connected_at=(
-            _wall(record.connected_at) or (_utc(row.last_connected_at) if row else None)
-        ),
-        last_disconnected_at=(
-            _wall(record.disconnected_at) or (_utc(row.last_disconnected_at) if row else None)
-        ),
-        disconnect_reason=(
-            record.disconnect_reason
-            if record.disconnected_at is not None
-            else (row.disconnect_reason if row else None)
-        ),
-        created_at=_utc(row.created_at) if row else None,
-        updated_at=_utc(row.updated_at) if row else None,
+        id=row.uid_text,
+        name=row.agent_name,
+        status=row.status,  # type: ignore[arg-type]
+        source="database",
+        transport=row.transport,  # type: ignore[arg-type]
+        remote_addr=row.remote_addr,
+        serving_instance=row.serving_instance,
+        capabilities=capability_names(row.capabilities),
+        capabilities_bits=row.capabilities & _U64,
+        description=row.description,
+        health=row.health,
+        effective_config=row.effective_config,
+        remote_config_status=row.remote_config_status,
+        labels=row.labels,
+        last_seen_at=_utc(row.last_seen_at),
+        last_connected_at=_utc(row.last_connected_at),
+        last_disconnected_at=_utc(row.last_disconnected_at),
+        disconnect_reason=row.disconnect_reason,
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
     )
 
 
@@ -350,15 +172,11 @@ def _agent_page(rows: list[queries.AgentRow], total: int, page: Page) -> AgentLi
 # ---------------------------------------------------------------------------------- routes
 
 
-def routes(services: Services, counts: StatusCountCache | None = None) -> list[DocumentedRoute]:
-    """The ``/api/agents`` routes. ``counts`` is shared with the app's lifespan (background
-    refresh); a private one is made when not given."""
-    registry = services.registry
+def routes(services: Services) -> list[DocumentedRoute]:
+    """The ``/api/agents`` routes."""
     db = services.db
     settings = services.settings
     max_page = settings.api_max_page_size
-    counts = counts or StatusCountCache(db.run)
-    online_index = OnlineIndex(registry)
     page_params = (limit_param(max_page), OFFSET_PARAM, CURSOR_PARAM)
 
     def agent_id(request: Request) -> bytes:
@@ -367,41 +185,26 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
     def not_found(uid: bytes) -> APIError:
         return APIError(404, "agent_not_found", f"no agent {format_instance_uid(uid)}")
 
+    last_counts: list[queries.FleetCounts] = []
+
     async def summary(request: Request) -> Response:
-        stats = registry.statistics()
-        db_online, db_offline, as_of = await counts.get()
-        total = max(db_online + db_offline, stats.known)
-        online = stats.online
-        offline = total - online
+        try:
+            counts = await db.run(queries.fleet_counts)
+        except (psycopg.Error, PoolTimeout):
+            if not last_counts:
+                raise
+            counts = last_counts[0]  # the database is away: the last counts, with their time
+        else:
+            last_counts[:] = [counts]
         return JSONResponse(
             StatusSummary(
-                total=total,
-                online=online,
-                offline=offline,
-                status_counts=StatusCounts(online=online, offline=offline),
-                online_by_transport=TransportCounts(ws=stats.online_ws, http=stats.online_http),
-                counts_as_of=as_of,
-            )
-        )
-
-    async def online(request: Request) -> Response:
-        page = parse_page(request.query_params, max_page)
-        start = page.offset
-        uids, records = online_index.snapshot()
-        if page.cursor is not None:
-            after = parse_instance_uid_text(decode_agent_cursor(page.cursor)[0])
-            start = bisect.bisect_right(uids, after)
-        chosen = records[start : start + page.limit]
-        more = start + page.limit < len(records)
-        return JSONResponse(
-            AgentList(
-                agents=[summary_from_record(r) for r in chosen],
-                total=len(records),
-                limit=page.limit,
-                offset=page.offset,
-                next_cursor=encode_agent_cursor(format_instance_uid(chosen[-1].uid), len(records))
-                if more and chosen
-                else None,
+                total=counts.total,
+                online=counts.online,
+                offline=counts.offline,
+                status_counts=StatusCounts(online=counts.online, offline=counts.offline),
+                online_by_transport=TransportCounts(ws=counts.online_ws, http=counts.online_http),
+                counts_as_of=_utc(counts.as_of),
+                instances=counts.instances,
             )
         )
 
@@ -412,9 +215,9 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
         if page.cursor is not None:
             after, total = decode_agent_cursor(page.cursor)
         elif flt.only_status:
-            db_online, db_offline, _ = await counts.get()
-            total = {"online": db_online, "offline": db_offline}.get(
-                flt.status or "", db_online + db_offline
+            counts = await db.run(queries.fleet_counts)
+            total = {"online": counts.online, "offline": counts.offline}.get(
+                flt.status or "", counts.total
             )
 
         def fetch(conn: queries.Conn) -> tuple[list[queries.AgentRow], int | None]:
@@ -424,6 +227,9 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
 
         rows, counted = await db.run(fetch)
         return JSONResponse(_agent_page(rows, total if total is not None else counted or 0, page))
+
+    async def online(request: Request) -> Response:
+        return await list_page(request, queries.AgentFilter(status="online"))
 
     async def offline(request: Request) -> Response:
         return await list_page(request, queries.AgentFilter(status="offline"))
@@ -440,36 +246,50 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
     async def agent(request: Request) -> Response:
         uid = agent_id(request)
         row = await db.run(lambda conn: queries.agent_detail(conn, uid))
-        record = registry.get(uid)
-        if record is None and row is None:
+        if row is None:
             raise not_found(uid)
-        # Converting and encoding a large agent state (up to the policy's bounds, a few MiB)
-        # takes milliseconds: do it in a worker thread, never on the event loop. The live
-        # state's messages are replaced, never mutated, so reading them there is safe.
-        body = await anyio.to_thread.run_sync(
-            lambda: encode_json(detail(record, row, settings.instance_id))
-        )
+        # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
+        # worker thread, never on the event loop.
+        body = await anyio.to_thread.run_sync(lambda: encode_json(detail(row)))
         return Response(body, media_type="application/json")
 
     async def active_connection(request: Request) -> Response:
         uid = agent_id(request)
-        record = registry.get(uid)
-        if record is not None and record.online and record.transport is not None:
+        active = await db.run(lambda conn: queries.active_connection(conn, uid))
+        if active is not None:
+            connected = _utc(active.connected_at)
+            assert connected is not None
             return JSONResponse(
                 ActiveConnection(
                     agent_id=format_instance_uid(uid),
-                    connected_at=datetime.fromtimestamp(record.connected_at, UTC),
-                    transport=record.transport.value,  # type: ignore[arg-type]
-                    remote_addr=record.remote_addr,
-                    last_seen_at=datetime.fromtimestamp(record.last_seen, UTC),
-                    duration_seconds=max(0.0, time.time() - record.connected_at),
-                    serving_instance=settings.instance_id,
+                    connected_at=connected,
+                    transport=active.transport,  # type: ignore[arg-type]
+                    remote_addr=active.remote_addr or "",
+                    last_seen_at=_utc(active.last_seen_at) or connected,
+                    duration_seconds=max(0.0, (datetime.now(UTC) - connected).total_seconds()),
+                    serving_instance=active.serving_instance,
                 )
             )
-        if record is None and not await db.run(lambda conn: queries.agent_exists(conn, uid)):
+        if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
             raise not_found(uid)
-        message = f"agent {format_instance_uid(uid)} is not connected to this server"
-        raise APIError(404, "not_connected", message)
+        raise APIError(404, "not_connected", f"agent {format_instance_uid(uid)} is not connected")
+
+    async def disconnect(request: Request) -> Response:
+        uid = agent_id(request)
+        active = await db.run(lambda conn: queries.active_connection(conn, uid))
+        if active is None:
+            if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
+                raise not_found(uid)
+            message = f"agent {format_instance_uid(uid)} is not connected"
+            raise APIError(409, "not_connected", message)
+        owner = active.serving_instance
+        if owner == settings.instance_id:
+            services.fleet.disconnect([uid])
+        else:
+            await services.cluster.notify(owner, "disconnect", uids=[uid.hex()])
+        return JSONResponse(
+            DisconnectAccepted(agent_id=format_instance_uid(uid), serving_instance=owner), 202
+        )
 
     async def history(request: Request) -> Response:
         uid = agent_id(request)
@@ -486,7 +306,7 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             )
 
         result = await db.run(fetch)
-        if not result.agent_known and registry.get(uid) is None:
+        if not result.agent_known:
             raise not_found(uid)
         total = result.total if result.total is not None else carried or 0
         rows = result.rows
@@ -512,9 +332,9 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             summary,
             Operation(
                 "Fleet status counts",
-                "O(1): `online` is live from this server's registry; `total` and `offline` also "
-                "count agents known only to Postgres, from a count reused for at most "
-                f"{MAX_AGE_S:g} s (`counts_as_of`).",
+                "The same from every instance, as of the last committed flushes (at most "
+                "`flush_interval_s` old): `total` is kept by the writers, `online` is the sum of "
+                "what each running instance published. O(instances), whatever the fleet size.",
                 response=StatusSummary,
                 errors=(503,),
             ),
@@ -524,11 +344,11 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             "/api/agents/online",
             online,
             Operation(
-                "Agents online on this server",
-                "Live from the registry, sorted by agent id.",
+                "Online agents",
+                "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
                 params=page_params,
                 response=AgentList,
-                errors=(400,),
+                errors=(400, 503),
             ),
             name="online_agents",
         ),
@@ -537,8 +357,7 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             offline,
             Operation(
                 "Offline agents",
-                "From Postgres (up to one writer flush behind), sorted by agent id; `total` is "
-                "the cached offline count.",
+                "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
                 params=page_params,
                 response=AgentList,
                 errors=(400, 503),
@@ -563,7 +382,8 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             agent,
             Operation(
                 "Agent detail",
-                "Live values when this server holds the agent, else the stored row.",
+                "The agent's stored state (up to one writer flush behind), the same from every "
+                "instance; `serving_instance` holds its connection.",
                 params=(AGENT_ID_PARAM,),
                 response=AgentDetail,
                 errors=id_errors,
@@ -575,7 +395,8 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
             active_connection,
             Operation(
                 "The agent's live connection",
-                "404 `not_connected` when the agent is not connected to this server.",
+                "Wherever it is connected (`serving_instance`); 404 `not_connected` when it is "
+                "not connected.",
                 params=(AGENT_ID_PARAM,),
                 response=ActiveConnection,
                 errors=id_errors,
@@ -594,5 +415,22 @@ def routes(services: Services, counts: StatusCountCache | None = None) -> list[D
                 errors=id_errors,
             ),
             name="agent_connection_history",
+        ),
+        DocumentedRoute(
+            "/api/agents/{id}/disconnect",
+            disconnect,
+            Operation(
+                "Disconnect an agent",
+                "Closes the agent's connection on the instance that holds it (routed there "
+                'over Postgres LISTEN/NOTIFY) and ends its session ("disconnected by an '
+                'operator"); the agent may reconnect. 202 once the instance is told; 409 '
+                "`not_connected` when it is not connected.",
+                params=(AGENT_ID_PARAM,),
+                response=DisconnectAccepted,
+                errors=(400, 404, 409, 503),
+                method="POST",
+                status=202,
+            ),
+            name="disconnect_agent",
         ),
     ]

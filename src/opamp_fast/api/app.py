@@ -12,11 +12,8 @@ is generated from that list, so new routes are described automatically.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -33,23 +30,9 @@ ASGIApp = Any
 def build_starlette(services: Services) -> Starlette:
     """The Starlette app. Raises ``ConfigError`` when the REST API's JWT keys are misconfigured."""
     verifier = TokenVerifier.from_settings(services.settings)
-    counts = agents.StatusCountCache(services.db.run)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # A task group for background work of request handlers (count refreshes) that must not
-        # hold up the request that triggered it.
-        async with anyio.create_task_group() as tg:
-            counts.task_group = tg
-            try:
-                yield
-            finally:
-                counts.task_group = None
-                tg.cancel_scope.cancel()
-
     routes = [
         *health.routes(services),
-        *agents.routes(services, counts),
+        *agents.routes(services),
         *openapi.routes(services),
         *metrics.routes(services),
     ]
@@ -57,7 +40,6 @@ def build_starlette(services: Services) -> Starlette:
         routes=routes,
         middleware=[Middleware(BearerAuthMiddleware, verifier=verifier, prefix="/api")],
         exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
-        lifespan=lifespan,
     )
 
 

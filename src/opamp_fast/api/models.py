@@ -80,7 +80,7 @@ class ConnectionHistoryPage(msgspec.Struct):
 
 
 class ActiveConnection(msgspec.Struct):
-    """The live connection of an online agent, from this server's registry."""
+    """The live connection of an online agent, wherever it is (``serving_instance``)."""
 
     agent_id: str
     connected_at: datetime
@@ -102,8 +102,8 @@ class TransportCounts(msgspec.Struct):
 
 
 class StatusSummary(msgspec.Struct):
-    """Fleet counts. ``online`` is live (this server's registry); ``total`` also counts agents
-    known only to Postgres, from a count at most a few seconds old (``counts_as_of``)."""
+    """Fleet-wide counts, the same from every instance, as of the last committed flushes
+    (``counts_as_of``, the database's clock); ``instances`` running instances contributed."""
 
     total: int
     online: int
@@ -111,11 +111,20 @@ class StatusSummary(msgspec.Struct):
     status_counts: StatusCounts
     online_by_transport: TransportCounts
     counts_as_of: datetime | None
+    instances: int
+
+
+class DisconnectAccepted(msgspec.Struct):
+    """The disconnect was handed to the instance holding the agent's connection."""
+
+    agent_id: str
+    serving_instance: str
+    status: Literal["disconnecting"] = "disconnecting"
 
 
 class AgentDetail(msgspec.Struct):
-    """Everything known about one agent: live values when this server holds it, else the
-    stored row (``source`` says which)."""
+    """Everything known about one agent, from its stored row (``source``: always
+    ``"database"``, the same from every instance)."""
 
     id: str
     name: str | None
@@ -141,6 +150,7 @@ class AgentDetail(msgspec.Struct):
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ErrorResponse,
+    DisconnectAccepted,
     AgentList,
     ConnectionHistoryPage,
     ActiveConnection,

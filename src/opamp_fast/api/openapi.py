@@ -32,6 +32,7 @@ _ERROR_TEXT = {
     400: "Invalid parameter or agent id (`invalid_parameter`, `invalid_agent_id`).",
     401: "Missing or invalid bearer token (`unauthorized`).",
     404: "Unknown agent (`agent_not_found`) or agent not connected (`not_connected`).",
+    409: "The request conflicts with the current state (e.g. `not_connected`).",
     503: "The database is unavailable (`database_unavailable`); retry later.",
 }
 
@@ -48,6 +49,7 @@ class Operation:
     tags: Sequence[str] = ("agents",)
     secured: bool = True
     method: str = "GET"
+    status: int = 200  # the success status of ``response``
     extra_responses: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,7 +137,7 @@ def _error_response(status: int) -> dict[str, Any]:
 def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = dict(op.extra_responses)
     if op.response is not None:
-        responses["200"] = {
+        responses[str(op.status)] = {
             "description": (op.response.__doc__ or "OK").strip().splitlines()[0],
             "content": _json_content(SCHEMA_REF.format(name=op.response.__name__)),
         }

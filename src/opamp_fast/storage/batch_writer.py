@@ -40,6 +40,7 @@ import msgspec
 import psycopg
 from anyio.abc import TaskStatus
 
+from .notices import channel_for, encode_notices
 from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
 
 if TYPE_CHECKING:
@@ -121,9 +122,10 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "seen", "sessions", "waiters")
+    __slots__ = ("agents", "closes", "online", "seen", "sessions", "waiters")
 
     def __init__(self) -> None:
+        self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
         self.agents: dict[bytes, _AgentChange] = {}
         self.seen: dict[bytes, float] = {}
         # session_id -> session opened in this batch, in event order (dicts keep insertion order)
@@ -135,6 +137,10 @@ class _Batch:
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes)
+
+    @property
+    def has_transitions(self) -> bool:
+        return any(change.status is not None for change in self.agents.values())
 
     def change(self, uid: bytes) -> _AgentChange:
         change = self.agents.get(uid)
@@ -178,6 +184,8 @@ class _Batch:
         self.closes = closes
         older.waiters.extend(self.waiters)
         self.waiters = older.waiters
+        if self.online is None:
+            self.online = older.online
 
 
 class BatchWriter:
@@ -203,6 +211,7 @@ class BatchWriter:
         retry_max_s: float = 30.0,
         retry_initial_s: float = 0.5,
         drain_timeout_s: float = 10.0,
+        online_counts: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
             raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
@@ -214,6 +223,7 @@ class BatchWriter:
         self._retry_initial = min(retry_initial_s, retry_max_s)
         self._retry_max = retry_max_s
         self._drain_timeout = drain_timeout_s
+        self._online_counts = online_counts
         self._pending = _Batch()
         self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
         self._inflight: _Batch | None = None
@@ -338,6 +348,8 @@ class BatchWriter:
 
     def _take(self) -> _Batch:
         batch = self._pending
+        if self._online_counts is not None and batch.has_transitions:
+            batch.online = self._online_counts()
         self._pending = _Batch()
         self._seen = self._pending.seen
         self._wake = anyio.Event()
@@ -494,6 +506,15 @@ class BatchWriter:
 
 # --------------------------------------------------------------------- SQL (worker thread)
 
+_COUNT_NEW_AGENTS = "UPDATE fleet_stats SET agents_total = agents_total + %s"
+
+# This instance's online agents as its registry counted them when the batch was taken: written
+# with the transitions that led to them, so the fleet summary matches the rows at every commit.
+_PUBLISH_ONLINE = """
+UPDATE server_instances SET online_ws = %(ws)s, online_http = %(http)s
+WHERE instance_id = %(instance)s
+"""
+
 _STAGING = """
 SET LOCAL client_min_messages = warning;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
@@ -518,22 +539,27 @@ _AGENT_TYPES = [
 ]  # fmt: skip
 
 # A transition applies only if it is not older than the last one stored (another instance may
-# hold the agent by now); equal times re-apply, which makes a retried batch idempotent.
+# hold the agent by now); equal times re-apply, which makes a retried batch idempotent. An offline
+# transition applies only from the instance that holds the agent: a late disconnect of an old
+# session elsewhere must not take an agent offline that has moved on.
 _APPLIES = (
     "(s.status IS NOT NULL AND to_timestamp(s.status_at) >= "
-    "COALESCE(GREATEST(a.last_connected_at, a.last_disconnected_at), '-infinity'))"
+    "COALESCE(GREATEST(a.last_connected_at, a.last_disconnected_at), '-infinity') AND "
+    "(s.status = 'online' OR a.serving_instance IS NULL OR a.serving_instance = %(instance)s))"
 )
 
 _UPDATE_AGENTS = f"""
+WITH upd AS (
 UPDATE agents AS a SET
     status = CASE WHEN {_APPLIES} THEN s.status ELSE a.status END,
     serving_instance = CASE WHEN {_APPLIES}
         THEN (CASE WHEN s.status = 'online' THEN %(instance)s END) ELSE a.serving_instance END,
-    transport = COALESCE(s.transport, a.transport),
+    transport = CASE WHEN {_APPLIES} THEN COALESCE(s.transport, a.transport) ELSE a.transport END,
     last_connected_at = GREATEST(a.last_connected_at, to_timestamp(s.connected_at)),
-    last_disconnected_at = GREATEST(a.last_disconnected_at, to_timestamp(s.disconnected_at)),
-    disconnect_reason = CASE
-        WHEN to_timestamp(s.disconnected_at) >= COALESCE(a.last_disconnected_at, '-infinity')
+    last_disconnected_at = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
+        THEN GREATEST(a.last_disconnected_at, to_timestamp(s.disconnected_at))
+        ELSE a.last_disconnected_at END,
+    disconnect_reason = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
         THEN s.reason ELSE a.disconnect_reason END,
     last_seen_at = GREATEST(a.last_seen_at, to_timestamp(s.last_seen)),
     capabilities = CASE WHEN s.has_snapshot THEN s.capabilities ELSE a.capabilities END,
@@ -545,8 +571,17 @@ UPDATE agents AS a SET
     remote_config_status = CASE WHEN s.has_snapshot
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
     updated_at = now()
-FROM opamp_stage_agents AS s
-WHERE a.instance_uid = s.uid
+FROM opamp_stage_agents AS s, agents AS old
+WHERE a.instance_uid = s.uid AND old.instance_uid = s.uid
+RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now
+)
+-- How many rows, and the agents this batch took over from another instance, by that instance:
+-- it is told (NOTIFY) so that it ends its side (the old socket is most likely half-open).
+SELECT (SELECT count(*) FROM upd),
+    (SELECT json_object_agg(was, uids) FROM (
+        SELECT was, array_agg(encode(instance_uid, 'hex')) AS uids FROM upd
+        WHERE was IS NOT NULL AND was <> %(instance)s AND now = %(instance)s
+        GROUP BY was) AS moved)
 """
 
 _INSERT_AGENTS = """
@@ -687,7 +722,7 @@ def _write_batch(
                                _json_text(row.effective_config),
                                _json_text(row.remote_config_status)))  # fmt: skip
             cur.execute(_UPDATE_AGENTS, params)
-            updated = cur.rowcount
+            updated, moved = cur.fetchone() or (0, None)
             inserted = 0
             if updated == 0:
                 # All new (the common first flush of a fleet): a plain INSERT, no speculative
@@ -703,6 +738,14 @@ def _write_batch(
                     f"{len(agents) - updated - inserted} agent rows appeared concurrently"
                 )
             rows += updated + inserted
+            if inserted:
+                cur.execute(_COUNT_NEW_AGENTS, (inserted,))
+            for previous, uids in (moved or {}).items():
+                for payload in encode_notices("takeover", instance_id, uids=uids):
+                    cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
+        if batch.online is not None:
+            ws, http = batch.online
+            cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
         if batch.sessions:
             rows += _write_sessions(cur, batch.sessions, instance_id)
         if batch.closes:

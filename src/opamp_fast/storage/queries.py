@@ -187,16 +187,70 @@ def list_agents(
     return rows, total
 
 
-_STATUS_COUNTS = """
-SELECT count(*) FILTER (WHERE status = 'online'), count(*) FILTER (WHERE status = 'offline')
-FROM agents
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    total: int
+    online_ws: int
+    online_http: int
+    instances: int  # instances whose counts are included (running, not declared lost)
+    as_of: datetime
+
+    @property
+    def online(self) -> int:
+        return self.online_ws + self.online_http
+
+    @property
+    def offline(self) -> int:
+        return max(0, self.total - self.online)
+
+
+# O(instances), whatever the fleet size: every writer keeps fleet_stats.agents_total and
+# publishes its instance's online counts in the transaction that changed them (migration 0005).
+_FLEET_COUNTS = """
+SELECT f.agents_total,
+    COALESCE(sum(i.online_ws) FILTER (WHERE i.stopped_at IS NULL AND i.lost_at IS NULL), 0),
+    COALESCE(sum(i.online_http) FILTER (WHERE i.stopped_at IS NULL AND i.lost_at IS NULL), 0),
+    count(i.instance_id) FILTER (WHERE i.stopped_at IS NULL AND i.lost_at IS NULL),
+    now()
+FROM fleet_stats AS f LEFT JOIN server_instances AS i ON true
+GROUP BY f.agents_total
 """
 
 
-def status_counts(conn: Conn) -> tuple[int, int]:
-    """``(online, offline)`` rows of ``agents`` (an index-only scan of agents_status_uid_idx)."""
-    row = conn.execute(_STATUS_COUNTS).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+def fleet_counts(conn: Conn) -> FleetCounts:
+    """The fleet summary, the same from every instance (as of the last committed flushes)."""
+    row = conn.execute(_FLEET_COUNTS).fetchone()
+    assert row is not None, "fleet_stats has its row (migration 0005)"
+    return FleetCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4])
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRow:
+    serving_instance: str
+    transport: str
+    connected_at: datetime
+    remote_addr: str | None
+    last_seen_at: datetime | None
+
+
+# The agent's row says who holds it; its open history row (agent_connection_history_agent_idx:
+# the newest of this agent's entries) says since when and from where.
+_ACTIVE = """
+SELECT a.serving_instance, h.transport, h.connected_at, h.remote_addr, a.last_seen_at
+FROM agents AS a
+JOIN LATERAL (
+    SELECT transport, connected_at, remote_addr FROM agent_connection_history
+    WHERE instance_uid = a.instance_uid AND serving_instance = a.serving_instance
+      AND disconnected_at IS NULL
+    ORDER BY connected_at DESC, id DESC LIMIT 1
+) AS h ON true
+WHERE a.instance_uid = %s AND a.status = 'online'
+"""
+
+
+def active_connection(conn: Conn, uid: bytes) -> ActiveRow | None:
+    row = conn.execute(_ACTIVE, (uid,)).fetchone()
+    return ActiveRow(*row) if row else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +272,21 @@ class AgentDetailRow:
     labels: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    remote_addr: str | None  # of the open connection, when online
 
 
 _AGENT_DETAIL = """
-SELECT uid_text, status, serving_instance, transport, agent_name, last_seen_at,
-    last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
-    health, effective_config, remote_config_status, labels, created_at, updated_at
-FROM agents WHERE instance_uid = %s
+SELECT a.uid_text, a.status, a.serving_instance, a.transport, a.agent_name, a.last_seen_at,
+    a.last_connected_at, a.last_disconnected_at, a.disconnect_reason, a.capabilities,
+    a.description, a.health, a.effective_config, a.remote_config_status, a.labels,
+    a.created_at, a.updated_at, h.remote_addr
+FROM agents AS a
+LEFT JOIN LATERAL (
+    SELECT remote_addr FROM agent_connection_history
+    WHERE instance_uid = a.instance_uid AND a.status = 'online' AND disconnected_at IS NULL
+    ORDER BY connected_at DESC, id DESC LIMIT 1
+) AS h ON true
+WHERE a.instance_uid = %s
 """
 
 

@@ -1,0 +1,263 @@
+"""One fleet across many instances on one Postgres: leases, notices, and the survivors' duty.
+
+Postgres is the shared source of truth and the bus; nothing else is shared.
+
+* **Lease.** Every instance renews ``server_instances.last_heartbeat_at`` every ``lease_s / 3``.
+  An instance whose lease ran out (killed, host lost, cut off) is declared lost by a survivor:
+  its open history rows close with "server lost" at its last renewal, its agents go offline
+  unless they already reconnected elsewhere, its published online counts drop to zero. The row
+  lock (``FOR UPDATE SKIP LOCKED``) makes exactly one survivor do it. A survivor only judges
+  others after its own renewals have succeeded for a whole lease: after a database outage every
+  lease looks expired, and each live instance gets the time to renew first.
+* **Notices** (``storage.notices``): each instance LISTENs on its own channel, on a dedicated
+  connection in a thread of its own. ``takeover`` (sent by the writer of the instance an agent
+  moved to, in the transaction that recorded it) ends the agent here; ``disconnect`` (an
+  operator action routed to the instance holding the agent) closes its connection.
+* **An instance declared lost while it still runs** (it was cut off from the database for longer
+  than the lease) drops its connections when it finds out: its agents reconnect and are
+  registered afresh, so the rows are right again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import psycopg
+from anyio.abc import TaskStatus
+
+from . import reasons
+from .storage.notices import FLEET_CHANNEL, channel_for, encode_notices
+
+if TYPE_CHECKING:
+    from .fleet import FleetHandler
+    from .storage import Database
+
+__all__ = ["Cluster", "LostInstance"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LostInstance:
+    instance_id: str
+    last_heartbeat_at: Any
+    sessions_closed: int
+    agents_offline: int
+
+
+_RENEW = """
+UPDATE server_instances SET last_heartbeat_at = now(), lease_s = %(lease)s
+WHERE instance_id = %(me)s
+RETURNING lost_at IS NOT NULL
+"""
+
+_FIND_LOST = """
+SELECT instance_id, last_heartbeat_at FROM server_instances
+WHERE stopped_at IS NULL AND lost_at IS NULL AND instance_id <> %(me)s
+  AND last_heartbeat_at < now() - make_interval(secs => lease_s)
+FOR UPDATE SKIP LOCKED
+"""
+
+_CLOSE_LOST_SESSIONS = """
+UPDATE agent_connection_history SET
+    disconnected_at = GREATEST(connected_at, %(at)s),
+    duration_s = GREATEST(0.0, extract(epoch FROM GREATEST(connected_at, %(at)s) - connected_at)),
+    disconnect_reason = %(reason)s
+WHERE serving_instance = %(lost)s AND disconnected_at IS NULL
+"""
+
+_OFFLINE_LOST_AGENTS = """
+UPDATE agents SET
+    status = 'offline', serving_instance = NULL,
+    last_disconnected_at = GREATEST(last_disconnected_at, %(at)s),
+    disconnect_reason = %(reason)s, updated_at = now()
+WHERE serving_instance = %(lost)s AND status = 'online'
+"""
+
+_MARK_LOST = """
+UPDATE server_instances SET lost_at = now(), lost_by = %(me)s, online_ws = 0, online_http = 0
+WHERE instance_id = %(lost)s
+"""
+
+
+class Cluster:
+    """This instance's lease, its notice listener, and the reaping of lost instances."""
+
+    def __init__(
+        self,
+        db: Database,
+        fleet: FleetHandler,
+        *,
+        instance_id: str,
+        lease_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._fleet = fleet
+        self.instance_id = instance_id
+        self.lease_s = lease_s
+        self._clock = clock
+        self._db_ok_since: float | None = None
+        self._stop = threading.Event()
+        self.lost_reaped: list[LostInstance] = []
+        self.notices_total = 0
+        self.listening = anyio.Event()  # set once LISTEN is in place (tests, readiness)
+
+    # -- sending ----------------------------------------------------------------------------
+    async def notify(self, instance_id: str, kind: str, *, uids: list[str], **fields: Any) -> None:
+        """Send a notice to one instance (committed at once)."""
+        channel = channel_for(instance_id)
+        payloads = list(encode_notices(kind, self.instance_id, uids=uids, **fields))
+
+        def send(conn: psycopg.Connection[Any]) -> None:
+            for payload in payloads:
+                conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+        await self._db.run(send)
+
+    # -- the service ------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        token = anyio.lowlevel.current_token()
+        listener = threading.Thread(
+            target=self._listen_forever, args=(token,), name="opamp-fast-notices", daemon=True
+        )
+        listener.start()
+        try:
+            task_status.started()
+            await self._lease_forever()
+        finally:
+            self._stop.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(listener.join, 5.0)
+
+    async def _lease_forever(self) -> None:
+        renew_s = max(0.2, self.lease_s / 3)
+        while True:
+            await self.renew_and_reap()
+            await anyio.sleep(renew_s)
+
+    async def renew_and_reap(self) -> list[LostInstance]:
+        """One lease round: renew ours; if ours held for a whole lease, reap the lost ones."""
+        now = self._clock()
+        try:
+            declared_lost = await self._db.run(self._renew)
+        except psycopg.Error as exc:
+            if self._db_ok_since is not None:
+                logger.warning("lease renewal failed (%s); retrying", str(exc).strip())
+            self._db_ok_since = None
+            return []
+        if self._db_ok_since is None:
+            self._db_ok_since = now
+        if declared_lost:
+            await self._resurrect()
+        if now - self._db_ok_since < self.lease_s:
+            return []
+        try:
+            lost = await self._db.run(self._reap)
+        except psycopg.Error as exc:
+            logger.warning("could not reap lost instances: %s", str(exc).strip())
+            return []
+        for instance in lost:
+            logger.warning(
+                "instance %s lost (last seen %s): closed %d sessions, %d agents offline",
+                instance.instance_id,
+                instance.last_heartbeat_at,
+                instance.sessions_closed,
+                instance.agents_offline,
+            )
+        self.lost_reaped.extend(lost)
+        return lost
+
+    def _renew(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(_RENEW, {"lease": self.lease_s, "me": self.instance_id}).fetchone()
+        return bool(row and row[0])
+
+    def _reap(self, conn: psycopg.Connection[Any]) -> list[LostInstance]:
+        lost = []
+        for instance_id, last in conn.execute(_FIND_LOST, {"me": self.instance_id}).fetchall():
+            params = {"lost": instance_id, "at": last, "reason": reasons.SERVER_LOST}
+            closed = conn.execute(_CLOSE_LOST_SESSIONS, params).rowcount
+            offline = conn.execute(_OFFLINE_LOST_AGENTS, params).rowcount
+            conn.execute(_MARK_LOST, {"lost": instance_id, "me": self.instance_id})
+            for payload in encode_notices("instance_lost", self.instance_id, lost=instance_id):
+                conn.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
+            lost.append(LostInstance(instance_id, last, closed, offline))
+        return lost
+
+    async def _resurrect(self) -> None:
+        """We were declared lost while running: our rows were closed. Drop our connections (the
+        agents reconnect and are registered afresh) and take our place back."""
+        closed = self._fleet.close_all(reason=reasons.SERVER_LOST, accepting=True)
+        logger.error(
+            "this instance was declared lost (cut off from the database for more than the "
+            "%.0f s lease): dropped %d connections so that agents reconnect",
+            self.lease_s,
+            closed,
+        )
+
+        def rejoin(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "UPDATE server_instances SET lost_at = NULL, lost_by = NULL, online_ws = 0, "
+                "online_http = 0 WHERE instance_id = %s",
+                (self.instance_id,),
+            )
+
+        await self._db.run(rejoin)
+
+    # -- receiving --------------------------------------------------------------------------
+    def _listen_forever(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        """Thread: LISTEN on our channel and the fleet's; hand each notice to the loop, one at a
+        time (the loop's pace is the back-pressure); reconnect with backoff."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._db.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {channel_for(self.instance_id)}")
+                    conn.execute(f"LISTEN {FLEET_CHANNEL}")
+                    with contextlib.suppress(RuntimeError):
+                        anyio.from_thread.run_sync(self.listening.set, token=token)
+                    delay = 0.5
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=0.5):
+                            anyio.from_thread.run_sync(self.on_notice, notice.payload, token=token)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return
+                logger.warning("notice listener lost its connection (%s); reconnecting", exc)
+            except RuntimeError:  # the event loop has ended
+                return
+            self._stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+    def on_notice(self, payload: str) -> None:
+        """Act on one notice (on the event loop)."""
+        self.notices_total += 1
+        try:
+            notice = json.loads(payload)
+            kind = notice["kind"]
+            sender = notice.get("from")
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed notice: %.200r", payload)
+            return
+        if sender == self.instance_id:
+            return
+        uids = [bytes.fromhex(u) for u in notice.get("uids", ())]
+        if kind == "takeover":
+            released = self._fleet.release(uids, reason=reasons.SUPERSEDED)
+            logger.debug("%d agents taken over by %s", released, sender)
+        elif kind == "disconnect":
+            self._fleet.disconnect(uids, reason=notice.get("reason") or reasons.OPERATOR)
+        elif kind == "instance_lost":
+            logger.info("instance %s was declared lost by %s", notice.get("lost"), sender)
+        else:
+            logger.debug("ignored notice %r from %s", kind, sender)
