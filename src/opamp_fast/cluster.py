@@ -8,7 +8,9 @@ Postgres is the shared source of truth and the bus; nothing else is shared.
   unless they already reconnected elsewhere, its published online counts drop to zero. The row
   lock (``FOR UPDATE SKIP LOCKED``) makes exactly one survivor do it. A survivor only judges
   others after its own renewals have succeeded for a whole lease: after a database outage every
-  lease looks expired, and each live instance gets the time to renew first.
+  lease looks expired, and each live instance gets the time to renew first. Renewals use a
+  connection of their own, reconnected at once, not the pool (whose reconnection backs off for
+  longer than a lease after an outage).
 * **Notices** (``storage.notices``): each instance LISTENs on its own channel, on a dedicated
   connection in a thread of its own. ``takeover`` (sent by the writer of the instance an agent
   moved to, in the transaction that recorded it) ends the agent here; ``disconnect`` (an
@@ -108,6 +110,8 @@ class Cluster:
         self.lease_s = lease_s
         self._clock = clock
         self._db_ok_since: float | None = None
+        self._lease_conn: psycopg.Connection[Any] | None = None
+        self._lease_lock = anyio.CapacityLimiter(1)
         self._stop = threading.Event()
         self.lost_reaped: list[LostInstance] = []
         self.notices_total = 0
@@ -139,6 +143,7 @@ class Cluster:
             self._stop.set()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(listener.join, 5.0)
+                await anyio.to_thread.run_sync(self._close_lease_conn)
 
     async def _lease_forever(self) -> None:
         renew_s = max(0.2, self.lease_s / 3)
@@ -150,7 +155,7 @@ class Cluster:
         """One lease round: renew ours; if ours held for a whole lease, reap the lost ones."""
         now = self._clock()
         try:
-            declared_lost = await self._db.run(self._renew)
+            declared_lost = await self._on_lease_conn(self._renew)
         except psycopg.Error as exc:
             if self._db_ok_since is not None:
                 logger.warning("lease renewal failed (%s); retrying", str(exc).strip())
@@ -163,7 +168,7 @@ class Cluster:
         if now - self._db_ok_since < self.lease_s:
             return []
         try:
-            lost = await self._db.run(self._reap)
+            lost: list[LostInstance] = await self._on_lease_conn(self._reap)
         except psycopg.Error as exc:
             logger.warning("could not reap lost instances: %s", str(exc).strip())
             return []
@@ -177,6 +182,28 @@ class Cluster:
             )
         self.lost_reaped.extend(lost)
         return lost
+
+    async def _on_lease_conn(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        def work() -> Any:
+            conn = self._lease_conn
+            if conn is None or conn.closed:
+                conn = self._lease_conn = psycopg.connect(
+                    self._db.url, connect_timeout=max(1, int(self.lease_s / 3))
+                )
+            try:
+                with conn.transaction():
+                    return fn(conn)
+            except psycopg.Error:
+                self._close_lease_conn()
+                raise
+
+        return await anyio.to_thread.run_sync(work, limiter=self._lease_lock)
+
+    def _close_lease_conn(self) -> None:
+        conn, self._lease_conn = self._lease_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _renew(self, conn: psycopg.Connection[Any]) -> bool:
         row = conn.execute(_RENEW, {"lease": self.lease_s, "me": self.instance_id}).fetchone()

@@ -1,0 +1,301 @@
+"""Several instances on one Postgres behave as one fleet (issue 12): the same answers from each,
+commands routed to the instance holding the agent, takeover by a newer session elsewhere, lost
+instances reaped by a survivor, no false loss after a database outage, and --workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+
+from opamp_fast.auth import load_key_material, mint_token
+from opamp_fast.protocol import format_instance_uid
+from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
+from tests.helpers.wsclient import ConnectionClosed
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+LEASE_S = 2.0
+
+
+def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def aquery(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    return await anyio.to_thread.run_sync(lambda: query(url, sql, params))
+
+
+@pytest.fixture
+async def two(start_server: Any, make_settings: Any) -> tuple[Any, Any]:
+    """Instances "a" and "b" on the same database, listening for notices."""
+    servers = []
+    for name in ("a", "b"):
+        running = await start_server(make_settings(instance_id=name, lease_s=LEASE_S))
+        with anyio.fail_after(10):
+            await running.services.cluster.listening.wait()
+        servers.append(running)
+    return servers[0], servers[1]
+
+
+def api_client(running: Any) -> httpx.AsyncClient:
+    token = mint_token(load_key_material(running.services.settings), subject="ops", ttl_s=600)
+    return httpx.AsyncClient(
+        base_url=running.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+async def flush_all(*servers: Any) -> None:
+    for running in servers:
+        await running.services.writer.flush()
+
+
+async def test_every_instance_gives_the_same_answers(two: tuple[Any, Any]) -> None:
+    a, b = two
+    async with open_ws_agent(a.url) as on_a, httpx.AsyncClient(base_url=b.url) as http:
+        await on_a.full_state("on-a")
+        on_b = HTTPAgent(http)
+        await on_b.full_state("on-b")
+        await flush_all(a, b)
+        answers = []
+        for running in (a, b):
+            async with api_client(running) as api:
+                summary = (await api.get("/api/agents/status/summary")).json()
+                online = (await api.get("/api/agents/online")).json()
+                detail = (await api.get(f"/api/agents/{on_a.uid.hex()}")).json()
+                active = (await api.get(f"/api/agents/{on_a.uid.hex()}/active-connection")).json()
+                summary.pop("counts_as_of")
+                detail.pop("last_seen_at")
+                active.pop("duration_seconds")
+                active.pop("last_seen_at")
+                answers.append((summary, online, detail, active))
+        assert answers[0] == answers[1]
+        summary, online, detail, active = answers[0]
+        assert (summary["total"], summary["online"], summary["instances"]) == (2, 2, 2)
+        assert summary["online_by_transport"] == {"ws": 1, "http": 1}
+        assert [x["id"] for x in online["agents"]] == sorted(
+            format_instance_uid(u) for u in (on_a.uid, on_b.uid)
+        )
+        assert detail["serving_instance"] == "a" and detail["status"] == "online"
+        assert active["serving_instance"] == "a" and active["transport"] == "ws"
+
+
+async def test_disconnect_is_routed_to_the_instance_holding_the_agent(
+    two: tuple[Any, Any], database_url: str
+) -> None:
+    a, b = two
+    async with open_ws_agent(a.url) as agent:
+        await agent.full_state()
+        await flush_all(a)
+        async with api_client(b) as api:  # asked on b, held by a
+            r = await api.post(f"/api/agents/{agent.uid.hex()}/disconnect")
+            assert r.status_code == 202, r.text
+            assert r.json()["serving_instance"] == "a"
+        with pytest.raises(ConnectionClosed) as info:
+            with anyio.fail_after(5):
+                await agent.ws.get_message()
+        assert info.value.reason.code == 4002
+    await flush_all(a)
+    rows = await aquery(
+        database_url,
+        "SELECT disconnect_reason FROM agent_connection_history WHERE instance_uid = %s",
+        (agent.uid,),
+    )
+    assert rows == [("disconnected by an operator",)]
+    async with api_client(b) as api:
+        again = await api.post(f"/api/agents/{agent.uid.hex()}/disconnect")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "not_connected"
+
+
+async def test_newer_session_on_another_instance_ends_the_older(
+    two: tuple[Any, Any], database_url: str
+) -> None:
+    a, b = two
+    async with open_ws_agent(a.url) as old:
+        await old.full_state()
+        await flush_all(a)
+        async with open_ws_agent(b.url, old.uid) as new:  # the agent came back through b
+            await new.full_state()
+            await flush_all(b)  # b's flush tells a
+            with pytest.raises(ConnectionClosed) as info:
+                with anyio.fail_after(5):
+                    await old.ws.get_message()
+            assert info.value.reason.code == 4000
+            await wait_for(lambda: not a.services.registry.get(old.uid).online)
+            await flush_all(a, b)
+            rows = await aquery(
+                database_url,
+                "SELECT status, serving_instance FROM agents WHERE instance_uid = %s",
+                (old.uid,),
+            )
+            assert rows == [("online", "b")]  # never online twice, never offline meanwhile
+            history = await aquery(
+                database_url,
+                "SELECT serving_instance, disconnect_reason FROM agent_connection_history"
+                " WHERE instance_uid = %s ORDER BY id",
+                (old.uid,),
+            )
+            assert history == [("a", "superseded by a new connection"), ("b", None)]
+            async with api_client(a) as api:
+                summary = (await api.get("/api/agents/status/summary")).json()
+            assert summary["online"] == 1
+
+
+async def test_a_killed_instance_is_declared_lost_by_a_survivor(
+    launch: Any, start_server: Any, make_settings: Any, database_url: str
+) -> None:
+    doomed = launch(instance_id="doomed", lease_s=str(LEASE_S))
+    await doomed.ready()
+    survivor = await start_server(make_settings(instance_id="survivor", lease_s=LEASE_S))
+    uids = []
+    async with httpx.AsyncClient(base_url=doomed.url) as http:
+        for _ in range(3):
+            agent = HTTPAgent(http)
+            await agent.full_state()
+            uids.append(agent.uid)
+    await wait_for(
+        lambda: (
+            query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(3,)]
+        ),
+        timeout=10,
+    )
+    os.kill(doomed.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    doomed.proc.wait(10)
+    await wait_for(
+        lambda: (
+            query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(0,)]
+        ),
+        timeout=LEASE_S * 4 + 5,
+    )
+    noticed_after = time.monotonic() - killed_at
+    assert noticed_after < LEASE_S * 2 + 2  # within the lease, plus one renewal round
+    history = query(database_url, "SELECT DISTINCT disconnect_reason FROM agent_connection_history")
+    assert history == [("server lost",)]
+    (lost,) = query(
+        database_url,
+        "SELECT lost_by, online_ws + online_http FROM server_instances"
+        " WHERE instance_id = 'doomed'",
+    )
+    assert lost == ("survivor", 0)
+    assert [x.instance_id for x in survivor.services.cluster.lost_reaped] == ["doomed"]
+    # Its agents come back through the survivor.
+    async with httpx.AsyncClient(base_url=survivor.url) as http:
+        back = HTTPAgent(http, uids[0])
+        await back.full_state()
+    await survivor.services.writer.flush()
+    assert query(
+        database_url, "SELECT serving_instance FROM agents WHERE instance_uid = %s", (uids[0],)
+    ) == [("survivor",)]
+
+
+async def test_no_instance_is_declared_lost_because_the_database_was_away(
+    two: tuple[Any, Any], database_url: str, postgres_admin_url: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    dbname = urlsplit(database_url).path.lstrip("/")
+
+    def admin(sql: str, *params: Any) -> None:
+        with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
+            conn.execute(sql, params or None)
+
+    def block() -> None:
+        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", dbname)
+
+    await anyio.to_thread.run_sync(block)
+    await anyio.sleep(LEASE_S * 2.5)  # every lease runs out while the database is away
+    await anyio.to_thread.run_sync(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    await anyio.sleep(LEASE_S * 3)  # both renew, then judge each other
+    rows = await aquery(database_url, "SELECT instance_id, lost_at FROM server_instances")
+    assert sorted(rows) == [("a", None), ("b", None)]
+    assert not two[0].services.cluster.lost_reaped and not two[1].services.cluster.lost_reaped
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+async def test_workers_share_the_port_survive_a_killed_worker_and_drain_on_sigterm(
+    launch: Any, database_url: str
+) -> None:
+    supervisor = launch(workers="2", instance_id="host", lease_s="30")
+    await supervisor.ready()
+    await wait_for(lambda: len(children_of(supervisor.proc.pid)) == 2, timeout=10)
+    for _ in range(40):  # a connection each, spread over the workers by the kernel
+        async with httpx.AsyncClient(base_url=supervisor.url, timeout=10) as http:
+            await HTTPAgent(http).full_state()
+    async with httpx.AsyncClient(base_url=supervisor.url, timeout=10) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'opamp_fast_worker_up{worker="0"} 1.0' in metrics
+    assert 'opamp_fast_worker_up{worker="1"} 1.0' in metrics
+    await wait_for(
+        lambda: (
+            query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(40,)]
+        ),
+        timeout=10,
+    )
+    holders = dict(
+        query(
+            database_url,
+            "SELECT serving_instance, count(*) FROM agents GROUP BY serving_instance",
+        )
+    )
+    assert set(holders) == {"host/0", "host/1"}  # both workers took agents
+
+    victim = children_of(supervisor.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    await wait_for(
+        lambda: (
+            len(children_of(supervisor.proc.pid)) == 2
+            and victim not in children_of(supervisor.proc.pid)
+        ),
+        timeout=15,
+    )  # restarted
+    await supervisor.ready()
+    # The restarted worker repaired what its predecessor left open (or a sibling reaped it).
+    await wait_for(
+        lambda: (
+            query(
+                database_url,
+                "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL",
+            )
+            < [(40,)]
+        ),
+        timeout=15,
+    )
+    async with open_ws_agent(supervisor.url) as agent:  # served after the restart
+        assert (await agent.full_state()).instance_uid == agent.uid
+        supervisor.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            with anyio.fail_after(15):
+                await agent.ws.get_message()
+    code = await anyio.to_thread.run_sync(supervisor.proc.wait, 40)
+    assert code == 0, supervisor.output()
+    assert query(
+        database_url, "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
+    ) == [(0,)]
+    reasons = {r for (r,) in query(
+        database_url, "SELECT DISTINCT disconnect_reason FROM agent_connection_history"
+    )}  # fmt: skip
+    assert "server shutdown" in reasons
+    assert reasons <= {"server shutdown", "server restart", "server lost"}
+    assert query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(0,)]
