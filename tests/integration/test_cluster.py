@@ -185,7 +185,9 @@ async def test_a_killed_instance_is_declared_lost_by_a_survivor(
         " WHERE instance_id = 'doomed'",
     )
     assert lost == ("survivor", 0)
-    assert [x.instance_id for x in survivor.services.cluster.lost_reaped] == ["doomed"]
+    # The survivor's lease task records it once the reaping transaction it committed returns.
+    cluster = survivor.services.cluster
+    await wait_for(lambda: [x.instance_id for x in cluster.lost_reaped] == ["doomed"], timeout=5)
     # Its agents come back through the survivor.
     async with httpx.AsyncClient(base_url=survivor.url) as http:
         back = HTTPAgent(http, uids[0])
