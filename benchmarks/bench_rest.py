@@ -7,11 +7,14 @@ Run (starts its own embedded Postgres via pgserver in a temporary directory):
 
 What it does:
 
-1. Loads ``--agents`` agents (all offline, labelled, named ``collector-<i % 1000>``) and
-   ``--rows`` connection-history rows with binary COPY: one "flapping" agent gets ``--heavy``
-   rows, the others share the rest evenly; then ``VACUUM ANALYZE`` (as autovacuum would).
-2. Starts the real server in-process (hypercorn + Starlette, JWT auth on) and puts ``--live``
-   agents online in its registry (as if they had connected).
+1. Loads ``--agents`` agents (labelled, named ``collector-<i % 1000>``; ``--online-share`` of
+   them online on a peer instance, the rest offline) and ``--rows`` connection-history rows with
+   binary COPY: one "flapping" agent gets ``--heavy`` rows, the others share the rest evenly;
+   sets the fleet counters as the writers would have (``fleet_stats``, the peer's published
+   online count, with a lease that does not run out during the run); then ``VACUUM ANALYZE``
+   (as autovacuum would).
+2. Starts the real server in-process (the native front, JWT auth on). Every answer comes from
+   Postgres, as it does with several instances (``docs/api.md``).
 3. Times ``--requests`` sequential requests per endpoint with an httpx client over loopback,
    after a warm-up, and prints p50/p99 per endpoint as a Markdown table, plus the EXPLAIN
    ANALYZE of the history and list queries. Client time is included (same process, same core).
@@ -41,18 +44,21 @@ from psycopg.types.json import Jsonb
 
 from opamp_fast.auth import load_key_material, mint_token
 from opamp_fast.config import Settings
-from opamp_fast.protocol import Session, Transport
 from opamp_fast.protocol.codec import format_instance_uid
 from opamp_fast.server import serve
 from opamp_fast.storage.migrations import migrate_sync
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 SECRET = "b" * 64
+PEER = "bench-peer"  # the instance the online agents are connected to
 
 
-def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, bytes]:
+def load(
+    url: str, n_agents: int, n_rows: int, heavy_rows: int, online_share: float
+) -> tuple[bytes, bytes]:
     """Fill the tables; returns (heavy agent uid, a typical agent uid)."""
     uids = [uuid.uuid4().bytes for _ in range(n_agents)]
+    n_online = int(n_agents * online_share)
     heavy = uids[0]
     per_agent = (n_rows - heavy_rows) // max(1, n_agents - 1)
     envs = ("prod", "staging", "dev")
@@ -63,7 +69,7 @@ def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, 
             with cur.copy(
                 "COPY agents (instance_uid, uid_text, status, transport, agent_name,"
                 " last_seen_at, last_connected_at, last_disconnected_at, disconnect_reason,"
-                " capabilities, labels) FROM STDIN (FORMAT BINARY)"
+                " capabilities, labels, serving_instance) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(
                     [
@@ -78,23 +84,26 @@ def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, 
                         "text",
                         "int8",
                         "jsonb",
+                        "text",
                     ]
                 )
                 for i, uid in enumerate(uids):
                     t = T0 + dt.timedelta(days=100, seconds=i)
+                    online = i >= n_agents - n_online  # the heavy agent (i == 0) is offline
                     copy.write_row(
                         (
                             uid,
                             format_instance_uid(uid),
-                            "offline",
+                            "online" if online else "offline",
                             "ws",
                             f"collector-{i % 1000}",
                             t,
                             t - dt.timedelta(hours=1),
-                            t,
-                            "heartbeat timeout",
+                            None if online else t,
+                            None if online else "heartbeat timeout",
                             0x3F,
                             Jsonb({"env": envs[i % 3], "rack": str(i % 50)}),
+                            PEER if online else None,
                         )
                     )
             with cur.copy(
@@ -137,6 +146,14 @@ def load(url: str, n_agents: int, n_rows: int, heavy_rows: int) -> tuple[bytes, 
                     written += count
         print(f"loaded {n_agents} agents, {written} history rows in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)  # fmt: skip
+        # What the writers keep as they go: the row count, and the peer's published online count
+        # (its lease far in the future, so the server under test never reaps it).
+        conn.execute("UPDATE fleet_stats SET agents_total = %s", (n_agents,))
+        conn.execute(
+            "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at,"
+            " lease_s, online_ws) VALUES (%s, 'bench', now(), now(), 1e9, %s)",
+            (PEER, n_online),
+        )
         conn.execute("VACUUM ANALYZE agents")
         conn.execute("VACUUM ANALYZE agent_connection_history")
     return heavy, uids[1]
@@ -162,7 +179,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         url = pg.get_uri()
         heavy, typical = await anyio.to_thread.run_sync(
-            load, url, args.agents, args.rows, args.heavy
+            load, url, args.agents, args.rows, args.heavy, args.online_share
         )
         settings = Settings(
             host="127.0.0.1",
@@ -171,22 +188,13 @@ async def run(args: argparse.Namespace) -> None:
             data_dir=tmp / "unused",
             instance_id="bench",
             api_jwt_secret=SECRET,
+            history_retention_days=0,  # the loaded history is older than any retention
         )
         token = mint_token(load_key_material(settings), subject="bench", ttl_s=3600)
         shutdown = anyio.Event()
         async with anyio.create_task_group() as nursery:
             running = await nursery.start(lambda task_status: serve(
                 settings, shutdown_trigger=shutdown, task_status=task_status))  # fmt: skip
-            registry = running.services.registry
-            now_mono, now_wall = time.monotonic(), time.time()
-            for _ in range(args.live):
-                uid = uuid.uuid4().bytes
-                record, _ = registry.ensure(uid, uid)
-                registry.mark_online(
-                    record, session=Session(Transport.WS), connection=None,
-                    transport=Transport.WS, remote_addr="10.0.0.1:1", heartbeat_interval_s=3600,
-                    mono=now_mono, wall=now_wall,
-                )  # fmt: skip
             results = await measure(url, running.url, token, heavy, typical, args)
             shutdown.set()
         print_report(results, args)
@@ -247,13 +255,8 @@ async def measure(
             _deep_cursor, db_url, heavy, args.heavy * 9 // 10
         )
         deep_cursor = encode_history_cursor(deep_at, deep_id, args.heavy)
-        offline = (await client.get("/api/agents/offline", params={"limit": 100})).json()
-        offline_cursor = offline["next_cursor"]
-        for _ in range(args.agents // 200):  # about half way through the offline list
-            page = await client.get(
-                "/api/agents/offline", params={"limit": 100, "cursor": offline_cursor}
-            )
-            offline_cursor = page.json()["next_cursor"]
+        offline_cursor = await _half_way(client, "/api/agents/offline")
+        online_cursor = await _half_way(client, "/api/agents/online")
         cases: dict[str, tuple[str, dict[str, Any]]] = {
             "GET /api/agents/status/summary": ("/api/agents/status/summary", {}),
             f"history, first page (agent with {args.heavy:,} rows)": (
@@ -271,7 +274,9 @@ async def measure(
                 "/api/agents/offline", {"limit": 100, "cursor": offline_cursor}),
             "agents list, q=collector-12 (prefix)": ("/api/agents", {"q": "collector-12"}),
             "agents list, label=rack:7": ("/api/agents", {"label": "rack:7"}),
-            f"online list, first page ({args.live:,} live agents)": ("/api/agents/online", {}),
+            "online list, first page": ("/api/agents/online", {"limit": 100}),
+            "online list, keyset page half way": (
+                "/api/agents/online", {"limit": 100, "cursor": online_cursor}),
             "agent detail (database row)": (f"/api/agents/{heavy_id}", {}),
         }  # fmt: skip
         for name, (path, params) in cases.items():
@@ -288,10 +293,20 @@ async def measure(
     return results
 
 
+async def _half_way(client: httpx.AsyncClient, path: str) -> str:
+    """A cursor half way through a list: the keyset position of the middle of the uuid space
+    (what a client holds after paging there), with the list's total as the first page gave it."""
+    from opamp_fast.api.params import encode_agent_cursor
+
+    first = (await client.get(path, params={"limit": 100})).json()
+    return encode_agent_cursor("80000000-0000-0000-0000-000000000000", int(first["total"]))
+
+
 def print_report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
     print(f"\nnproc={os.cpu_count()}, CPU {cpu_model()!r}, Python {platform.python_version()}; "
-          f"{args.agents:,} agents, {args.rows:,} history rows; {args.requests} sequential "
-          f"requests per endpoint after {args.warmup} warm-up\n")  # fmt: skip
+          f"{args.agents:,} agents ({args.online_share:.0%} online), {args.rows:,} history "
+          f"rows; {args.requests} sequential requests per endpoint after {args.warmup} "
+          "warm-up\n")  # fmt: skip
     print("| endpoint | p50 | p99 | mean |")
     print("|---|---|---|---|")
     for name, timings in results.items():
@@ -306,7 +321,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--heavy", type=int, default=20_000, help="rows of the flapping agent")
-    parser.add_argument("--live", type=int, default=10_000, help="agents online in the registry")
+    parser.add_argument("--online-share", type=float, default=0.5, help="agents online")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--port", type=int, default=14321)

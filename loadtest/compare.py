@@ -80,7 +80,7 @@ _GC_PAUSE = re.compile(r"gc pause: gen=(\d+) (\d+) ms collected=(\d+) at ([\d.]+
 
 
 class Sampler:
-    """Samples a process (CPU user+sys, RSS, voluntary context switches, fds) every 0.5 s;
+    """Samples a process tree (CPU user+sys, RSS, voluntary context switches, fds) every 0.5 s;
     optionally a second process tree (Postgres) for its CPU."""
 
     def __init__(self, proc: psutil.Process, db: psutil.Process | None = None) -> None:
@@ -111,15 +111,20 @@ class Sampler:
         return total
 
     def sample(self) -> None:
+        """One sample of the server's whole process tree (``--workers``: the supervisor and its
+        workers; a single process otherwise)."""
+        cpu = 0.0
+        rss = vcsw = fds = 0
         with contextlib.suppress(psutil.Error):
-            with self.proc.oneshot():
-                t = self.proc.cpu_times()
-                rss = self.proc.memory_info().rss
-                vcsw = self.proc.num_ctx_switches().voluntary
-                fds = self.proc.num_fds()
-            self.samples.append(
-                (time.monotonic(), t.user + t.system, rss, vcsw, fds, self._db_cpu())
-            )
+            tree = [self.proc, *self.proc.children(recursive=True)]
+            for proc in tree:
+                with contextlib.suppress(psutil.Error), proc.oneshot():
+                    t = proc.cpu_times()
+                    cpu += t.user + t.system
+                    rss += proc.memory_info().rss
+                    vcsw += proc.num_ctx_switches().voluntary
+                    fds += proc.num_fds()
+            self.samples.append((time.monotonic(), cpu, rss, vcsw, fds, self._db_cpu()))
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
@@ -217,6 +222,7 @@ class Run:
         self.pg: Any = None
         self.db_pid: int | None = None
         self.db_count = 0
+        self.last_db_url = ""
 
     # targets
 
@@ -235,7 +241,8 @@ class Run:
         name = f"compare_{self.db_count}"
         with psycopg.connect(self.pg.get_uri(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
-        return str(self.pg.get_uri(database=name))
+        self.last_db_url = str(self.pg.get_uri(database=name))
+        return self.last_db_url
 
     def server_cmd(self, target: str, port: int, tag: str) -> list[str] | None:
         a = self.args
@@ -359,8 +366,42 @@ class Run:
             res["exit_code"] = server.stop(STOP_TIMEOUT_S)
             res["killed"] = server.killed
             res["server_log"] = str(log)
+        if parse_target(target)[0] == "opamp-fast" and "error" not in res:
+            res["rows"] = self.rows_after(res)
         print(f"[compare] round {round_no} {target}: {brief(res)}", file=sys.stderr)
         return res
+
+    def rows_after(self, res: dict[str, Any]) -> dict[str, Any]:
+        """After the server stopped: one history row per handshake of both phases, none open,
+        no agent left online; and the rows Postgres wrote per second of the heartbeat phase."""
+        import psycopg
+
+        sessions = sum(res[phase].get("handshakes", 0) for phase in ("connect", "heartbeat"))
+        with psycopg.connect(self.last_db_url, autocommit=True) as conn:
+            rows, still_open = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE disconnected_at IS NULL)"
+                " FROM agent_connection_history"
+            ).fetchone() or (0, 0)
+            (online,) = conn.execute(
+                "SELECT count(*) FROM agents WHERE status = 'online'"
+            ).fetchone() or (0,)
+        return {
+            "sessions": sessions,
+            "history_rows": rows,
+            "rows_lost": max(0, sessions - rows),
+            "rows_left_open": still_open,
+            "agents_left_online": online,
+        }
+
+    def db_rows_written(self) -> int:
+        """Rows inserted + updated in this run's database so far (``pg_stat_user_tables``)."""
+        import psycopg
+
+        with psycopg.connect(self.last_db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT COALESCE(sum(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def connect_phase(
         self, target: str, tag: str, port: int, server: Proc, sampler: Sampler
@@ -413,7 +454,10 @@ class Run:
     ) -> dict[str, Any]:
         out = self.out.parent / f"{self.out.name}-{tag}-heartbeat.json"
         cmd = self.wsload_cmd(port, out, idle=False)
+        is_opamp = parse_target(target)[0] == "opamp-fast"
+        rows_before, started = (self.db_rows_written() if is_opamp else 0), time.monotonic()
         load = self.run_wsload(cmd, out, out.with_suffix(".log"))
+        phase_s = time.monotonic() - started
         steady, hold, times = load["steady"], load["hold"], load["times"]
         t1, t2 = steady["start_monotonic"], steady["end_monotonic"]
         expected = self.args.agents / self.args.heartbeat_s
@@ -426,7 +470,10 @@ class Run:
             "errors": load["errors"],
             "busy_skips": load["messages"]["busy_skips"],
             "full_state_requests": load["messages"]["full_state_requests"],
+            "handshakes": load["connect"]["handshakes"],
         }
+        if is_opamp:  # ramp and hold together: inserts at the ramp, last_seen updates after
+            res["db_rows_per_s"] = round((self.db_rows_written() - rows_before) / phase_s, 1)
         # Whole hold (it may include handshakes when the ramp lagged): a fallback figure.
         h1, h2 = hold["start_monotonic"], hold["end_monotonic"]
         hold_cpu = sampler.delta(h1, h2, 1)
