@@ -23,22 +23,26 @@ What it does:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import psycopg
+import pytest
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from psycopg.types.json import Jsonb
 
@@ -328,6 +332,91 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     anyio.run(run, args, backend_options={"use_uvloop": True})
+
+
+# ---------------------------------------------------------------- as pytest-benchmark tests
+# ``python -m pytest benchmarks/bench_rest.py --benchmark-only``: the main endpoints against a
+# server process over loopback, on 10,000 agents (half online) and 100,000 history rows.
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[tuple[httpx.Client, str, str]]:
+    """(client with a token, heavy agent id, a keyset cursor half way through the online list)."""
+    with tempfile.TemporaryDirectory(prefix="opamp-bench-rest-") as tmp:
+        import pgserver
+
+        pg = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        proc = None
+        try:
+            url = pg.get_uri()
+            heavy, _ = load(url, 10_000, 100_000, 5_000, 0.5)
+            port = _free_port()
+            proc = subprocess.Popen([
+                sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1",
+                "--port", str(port), "--database-url", url, "--instance-id", "bench",
+                "--api-jwt-secret", SECRET, "--history-retention-days", "0",
+                "--log-level", "warning",
+            ])  # fmt: skip
+            settings = Settings(api_jwt_secret=SECRET, data_dir=Path(tmp))
+            token = mint_token(load_key_material(settings), subject="bench", ttl_s=3600)
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=30) as client:
+                _wait_ready(client, proc)
+                client.headers["Authorization"] = f"Bearer {token}"
+                total = client.get("/api/agents/online").json()["total"]
+                from opamp_fast.api.params import encode_agent_cursor
+
+                cursor = encode_agent_cursor("80000000-0000-0000-0000-000000000000", total)
+                yield client, format_instance_uid(heavy), cursor
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+            pg.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited"
+        with contextlib.suppress(httpx.HTTPError):
+            if client.get("/readyz").status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError("the server did not become ready")
+
+
+ENDPOINTS = {
+    "summary": ("/api/agents/status/summary", {}),
+    "online_first_page": ("/api/agents/online", {"limit": 100}),
+    "online_half_way": ("/api/agents/online", {"limit": 100, "cursor": "{online_cursor}"}),
+    "offline_first_page": ("/api/agents/offline", {"limit": 100}),
+    "label_filter": ("/api/agents", {"label": "rack:7", "limit": 100}),
+    "detail": ("/api/agents/{heavy}", {}),
+    "history_first_page": ("/api/agents/{heavy}/connection-history", {"limit": 100}),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_endpoint(benchmark: Any, api: tuple[httpx.Client, str, str], endpoint: str) -> None:
+    client, heavy, online_cursor = api
+    path, params = ENDPOINTS[endpoint]
+    path = path.format(heavy=heavy)
+    params = {k: str(v).format(online_cursor=online_cursor) for k, v in params.items()}
+
+    def get() -> httpx.Response:
+        return client.get(path, params=params)
+
+    response = benchmark(get)
+    assert response.status_code == 200, response.text[:300]
 
 
 if __name__ == "__main__":

@@ -29,16 +29,18 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg
+import pytest
 from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from psycopg.types.json import set_json_dumps
 
+from opamp_fast.protocol import anyvalue_pb, pb
 from opamp_fast.storage.batch_writer import BatchWriter, _Batch, _write_batch
 from opamp_fast.storage.migrations import migrate_sync
 from opamp_fast.storage.rows import AgentSnapshot
@@ -48,31 +50,29 @@ INSTANCE = "bench"
 
 
 def snapshot(i: int) -> AgentSnapshot:
-    return AgentSnapshot(
+    """What a Collector reports: identifying and non-identifying attributes, health, a remote
+    config status (protobuf messages, as the protocol state hands them to the writer)."""
+
+    def kv(key: str, value: str) -> anyvalue_pb.KeyValue:
+        return anyvalue_pb.KeyValue(key=key, value=anyvalue_pb.AnyValue(string_value=value))
+
+    return AgentSnapshot.from_messages(
         capabilities=0x3F,
-        agent_name=f"collector-{i % 1000}",
-        description={
-            "identifying_attributes": {
-                "service.name": f"collector-{i % 1000}",
-                "service.instance.id": str(i),
-            },
-            "non_identifying_attributes": {"os.type": "linux", "host.name": f"host-{i}"},
-        },
-        health={
-            "healthy": True,
-            "start_time_unix_nano": 1,
-            "last_error": "",
-            "status": "ok",
-            "status_time_unix_nano": 2,
-        },
-        effective_config=None,
-        remote_config_status={
-            "last_remote_config_hash": "ab" * 16,
-            "status": "APPLIED",
-            "error_message": "",
-        },
+        description=pb.AgentDescription(
+            identifying_attributes=[
+                kv("service.name", f"collector-{i % 1000}"), kv("service.instance.id", str(i))
+            ],
+            non_identifying_attributes=[kv("os.type", "linux"), kv("host.name", f"host-{i}")],
+        ),
+        health=pb.ComponentHealth(
+            healthy=True, start_time_unix_nano=1, status="ok", status_time_unix_nano=2
+        ),
+        remote_config_status=pb.RemoteConfigStatus(
+            last_remote_config_hash=bytes.fromhex("ab" * 16),
+            status=pb.RemoteConfigStatuses_APPLIED,
+        ),
         transport="ws",
-    )
+    )  # fmt: skip
 
 
 def uids(n: int) -> list[bytes]:
@@ -80,7 +80,8 @@ def uids(n: int) -> list[bytes]:
 
 
 def writer_for_batches() -> BatchWriter:
-    """A writer used only for its in-memory coalescing (its receiver's ``_apply``)."""
+    """A writer used only for its in-memory coalescing (no database: ``_take`` hands the batch
+    to the benchmark, which writes it with ``_write_batch``)."""
     return BatchWriter(None, instance_id=INSTANCE)  # type: ignore[arg-type]
 
 
@@ -90,7 +91,10 @@ def connect_batch(
     writer = writer_for_batches()
     started = time.perf_counter()
     for i, agent in enumerate(agent_ids):
-        writer._apply((0, agent, T0 + i * 1e-3, "10.1.2.3:45678", "ws", snaps[i]))
+        writer.connected(
+            agent, at=T0 + i * 1e-3, remote_addr="10.1.2.3:45678", transport="ws",
+            snapshot=snaps[i],
+        )  # fmt: skip
         writer.seen(agent, T0 + 1 + i * 1e-3)
     elapsed = time.perf_counter() - started
     return writer, writer._take(), elapsed
@@ -114,11 +118,11 @@ def raw_rows(agent_ids: list[bytes], snaps: list[AgentSnapshot]) -> tuple[list[A
     agents = []
     history = []
     for i, agent in enumerate(agent_ids):
-        s = snaps[i]
+        s = snaps[i].row()
         connected = dt.datetime.fromtimestamp(T0 + i * 1e-3, utc)
         seen = dt.datetime.fromtimestamp(T0 + 1 + i * 1e-3, utc)
         agents.append((agent, str(uuid.UUID(bytes=agent)), "online", INSTANCE, "ws",
-                       s.agent_name, seen, connected, s.capabilities, s.description, s.health,
+                       s.agent_name, seen, connected, 0x3F, s.description, s.health,
                        s.effective_config, s.remote_config_status))  # fmt: skip
         history.append((uuid.uuid4(), agent, connected, "10.1.2.3:45678", "ws", INSTANCE))
     return agents, history
@@ -183,8 +187,8 @@ def bench_size(conn: psycopg.Connection[Any], n: int, rounds: int) -> dict[str, 
 
         # Steady state: the same agents all disconnect (transition + snapshot + session close).
         for i, agent in enumerate(agent_ids):
-            writer._apply((1, agent, T0 + 100 + i * 1e-3, "client closed"))
-            writer._apply((2, agent, snaps[(i + 1) % n]))
+            writer.disconnected(agent, at=T0 + 100 + i * 1e-3, reason="client closed")
+            writer.status(agent, snaps[(i + 1) % n])
         conn.execute("VACUUM ANALYZE agents")
         results["flush_update"].append(timed_tx(conn, flush(writer._take())))
 
@@ -237,6 +241,70 @@ def main() -> None:
                           f"({r['coalesce'] / n * 1e6:.2f} us/event)")  # fmt: skip
         finally:
             server.cleanup()
+
+
+# ---------------------------------------------------------------- as pytest-benchmark tests
+# ``python -m pytest benchmarks/bench_writer.py --benchmark-only``: the same measurements at
+# 10,000 agents, each round on freshly truncated tables (setup is not timed).
+
+N_TEST = 10_000
+
+
+@pytest.fixture(scope="module")
+def bench_conn() -> Iterator[psycopg.Connection[Any]]:
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="opamp-bench-pg-") as tmp:
+        server = pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                migrate_sync(conn)
+                set_json_dumps(msgspec.json.encode, context=conn)
+                yield conn
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def fleet() -> tuple[list[bytes], list[AgentSnapshot]]:
+    return uids(N_TEST), [snapshot(i) for i in range(N_TEST)]
+
+
+def test_raw_copy(benchmark: Any, bench_conn: Any, fleet: Any) -> None:
+    agents, history = raw_rows(*fleet)
+    benchmark.pedantic(
+        timed_tx, args=(bench_conn, raw_copy(agents, history)),
+        setup=lambda: truncate(bench_conn), rounds=5, warmup_rounds=1,
+    )  # fmt: skip
+
+
+def test_flush_new_agents(benchmark: Any, bench_conn: Any, fleet: Any) -> None:
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        truncate(bench_conn)
+        _, batch, _ = connect_batch(*fleet)
+        return (bench_conn, flush(batch)), {}
+
+    benchmark.pedantic(timed_tx, setup=setup, rounds=5, warmup_rounds=1)
+    assert bench_conn.execute("SELECT count(*) FROM agents").fetchone() == (N_TEST,)
+
+
+def test_flush_last_seen(benchmark: Any, bench_conn: Any, fleet: Any) -> None:
+    agent_ids, _ = fleet
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        truncate(bench_conn)
+        _, batch, _ = connect_batch(*fleet)
+        timed_tx(bench_conn, flush(batch))
+        seen_writer = writer_for_batches()
+        for i, agent in enumerate(agent_ids):
+            seen_writer.seen(agent, T0 + 200 + i * 1e-3)
+        return (bench_conn, flush(seen_writer._take())), {}
+
+    benchmark.pedantic(timed_tx, setup=setup, rounds=5, warmup_rounds=1)
+
+
+def test_coalesce_connects(benchmark: Any, fleet: Any) -> None:
+    benchmark.pedantic(connect_batch, args=fleet, rounds=5, warmup_rounds=1)
 
 
 if __name__ == "__main__":
