@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import time
+import zlib
 
+import anyio
 import httpx
 import pytest
 
@@ -95,6 +98,27 @@ async def test_body_over_limit_is_413(start_server, make_settings) -> None:
         assert (await agent.full_state()).instance_uid == agent.uid  # still serving
 
 
+async def test_gzip_bomb_is_refused_by_its_ratio_before_the_limit(
+    start_server, make_settings
+) -> None:
+    # Under a 64 MiB limit, a 200 kB body that would inflate to 200 MiB is refused after
+    # inflating ~100x what arrived, not 64 MiB of zeros on the event loop.
+    running = await start_server(make_settings(max_message_bytes=64 << 20))
+    bomb = gzip.compress(b"\x00" * (200 << 20), compresslevel=9)
+    assert len(bomb) < 300_000
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        started = time.process_time()
+        status, text = await post_until_answered(running.url, bomb)
+        spent = time.process_time() - started
+        assert status == 413
+        assert "inflates more than 100x" in text
+        # The work done is bounded by what was sent: inflating 64 MiB alone costs more.
+        assert spent < inflate_cost(64 << 20)
+        # A real message compressed normally is accepted (ratio far below the bound).
+        agent = HTTPAgent(client)
+        assert (await agent.full_state()).instance_uid == agent.uid  # still serving
+
+
 @pytest.mark.parametrize(
     ("method", "headers", "content", "status"),
     [
@@ -131,3 +155,35 @@ async def test_agent_token_required_when_configured(start_server, make_settings)
         )
         assert ok.status_code == 200
         assert running.services.registry.get(agent.uid).online
+
+
+def inflate_cost(size: int) -> float:
+    """CPU seconds this machine needs to inflate ``size`` bytes of zeros."""
+    data = gzip.compress(b"\x00" * size, compresslevel=9)
+    started = time.process_time()
+    zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    return time.process_time() - started
+
+
+async def post_until_answered(url: str, gz_body: bytes) -> tuple[int, str]:
+    """POST a gzip body over a raw socket, stop sending once the server answered (it answers
+    and closes before reading all of a bomb); (status, body text)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/opamp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-protobuf\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(gz_body)}\r\n\r\n"
+    ).encode()
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        try:
+            await stream.send(head + gz_body)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the server answered and closed before taking it all
+        answer = b""
+        with anyio.move_on_after(10):
+            try:
+                while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                    answer += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.decode(errors="replace")

@@ -33,6 +33,12 @@ __all__ = [
 WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: gzip may add at most this much on the wire beyond the limit on the inflated size.
 GZIP_SLACK: Final = 1024 * 1024
+#: A gzip body may inflate to this many times the bytes received so far, past the first
+#: ``INFLATE_FREE`` bytes. OpAMP messages compress 3-20x; a bomb (1000x) is refused after a
+#: bounded amount of work per byte the peer sent, instead of inflating up to the message limit
+#: on the event loop.
+MAX_INFLATE_RATIO: Final = 100
+INFLATE_FREE: Final = 1024 * 1024
 
 
 class HTTPError(Exception):
@@ -139,7 +145,8 @@ def parse_head(raw: bytes, *, max_message_bytes: int) -> RequestHead:
 
 class BodyReader:
     """Collects one request body, inflating ``gzip`` with the size limit on the inflated size
-    (a gzip bomb gets 413 long before memory is at risk)."""
+    and a bound on the inflation ratio (a gzip bomb gets 413 after inflating at most
+    ``MAX_INFLATE_RATIO`` bytes per byte received, long before memory or time is at risk)."""
 
     __slots__ = ("_chunks", "_inflater", "_limit", "_size", "_wire", "_wire_limit")
 
@@ -163,12 +170,19 @@ class BodyReader:
             raise _too_large(self._limit)
         inflater = self._inflater
         if inflater is not None and chunk:
+            allowed = min(self._limit, max(INFLATE_FREE, MAX_INFLATE_RATIO * self._wire))
             try:
-                chunk = inflater.decompress(chunk, self._limit + 1 - self._size)
+                chunk = inflater.decompress(chunk, allowed + 1 - self._size)
             except zlib.error:
                 raise HTTPError(400, "corrupt gzip body", kind="content_encoding") from None
-            if inflater.unconsumed_tail:  # more output than the limit allows
-                raise _too_large(self._limit)
+            if inflater.unconsumed_tail:  # more output than allowed
+                if allowed == self._limit:
+                    raise _too_large(self._limit)
+                raise HTTPError(
+                    413,
+                    f"gzip body inflates more than {MAX_INFLATE_RATIO}x its size",
+                    kind="too_large",
+                )
         self._size += len(chunk)
         if self._size > self._limit:
             raise _too_large(self._limit)
