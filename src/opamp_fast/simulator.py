@@ -137,6 +137,7 @@ class SimConfig:
     source_addrs: tuple[str, ...] = ()
     server_pid: int | None = None
     storm_at_s: float | None = None  # drop every WebSocket at this time and reconnect at once
+    churn_per_min: float = 0.0  # share of WebSocket agents dropping and reconnecting a minute
     auth_token: str | None = None
     connect_timeout_s: float = 10.0
     response_timeout_s: float = 30.0
@@ -159,6 +160,8 @@ class SimConfig:
             raise SimulatorError("--heartbeat-s must be at least 0.05")
         if self.storm_at_s is not None and not 0 < self.storm_at_s < self.duration_s:
             raise SimulatorError("--storm-at-s must fall inside the run (0 < T < --duration-s)")
+        if not 0.0 <= self.churn_per_min <= 1.0:
+            raise SimulatorError("--churn-per-min must be between 0 and 1")
         for name in ("connect_timeout_s", "response_timeout_s", "backoff_initial_s"):
             if not getattr(self, name) > 0:
                 raise SimulatorError(f"--{name.replace('_', '-')} must be positive")
@@ -314,6 +317,7 @@ class _Stats:
         self.uid_reassignments = 0
         self.reconnects = 0
         self.storm_dropped = 0
+        self.churned = 0
         self.errors: Counter[str] = Counter()
         self.latency = LatencyHistogram()  # whole run
         self.window = LatencyHistogram()  # since the last progress line
@@ -600,6 +604,12 @@ class _Simulation:
         cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2.0**exponent)
         return cap * self.rng.random()
 
+    def churns(self, interval_s: float) -> bool:
+        """Whether an agent drops its connection at this heartbeat: ``churn_per_min`` of the
+        WebSocket fleet a minute, spread over the heartbeats of that minute."""
+        rate = self.config.churn_per_min
+        return rate > 0 and self.rng.random() < rate * interval_s / 60.0
+
     # -- per agent ----------------------------------------------------------------------------
     async def run_agent(self, agent: _Agent) -> None:
         stats = self.stats
@@ -730,6 +740,9 @@ class _Simulation:
                     if sent_at is not None:
                         raise _Closed("response_timeout")
                     agent_beat = agent.interval_s or self.config.heartbeat_s
+                    if online and self.churns(agent_beat):
+                        stats.churned += 1
+                        raise _Storm  # drop without a goodbye, reconnect at once
                     next_beat = max(next_beat + agent_beat, now)
                     send_now = True
                     continue
@@ -1028,6 +1041,7 @@ class _Simulation:
             "uid_reassignments": stats.uid_reassignments,
             "sessions_opened": stats.sessions_opened,
             "reconnects": stats.reconnects,
+            "churned": stats.churned,
             "errors": dict(sorted(stats.errors.items())),
             "errors_total": sum(stats.errors.values()),
             "latency_ms": stats.latency.summary_ms(),
@@ -1223,6 +1237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--source-addrs", default="", help="loopback source addresses, e.g. 127.0.0.2-127.0.0.20")
     add("--server-pid", type=int, default=None, help="sample this process's RSS and CPU")
     add("--storm-at-s", type=float, default=None, help="drop all WS connections at T, reconnect")
+    add("--churn-per-min", type=float, default=0.0, help="share of WS agents reconnecting a minute")
     add(
         "--auth-token",
         default=os.environ.get("OPAMP_FAST_AGENT_AUTH_TOKEN"),
@@ -1257,6 +1272,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         source_addrs=parse_source_addrs(args.source_addrs),
         server_pid=args.server_pid,
         storm_at_s=args.storm_at_s,
+        churn_per_min=args.churn_per_min,
         auth_token=args.auth_token or None,
         connect_timeout_s=args.connect_timeout_s,
         response_timeout_s=args.response_timeout_s,

@@ -114,3 +114,25 @@ async def test_storm_drops_and_reconnects_everyone(server) -> None:
     assert summary["sessions_opened"] == 40 and summary["reconnects"] == 20
     assert summary["errors_total"] == 0 and summary["agents_connected"] == 20
     assert server.services.registry.statistics().online == 0
+
+
+async def test_churn_drops_and_reconnects_a_share_each_minute(server) -> None:
+    # 100 % a minute at a 0.5 s heartbeat: each heartbeat drops with probability 1/120, so
+    # 20 agents over ~3.5 s of heartbeats (~140 heartbeats) churn about once or twice.
+    config = SimConfig(
+        url=server.url + "/v1/opamp",
+        agents=20,
+        duration_s=4.0,
+        ramp_s=0.2,
+        churn_per_min=1.0,
+        heartbeat_s=0.5,
+        override_heartbeat=True,
+        seed=7,
+        progress=False,
+    )
+    summary = await run_simulation(config)
+    assert summary["churned"] >= 1
+    # Every drop is a new session at once, never an error, and the server saw them all.
+    assert summary["reconnects"] == summary["churned"]
+    assert summary["sessions_opened"] == 20 + summary["churned"]
+    assert summary["errors_total"] == 0 and summary["agents_connected"] == 20

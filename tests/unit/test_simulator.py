@@ -70,6 +70,7 @@ def test_source_address_ranges() -> None:
         {"ramp_s": 100, "duration_s": 10},
         {"ws_fraction": 1.5},
         {"storm_at_s": 20, "duration_s": 10},
+        {"churn_per_min": 1.5},
         {"source_addrs": ("10.1.1.1",)},
     ],
 )
