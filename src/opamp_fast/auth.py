@@ -12,6 +12,11 @@ Why it looks like this:
 * **Cheap repeated requests.** A dashboard polls with the same token over and over; verified
   tokens are kept in a small LRU keyed by the raw token until their ``exp``, so the signature
   (microseconds for HMAC, far more for RSA/ECDSA) is checked once per token, not per request.
+* **Roles.** A token's ``role`` claim is ``viewer`` (reads), ``operator`` (also changes
+  configs, labels, groups and rollouts) or ``admin`` (everything). A token without a ``role``
+  claim is an ``admin`` token: tokens minted before roles existed keep working unchanged. An
+  unknown role is a 401. Handlers read ``request.state.subject``/``request.state.role`` (or
+  :func:`principal_of`) and call :func:`opamp_fast.api.roles.require_role`.
 * **Says why.** Every rejection is a 401 ``{"error": {"code": "unauthorized", "message"}}``
   whose message names the problem (missing, malformed, expired, bad signature, wrong audience,
   ...) with ``WWW-Authenticate: Bearer error="invalid_token"`` (plain ``Bearer`` when no
@@ -171,6 +176,49 @@ def load_key_material(settings: Settings, *, create: bool = True) -> KeyMaterial
     return KeyMaterial(alg, key, None, f"public key {path_or_none}")
 
 
+# ----------------------------------------------------------------------------- roles
+
+ROLES = ("viewer", "operator", "admin")  # each role can do everything the previous one can
+DEFAULT_ROLE = "admin"  # a token without a ``role`` claim (minted before roles existed)
+_ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's ``sub`` and its role."""
+
+    subject: str
+    role: str
+
+    def allows(self, minimum: str) -> bool:
+        """True when this principal's role is ``minimum`` or above it."""
+        return role_allows(self.role, minimum)
+
+
+def role_allows(role: str, minimum: str) -> bool:
+    """``viewer`` < ``operator`` < ``admin``; unknown roles allow nothing."""
+    return _ROLE_RANK.get(role, -1) >= _ROLE_RANK[minimum]
+
+
+def role_of_claims(claims: Mapping[str, Any]) -> str:
+    """The role a verified token carries; AuthError when the claim is present but unknown."""
+    role = claims.get("role", DEFAULT_ROLE)
+    if not isinstance(role, str) or role not in _ROLE_RANK:
+        raise AuthError(f"token role {ascii(role)[:40]} is not one of {', '.join(ROLES)}")
+    return str(role)
+
+
+def principal_of(scope: Mapping[str, Any]) -> Principal:
+    """The principal of a request's ASGI scope (``request.scope``), set by the middleware.
+
+    Requests that did not pass the middleware (paths outside ``/api``) are anonymous viewers.
+    """
+    claims = scope.get("auth")
+    if not isinstance(claims, Mapping):
+        return Principal("anonymous", "viewer")
+    return Principal(str(claims.get("sub", "")), role_of_claims(claims))
+
+
 # ----------------------------------------------------------------------------- minting
 
 
@@ -195,9 +243,13 @@ def mint_token(
     ttl_s: int,
     issuer: str | None = None,
     audience: str | None = None,
+    role: str | None = None,
     now: float | None = None,
 ) -> str:
-    """An HS* token for ``subject``; ConfigError when only a public key is known."""
+    """An HS* token for ``subject`` (with a ``role`` claim when given); ConfigError when only a
+    public key is known or the role is unknown."""
+    if role is not None and role not in _ROLE_RANK:
+        raise ConfigError(f"role: {role!r} is not one of {', '.join(ROLES)}")
     if keys.signing_secret is None:
         raise ConfigError(
             f"cannot mint tokens: the API verifies {keys.algorithm} tokens with a {keys.source}; "
@@ -209,6 +261,8 @@ def mint_token(
         claims["iss"] = issuer
     if audience is not None:
         claims["aud"] = audience
+    if role is not None:
+        claims["role"] = role
     return jwt.encode(claims, keys.signing_secret, algorithm=keys.algorithm)
 
 
@@ -389,14 +443,16 @@ class TokenVerifier:
             raise AuthError(f"invalid token: {exc}") from None
         if not isinstance(claims.get("exp"), int | float):
             raise AuthError("token 'exp' claim is not a number")
+        role_of_claims(claims)  # an unknown role is refused here, once per token
         return claims
 
 
 class BearerAuthMiddleware:
     """ASGI middleware: every HTTP request under ``prefix`` needs a valid bearer token.
 
-    The verified claims are stored in ``scope["auth"]``. Paths outside the prefix (health,
-    metrics, OpenAPI, docs) pass through untouched.
+    The verified claims are stored in ``scope["auth"]``, and the caller's ``sub`` and role in
+    ``request.state.subject`` / ``request.state.role`` (see :func:`principal_of`). Paths outside
+    the prefix (health, metrics, OpenAPI, docs) pass through untouched.
     """
 
     def __init__(self, app: Any, *, verifier: TokenVerifier, prefix: str = "/api") -> None:
@@ -415,13 +471,18 @@ class BearerAuthMiddleware:
                 authorization = value.decode("latin-1")
                 break
         try:
-            scope["auth"] = self.verifier.verify_header(authorization)
+            claims = self.verifier.verify_header(authorization)
+            who = Principal(str(claims.get("sub", "")), role_of_claims(claims))
         except AuthError as exc:
             response = error_response(
                 401, "unauthorized", exc.message, headers={"WWW-Authenticate": exc.www_authenticate}
             )
             await response(scope, receive, send)
             return
+        scope["auth"] = claims
+        state = scope.setdefault("state", {})
+        state["subject"] = who.subject
+        state["role"] = who.role
         await self.app(scope, receive, send)
 
     def _protected(self, path: str) -> bool:

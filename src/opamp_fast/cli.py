@@ -101,9 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--subject", required=True, help="the token's 'sub' claim (who uses it)")
     token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d [default 1h]")
+    token.add_argument(
+        "--role",
+        choices=("viewer", "operator", "admin"),
+        default=None,
+        help="the token's role: viewer reads, operator also changes configs, labels and groups, "
+        "admin may do everything [default: no role claim, which the server treats as admin]; "
+        "with --database-url the minting is recorded in the audit log",
+    )
     _add_settings_flags(
         token,
         (
+            "database_url",
             "api_jwt_secret",
             "api_jwt_public_key_file",
             "api_jwt_algorithm",
@@ -227,13 +236,38 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
             ttl_s=ttl_s,
             issuer=settings.api_jwt_issuer,
             audience=settings.api_jwt_audience,
+            role=args.role,
         )
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         _fail(f"cannot read or create the JWT secret: {exc}", EXIT_FAILURE)
+    _audit_token(settings, args.subject, args.role or "admin", ttl_s)
     print(token)
     return 0
+
+
+def _audit_token(settings: Settings, subject: str, role: str, ttl_s: int) -> None:
+    """Record the minting in the audit log when a database is configured (fail closed: no
+    token is printed if the row cannot be written); otherwise say it is not recorded."""
+    if settings.database_url is None:
+        print("note: no --database-url: this token is not recorded in the audit log",
+              file=sys.stderr)  # fmt: skip
+        return
+    import getpass
+
+    import psycopg
+
+    from .storage.config_queries import AuditEntry, append_audit
+
+    actor = f"cli:{getpass.getuser()}"
+    row = AuditEntry(actor, "admin", "token.mint", f"token:{subject}",
+                     after={"subject": subject, "role": role, "ttl_s": ttl_s})  # fmt: skip
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+            append_audit(conn, row)
+    except psycopg.Error as exc:
+        _fail(f"cannot record the token in the audit log: {str(exc).strip()}", EXIT_FAILURE)
 
 
 def _agent_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -41,6 +41,7 @@ from . import reasons
 from .storage.notices import FLEET_CHANNEL, channel_for, encode_notices
 
 if TYPE_CHECKING:
+    from .events import EventHub
     from .fleet import FleetHandler
     from .storage import Database
 
@@ -103,8 +104,10 @@ class Cluster:
         instance_id: str,
         lease_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        events: EventHub | None = None,
     ) -> None:
         self._db = db
+        self._events = events  # fleet events (issue 15): forwarded ones, and lost instances
         self._fleet = fleet
         self.instance_id = instance_id
         self.lease_s = lease_s
@@ -116,6 +119,10 @@ class Cluster:
         self.lost_reaped: list[LostInstance] = []
         self.notices_total = 0
         self.listening = anyio.Event()  # set once LISTEN is in place (tests, readiness)
+        # ``configs`` notices (issue 13): the configuration directory changed; reload it.
+        self.on_configs: Callable[[dict[str, Any]], None] | None = None
+        # ``packages`` notices (issue 14): these agents' package offers changed; reload them.
+        self.on_packages: Callable[[dict[str, Any]], None] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     async def notify(self, instance_id: str, kind: str, *, uids: list[str], **fields: Any) -> None:
@@ -173,6 +180,7 @@ class Cluster:
             logger.warning("could not reap lost instances: %s", str(exc).strip())
             return []
         for instance in lost:
+            self._announce_lost(instance.instance_id, self.instance_id)
             logger.warning(
                 "instance %s lost (last seen %s): closed %d sessions, %d agents offline",
                 instance.instance_id,
@@ -241,6 +249,13 @@ class Cluster:
 
         await self._db.run(rejoin)
 
+    def _announce_lost(self, lost: str, by: str | None) -> None:
+        # Every instance learns of a loss by itself (the reaper directly, the others from its
+        # notice), so the event is not forwarded.
+        if self._events is not None:
+            data = {"instance": lost, "by": by}
+            self._events.publish("instance.lost", None, data, forward=False)
+
     # -- receiving --------------------------------------------------------------------------
     def _listen_forever(self, token: anyio.lowlevel.EventLoopToken) -> None:
         """Thread: LISTEN on our channel and the fleet's; hand each notice to the loop, one at a
@@ -284,7 +299,17 @@ class Cluster:
             logger.debug("%d agents taken over by %s", released, sender)
         elif kind == "disconnect":
             self._fleet.disconnect(uids, reason=notice.get("reason") or reasons.OPERATOR)
+        elif kind == "configs":
+            if self.on_configs is not None:
+                self.on_configs(notice)
+        elif kind == "packages":
+            if self.on_packages is not None:
+                self.on_packages(notice)
+        elif kind == "events":
+            if self._events is not None:
+                self._events.ingest(notice.get("events"), sender)
         elif kind == "instance_lost":
             logger.info("instance %s was declared lost by %s", notice.get("lost"), sender)
+            self._announce_lost(str(notice.get("lost")), sender)
         else:
             logger.debug("ignored notice %r from %s", kind, sender)

@@ -96,6 +96,18 @@ class Settings:
     api_jwt_audience: str | None = None
     api_max_page_size: int = 1000
     metrics_agent_series_max: int = 10_000
+    events_replay_max: int = 10_000
+    events_queue_max: int = 1_000
+    events_keepalive_s: float = 15.0
+    public_url: str | None = None
+    package_store: str | None = None
+    package_max_bytes: int = 1024 * MIB
+    package_url_ttl_s: int = 86400
+    package_url_secret: str | None = None
+    package_s3_endpoint_url: str | None = None
+    package_s3_region: str | None = None
+    package_s3_access_key_id: str | None = None
+    package_s3_secret_access_key: str | None = None
     backend: str = "asyncio"
     workers: str = "1"
     tls_cert_file: Path | None = None
@@ -205,6 +217,34 @@ class Settings:
             self.metrics_agent_series_max,
             "must be >= 0 (0 disables per-agent series)",
         )
+        for name in ("events_replay_max", "events_queue_max"):
+            value = getattr(self, name)
+            _check(1 <= value <= 1_000_000, name, value, "must be between 1 and 1000000")
+        _positive("events_keepalive_s", self.events_keepalive_s)
+        _check(
+            self.package_max_bytes >= 1, "package_max_bytes", self.package_max_bytes, "must be >= 1"
+        )
+        _check(
+            60 <= self.package_url_ttl_s <= 7 * 86400,
+            "package_url_ttl_s",
+            self.package_url_ttl_s,
+            "must be between 60 seconds and 7 days",
+        )
+        if self.public_url is not None:
+            _check(
+                urlsplit(self.public_url).scheme in ("http", "https")
+                and bool(urlsplit(self.public_url).netloc),
+                "public_url",
+                self.public_url,
+                "must be an http:// or https:// URL such as https://opamp.example.com",
+            )
+        if self.package_store is not None and "://" in self.package_store:
+            _check(
+                self.package_store.split("://", 1)[0] in ("s3", "file"),
+                "package_store",
+                self.package_store,
+                "must be a directory, file:///path or s3://bucket/prefix",
+            )
         _check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {BACKENDS}")
         for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
             value = getattr(self, name)
@@ -334,8 +374,33 @@ _HELP = {
     "api_max_page_size": "largest page (limit) a REST list accepts",
     "metrics_agent_series_max": "export agent_last_seen_seconds per agent only while the fleet "
     "has at most this many agents (0 disables)",
+    "public_url": "URL agents reach this server at, for download links in package offers "
+    "(unset: http(s)://<host>:<port>, the machine's hostname when listening on all addresses)",
+    "package_store": "where package files are kept: a directory, or s3://bucket/prefix (any "
+    "S3-compatible store); unset: 'packages' next to the data directory",
+    "package_max_bytes": "largest package file accepted by POST /api/packages (413 beyond), bytes",
+    "package_url_ttl_s": "lifetime of the signed (or S3 presigned) download URLs in package "
+    "offers, seconds",
+    "package_url_secret": "HMAC key of signed download URLs, shared by all instances (unset: "
+    "derived from the agent-token key)",
+    "package_s3_endpoint_url": "S3 endpoint for --package-store s3://... (unset: AWS_ENDPOINT_URL "
+    "or AWS)",
+    "package_s3_region": "S3 region (unset: AWS_REGION / AWS_DEFAULT_REGION)",
+    "package_s3_access_key_id": "S3 access key (unset: AWS_ACCESS_KEY_ID, profiles, roles)",
+    "package_s3_secret_access_key": "S3 secret key (unset: AWS_SECRET_ACCESS_KEY, profiles, roles)",
+    "events_replay_max": "fleet events kept for resuming /api/events with Last-Event-ID; an "
+    "older position gets a resync event",
+    "events_queue_max": "events waiting for one /api/events subscriber beyond which it is "
+    "dropped with a resync hint (a slow client never slows agents)",
+    "events_keepalive_s": "idle seconds between keep-alive comments on /api/events",
 }
-_SECRETS = {"agent_auth_token", "api_jwt_secret", "agent_token_secret"}
+_SECRETS = {
+    "agent_auth_token",
+    "api_jwt_secret",
+    "agent_token_secret",
+    "package_url_secret",
+    "package_s3_secret_access_key",
+}
 _CHOICES = {
     "backend": BACKENDS,
     "log_level": ("debug", "info", "warning", "error"),

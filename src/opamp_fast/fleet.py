@@ -37,6 +37,7 @@ from anyio.abc import TaskStatus
 
 from . import reasons
 from .admission import Admission
+from .events import announce_changes, announce_connected, announce_disconnected
 from .handlers import ConnectingRequest, ConnectionResponse
 from .protocol import (
     AgentDisconnected,
@@ -50,6 +51,7 @@ from .protocol import (
     Session,
     StatusChanged,
     Transport,
+    add_offers,
     build_push,
     check_bounds,
     format_instance_uid,
@@ -62,6 +64,7 @@ from .registry import AgentRecord, AgentStatus, Registry, StatusTransition
 from .storage.rows import AgentSnapshot
 
 if TYPE_CHECKING:
+    from .events import EventHub
     from .handlers import Connection
 
 logger = logging.getLogger(__name__)
@@ -115,6 +118,7 @@ class FleetHandler:
         sink: AgentSink,
         policy: ServerPolicy,
         admission: Admission | None = None,
+        events: EventHub | None = None,
         wall_clock: Callable[[], float] = time.time,
         mono_clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -122,11 +126,20 @@ class FleetHandler:
         self.sink = sink
         self.policy = policy
         self.admission = admission if admission is not None else Admission()
+        self.events = events  # fleet events for /api/events (issue 15); None: not announced
         self._wall = wall_clock
         self._mono = mono_clock
         self.heartbeats_total = 0
         self.duplicates_total = 0  # messages answered as a duplicate (never merged)
         self.sweeper_lag_s = 0.0
+        # Packages (issue 14, ``packages.registry``): a record new to this instance gets the
+        # offer its agent should have; reported PackageStatuses go to their writer.
+        self.on_new_record: Callable[[AgentRecord], None] | None = None
+        self.on_package_statuses: Callable[[bytes, pb.PackageStatuses], None] | None = None
+        self.package_offers_sent_total = 0  # messages that carried packages_available
+        # Remote configuration (issue 13, ``config_service``): resolves the config an agent should
+        # run when it comes online or its description changes; True when that changed.
+        self.assigner: Callable[[AgentRecord], bool] | None = None
 
     @property
     def shutting_down(self) -> bool:
@@ -184,6 +197,8 @@ class FleetHandler:
                     self._persist(bound, [t], False)
             conn.record = None
         record, created = self.registry.ensure(uid, msg.instance_uid)
+        if created and self.on_new_record is not None:
+            self.on_new_record(record)
         role, superseded = self._role(conn, record, mono)
         if role is _Role.DUPLICATE:
             return self._answer_duplicate(conn, record, msg, wall)
@@ -223,6 +238,16 @@ class FleetHandler:
         conn.record = record
         status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
         self._persist(record, transitions, status_changed)
+        if self.assigner is not None and not disconnecting and record.online:
+            went_online = any(t.new is AgentStatus.ONLINE for t in transitions)
+            if (went_online or "description" in status_changed) and self.assigner(record):
+                add_offers(reply.response, record.state, session, policy=self.policy)
+        if "package_statuses" in status_changed and self.on_package_statuses is not None:
+            statuses = record.state.package_statuses
+            if statuses is not None:
+                self.on_package_statuses(record.uid, statuses)
+        if reply.response.HasField("packages_available"):
+            self.package_offers_sent_total += 1
         if created and not record.online and record.state.remote_config is None:
             self.registry.forget(record)  # an unknown agent's goodbye: nothing to remember
         if superseded is not None:
@@ -294,16 +319,16 @@ class FleetHandler:
         events: tuple[Event, ...],
         transitions: list[StatusTransition],
         wall: float,
-    ) -> bool:
-        """Liveness and persistence effects of the core's events; True if the status changed."""
-        status_changed = False
+    ) -> frozenset[str]:
+        """Liveness and persistence effects of the core's events; the status parts changed."""
+        status_changed: frozenset[str] = frozenset()
         for event in events:
             if isinstance(event, MessageMerged):
                 self.sink.seen(record.uid, wall)
                 if not event.changed:
                     self.heartbeats_total += 1
             elif isinstance(event, StatusChanged):
-                status_changed = True
+                status_changed = status_changed | event.changed
             elif isinstance(event, AgentDisconnected) and record.connection in (conn, None):
                 t = self.registry.mark_offline(record, wall=wall, reason=event.reason)
                 if t is not None:
@@ -338,7 +363,9 @@ class FleetHandler:
     def assign_remote_config(self, uid: bytes, files: dict[str, tuple[bytes, str]]) -> bytes:
         """Set the config an agent should run (known or not yet seen) and push it at once to a
         WebSocket agent; a plain-HTTP agent gets it in its next poll response. Returns the hash."""
-        record, _ = self.registry.ensure(uid, uid)
+        record, created = self.registry.ensure(uid, uid)
+        if created and self.on_new_record is not None:
+            self.on_new_record(record)
         config_hash = record.state.set_remote_config(files)
         self.push(record)
         return config_hash
@@ -354,6 +381,8 @@ class FleetHandler:
         message = build_push(record.state, record.session, policy=self.policy)
         if message is None:
             return False
+        if message.HasField("packages_available"):
+            self.package_offers_sent_total += 1
         return conn.send(message)
 
     def sweep(self, mono: float) -> list[StatusTransition]:
@@ -364,6 +393,8 @@ class FleetHandler:
         self.registry.forget_offline(wall=wall)
         for t in transitions:
             self.sink.disconnected(t.record.uid, at=t.at, reason=t.reason or "")
+            if self.events is not None:
+                announce_disconnected(self.events, t.record.uid, t.at, t.reason or "")
             if t.connection is not None:
                 t.connection.close(reasons.CLOSE_TIMEOUT, reasons.HEARTBEAT_TIMEOUT)
         return transitions
@@ -413,13 +444,18 @@ class FleetHandler:
             if t is None:
                 continue
             self.sink.disconnected(record.uid, at=wall, reason=reason)
+            if self.events is not None:
+                announce_disconnected(self.events, record.uid, wall, reason)
             if t.connection is not None:
                 t.connection.close(code, close_reason)
                 closing += 1
         return closing
 
     def _persist(
-        self, record: AgentRecord, transitions: list[StatusTransition], status_changed: bool
+        self,
+        record: AgentRecord,
+        transitions: list[StatusTransition],
+        status_changed: bool | frozenset[str],
     ) -> None:
         snapshot = None
         if status_changed or any(t.new is AgentStatus.ONLINE for t in transitions):
@@ -441,6 +477,25 @@ class FleetHandler:
             and not any(t.new is AgentStatus.ONLINE for t in transitions)
         ):
             self.sink.status(record.uid, snapshot)
+        if self.events is not None:
+            self._announce(self.events, record, transitions, status_changed)
+
+    @staticmethod
+    def _announce(
+        hub: EventHub,
+        record: AgentRecord,
+        transitions: list[StatusTransition],
+        changed: bool | frozenset[str],
+    ) -> None:
+        """Fleet events of one message: transitions first, then status parts (issue 15)."""
+        for t in transitions:
+            if t.new is AgentStatus.ONLINE:
+                announce_connected(hub, record, t.at)
+            else:
+                announce_disconnected(hub, record.uid, t.at, t.reason or "")
+        online_now = any(t.new is AgentStatus.ONLINE for t in transitions)
+        if isinstance(changed, frozenset) and changed and not online_now:
+            announce_changes(hub, record, changed)
 
 
 def snapshot_of(record: AgentRecord) -> AgentSnapshot:

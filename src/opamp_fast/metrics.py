@@ -53,7 +53,9 @@ from .protocol import Transport
 from .registry import AgentRecord, AgentStatus, BucketCounts, Registry, RegistryStatistics
 
 if TYPE_CHECKING:
+    from .config_service import ConfigService, ConfigStatistics
     from .fleet import FleetHandler
+    from .packages import PackageRegistry, PackageStatistics
     from .services import Services
     from .storage.batch_writer import BatchWriter, WriterStatistics
     from .storage.retention import HistoryRetention
@@ -291,6 +293,59 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "implementation",
         ),
         _spec("opamp_fast_build", "info", "opamp-fast version.", "version"),
+        # -- packages (issue 14) ------------------------------------------------------------
+        _spec(
+            "opamp_fast_package_offers_sent_total",
+            "counter",
+            "OpAMP messages that carried packages_available (offers sent to agents).",
+        ),
+        _spec(
+            "opamp_fast_package_agents_offered",
+            "gauge",
+            "Agents with a package offer (fleet-wide, as known to this instance).",
+        ),
+        _spec(
+            "opamp_fast_package_installs_total",
+            "counter",
+            "Agent-reported package status transitions to installed or failed, by result.",
+            "result",
+        ),
+        _spec(
+            "opamp_fast_package_downloads_total",
+            "counter",
+            "Package downloads served by this instance (not those served by S3 directly).",
+        ),
+        _spec(
+            "opamp_fast_package_download_bytes_total",
+            "counter",
+            "Package bytes sent by this instance.",
+        ),
+        # -- remote configuration (issue 13) ------------------------------------------------
+        _spec(
+            "opamp_fast_remote_config_status",
+            "gauge",
+            "Online agents on this instance by the remote-config status they last reported.",
+            "status",
+        ),
+        _spec(
+            "opamp_fast_remote_config_pushes_total",
+            "counter",
+            "Remote configs pushed at once to WebSocket agents after an assignment changed.",
+        ),
+        _spec(
+            "opamp_fast_rollout_agents",
+            "gauge",
+            "Agents of each group's latest rollout: eligible, admitted, applied, failed, pending.",
+            "group",
+            "kind",
+        ),
+        _spec(
+            "opamp_fast_rollout_progress_ratio",
+            "gauge",
+            "Admitted / eligible agents of each group's latest rollout (1 when completed).",
+            "group",
+            "state",
+        ),
     )
 }
 
@@ -360,6 +415,8 @@ class MetricsSnapshot:
     duplicates: int
     loop_lag_s: float
     records: list[AgentRecord]
+    packages: PackageStatistics | None = None
+    configs: ConfigStatistics | None = None
 
 
 class MetricsExporter:
@@ -409,6 +466,8 @@ class MetricsExporter:
         self.agent_series_max = agent_series_max
         self.writer_queue_max = writer_queue_max
         self.version = version
+        self.packages: PackageRegistry | None = None
+        self.configs: ConfigService | None = None  # set once the service exists (issue 13)
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -441,7 +500,12 @@ class MetricsExporter:
             agent_series_max=settings.metrics_agent_series_max,
             writer_queue_max=settings.writer_queue_max,
             version=services.version,
-        )
+        ).with_packages(services.packages)
+
+    def with_packages(self, packages: PackageRegistry | None) -> MetricsExporter:
+        """Export the package registry's counters too (issue 14)."""
+        self.packages = packages
+        return self
 
     def _observe_flush(self, rows: int, seconds: float) -> None:
         self.flush_rows.observe(rows)
@@ -486,6 +550,8 @@ class MetricsExporter:
             duplicates=fleet.duplicates_total if fleet is not None else 0,
             loop_lag_s=self.loop_lag() if self.loop_lag is not None else 0.0,
             records=list(self.agents),
+            packages=self.packages.statistics() if self.packages is not None else None,
+            configs=self.configs.statistics() if self.configs is not None else None,
         )
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
@@ -631,7 +697,48 @@ class FleetCollector(Collector):
             {"implementation": "cython" if reg.using_extension else "python"},
         )
         f.info("opamp_fast_build", {"version": exporter.version})
+
+        # -- packages ------------------------------------------------------------------------
+        p = snap.packages
+        f.counter("opamp_fast_package_offers_sent_total").add_metric(
+            [], p.offers_sent_total if p else 0
+        )
+        f.gauge("opamp_fast_package_agents_offered").add_metric([], p.agents_offered if p else 0)
+        installs = f.counter("opamp_fast_package_installs_total")
+        installs.add_metric(["installed"], p.installed_total if p else 0)
+        installs.add_metric(["failed"], p.failed_total if p else 0)
+        f.counter("opamp_fast_package_downloads_total").add_metric(
+            [], p.downloads_total if p else 0
+        )
+        f.counter("opamp_fast_package_download_bytes_total").add_metric(
+            [], p.download_bytes_total if p else 0
+        )
+        _config_families(f, snap.configs)
         return iter(f.families)
+
+
+_RC_STATUSES = ("applied", "applying", "failed", "unset")
+_ROLLOUT_KINDS = ("eligible", "admitted", "applied", "failed", "pending")
+
+
+def _config_families(f: _Families, c: ConfigStatistics | None) -> None:
+    """Remote-config status counts and rollout progress (issue 13)."""
+    status = f.gauge("opamp_fast_remote_config_status")
+    for name in _RC_STATUSES:
+        status.add_metric([name], c.status_counts.get(name, 0) if c else 0)
+    f.counter("opamp_fast_remote_config_pushes_total").add_metric([], c.pushes_total if c else 0)
+    agents = f.gauge("opamp_fast_rollout_agents")
+    progress = f.gauge("opamp_fast_rollout_progress_ratio")
+    for group, rollout in sorted((c.rollouts if c else {}).items()):
+        for kind in _ROLLOUT_KINDS:
+            agents.add_metric([group, kind], rollout[kind])
+        eligible = rollout["eligible"]
+        ratio = (
+            1.0
+            if rollout["state"] == "completed" or not eligible
+            else rollout["admitted"] / eligible
+        )
+        progress.add_metric([group, rollout["state"]], ratio)
 
 
 class _Families:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -22,13 +22,16 @@ from .admission import Admission, LoopLag
 from .auth import AgentTokenVerifier, agent_token_key
 from .cluster import Cluster
 from .config import Settings
+from .config_service import ConfigService
+from .events import EventHub, OnlineHistory
 from .fleet import FleetHandler
 from .gcpolicy import GrowthFreezer
 from .metrics import MetricsExporter
 from .metrics_share import WorkerMetricsShare, WorkerSlot
-from .protocol import ServerPolicy
+from .packages import PackageRegistry, build_package_registry
+from .protocol import DEFAULT_SERVER_CAPABILITIES, SERVER_OFFERS_PACKAGES, ServerPolicy
 from .registry import Registry
-from .storage import Database
+from .storage import Database, queries
 from .storage.batch_writer import BatchWriter
 from .storage.retention import HistoryRetention
 from .transport import Limits, TransportStats
@@ -53,6 +56,13 @@ class Services:
     # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
     metrics: MetricsExporter | None = None
     metrics_share: WorkerMetricsShare | None = None  # with --workers: everyone's /metrics
+    # Fleet events for /api/events and the console (issue 15).
+    events: EventHub | None = None
+    online_history: OnlineHistory | None = None
+    # Remote configuration management (issue 13): directory, pushes, rollout driver.
+    configs: ConfigService | None = None
+    # Agent packages (issue 14): registry, offers, statuses.
+    packages: PackageRegistry | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -105,6 +115,7 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
 
 def server_policy(settings: Settings) -> ServerPolicy:
     return ServerPolicy(
+        capabilities=DEFAULT_SERVER_CAPABILITIES | SERVER_OFFERS_PACKAGES,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_message_bytes=settings.max_message_bytes,
         max_description_bytes=settings.max_description_bytes,
@@ -135,11 +146,18 @@ async def open_services(
         online_counts=lambda: (registry.online_ws, registry.online_http),
     )
     loop_lag = LoopLag()
+    events = EventHub(
+        instance_id=settings.instance_id,
+        replay_max=settings.events_replay_max,
+        queue_max=settings.events_queue_max,
+    )
+    writer.event_outbox = events.take_outbox
     fleet = FleetHandler(
         registry=registry,
         sink=writer,
         policy=server_policy(settings),
         admission=admission_of(settings, overloaded=lambda: writer.overloaded, loop_lag=loop_lag),
+        events=events,
     )
     services = Services(
         settings=settings,
@@ -151,8 +169,14 @@ async def open_services(
         opamp=opamp_limits(settings, fleet),
         retention=HistoryRetention(db, retention_days=settings.history_retention_days),
         loop_lag=loop_lag,
-        cluster=Cluster(db, fleet, instance_id=settings.instance_id, lease_s=settings.lease_s),
+        cluster=Cluster(
+            db, fleet, instance_id=settings.instance_id, lease_s=settings.lease_s, events=events
+        ),
+        events=events,
+        online_history=(online_history := OnlineHistory(_online_sampler(db))),
     )
+    services.packages = build_package_registry(settings, db=db, registry=registry, fleet=fleet)
+    services.cluster.on_packages = services.packages.notice
     # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
     services.metrics = MetricsExporter.for_services(services)
     if worker is not None:
@@ -173,6 +197,13 @@ async def open_services(
             await group.start(loop_lag.run)
             await group.start(services.retention.run)
             await group.start(services.cluster.run)
+            await group.start(services.packages.run)
+            services.configs = ConfigService(db, fleet, instance_id=settings.instance_id)
+            services.cluster.on_configs = services.configs.on_notice
+            if services.metrics is not None:
+                services.metrics.configs = services.configs
+            await group.start(services.configs.run)
+            await group.start(online_history.run)
             if services.metrics_share is not None:
                 await group.start(services.metrics_share.run)
             try:
@@ -183,6 +214,14 @@ async def open_services(
         writer.close()
     with anyio.CancelScope(shield=True):
         await _record_instance_stop(services)
+
+
+def _online_sampler(db: Database) -> Callable[[], Awaitable[int]]:
+    async def sample() -> int:
+        counts = await db.run(queries.fleet_counts)
+        return counts.online
+
+    return sample
 
 
 async def _record_instance_start(services: Services) -> None:

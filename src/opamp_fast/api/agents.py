@@ -33,7 +33,9 @@ from starlette.responses import Response
 from ..protocol import pb
 from ..protocol.codec import format_instance_uid
 from ..services import Services
-from ..storage import queries
+from ..storage import config_queries, queries
+from .assignments import remote_config_state
+from .audit import entry as audit_entry
 from .errors import APIError
 from .models import (
     ActiveConnection,
@@ -48,6 +50,7 @@ from .models import (
     TransportCounts,
 )
 from .openapi import DocumentedRoute, Operation
+from .packages import load_agent_packages
 from .params import (
     AGENT_ID_PARAM,
     CURSOR_PARAM,
@@ -68,6 +71,7 @@ from .params import (
     parse_status,
 )
 from .responses import JSONResponse, encode_json
+from .roles import require_role
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +254,13 @@ def routes(services: Services) -> list[DocumentedRoute]:
             raise not_found(uid)
         # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
         # worker thread, never on the event loop.
-        body = await anyio.to_thread.run_sync(lambda: encode_json(detail(row)))
+        outcome = await db.run(lambda conn: config_queries.agent_outcome(conn, uid))
+        shown = detail(row)
+        if outcome is not None and services.configs is not None:
+            shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
+        if services.packages is not None:
+            shown.packages = await load_agent_packages(services.packages, uid)
+        body = await anyio.to_thread.run_sync(lambda: encode_json(shown))
         return Response(body, media_type="application/json")
 
     async def active_connection(request: Request) -> Response:
@@ -276,6 +286,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
 
     async def disconnect(request: Request) -> Response:
         uid = agent_id(request)
+        target = f"agent:{format_instance_uid(uid)}"
+        require_role(request, "admin", action="agent.disconnect", target=target)
         active = await db.run(lambda conn: queries.active_connection(conn, uid))
         if active is None:
             if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
@@ -287,6 +299,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
             services.fleet.disconnect([uid])
         else:
             await services.cluster.notify(owner, "disconnect", uids=[uid.hex()])
+        row = audit_entry(request, "agent.disconnect", target, after={"serving_instance": owner})
+        await db.run(lambda conn: config_queries.append_audit(conn, row))
         return JSONResponse(
             DisconnectAccepted(agent_id=format_instance_uid(uid), serving_instance=owner), 202
         )

@@ -21,7 +21,18 @@ from .. import metrics
 from ..auth import BearerAuthMiddleware, TokenVerifier
 from ..services import Services
 from ..transport.asgi_fallback import OpAMPFallback
-from . import agents, health, openapi
+from . import (
+    agents,
+    assignments,
+    audit,
+    configs,
+    events,
+    groups,
+    health,
+    openapi,
+    packages,
+    ui,
+)
 from .errors import EXCEPTION_HANDLERS
 
 ASGIApp = Any
@@ -33,13 +44,20 @@ def build_starlette(services: Services) -> Starlette:
     routes = [
         *health.routes(services),
         *agents.routes(services),
+        *packages.routes(services),
+        *assignments.routes(services),
+        *configs.routes(services),
+        *groups.routes(services),
+        *audit.routes(services),
+        *events.routes(services),
+        *ui.routes(services),
         *openapi.routes(services),
         *metrics.routes(services),
     ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(BearerAuthMiddleware, verifier=verifier, prefix="/api")],
-        exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
+        exception_handlers={**EXCEPTION_HANDLERS, **audit.exception_handlers(services)},  # type: ignore[dict-item]
     )
 
 

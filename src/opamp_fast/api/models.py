@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from .config_models import CONFIG_STRUCTS, RemoteConfigState
+from .package_models import PACKAGE_STRUCTS, AgentPackages
+
 Status = Literal["online", "offline"]
 TransportName = Literal["ws", "http"]
 
@@ -146,6 +149,10 @@ class AgentDetail(msgspec.Struct):
     disconnect_reason: str | None
     created_at: datetime | None
     updated_at: datetime | None
+    # The effective remote config assignment and the agent's outcome (issue 13).
+    remote_config: RemoteConfigState | None = None
+    # Offered packages and the agent's last PackageStatuses report (issue 14).
+    packages: AgentPackages | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -156,4 +163,6 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ActiveConnection,
     StatusSummary,
     AgentDetail,
+    *CONFIG_STRUCTS,
+    *PACKAGE_STRUCTS,
 )

@@ -11,11 +11,15 @@ OpenAPI 3.1 uses JSON Schema 2020-12, which is what msgspec emits.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,7 +30,10 @@ from .params import Param
 
 SCHEMA_REF = "#/components/schemas/{name}"
 SECURITY_SCHEME = "bearerAuth"
-SWAGGER_UI_VERSION = "5.17.14"
+# Swagger UI comes from the ``swagger-ui-py`` wheel (its static files only; the package is never
+# imported), so /docs works on a machine without internet access (issue 15).
+SWAGGER_UI_PACKAGE = "swagger_ui"
+SWAGGER_UI_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 _ERROR_TEXT = {
     400: "Invalid parameter or agent id (`invalid_parameter`, `invalid_agent_id`).",
@@ -159,7 +166,12 @@ def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
 
 def build_openapi(routes: Sequence[BaseRoute], *, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document for ``routes`` (Starlette routes of the application)."""
-    _, components = msgspec.json.schema_components(RESPONSE_STRUCTS, ref_template=SCHEMA_REF)
+    structs = list(RESPONSE_STRUCTS)
+    for route in routes:  # response types declared by routes outside models.py
+        response = getattr(getattr(route, "operation", None), "response", None)
+        if response is not None and response not in structs:
+            structs.append(response)
+    _, components = msgspec.json.schema_components(structs, ref_template=SCHEMA_REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route) or not route.include_in_schema:
@@ -211,19 +223,39 @@ _DOCS_HTML = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>opamp-fast REST API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@VERSION/swagger-ui.css">
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/docs/static/swagger-ui.css">
 </head>
 <body>
 <div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@VERSION/swagger-ui-bundle.js"></script>
-<script>
-window.ui = SwaggerUIBundle({
-  url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true, deepLinking: true
-});
-</script>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/init.js"></script>
 </body>
 </html>
-""".replace("VERSION", SWAGGER_UI_VERSION)
+"""
+# A separate file, not an inline script: the page works under a strict Content-Security-Policy.
+# validatorUrl null: Swagger UI would otherwise fetch a badge from validator.swagger.io.
+_DOCS_INIT = b"""window.ui = SwaggerUIBundle({
+  url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true, deepLinking: true,
+  validatorUrl: null
+});
+"""
+
+
+def swagger_ui_assets() -> dict[str, tuple[bytes, str]]:
+    """The Swagger UI files served under /docs/static, read from the installed wheel."""
+    spec = importlib.util.find_spec(SWAGGER_UI_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    static = Path(next(iter(spec.submodule_search_locations))) / "static"
+    types = {".css": "text/css", ".js": "text/javascript"}
+    assets: dict[str, tuple[bytes, str]] = {}
+    for name in SWAGGER_UI_FILES:
+        path = static / name
+        if path.is_file():
+            assets[name] = (path.read_bytes(), types[path.suffix])
+    assets["init.js"] = (_DOCS_INIT, "text/javascript")
+    return assets
 
 
 def routes(services: Services) -> list[Route]:
@@ -239,7 +271,20 @@ def routes(services: Services) -> list[Route]:
     async def docs(request: Request) -> Response:
         return HTMLResponse(_DOCS_HTML)
 
+    assets: dict[str, tuple[bytes, str]] = {}
+
+    async def docs_static(request: Request) -> Response:
+        if not assets:
+            assets.update(await anyio.to_thread.run_sync(swagger_ui_assets))
+        found = assets.get(request.path_params["name"])
+        if found is None:
+            raise HTTPException(404, "no such file")
+        return Response(
+            found[0], media_type=found[1], headers={"Cache-Control": "public, max-age=3600"}
+        )
+
     return [
         Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
         Route("/docs", docs, methods=["GET"], include_in_schema=False),
+        Route("/docs/static/{name}", docs_static, methods=["GET"], include_in_schema=False),
     ]

@@ -55,6 +55,7 @@ from ._constants import SERVER_OFFERS_REMOTE_CONFIG as SERVER_OFFERS_REMOTE_CONF
 from ._core import DEFAULT_SERVER_CAPABILITIES as DEFAULT_SERVER_CAPABILITIES
 from ._core import Reply as Reply
 from ._core import ServerPolicy as ServerPolicy
+from ._core import add_offers as add_offers
 from ._core import build_push as build_push
 from ._core import check_bounds as check_bounds
 from ._core import error_response as error_response
@@ -143,6 +144,7 @@ __all__ = [
     "Session",
     "StatusChanged",
     "Transport",
+    "add_offers",
     "anyvalue_pb",
     "build_push",
     "build_remote_config",

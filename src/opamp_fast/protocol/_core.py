@@ -15,6 +15,7 @@ from typing import TypeVar
 from .._proto.opamp.v1 import opamp_pb2 as pb
 from ._constants import (
     AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS,
+    AGENT_ACCEPTS_PACKAGES,
     AGENT_ACCEPTS_REMOTE_CONFIG,
     AGENT_FLAG_REQUEST_INSTANCE_UID,
     AGENT_REPORTS_AVAILABLE_COMPONENTS,
@@ -26,6 +27,7 @@ from ._constants import (
     SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS,
     SERVER_FLAG_REPORT_FULL_STATE,
     SERVER_OFFERS_CONNECTION_SETTINGS,
+    SERVER_OFFERS_PACKAGES,
     SERVER_OFFERS_REMOTE_CONFIG,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
@@ -225,6 +227,10 @@ def process_message(
         if agent.package_statuses is None or agent.package_statuses != packages:
             agent.package_statuses = _copy(packages)
             changed.append("package_statuses")
+        wanted = agent._packages_hash
+        if wanted is not None and packages.server_provided_all_packages_hash != wanted:
+            # The agent reports an older offer: allow one more (as for remote config).
+            session.offered_packages_hash = None
     if has("custom_capabilities"):
         agent_custom = msg.custom_capabilities
         if agent.custom_capabilities is None or agent.custom_capabilities != agent_custom:
@@ -271,6 +277,7 @@ def process_message(
         # A plain-HTTP retry (same seq): our previous response may never have arrived,
         # so whatever it offered is offered again.
         session.offered_config_hash = None
+        session.offered_packages_hash = None
         session.offered_settings_hash = None
     agent.sequence_num = seq
 
@@ -387,7 +394,10 @@ def _add_custom_capabilities(
 def _add_offers(
     resp: pb.ServerToAgent, agent: AgentState, session: Session, policy: ServerPolicy
 ) -> bool:
-    """Add the pending remote config and connection settings the agent can take."""
+    """Add the pending remote config, packages and connection settings the agent can take.
+
+    ``packages_available`` goes only to agents reporting AcceptsPackages (0x8), and only when
+    the server's capabilities include OffersPackages."""
     added = False
     caps = agent.capabilities
     server_caps = policy.capabilities
@@ -403,6 +413,19 @@ def _add_offers(
         if reported is None or reported.last_remote_config_hash != desired:
             resp.remote_config.CopyFrom(agent._remote_config)
             session.offered_config_hash = desired
+            added = True
+    wanted = agent._packages_hash
+    if (
+        wanted is not None
+        and caps & AGENT_ACCEPTS_PACKAGES
+        and server_caps & SERVER_OFFERS_PACKAGES
+        and session.offered_packages_hash != wanted
+    ):
+        statuses = agent.package_statuses
+        # Reported hash == ours: the agent has this offer; never resend it.
+        if statuses is None or statuses.server_provided_all_packages_hash != wanted:
+            resp.packages_available.CopyFrom(agent._packages_available)
+            session.offered_packages_hash = wanted
             added = True
     if caps & AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS and (
         server_caps & SERVER_OFFERS_CONNECTION_SETTINGS
@@ -422,10 +445,10 @@ def build_push(
 ) -> pb.ServerToAgent | None:
     """A server-initiated WebSocket message carrying whatever is pending, or ``None``.
 
-    Pending means: the desired remote config (same rule as in :func:`process_message`),
-    changed connection settings, changed custom capabilities. Always ``None`` for plain
-    HTTP (those agents get it in their next poll's response) and before the session's
-    first response (which must carry the server capabilities).
+    Pending means: the desired remote config or packages (same rule as in
+    :func:`process_message`), changed connection settings, changed custom capabilities.
+    Always ``None`` for plain HTTP (those agents get it in their next poll's response) and
+    before the session's first response (which must carry the server capabilities).
     """
     if session.transport is _HTTP or not session.first_response_sent:
         return None
@@ -433,6 +456,18 @@ def build_push(
     added = _add_offers(resp, agent, session, policy)
     added = _add_custom_capabilities(resp, session, policy, False) or added
     return resp if added else None
+
+
+def add_offers(
+    resp: pb.ServerToAgent, agent: AgentState, session: Session, *, policy: ServerPolicy
+) -> bool:
+    """Add to an already built reply what became pending after it was built (a config assigned
+    once the message said who the agent is). Same rules as :func:`process_message`; True when
+    something was added (the session is then no longer settled)."""
+    added = _add_offers(resp, agent, session, policy)
+    if added:
+        session.settled_epoch = -1
+    return added
 
 
 def error_response(

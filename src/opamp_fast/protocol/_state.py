@@ -70,6 +70,8 @@ class AgentState:
     """
 
     __slots__ = (
+        "_packages_available",
+        "_packages_hash",
         "_remote_config",
         "_remote_config_hash",
         "available_components",
@@ -106,6 +108,8 @@ class AgentState:
     offers_epoch: int
     _remote_config: pb.AgentRemoteConfig | None
     _remote_config_hash: bytes | None
+    _packages_available: pb.PackagesAvailable | None
+    _packages_hash: bytes | None
 
     def __init__(self, instance_uid: bytes, wire_uid: bytes | None = None) -> None:
         """``instance_uid`` is the normalized 16-byte uid; ``wire_uid`` the bytes the
@@ -132,6 +136,8 @@ class AgentState:
         self.offers_epoch = 0
         self._remote_config = None
         self._remote_config_hash = None
+        self._packages_available = None
+        self._packages_hash = None
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +184,40 @@ class AgentState:
         self._remote_config_hash = None
         self.offers_epoch += 1
 
+    # --- desired packages -----------------------------------------------------------
+
+    @property
+    def packages_available(self) -> pb.PackagesAvailable | None:
+        """The packages we want the agent to have, or ``None``. Read-only."""
+        return self._packages_available
+
+    @property
+    def packages_hash(self) -> bytes | None:
+        """``packages_available.all_packages_hash``, or ``None`` when nothing is offered."""
+        return self._packages_hash
+
+    def set_packages_available(self, offer: pb.PackagesAvailable) -> None:
+        """Assign a prebuilt offer (it may be shared between agents and must not be mutated
+        afterwards). Offered to agents reporting AcceptsPackages, once per session, until the
+        agent reports ``server_provided_all_packages_hash`` equal to its hash (as remote
+        config). Assigning the offer already held changes nothing."""
+        if not offer.all_packages_hash:
+            raise ValueError("PackagesAvailable.all_packages_hash must be set")
+        if self._packages_hash == offer.all_packages_hash:
+            self._packages_available = offer  # same content (fresher download URLs)
+            return
+        self._packages_available = offer
+        self._packages_hash = offer.all_packages_hash
+        self.offers_epoch += 1
+
+    def clear_packages_available(self) -> None:
+        """Offer nothing any more (the agent keeps what it installed)."""
+        if self._packages_hash is None:
+            return
+        self._packages_available = None
+        self._packages_hash = None
+        self.offers_epoch += 1
+
 
 class Session:
     """What we told the agent on one WebSocket connection, or across an HTTP agent's polls.
@@ -190,6 +230,7 @@ class Session:
         "custom_capabilities_sent",
         "first_response_sent",
         "offered_config_hash",
+        "offered_packages_hash",
         "offered_settings_hash",
         "settled_epoch",
         "transport",
@@ -199,6 +240,7 @@ class Session:
     first_response_sent: bool
     settled_epoch: int
     offered_config_hash: bytes | None
+    offered_packages_hash: bytes | None
     offered_settings_hash: bytes | None
     custom_capabilities_sent: tuple[str, ...] | None
 
@@ -206,6 +248,7 @@ class Session:
         self.transport = transport
         self.first_response_sent = False
         self.offered_config_hash = None
+        self.offered_packages_hash = None
         self.offered_settings_hash = None
         self.custom_capabilities_sent = None
         # The agent's offers_epoch at the last WebSocket reply that had nothing left to offer;

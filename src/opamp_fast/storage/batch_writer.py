@@ -40,7 +40,8 @@ import msgspec
 import psycopg
 from anyio.abc import TaskStatus
 
-from .notices import channel_for, encode_notices
+from ..events import encode_event_notices
+from .notices import FLEET_CHANNEL, channel_for, encode_notices
 from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRANSPORTS: Final = frozenset({"ws", "http"})
+_EVENTS_KEPT: Final = 10_000  # fleet events kept for other instances through a database outage
 SHUTDOWN_REASON: Final = "server shutdown"
 RESTART_REASON: Final = "server restart"
 REPLACED_REASON: Final = "replaced by a new connection"
@@ -122,7 +124,7 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "online", "seen", "sessions", "waiters")
+    __slots__ = ("agents", "closes", "events", "online", "seen", "sessions", "waiters")
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -134,9 +136,11 @@ class _Batch:
         self.closes: dict[bytes, tuple[float, str]] = {}
         # flush() callers waiting for this batch to commit
         self.waiters: list[anyio.Event] = []
+        # fleet events (encoded) for the other instances, NOTIFYed in this batch's transaction
+        self.events: list[bytes] = []
 
     def __bool__(self) -> bool:
-        return bool(self.agents or self.seen or self.sessions or self.closes)
+        return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
 
     @property
     def has_transitions(self) -> bool:
@@ -184,6 +188,7 @@ class _Batch:
         self.closes = closes
         older.waiters.extend(self.waiters)
         self.waiters = older.waiters
+        self.events = (older.events + self.events)[-_EVENTS_KEPT:]
         if self.online is None:
             self.online = older.online
 
@@ -243,6 +248,9 @@ class BatchWriter:
         # metrics (issue 6): called with (rows, seconds) after each committed flush, on the event
         # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
         self.on_flush: Callable[[int, float], None] | None = None
+        # fleet events (issue 15): called when a batch is taken; what it returns is sent to the
+        # other instances with pg_notify in that batch's transaction (events.EventHub).
+        self.event_outbox: Callable[[], list[bytes]] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -353,6 +361,8 @@ class BatchWriter:
         self._pending = _Batch()
         self._seen = self._pending.seen
         self._wake = anyio.Event()
+        if self.event_outbox is not None:
+            batch.events.extend(self.event_outbox())
         return batch
 
     def _merge_back(self, batch: _Batch) -> None:
@@ -768,6 +778,9 @@ def _write_batch(
             if staged:
                 cur.execute(_UPDATE_SEEN)
                 rows += cur.rowcount
+        if batch.events:
+            for payload in encode_event_notices(instance_id, batch.events):
+                cur.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
         if shutdown_at is not None:
             shutdown = {"instance": instance_id, "at": shutdown_at, "reason": SHUTDOWN_REASON}
             cur.execute(_CLOSE_INSTANCE_SESSIONS, shutdown)

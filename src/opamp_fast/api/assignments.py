@@ -1,0 +1,234 @@
+"""Per-agent configuration routes: operator labels, pins, and the effective assignment.
+
+``PUT /api/agents/{id}/labels`` replaces the agent's operator labels (stored in
+``agents.labels``, GIN-indexed, what ``?label=`` filters on); ``PUT /api/agents/{id}/config``
+pins one agent to a version (``{"config": null}`` unpins it). :func:`remote_config_state` is the
+``remote_config`` of the agent detail: the assignment this instance's directory resolves (the
+same on every instance once its reload is done) and what the agent reported for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..configs import ConfigInputError, Directory, json_attributes, parse_labels
+from ..protocol.codec import format_instance_uid
+from ..services import Services
+from ..storage import config_queries as cq
+from ..storage.config_queries import AgentOutcome, NotFound
+from . import audit
+from .body import input_error, only_keys, read_object
+from .config_models import AgentAssignment, AgentLabels, ConfigRef, RemoteConfigState
+from .configs import run_db
+from .errors import APIError
+from .openapi import DocumentedRoute, Operation
+from .params import AGENT_ID_PARAM, parse_agent_id
+from .responses import JSONResponse
+from .roles import require_role
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def remote_config_state(
+    directory: Directory, uid: bytes, outcome: AgentOutcome
+) -> RemoteConfigState:
+    """The agent's effective assignment (pin, else winning group) and its reported outcome."""
+    labels = {k: v for k, v in outcome.labels.items() if isinstance(v, str)}
+    assignment = directory.resolve(uid, json_attributes(outcome.description), labels)
+    reported = outcome.reported or {}
+    reported_hash = reported.get("last_remote_config_hash") or None
+    reported_status = str(reported.get("status", "")).lower() or None
+    if assignment is None:
+        ref = directory.by_hash.get(bytes.fromhex(reported_hash)) if reported_hash else None
+        return RemoteConfigState(
+            name=ref.name if ref else None,
+            version=ref.version if ref else None,
+            hash=reported_hash,
+            status="unassigned",
+            error=reported.get("error_message") or None,
+            updated_at=outcome.updated_at,
+            source=None,
+            group=None,
+            reported_hash=reported_hash,
+        )
+    wanted = assignment.config_hash.hex()
+    error = None
+    if reported_hash == wanted and reported_status in ("applied", "applying", "failed"):
+        status = reported_status
+        if status == "failed":
+            error = reported.get("error_message") or outcome.failed_error
+    elif outcome.failed_hash == wanted:
+        status, error = "failed", outcome.failed_error
+    else:
+        status = "pending"
+    return RemoteConfigState(
+        name=assignment.ref.name,
+        version=assignment.ref.version,
+        hash=wanted,
+        status=status,
+        error=error,
+        updated_at=outcome.updated_at,
+        source=assignment.source,
+        group=assignment.group,
+        reported_hash=reported_hash,
+    )
+
+
+def routes(services: Services) -> list[DocumentedRoute]:
+    me = services.settings.instance_id
+
+    def directory() -> Directory:
+        return services.configs.directory if services.configs is not None else Directory()
+
+    async def refresh() -> None:
+        if services.configs is not None:
+            await services.configs.refresh()
+
+    async def put_labels(request: Request) -> Response:
+        uid = parse_agent_id(request.path_params["id"])
+        text_id = format_instance_uid(uid)
+        require_role(request, "operator", action="agent.labels", target=f"agent:{text_id}")
+        body = await read_object(request, MAX_BODY_BYTES)
+        only_keys(body, {"labels"})
+        try:
+            labels = parse_labels(body.get("labels"))
+        except ConfigInputError as exc:
+            raise input_error(exc) from None
+
+        def work(conn: cq.Conn) -> None:
+            before = cq.set_labels(conn, uid, labels)
+            if before is None:
+                raise NotFound("agent_not_found", f"no agent {text_id}")
+            entry = audit.entry(
+                request, "agent.labels", f"agent:{text_id}", before=before, after=labels
+            )
+            cq.append_audit(conn, entry)
+            cq.notify_changed(conn, me)
+
+        await run_db(services, work)
+        await refresh()
+        return JSONResponse(AgentLabels(text_id, labels))
+
+    async def get_config(request: Request) -> Response:
+        uid = parse_agent_id(request.path_params["id"])
+        text_id = format_instance_uid(uid)
+
+        def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
+            outcome = cq.agent_outcome(conn, uid)
+            if outcome is None:
+                raise NotFound("agent_not_found", f"no agent {text_id}")
+            return outcome, cq.get_pin(conn, uid)
+
+        outcome, pin = await run_db(services, work)
+        return JSONResponse(
+            AgentAssignment(
+                agent_id=text_id,
+                pinned=None if pin is None else ConfigRef(*pin),
+                remote_config=remote_config_state(directory(), uid, outcome),
+            )
+        )
+
+    async def put_config(request: Request) -> Response:
+        uid = parse_agent_id(request.path_params["id"])
+        text_id = format_instance_uid(uid)
+        require_role(request, "operator", action="agent.config", target=f"agent:{text_id}")
+        body = await read_object(request, MAX_BODY_BYTES)
+        only_keys(body, {"config", "version"})
+        if "config" not in body:
+            raise APIError(
+                400, "invalid_body", "config: required (a config name, or null to unpin)"
+            )
+        config = body["config"]
+        version = body.get("version")
+        if config is not None and not isinstance(config, str):
+            raise APIError(400, "invalid_body", "config: must be a config name or null")
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31
+        ):
+            raise APIError(400, "invalid_body", "version: must be a positive integer")
+
+        def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
+            if not cq.agent_known(conn, uid):
+                raise NotFound("agent_not_found", f"no agent {text_id}")
+            before = cq.get_pin(conn, uid)
+            pin: tuple[str, int] | None = None
+            if config is None:
+                cq.clear_pin(conn, uid)
+            else:
+                row = cq.require_version(conn, config, version)
+                pin = (row.name, row.version)
+                cq.set_pin(conn, uid, *pin)
+            show: Any = lambda p: None if p is None else f"{p[0]}@{p[1]}"  # noqa: E731
+            cq.append_audit(
+                conn,
+                audit.entry(
+                    request,
+                    "agent.config",
+                    f"agent:{text_id}",
+                    before={"pin": show(before)},
+                    after={"pin": show(pin)},
+                ),
+            )
+            cq.notify_changed(conn, me)
+            outcome = cq.agent_outcome(conn, uid)
+            assert outcome is not None
+            return outcome, pin
+
+        outcome, pin = await run_db(services, work)
+        await refresh()
+        return JSONResponse(
+            AgentAssignment(
+                agent_id=text_id,
+                pinned=None if pin is None else ConfigRef(*pin),
+                remote_config=remote_config_state(directory(), uid, outcome),
+            )
+        )
+
+    write_errors = (400, 403, 404, 413, 503)
+    return [
+        DocumentedRoute(
+            "/api/agents/{id}/labels",
+            put_labels,
+            Operation(
+                "Set an agent's operator labels",
+                'Body: `{"labels": {"env": "prod"}}` (replaces them). Groups select on them, '
+                "and on the agent's own attributes; `?label=` filters the lists. Needs the "
+                "operator role.",
+                params=(AGENT_ID_PARAM,),
+                response=AgentLabels,
+                errors=write_errors,
+                method="PUT",
+            ),
+            name="put_agent_labels",
+        ),
+        DocumentedRoute(
+            "/api/agents/{id}/config",
+            get_config,
+            Operation(
+                "An agent's config assignment",
+                "Its pin, if any, and the effective assignment with the agent's outcome.",
+                params=(AGENT_ID_PARAM,),
+                response=AgentAssignment,
+                errors=(400, 404, 503),
+            ),
+            name="get_agent_config",
+        ),
+        DocumentedRoute(
+            "/api/agents/{id}/config",
+            put_config,
+            Operation(
+                "Pin an agent to a config version",
+                'Body: `{"config": "<name>", "version": n}` (`version` defaults to the latest); '
+                '`{"config": null}` removes the pin. A pin wins over every group. Needs the '
+                "operator role.",
+                params=(AGENT_ID_PARAM,),
+                response=AgentAssignment,
+                errors=write_errors,
+                method="PUT",
+            ),
+            name="put_agent_config",
+        ),
+    ]

@@ -1,0 +1,301 @@
+"""``/api/configs``: named configurations and their immutable versions, and their status.
+
+``POST /api/configs`` creates a version (or returns the identical one); versions are read
+newest first; a config can be deleted only when no group, pin or active rollout uses it. The
+status summary counts the agents whose last report names each version, by status, and groups
+their failure messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any, TypeVar
+
+import psycopg
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..configs import ConfigInputError, files_to_json, parse_files, parse_name
+from ..protocol import remote_config_hash
+from ..services import Services
+from ..storage import config_queries as cq
+from ..storage.config_queries import Conflict, NotFound, VersionRow
+from . import audit
+from .body import input_error, only_keys, read_object
+from .config_models import (
+    ConfigCreated,
+    ConfigDeleted,
+    ConfigDetail,
+    ConfigFile,
+    ConfigList,
+    ConfigStatus,
+    ConfigSummary,
+    ConfigVersionDetail,
+    ConfigVersionInfo,
+    FailureSignature,
+    VersionStatus,
+)
+from .errors import APIError
+from .openapi import DocumentedRoute, Operation
+from .params import Param
+from .responses import JSONResponse
+from .roles import require_role
+
+T = TypeVar("T")
+ENVELOPE_BYTES = 1024  # room for the rest of the ServerToAgent message around the files
+
+NAME_PARAM = Param(
+    "name",
+    "path",
+    "Config name: letters, digits, '.', '_', '-' (1-128).",
+    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    required=True,
+)
+VERSION_PARAM = Param(
+    "version", "path", "Version number (1, 2, ...).", {"type": "integer", "minimum": 1}, True
+)
+
+
+async def run_db(services: Services, fn: Callable[[cq.Conn], T]) -> T:
+    """``db.run`` with storage conflicts turned into 404/409 JSON errors."""
+    try:
+        return await services.db.run(fn)
+    except NotFound as exc:
+        raise APIError(404, exc.code, exc.message) from None
+    except Conflict as exc:
+        raise APIError(409, exc.code, exc.message) from None
+    except psycopg.errors.IntegrityError as exc:
+        raise APIError(409, "conflict", f"conflicting change: {exc.diag.message_primary}") from None
+
+
+def path_name(request: Request, key: str = "name", what: str = "name") -> str:
+    try:
+        return parse_name(request.path_params[key], what)
+    except ConfigInputError as exc:
+        raise input_error(exc) from None
+
+
+def path_version(request: Request) -> int:
+    raw = request.path_params["version"]
+    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
+        raise APIError(400, "invalid_parameter", f"version: {raw[:20]!r} is not a version number")
+    return int(raw)
+
+
+def version_info(row: VersionRow) -> ConfigVersionInfo:
+    return ConfigVersionInfo(
+        row.name,
+        row.version,
+        row.config_hash.hex(),
+        row.size_bytes,
+        row.created_at.astimezone(UTC),
+        row.created_by,
+    )
+
+
+def version_detail(row: VersionRow) -> ConfigVersionDetail:
+    files = {
+        name: ConfigFile(f["body"], f["content_type"]) for name, f in (row.files or {}).items()
+    }
+    info = version_info(row)
+    return ConfigVersionDetail(
+        info.name,
+        info.version,
+        info.hash,
+        info.size_bytes,
+        info.created_at,
+        info.created_by,
+        files,
+    )
+
+
+def routes(services: Services) -> list[DocumentedRoute]:
+    settings = services.settings
+    max_bytes = settings.max_message_bytes
+
+    async def create(request: Request) -> Response:
+        body = await read_object(request, max_bytes)
+        raw = body.get("name")
+        target = f"config:{raw}"[:200] if isinstance(raw, str) else "config"
+        who = require_role(request, "operator", action="config.create", target=target)
+        try:
+            only_keys(body, {"name", "files"})
+            name = parse_name(raw)
+            files = parse_files(body.get("files"), max_bytes=max_bytes - ENVELOPE_BYTES)
+        except ConfigInputError as exc:
+            raise input_error(exc) from None
+        stored = files_to_json(files)
+        config_hash = remote_config_hash(files)
+        size = sum(len(b) for b, _ in files.values())
+
+        def work(conn: cq.Conn) -> tuple[VersionRow, bool]:
+            row, created = cq.create_version(conn, name, stored, config_hash, size, who.subject)
+            if created:
+                after = {"version": row.version, "hash": config_hash.hex(), "files": sorted(files)}
+                cq.append_audit(
+                    conn, audit.entry(request, "config.create", f"config:{name}", after=after)
+                )
+            return row, created
+
+        row, created = await run_db(services, work)
+        detail = version_detail(dataclasses.replace(row, files=stored))
+        return JSONResponse(ConfigCreated(created, detail), 201 if created else 200)
+
+    async def list_all(request: Request) -> Response:
+        rows = await run_db(services, cq.list_configs)
+        return JSONResponse(
+            ConfigList(
+                [
+                    ConfigSummary(n, v, int(c), bytes(h).hex(), t.astimezone(UTC))
+                    for n, v, c, h, t in rows
+                ]
+            )
+        )
+
+    async def get_config(request: Request) -> Response:
+        name = path_name(request)
+        rows = await run_db(services, lambda conn: cq.versions_of(conn, name))
+        if not rows:
+            raise APIError(404, "config_not_found", f"no config {name!r}")
+        return JSONResponse(ConfigDetail(name, [version_info(r) for r in rows]))
+
+    async def get_version(request: Request) -> Response:
+        name = path_name(request)
+        version = path_version(request)
+        row = await run_db(services, lambda conn: cq.require_version(conn, name, version))
+        return JSONResponse(version_detail(row))
+
+    async def delete(request: Request) -> Response:
+        name = path_name(request)
+        require_role(request, "operator", action="config.delete", target=f"config:{name}")
+
+        def work(conn: cq.Conn) -> int:
+            versions = cq.versions_of(conn, name)
+            if not versions:
+                raise NotFound("config_not_found", f"no config {name!r}")
+            deleted = cq.delete_config(conn, name)
+            before = {"versions": [v.version for v in versions]}
+            cq.append_audit(
+                conn, audit.entry(request, "config.delete", f"config:{name}", before=before)
+            )
+            return deleted
+
+        deleted = await run_db(services, work)
+        return JSONResponse(ConfigDeleted(name, deleted))
+
+    async def status(request: Request) -> Response:
+        name = path_name(request)
+
+        def work(conn: cq.Conn) -> tuple[list[VersionRow], Any, Any]:
+            versions = cq.versions_of(conn, name)
+            if not versions:
+                raise NotFound("config_not_found", f"no config {name!r}")
+            by_status, errors = cq.config_status(conn, name)
+            return versions, by_status, errors
+
+        versions, by_status, errors = await run_db(services, work)
+        per = {v.version: VersionStatus(v.version, v.config_hash.hex()) for v in versions}
+        totals = {"applied": 0, "applying": 0, "failed": 0, "unset": 0}
+        for version, state, count in by_status:
+            key = state if state in totals else "unset"
+            item = per[version]
+            setattr(item, key, getattr(item, key) + int(count))
+            totals[key] += int(count)
+        return JSONResponse(
+            ConfigStatus(
+                name=name,
+                totals=totals,
+                versions=list(per.values()),
+                errors=[FailureSignature(v, e or "", int(c)) for v, e, c in errors],
+            )
+        )
+
+    errors = (400, 404, 503)
+    return [
+        DocumentedRoute(
+            "/api/configs",
+            create,
+            Operation(
+                "Create a config version",
+                'Body: `{"name", "files": {"<file>": {"body", "content_type"}}}`. A new version '
+                "when the content is new (201), the existing one when an identical version "
+                "exists (200). The hash is the OpAMP config hash. Needs the operator role; "
+                "bodies beyond `max_message_bytes` get 413.",
+                response=ConfigCreated,
+                errors=(400, 403, 409, 413, 503),
+                tags=("configs",),
+                method="POST",
+                status=201,
+            ),
+            name="create_config",
+        ),
+        DocumentedRoute(
+            "/api/configs",
+            list_all,
+            Operation(
+                "List configs",
+                "Every config with its latest version.",
+                response=ConfigList,
+                errors=(503,),
+                tags=("configs",),
+            ),
+            name="list_configs",
+        ),
+        DocumentedRoute(
+            "/api/configs/{name}",
+            get_config,
+            Operation(
+                "A config's versions",
+                "Newest first.",
+                params=(NAME_PARAM,),
+                response=ConfigDetail,
+                errors=errors,
+                tags=("configs",),
+            ),
+            name="get_config",
+        ),
+        DocumentedRoute(
+            "/api/configs/{name}",
+            delete,
+            Operation(
+                "Delete a config",
+                "Every version goes; 409 `config_in_use` while a group, a pin or an active "
+                "rollout uses any of them. Needs the operator role.",
+                params=(NAME_PARAM,),
+                response=ConfigDeleted,
+                errors=(400, 403, 404, 409, 503),
+                tags=("configs",),
+                method="DELETE",
+            ),
+            name="delete_config",
+        ),
+        DocumentedRoute(
+            "/api/configs/{name}/versions/{version}",
+            get_version,
+            Operation(
+                "A config version with its files",
+                params=(NAME_PARAM, VERSION_PARAM),
+                response=ConfigVersionDetail,
+                errors=errors,
+                tags=("configs",),
+            ),
+            name="get_config_version",
+        ),
+        DocumentedRoute(
+            "/api/configs/{name}/status",
+            status,
+            Operation(
+                "Agents by version and status",
+                "Agents whose last report names a version of this config, by status "
+                "(applied, applying, failed), plus agents that failed a version and fell back "
+                "(counted failed), and the failure messages grouped by text.",
+                params=(NAME_PARAM,),
+                response=ConfigStatus,
+                errors=errors,
+                tags=("configs",),
+            ),
+            name="config_status",
+        ),
+    ]

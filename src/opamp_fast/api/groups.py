@@ -1,0 +1,336 @@
+"""``/api/groups``: named selectors, the version their members run, rollouts and rollback.
+
+``PUT /api/groups/{name}`` creates or replaces a group. When the version changes, the previous
+one is remembered (``POST /api/groups/{name}/rollback`` returns to it) and, with ``rollout``,
+the change goes out batch by batch (``storage.rollout_queries``): the first batch is admitted
+before the answer, the next ones by the rollout driver as batches report.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..configs import ConfigInputError, parse_selector
+from ..services import Services
+from ..storage import config_queries as cq
+from ..storage import rollout_queries as rq
+from ..storage.config_queries import Conflict, GroupRow, NotFound
+from . import audit
+from .body import input_error, only_keys, read_object
+from .config_models import ConfigRef, GroupDeleted, GroupInfo, GroupList, RolloutInfo
+from .configs import path_name, run_db
+from .errors import APIError
+from .openapi import DocumentedRoute, Operation
+from .params import Param
+from .responses import JSONResponse
+from .roles import require_role
+
+MAX_BODY_BYTES = 64 * 1024
+
+GROUP_PARAM = Param(
+    "name",
+    "path",
+    "Group name: letters, digits, '.', '_', '-' (1-128).",
+    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    required=True,
+)
+
+
+def _ref(name: str | None, version: int | None) -> ConfigRef | None:
+    return None if name is None or version is None else ConfigRef(name, version)
+
+
+def rollout_info(row: rq.RolloutRow | None) -> RolloutInfo | None:
+    if row is None:
+        return None
+    progress = 100.0 * row.admitted / row.eligible if row.eligible else 100.0
+    if row.state == "completed":
+        progress = 100.0
+    return RolloutInfo(
+        id=row.id,
+        state=row.state,
+        to=ConfigRef(row.to_name, row.to_version),
+        batch_percent=row.batch_percent,
+        max_failed_percent=row.max_failed_percent,
+        batches=row.batches,
+        eligible=row.eligible,
+        admitted=row.admitted,
+        applied=row.applied,
+        failed=row.failed,
+        pending=row.pending,
+        progress_percent=round(progress, 1),
+        reason=row.reason,
+        created_by=row.created_by,
+        created_at=row.created_at.astimezone(UTC),
+        updated_at=row.updated_at.astimezone(UTC),
+        source=_ref(row.from_name, row.from_version),
+    )
+
+
+def group_info(conn: cq.Conn, group: GroupRow) -> GroupInfo:
+    members, online = cq.count_matching(conn, group.selector)
+    return GroupInfo(
+        name=group.name,
+        selector=group.selector,
+        config=_ref(group.config_name, group.config_version),
+        previous=_ref(group.previous_name, group.previous_version),
+        members=members,
+        online_members=online,
+        rollout=rollout_info(rq.latest_rollout(conn, group.name)),
+        created_at=group.created_at.astimezone(UTC),
+        updated_at=group.updated_at.astimezone(UTC),
+    )
+
+
+def _summary(group: GroupRow | None) -> dict[str, Any] | None:
+    if group is None:
+        return None
+    return {
+        "selector": group.selector,
+        "config": None
+        if group.config_name is None
+        else f"{group.config_name}@{group.config_version}",
+    }
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise APIError(400, "invalid_body", f"{what}: must be an integer from {lo} to {hi}")
+    return value
+
+
+def _rollout_spec(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise APIError(400, "invalid_body", "rollout: must be an object")
+    only_keys(value, {"batch_percent", "max_failed_percent"})
+    return (
+        _int(value.get("batch_percent", 10), "rollout.batch_percent", 1, 100),
+        _int(value.get("max_failed_percent", 0), "rollout.max_failed_percent", 0, 100),
+    )
+
+
+def routes(services: Services) -> list[DocumentedRoute]:
+    me = services.settings.instance_id
+
+    async def refresh() -> None:
+        if services.configs is not None:
+            await services.configs.refresh()
+
+    async def list_all(request: Request) -> Response:
+        def work(conn: cq.Conn) -> list[GroupInfo]:
+            return [group_info(conn, g) for g in cq.list_groups(conn)]
+
+        return JSONResponse(GroupList(await run_db(services, work)))
+
+    async def get_group(request: Request) -> Response:
+        name = path_name(request)
+
+        def work(conn: cq.Conn) -> GroupInfo:
+            group = cq.get_group(conn, name)
+            if group is None:
+                raise NotFound("group_not_found", f"no group {name!r}")
+            return group_info(conn, group)
+
+        return JSONResponse(await run_db(services, work))
+
+    async def put_group(request: Request) -> Response:
+        name = path_name(request)
+        who = require_role(request, "operator", action="group.put", target=f"group:{name}")
+        body = await read_object(request, MAX_BODY_BYTES)
+        only_keys(body, {"selector", "config", "version", "rollout"})
+        try:
+            selector = parse_selector(body.get("selector", {})).as_dict()
+        except ConfigInputError as exc:
+            raise input_error(exc) from None
+        config = body.get("config")
+        if config is not None and not isinstance(config, str):
+            raise APIError(400, "invalid_body", "config: must be a config name or null")
+        version = body.get("version")
+        if version is not None:
+            version = _int(version, "version", 1, 2**31 - 1)
+            if config is None:
+                raise APIError(400, "invalid_body", "version: needs 'config'")
+        spec = _rollout_spec(body.get("rollout"))
+        if spec is not None and config is None:
+            raise APIError(400, "invalid_body", "rollout: needs 'config'")
+
+        def work(conn: cq.Conn) -> GroupInfo:
+            old = cq.get_group(conn, name, lock=True)
+            target = None
+            if config is not None:
+                row = cq.require_version(conn, config, version)
+                target = (row.name, row.version)
+            old_target = None
+            if old is not None and old.config_name is not None and old.config_version is not None:
+                old_target = (old.config_name, old.config_version)
+            previous = old_target
+            if target == old_target and old is not None and old.previous_name is not None:
+                previous = (old.previous_name, old.previous_version or 0)
+            group = cq.upsert_group(conn, name, selector, target, previous)
+            started = None
+            if target != old_target:
+                rq.stop_active(conn, name, "superseded")
+                if spec is not None and target is not None:
+                    started = rq.start_rollout(
+                        conn,
+                        name,
+                        old_target,
+                        target,
+                        batch_percent=spec[0],
+                        max_failed_percent=spec[1],
+                        actor=who.subject,
+                    )
+            after: dict[str, Any] = {**(_summary(group) or {})}
+            if started is not None:
+                after["rollout"] = {"batch_percent": spec[0], "max_failed_percent": spec[1]}  # type: ignore[index]
+            cq.append_audit(
+                conn,
+                audit.entry(
+                    request, "group.put", f"group:{name}", before=_summary(old), after=after
+                ),
+            )
+            if started is not None:
+                rq.advance(conn, started, sender=me)  # the first batch, now
+            cq.notify_changed(conn, me)
+            return group_info(conn, group)
+
+        info = await run_db(services, work)
+        await refresh()
+        return JSONResponse(info)
+
+    async def delete_group(request: Request) -> Response:
+        name = path_name(request)
+        require_role(request, "operator", action="group.delete", target=f"group:{name}")
+
+        def work(conn: cq.Conn) -> None:
+            old = cq.get_group(conn, name, lock=True)
+            if old is None:
+                raise NotFound("group_not_found", f"no group {name!r}")
+            cq.delete_group(conn, name)
+            cq.append_audit(
+                conn, audit.entry(request, "group.delete", f"group:{name}", before=_summary(old))
+            )
+            cq.notify_changed(conn, me)
+
+        await run_db(services, work)
+        await refresh()
+        return JSONResponse(GroupDeleted(name))
+
+    async def rollback(request: Request) -> Response:
+        name = path_name(request)
+        require_role(request, "operator", action="group.rollback", target=f"group:{name}")
+
+        def work(conn: cq.Conn) -> GroupInfo:
+            old = cq.get_group(conn, name, lock=True)
+            if old is None:
+                raise NotFound("group_not_found", f"no group {name!r}")
+            if old.previous_name is None or old.previous_version is None:
+                raise Conflict("no_previous_version", f"group {name!r} has no previous version")
+            stopped = rq.stop_active(conn, name, "rolled_back")
+            current = None
+            if old.config_name is not None and old.config_version is not None:
+                current = (old.config_name, old.config_version)
+            group = cq.upsert_group(
+                conn, name, old.selector, (old.previous_name, old.previous_version), current
+            )
+            before: dict[str, Any] = {**(_summary(old) or {})}
+            if stopped is not None:
+                before["rollout"] = stopped.summary()
+            cq.append_audit(
+                conn,
+                audit.entry(
+                    request, "group.rollback", f"group:{name}", before=before, after=_summary(group)
+                ),
+            )
+            cq.notify_changed(conn, me)
+            return group_info(conn, group)
+
+        info = await run_db(services, work)
+        await refresh()
+        return JSONResponse(info)
+
+    errors = (400, 404, 503)
+    write_errors = (400, 403, 404, 409, 413, 503)
+    tags = ("groups",)
+    return [
+        DocumentedRoute(
+            "/api/groups",
+            list_all,
+            Operation(
+                "List groups",
+                "Every group with its member counts and latest rollout.",
+                response=GroupList,
+                errors=(503,),
+                tags=tags,
+            ),
+            name="list_groups",
+        ),
+        DocumentedRoute(
+            "/api/groups/{name}",
+            get_group,
+            Operation(
+                "A group",
+                "Selector, version, previous version, member counts (agents matching the "
+                "selector, fleet-wide) and the latest rollout with its progress.",
+                params=(GROUP_PARAM,),
+                response=GroupInfo,
+                errors=errors,
+                tags=tags,
+            ),
+            name="get_group",
+        ),
+        DocumentedRoute(
+            "/api/groups/{name}",
+            put_group,
+            Operation(
+                "Create or replace a group",
+                'Body: `{"selector": {"env": "prod"}, "config": "<name>", "version": n, '
+                '"rollout": {"batch_percent": 10, "max_failed_percent": 5}}`. `version` '
+                "defaults to the config's latest; `config: null` assigns nothing. A changed "
+                "version supersedes an active rollout; with `rollout` it goes out batch by "
+                "batch, otherwise to every member at once. Needs the operator role.",
+                params=(GROUP_PARAM,),
+                response=GroupInfo,
+                errors=write_errors,
+                tags=tags,
+                method="PUT",
+            ),
+            name="put_group",
+        ),
+        DocumentedRoute(
+            "/api/groups/{name}",
+            delete_group,
+            Operation(
+                "Delete a group",
+                "Its members fall to the next matching group.",
+                params=(GROUP_PARAM,),
+                response=GroupDeleted,
+                errors=write_errors,
+                tags=tags,
+                method="DELETE",
+            ),
+            name="delete_group",
+        ),
+        DocumentedRoute(
+            "/api/groups/{name}/rollback",
+            rollback,
+            Operation(
+                "Roll a group back",
+                "Returns the group to its previous version at once (the active rollout, if any, "
+                "ends as `rolled_back`); 409 `no_previous_version` when there is none. Needs the "
+                "operator role.",
+                params=(GROUP_PARAM,),
+                response=GroupInfo,
+                errors=write_errors,
+                tags=tags,
+                method="POST",
+            ),
+            name="rollback_group",
+        ),
+    ]

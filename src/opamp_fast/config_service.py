@@ -1,0 +1,243 @@
+"""Keeps every agent on this instance on the configuration the operators chose.
+
+* **One directory in memory.** Versions in use (as prebuilt ``AgentRemoteConfig`` messages
+  shared by all agents that run them), groups in precedence order, pins, operator labels and the
+  admitted agents of active rollouts, loaded from Postgres in a worker thread. Resolving an agent
+  (:meth:`ConfigService.assign`, called by the ``FleetHandler`` when an agent comes online or its
+  description changes) is a few dict lookups: no database round trip on the OpAMP path.
+* **Reload on change.** Every change made through the API commits with a ``configs`` notice on
+  the fleet channel. The instance that made it reloads before it answers (so a WebSocket agent
+  connected here has the new config before the API call returns); the others reload when the
+  notice arrives. After a reload every online agent is re-resolved, and those whose config
+  changed are pushed at once (WebSocket) or get it in their next poll (plain HTTP).
+* **Rollouts.** Every ``tick_s`` the running rollouts are advanced (``storage.rollout_queries``)
+  by whichever instance locks them first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import psycopg
+from anyio.abc import TaskStatus
+from psycopg_pool import PoolTimeout
+
+from .configs import (
+    ACTIVE_ROLLOUT_STATES,
+    Directory,
+    GroupRule,
+    VersionRef,
+    build_config,
+    description_attributes,
+    files_from_json,
+    order_groups,
+    parse_selector,
+)
+from .protocol import REMOTE_CONFIG_APPLIED, REMOTE_CONFIG_APPLYING, REMOTE_CONFIG_FAILED
+from .storage import config_queries, rollout_queries
+
+if TYPE_CHECKING:
+    from .fleet import FleetHandler
+    from .registry import AgentRecord
+    from .storage import Database
+
+__all__ = ["ConfigService", "ConfigStatistics", "build_directory"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS_NAMES = {
+    REMOTE_CONFIG_APPLIED: "applied",
+    REMOTE_CONFIG_APPLYING: "applying",
+    REMOTE_CONFIG_FAILED: "failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatistics:
+    """For metrics: this instance's online agents by reported remote-config status, and the
+    latest rollout of each group (as of the last reload)."""
+
+    status_counts: dict[str, int]
+    rollouts: dict[str, dict[str, Any]]
+    reloads_total: int
+    pushes_total: int
+
+
+_ROLLOUT_FIELDS = config_queries.ROLLOUT_COLUMNS.replace(" ", "").split(",")
+
+
+def rollout_dicts(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, Any]]:
+    """Latest rollout rows by group name, as dicts of their columns."""
+    return {row[1]: dict(zip(_ROLLOUT_FIELDS, row, strict=True)) for row in rows}
+
+
+def build_directory(rows: config_queries.DirectoryRows) -> Directory:
+    """The in-memory directory from its rows (pure; run in the worker thread that loaded it)."""
+    directory = Directory()
+    for name, version, _, files in rows.versions:
+        directory.configs[VersionRef(name, version)] = build_config(files_from_json(files))
+    for config_hash, name, version in rows.hashes:
+        directory.by_hash[config_hash] = VersionRef(name, version)
+    admitted: dict[int, set[bytes]] = {}
+    for rollout_id, uid in rows.admitted:
+        admitted.setdefault(rollout_id, set()).add(uid)
+    latest = directory.rollouts = rollout_dicts(rows.rollouts)
+    rules = []
+    for g in rows.groups:
+        target = None if g.config_name is None else VersionRef(g.config_name, g.config_version or 0)
+        rollout = latest.get(g.name)
+        source = None
+        members = None
+        if rollout is not None and rollout["state"] in ACTIVE_ROLLOUT_STATES:
+            members = frozenset(admitted.get(rollout["id"], ()))
+            if rollout["from_name"] is not None:
+                source = VersionRef(rollout["from_name"], rollout["from_version"])
+        rules.append(GroupRule(g.name, parse_selector(g.selector), target, source, members))
+    directory.groups = order_groups(rules)
+    directory.pins = {uid: VersionRef(name, version) for uid, name, version in rows.pins}
+    directory.labels = {uid: labels for uid, labels in rows.labels}
+    return directory
+
+
+class ConfigService:
+    """The directory of this instance, its reloads, the pushes they cause, and the rollout
+    driver."""
+
+    def __init__(
+        self, db: Database, fleet: FleetHandler, *, instance_id: str, tick_s: float = 0.5
+    ) -> None:
+        self._db = db
+        self._fleet = fleet
+        self.instance_id = instance_id
+        self.tick_s = tick_s
+        self.directory = Directory()
+        self._assigned: dict[bytes, bytes] = {}  # uid -> hash this service set on its state
+        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._generation = 0  # bumped by every notice; a reload covers what it saw
+        self._loaded_generation = -1
+        self.reloads_total = 0
+        self.pushes_total = 0
+
+    # -- the hot path (event loop, synchronous) ---------------------------------------------
+    def assign(self, record: AgentRecord) -> bool:
+        """Give ``record`` the config the directory resolves for it; True when it changed."""
+        directory = self.directory
+        uid = record.uid
+        if directory.empty and uid not in self._assigned:
+            return False  # nothing managed here: leave whatever was set by other means alone
+        state = record.state
+        assignment = directory.resolve(uid, description_attributes(state.description))
+        if assignment is None:
+            if self._assigned.pop(uid, None) is None or state.remote_config_hash is None:
+                return False
+            state.clear_remote_config()
+            return True
+        if state.remote_config_hash == assignment.config_hash:
+            self._assigned[uid] = assignment.config_hash
+            return False
+        state.set_remote_config_message(directory.configs[assignment.ref])
+        self._assigned[uid] = assignment.config_hash
+        return True
+
+    def forget(self, uid: bytes) -> None:
+        self._assigned.pop(uid, None)
+
+    def apply_all(self) -> int:
+        """Re-resolve every online agent here; push those whose config changed. Returns how
+        many changed."""
+        changed = 0
+        fleet = self._fleet
+        for record in list(fleet.registry.online_records()):
+            if self.assign(record):
+                changed += 1
+                if fleet.push(record):
+                    self.pushes_total += 1
+        return changed
+
+    # -- reloads ----------------------------------------------------------------------------
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        """A ``configs`` notice from another instance (on the event loop)."""
+        self._generation += 1
+        self._wake.set()
+
+    async def refresh(self) -> int:
+        """Reload the directory and apply it (after this instance changed something)."""
+        self._generation += 1
+        return await self._reload(self._generation)
+
+    async def _reload(self, generation: int) -> int:
+        async with self._lock:
+            if self._loaded_generation >= generation:
+                return 0  # a reload that started after this change already covered it
+            started = self._generation
+            rows = await self._db.run(config_queries.load_directory)
+            directory = await anyio.to_thread.run_sync(build_directory, rows)
+            self.directory = directory
+            self._loaded_generation = started
+            self.reloads_total += 1
+            return self.apply_all()
+
+    # -- the service ------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self._reload(0)
+        self._fleet.assigner = self.assign
+        task_status.started()
+        try:
+            while True:
+                with anyio.move_on_after(self.tick_s):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                try:
+                    if self._generation > self._loaded_generation:
+                        await self._reload(self._generation)
+                    if self._has_running_rollout():
+                        await self.drive()
+                except (psycopg.Error, PoolTimeout) as exc:
+                    logger.warning("configuration reload or rollout step failed: %s", exc)
+                    await anyio.sleep(self.tick_s)
+        finally:
+            self._fleet.assigner = None
+
+    def _has_running_rollout(self) -> bool:
+        return any(r["state"] == "running" for r in self.directory.rollouts.values())
+
+    async def drive(self) -> list[rollout_queries.RolloutRow]:
+        """Advance the running rollouts (those no other instance is advancing right now)."""
+        moved = await self._db.run(
+            lambda conn: rollout_queries.drive_all(conn, sender=self.instance_id)
+        )
+        for row in moved:
+            logger.info(
+                "rollout %d of group %s: %s (batch %d, %d admitted, %d applied, %d failed)",
+                row.id,
+                row.group_name,
+                row.state,
+                row.batches,
+                row.admitted,
+                row.applied,
+                row.failed,
+            )
+        if moved:
+            await self.refresh()
+        else:  # nothing to re-resolve: only the progress counts, for the detail and metrics
+            rows = await self._db.run(config_queries.latest_rollouts)
+            self.directory.rollouts = rollout_dicts(rows)
+        return moved
+
+    def statistics(self) -> ConfigStatistics:
+        counts: Counter[str] = Counter()
+        for record in self._fleet.registry.online_records():
+            status = record.state.remote_config_status
+            if status is not None:
+                counts[_STATUS_NAMES.get(int(status.status), "unset")] += 1
+        return ConfigStatistics(
+            status_counts=dict(counts),
+            rollouts=dict(self.directory.rollouts),
+            reloads_total=self.reloads_total,
+            pushes_total=self.pushes_total,
+        )

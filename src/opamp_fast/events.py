@@ -1,0 +1,436 @@
+"""Fleet events: one in-memory hub per instance that fans events out to ``/api/events``.
+
+Why it looks like this:
+
+* **Publishing never waits.** :meth:`EventHub.publish` is synchronous and runs on the event
+  loop inside agent callbacks: it encodes the event once (msgspec), appends it to the bounded
+  replay ring, and for each subscriber does a filter check and a ``deque.append`` (O(1) per
+  subscriber, no ``await``, no I/O). A subscriber whose bounded queue is full is dropped at once
+  (it gets a ``resync`` event and the stream ends), so a slow browser never slows agents.
+* **Resumable.** Every event gets the next number of this hub's sequence; its SSE id is
+  ``<stream>-<seq>`` where ``stream`` is random per hub, so an id from another instance or from
+  before a restart is recognised as foreign (-> ``resync``) instead of silently skipping events.
+  A client that reconnects with ``Last-Event-ID`` gets the events it missed from the replay ring
+  (``events_replay_max`` deep), or a ``resync`` when they are gone.
+* **Fleet-wide.** Locally published events are also queued (bounded) for the other instances:
+  the batch writer takes them at each flush and sends them with ``pg_notify`` on the fleet
+  channel inside the flush's transaction (payloads under Postgres's 8,000-byte limit), so other
+  instances learn of a change exactly when it is committed. Their listeners hand the notice to
+  :meth:`EventHub.ingest`, which re-numbers the events in the local sequence.
+
+Publishers call ``hub.publish(type, agent, data)``; ``type`` is one of :data:`EVENT_TYPES`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import msgspec
+import psycopg
+from anyio.abc import TaskStatus
+from psycopg_pool import PoolTimeout
+
+from .protocol.codec import format_instance_uid
+
+if TYPE_CHECKING:
+    from .protocol import pb
+    from .registry import AgentRecord
+
+__all__ = [
+    "EVENT_TYPES",
+    "EventHub",
+    "EventHubStatistics",
+    "FleetEvent",
+    "OnlineHistory",
+    "Subscriber",
+    "announce_changes",
+    "announce_connected",
+    "announce_disconnected",
+    "encode_event_notices",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every event type, with what its ``data`` holds (documented in docs/api.md).
+EVENT_TYPES: Final[Mapping[str, str]] = {
+    "agent.connected": "transport, remote_addr, name, version",
+    "agent.disconnected": "reason",
+    "agent.description": "name, version (the agent description changed)",
+    "agent.health": "healthy, status, last_error",
+    "agent.status": "changed: other reported parts that changed (capabilities, effective config)",
+    "agent.config_status": "status, error_message, config_hash (remote config apply status)",
+    "agent.package_status": "the agent reported new package statuses",
+    "instance.lost": "instance, by: a server instance was declared lost; its agents are offline",
+    "config.changed": "operator change of a configuration or its assignment (id, action, ...)",
+    "package.changed": "operator change of a package (id, action, ...)",
+}
+RESYNC: Final = "resync"  # control event: state was missed; re-read it from the REST API
+MAX_TEXT: Final = 256  # strings in event data are cut to this many characters
+_MAX_NOTICE: Final = 7000  # Postgres allows < 8000 bytes per NOTIFY payload
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEvent:
+    """One numbered event: its SSE ``frame`` is encoded once and shared by every subscriber."""
+
+    seq: int
+    type: str
+    agent: str | None  # canonical instance uid text, None for fleet-level events
+    json: bytes  # the event object, as in the frame's data line
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EventHubStatistics:
+    last_seq: int
+    subscribers: int
+    published_total: int  # local events
+    ingested_total: int  # events from other instances
+    delivered_total: int  # event copies queued to subscribers
+    dropped_subscribers_total: int  # subscribers dropped for a full queue
+    outbox_dropped_total: int  # events not forwarded (outbox full during a database outage)
+
+
+class Subscriber:
+    """One stream's filter and bounded queue. Filled by the hub, drained by its stream task."""
+
+    __slots__ = ("agents", "dropped", "queue", "queue_max", "types", "wake")
+
+    def __init__(
+        self, *, types: frozenset[str] | None, agents: frozenset[str] | None, queue_max: int
+    ) -> None:
+        self.types = types  # None: every type
+        self.agents = agents  # None: every agent (replaced by a label filter's refresh)
+        self.queue: deque[bytes] = deque()
+        self.queue_max = queue_max
+        self.dropped = False
+        self.wake = anyio.Event()
+
+    def accepts(self, event: FleetEvent) -> bool:
+        if self.types is not None and event.type not in self.types:
+            return False
+        agents = self.agents
+        return agents is None or event.agent is None or event.agent in agents
+
+    def offer(self, event: FleetEvent) -> bool:
+        """Queue the event (O(1)); False when the queue is full (the caller drops us)."""
+        if len(self.queue) >= self.queue_max:
+            return False
+        self.queue.append(event.frame)
+        if not self.wake.is_set():
+            self.wake.set()
+        return True
+
+    def take(self) -> bytes:
+        """Everything queued, as one chunk; re-arms the wake-up."""
+        chunk = b"".join(self.queue)
+        self.queue.clear()
+        self.wake = anyio.Event()
+        return chunk
+
+
+def _rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clip(value: Any) -> Any:
+    """Event data stays small: long strings are cut to :data:`MAX_TEXT` characters."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[:MAX_TEXT] + "…"
+    return value
+
+
+class EventHub:
+    """Numbers, keeps (bounded) and fans out this instance's view of the fleet's events."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        replay_max: int = 10_000,
+        queue_max: int = 1_000,
+        outbox_max: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.instance_id = instance_id
+        self.stream = secrets.token_hex(4)
+        self.queue_max = queue_max
+        self._clock = clock
+        self._seq = 0
+        self._ring: deque[FleetEvent] = deque(maxlen=replay_max)
+        self._subscribers: set[Subscriber] = set()
+        self._outbox: deque[bytes] = deque(maxlen=outbox_max)
+        self._published = 0
+        self._ingested = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._outbox_dropped = 0
+
+    # -- producing ---------------------------------------------------------------------------
+    def publish(
+        self,
+        type: str,
+        agent: str | None,
+        data: Mapping[str, Any] | None = None,
+        *,
+        at: float | None = None,
+        forward: bool = True,
+    ) -> FleetEvent:
+        """Announce an event: synchronous, O(subscribers), never blocks. ``agent`` is the
+        canonical instance uid text; ``forward=False`` keeps it off the other instances (when
+        each of them learns it by itself, like ``instance.lost``)."""
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}; add it to events.EVENT_TYPES")
+        body = {
+            "type": type,
+            "at": _rfc3339(self._clock() if at is None else at),
+            "instance": self.instance_id,
+            "agent": agent,
+            "data": {k: clip(v) for k, v in (data or {}).items()},
+        }
+        self._published += 1
+        event = self._emit(body)
+        if forward:
+            if len(self._outbox) == self._outbox.maxlen:
+                self._outbox_dropped += 1
+            self._outbox.append(event.json)
+        return event
+
+    def ingest(self, events: Any, sender: str | None) -> int:
+        """Events forwarded by another instance (a decoded notice): numbered here and fanned
+        out. Malformed entries are skipped. Returns how many were taken."""
+        if not isinstance(events, list):
+            return 0
+        taken = 0
+        for body in events:
+            if (
+                not isinstance(body, dict)
+                or body.get("type") not in EVENT_TYPES
+                or not isinstance(body.get("data"), dict)
+            ):
+                continue
+            body.setdefault("instance", sender)
+            self._emit(body)
+            taken += 1
+        self._ingested += taken
+        return taken
+
+    def _emit(self, body: dict[str, Any]) -> FleetEvent:
+        self._seq += 1
+        seq = body["seq"] = self._seq
+        raw = _encoder.encode(body)
+        etype = body["type"]
+        agent = body.get("agent")
+        frame = b"".join(
+            (b"id: ", f"{self.stream}-{seq}".encode(), b"\nevent: ", etype.encode(), b"\ndata: ")
+        )
+        event = FleetEvent(seq, etype, agent, raw, frame + raw + b"\n\n")
+        self._ring.append(event)
+        dropped: list[Subscriber] | None = None
+        for sub in self._subscribers:
+            if sub.accepts(event):
+                if sub.offer(event):
+                    self._delivered += 1
+                else:
+                    dropped = dropped or []
+                    dropped.append(sub)
+        if dropped:
+            for sub in dropped:
+                self._drop(sub)
+        return event
+
+    def _drop(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+        sub.dropped = True
+        sub.queue.clear()
+        sub.wake.set()
+        self._dropped += 1
+        logger.info("dropped a slow event-stream subscriber (queue of %d full)", sub.queue_max)
+
+    def take_outbox(self) -> list[bytes]:
+        """Events to forward to the other instances (the writer calls this at each flush)."""
+        items = list(self._outbox)
+        self._outbox.clear()
+        return items
+
+    # -- consuming ---------------------------------------------------------------------------
+    @property
+    def last_id(self) -> str:
+        return f"{self.stream}-{self._seq}"
+
+    def parse_id(self, text: str) -> tuple[str, int] | None:
+        """``(stream, seq)`` of an event id, None when it is not one."""
+        stream, sep, seq = text.strip().rpartition("-")
+        if not sep or not stream or not seq.isdigit() or len(seq) > 18 or len(stream) > 64:
+            return None
+        return stream, int(seq)
+
+    def subscribe(
+        self,
+        *,
+        types: frozenset[str] | None = None,
+        agents: frozenset[str] | None = None,
+        last_id: str | None = None,
+    ) -> tuple[Subscriber, list[FleetEvent], str | None]:
+        """Register a subscriber. Returns it, the events to replay (after ``last_id``), and a
+        resync reason when the missed events cannot be replayed. No ``await`` here: nothing
+        published meanwhile can fall between the replay and the queue."""
+        sub = Subscriber(types=types, agents=agents, queue_max=self.queue_max)
+        replay: list[FleetEvent] = []
+        reason = None
+        if last_id is not None:
+            parsed = self.parse_id(last_id)
+            if parsed is None or parsed[0] != self.stream or parsed[1] > self._seq:
+                reason = "unknown event id (the server restarted, or it is another instance's)"
+            else:
+                oldest = self._ring[0].seq if self._ring else self._seq + 1
+                if parsed[1] < oldest - 1:
+                    reason = "the missed events are no longer in the replay buffer"
+                else:
+                    start = max(0, parsed[1] + 1 - oldest)
+                    replay = [e for i, e in enumerate(self._ring) if i >= start and sub.accepts(e)]
+        self._subscribers.add(sub)
+        return sub, replay, reason
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    def resync_frame(self, reason: str) -> bytes:
+        body = _encoder.encode({"type": RESYNC, "seq": self._seq, "reason": reason})
+        return b"id: " + self.last_id.encode() + b"\nevent: resync\ndata: " + body + b"\n\n"
+
+    def statistics(self) -> EventHubStatistics:
+        return EventHubStatistics(
+            last_seq=self._seq,
+            subscribers=len(self._subscribers),
+            published_total=self._published,
+            ingested_total=self._ingested,
+            delivered_total=self._delivered,
+            dropped_subscribers_total=self._dropped,
+            outbox_dropped_total=self._outbox_dropped,
+        )
+
+
+def encode_event_notices(sender: str, events: Iterable[bytes]) -> Iterator[str]:
+    """The notice payloads (``{"kind": "events", ...}``) that carry ``events`` (encoded event
+    objects) to the other instances, each under Postgres's 8,000-byte limit."""
+    head = '{"kind":"events","from":' + json.dumps(sender) + ',"events":['
+    chunk: list[str] = []
+    size = len(head) + 2
+    for raw in events:
+        text = raw.decode("utf-8")
+        if len(text.encode()) + len(head) + 2 > _MAX_NOTICE:
+            continue  # cannot happen with clipped data; never send an oversized notice
+        if chunk and size + len(text.encode()) + 1 > _MAX_NOTICE:
+            yield head + ",".join(chunk) + "]}"
+            chunk, size = [], len(head) + 2
+        chunk.append(text)
+        size += len(text.encode()) + 1
+    if chunk:
+        yield head + ",".join(chunk) + "]}"
+
+
+class OnlineHistory:
+    """Online agents fleet-wide, sampled once a minute: the overview's chart of the last hour.
+
+    A bounded ring of ``(unix time, online)``; ``sample`` reads the fleet counts (Postgres).
+    """
+
+    def __init__(
+        self,
+        sample: Callable[[], Awaitable[int]],
+        *,
+        interval_s: float = 60.0,
+        keep: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sample = sample
+        self.interval_s = interval_s
+        self._clock = clock
+        self.points: deque[tuple[float, int]] = deque(maxlen=keep)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self.take_sample()
+            await anyio.sleep(self.interval_s)
+
+    async def take_sample(self) -> None:
+        try:
+            online = await self._sample()
+        except (psycopg.Error, PoolTimeout) as exc:  # an outage: a gap in the chart, no crash
+            logger.debug("online sample skipped: %s", exc)
+            return
+        self.points.append((self._clock(), online))
+
+
+# -- agent events, as the fleet handler announces them -------------------------------------------
+_STATUS_PARTS: Final = {
+    "description": "agent.description",
+    "health": "agent.health",
+    "remote_config_status": "agent.config_status",
+    "package_statuses": "agent.package_status",
+}
+_STATUS_NAMES: Final = ("UNSET", "APPLIED", "APPLYING", "FAILED")
+
+
+def _name_version(description: pb.AgentDescription | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": None, "version": None}
+    if description is None:
+        return out
+    for attrs in (description.non_identifying_attributes, description.identifying_attributes):
+        for kv in attrs:
+            if kv.value.WhichOneof("value") != "string_value":
+                continue
+            if kv.key == "service.name":
+                out["name"] = kv.value.string_value
+            elif kv.key == "service.version":
+                out["version"] = kv.value.string_value
+    return out
+
+
+def announce_connected(hub: EventHub, record: AgentRecord, at: float) -> None:
+    data = _name_version(record.state.description)
+    data["transport"] = record.transport.value if record.transport is not None else None
+    data["remote_addr"] = record.remote_addr
+    hub.publish("agent.connected", format_instance_uid(record.uid), data, at=at)
+
+
+def announce_disconnected(hub: EventHub, uid: bytes, at: float, reason: str) -> None:
+    hub.publish("agent.disconnected", format_instance_uid(uid), {"reason": reason}, at=at)
+
+
+def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]) -> None:
+    """One event per changed part the console shows; the other parts in one ``agent.status``."""
+    agent = format_instance_uid(record.uid)
+    state = record.state
+    rest = sorted(part for part in changed if part not in _STATUS_PARTS)
+    for part in sorted(changed & _STATUS_PARTS.keys()):
+        data: dict[str, Any] = {}
+        if part == "description":
+            data = _name_version(state.description)
+        elif part == "health" and state.health is not None:
+            health = state.health
+            data = {"healthy": health.healthy, "status": health.status}
+            data["last_error"] = health.last_error
+        elif part == "remote_config_status" and state.remote_config_status is not None:
+            rcs = state.remote_config_status
+            status = rcs.status
+            data = {
+                "status": _STATUS_NAMES[status] if 0 <= status < len(_STATUS_NAMES) else status,
+                "error_message": rcs.error_message,
+                "config_hash": rcs.last_remote_config_hash.hex(),
+            }
+        hub.publish(_STATUS_PARTS[part], agent, data)
+    if rest:
+        hub.publish("agent.status", agent, {"changed": rest})

@@ -1,0 +1,228 @@
+"""The web console and /docs in a real headless Chromium against a real server process, real
+Postgres and real OpAMP agents (issue 15): sign-in, live counts and lists, agent detail,
+error messages, and no request leaving the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from opamp_fast.protocol import format_instance_uid
+from tests.browser.conftest import api_token
+from tests.helpers.agents import HTTPAgent, open_ws_agent
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+LOCAL_HOSTS = {"127.0.0.1"}
+
+
+class Requests:
+    """Every URL the browser requested (Chrome's performance log, read incrementally)."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.urls: list[str] = []
+
+    def collect(self) -> list[str]:
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                self.urls.append(message["params"]["request"]["url"])
+        return self.urls
+
+    def external(self) -> list[str]:
+        out = []
+        for url in self.collect():
+            parts = urlsplit(url)
+            if parts.scheme in ("data", "blob", "about"):
+                continue
+            if parts.hostname not in LOCAL_HOSTS:
+                out.append(url)
+        return out
+
+
+def console_errors(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def wait(driver: Any, timeout: float = 10) -> WebDriverWait:
+    return WebDriverWait(driver, timeout, poll_frequency=0.05)
+
+
+def text_of(driver: Any, css: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def sign_in(driver: Any, base: str, token: str) -> None:
+    driver.get(base + "/ui")
+    box = wait(driver).until(ec.visibility_of_element_located((By.ID, "token")))
+    box.clear()
+    box.send_keys(token)
+    driver.find_element(By.ID, "signin-button").click()
+
+
+@contextlib.contextmanager
+def ws_agent(portal: Any, url: str, name: str, **attrs: str) -> Iterator[Any]:
+    with portal.wrap_async_context_manager(open_ws_agent(url)) as agent:
+        msg = agent.message()
+        msg.agent_description.identifying_attributes.add(
+            key="service.name"
+        ).value.string_value = name
+        for key, value in attrs.items():
+            kv = msg.agent_description.identifying_attributes.add(key=key)
+            kv.value.string_value = value
+        portal.call(agent.request, msg)
+        yield agent
+
+
+def flushed_count(base: str, expected_online: int) -> None:
+    """Wait until the server's stored summary says so (the writer flushes every 0.1 s)."""
+    headers = {"Authorization": f"Bearer {api_token()}"}
+    deadline = time.monotonic() + 10
+    while True:
+        r = httpx.get(base + "/api/agents/status/summary", headers=headers)
+        if r.json()["online"] == expected_online or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def test_console_sign_in_live_fleet_and_detail(
+    console_server: Any, driver: Any, portal: Any, artifacts: Path
+) -> None:
+    base = console_server.url
+    requests = Requests(driver)
+    with (
+        ws_agent(portal, base, "checkout", **{"service.version": "1.4.0"}),
+        ws_agent(portal, base, "checkout", **{"service.version": "1.4.0"}),
+    ):
+
+        async def http_poll() -> None:
+            async with httpx.AsyncClient(base_url=base) as client:
+                await HTTPAgent(client).full_state("poller")
+
+        portal.call(http_poll)
+        flushed_count(base, 3)
+
+        # A wrong token: a clear message, still on the sign-in form.
+        sign_in(driver, base, "not-a-token")
+        wait(driver).until(lambda d: "rejected" in text_of(d, "#signin-error"))
+        rejected = console_errors(driver)  # Chrome logs the 401 response itself, nothing else
+        assert [e["source"] for e in rejected] == ["network"] and "401" in rejected[0]["message"]
+        sign_in(driver, base, api_token())
+        wait(driver).until(lambda d: text_of(d, "#count-total") == "3")
+        assert text_of(driver, "#count-online") == "3"
+        assert text_of(driver, "#count-offline") == "0"
+        transports = {
+            row.find_elements(By.TAG_NAME, "td")[0].text: row.find_elements(By.TAG_NAME, "td")[
+                1
+            ].text
+            for row in driver.find_elements(By.CSS_SELECTOR, "#by-transport tr")
+        }
+        assert transports == {"ws": "2", "http": "1"}
+        assert "1.4.0" in text_of(driver, "#by-version")
+        wait(driver).until(lambda d: "live" == text_of(d, "#live"))
+        assert driver.find_elements(By.CSS_SELECTOR, "#chart svg polyline")
+        overview_png = artifacts / "console-overview.png"
+        driver.save_screenshot(str(overview_png))
+        print(f"\nscreenshot: {overview_png}")
+
+        # The agent list, then an agent connects: it appears without a reload, within 2 s.
+        driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=agents]").click()
+        wait(driver).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#agent-rows tr[data-agent]")) == 3
+        )
+        driver.execute_script("window.__marker = 1")  # a reload would lose it
+        with ws_agent(portal, base, "newcomer") as newcomer:
+            agent_id = format_instance_uid(newcomer.uid)
+            row = wait(driver, 2).until(ec.presence_of_element_located((By.ID, "row-" + agent_id)))
+            assert "online" in row.text and "newcomer" in row.text
+        wait(driver, 2).until(lambda d: "offline" in d.find_element(By.ID, "row-" + agent_id).text)
+        assert driver.execute_script("return window.__marker") == 1
+
+        # Its detail page: description, capabilities and its connection history.
+        driver.find_element(By.CSS_SELECTOR, f"#row-{agent_id} a").click()
+        wait(driver).until(lambda d: "newcomer" in text_of(d, "#agent-head"))
+        wait(driver).until(lambda d: "connection closed" in text_of(d, "#history"))
+        assert "offline" in text_of(driver, "#agent-status")
+        assert "ReportsStatus" in text_of(driver, "#capabilities")
+        detail_png = artifacts / "console-agent-detail.png"
+        driver.save_screenshot(str(detail_png))
+        print(f"screenshot: {detail_png}")
+
+        # Live on the detail page too: the same uid reconnects.
+        async def reconnect() -> None:
+            async with open_ws_agent(base, uid=newcomer.uid) as again:
+                await again.full_state("newcomer")
+                with_status = again.message()
+                await again.request(with_status)
+
+        portal.call(reconnect)
+        wait(driver, 3).until(lambda d: text_of(d, "#history").count("connection closed") >= 2)
+
+    assert requests.external() == []
+    assert console_errors(driver) == []
+
+
+def test_console_errors_narrow_window_and_keyboard(console_server: Any, driver: Any) -> None:
+    base = console_server.url
+    driver.set_window_size(420, 800)
+    expired = api_token(ttl_s=1)
+    time.sleep(1.5)
+    sign_in(driver, base, expired)
+    wait(driver).until(lambda d: "expired" in text_of(d, "#signin-error"))
+
+    # A token that expires while the console is open: back to sign-in, saying why.
+    sign_in(driver, base, api_token(ttl_s=3))
+    wait(driver).until(lambda d: text_of(d, "#count-total") == "0")
+    wait(driver, 8).until(lambda d: "expired" in text_of(d, "#signin-error"))
+    assert driver.find_element(By.ID, "token").is_displayed()
+
+    # Keyboard only: the token box has the focus on arrival, Tab reaches the button, Enter
+    # signs in; then the skip link is the first stop of the page.
+    driver.get(base + "/ui")
+    wait(driver).until(lambda d: d.switch_to.active_element.get_attribute("id") == "token")
+    active = driver.switch_to.active_element
+    active.send_keys(api_token())
+    active.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.text == "Sign in"
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(driver).until(lambda d: text_of(d, "#count-total") == "0")
+    driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.text == "Skip to content"
+    nav = driver.find_element(By.ID, "nav")
+    assert nav.is_displayed()
+    width = driver.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 420, f"the page scrolls sideways at 420 px ({width} px wide)"
+    errors = [e for e in console_errors(driver) if "401" not in e["message"]]
+    assert errors == []  # the expected 401s are the only complaints
+
+
+def test_docs_render_operations_offline(console_server: Any, driver: Any) -> None:
+    requests = Requests(driver)
+    driver.get(console_server.url + "/docs")
+    wait(driver, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")) >= 8
+    )
+    paths = {
+        e.text.replace("\u200b", "")
+        for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    }
+    assert "/api/agents" in paths and "/api/events" in paths
+    urls = requests.collect()
+    assert any(u.endswith("/docs/static/swagger-ui-bundle.js") for u in urls)
+    assert any(u.endswith("/openapi.json") for u in urls)
+    assert requests.external() == []
+    assert console_errors(driver) == []
