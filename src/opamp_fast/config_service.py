@@ -10,6 +10,9 @@
   connected here has the new config before the API call returns); the others reload when the
   notice arrives. After a reload every online agent is re-resolved, and those whose config
   changed are pushed at once (WebSocket) or get it in their next poll (plain HTTP).
+* **Packages.** Groups also offer packages (``packages.registry``): the registry reloads the
+  groups' offers in the same reload (:attr:`ConfigService.before_apply`), and every re-resolution
+  also sets the agent's package offer (:attr:`ConfigService.also_assign`).
 * **Rollouts.** Every ``tick_s`` the running rollouts are advanced (``storage.rollout_queries``)
   by whichever instance locks them first.
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
@@ -36,6 +41,7 @@ from .configs import (
     files_from_json,
     order_groups,
     parse_selector,
+    winning_group,
 )
 from .protocol import REMOTE_CONFIG_APPLIED, REMOTE_CONFIG_APPLYING, REMOTE_CONFIG_FAILED
 from .storage import config_queries, rollout_queries
@@ -48,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["ConfigService", "ConfigStatistics", "build_directory"]
 
 logger = logging.getLogger(__name__)
+
+#: Agents re-resolved (and pushed to) between two yields to the event loop.
+APPLY_BATCH = 256
 
 _STATUS_NAMES = {
     REMOTE_CONFIG_APPLIED: "applied",
@@ -122,9 +131,31 @@ class ConfigService:
         self._loaded_generation = -1
         self.reloads_total = 0
         self.pushes_total = 0
+        # Package offers by group (``PackageRegistry.assign`` and ``.load_groups``).
+        self.also_assign: Callable[[AgentRecord], bool] | None = None
+        self.before_apply: Callable[[], Awaitable[None]] | None = None
 
     # -- the hot path (event loop, synchronous) ---------------------------------------------
     def assign(self, record: AgentRecord) -> bool:
+        """Give ``record`` its config and package offer; True when either changed."""
+        changed = self.assign_config(record)
+        if self.also_assign is not None:
+            changed = self.also_assign(record) or changed
+        return changed
+
+    def deciding_group(self, record: AgentRecord) -> str | None:
+        """The group that decides ``record`` by precedence (pins aside), or None."""
+        directory = self.directory
+        if not directory.groups:
+            return None
+        group = winning_group(
+            directory.groups,
+            directory.labels.get(record.uid, {}),
+            description_attributes(record.state.description),
+        )
+        return None if group is None else group.name
+
+    def assign_config(self, record: AgentRecord) -> bool:
         """Give ``record`` the config the directory resolves for it; True when it changed."""
         directory = self.directory
         uid = record.uid
@@ -147,16 +178,22 @@ class ConfigService:
     def forget(self, uid: bytes) -> None:
         self._assigned.pop(uid, None)
 
-    def apply_all(self) -> int:
+    async def apply_all(self) -> int:
         """Re-resolve every online agent here; push those whose config changed. Returns how
-        many changed."""
+        many changed.
+
+        A push costs ~0.1 ms (build, encode, write), so a config for 10,000 agents is a second
+        of work: it is done ``APPLY_BATCH`` agents at a time, letting heartbeats through between
+        batches instead of stalling every agent for the whole second."""
         changed = 0
         fleet = self._fleet
-        for record in list(fleet.registry.online_records()):
-            if self.assign(record):
+        for i, record in enumerate(list(fleet.registry.online_records()), 1):
+            if record.online and self.assign(record):
                 changed += 1
                 if fleet.push(record):
                     self.pushes_total += 1
+            if i % APPLY_BATCH == 0:
+                await anyio.lowlevel.checkpoint()
         return changed
 
     # -- reloads ----------------------------------------------------------------------------
@@ -177,10 +214,12 @@ class ConfigService:
             started = self._generation
             rows = await self._db.run(config_queries.load_directory)
             directory = await anyio.to_thread.run_sync(build_directory, rows)
+            if self.before_apply is not None:
+                await self.before_apply()
             self.directory = directory
             self._loaded_generation = started
             self.reloads_total += 1
-            return self.apply_all()
+            return await self.apply_all()
 
     # -- the service ------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -241,6 +241,11 @@ class FleetHandler:
         if self.assigner is not None and not disconnecting and record.online:
             went_online = any(t.new is AgentStatus.ONLINE for t in transitions)
             if (went_online or "description" in status_changed) and self.assigner(record):
+                if record.state.packages_available is None and reply.response.HasField(
+                    "packages_available"
+                ):  # withdrawn while the agent was away: do not send the stale offer
+                    reply.response.ClearField("packages_available")
+                    session.offered_packages_hash = None
                 add_offers(reply.response, record.state, session, policy=self.policy)
         if "package_statuses" in status_changed and self.on_package_statuses is not None:
             statuses = record.state.package_statuses

@@ -199,6 +199,9 @@ async def open_services(
             await group.start(services.cluster.run)
             await group.start(services.packages.run)
             services.configs = ConfigService(db, fleet, instance_id=settings.instance_id)
+            services.configs.also_assign = services.packages.assign
+            services.configs.before_apply = services.packages.load_groups
+            services.packages.group_of = services.configs.deciding_group
             services.cluster.on_configs = services.configs.on_notice
             if services.metrics is not None:
                 services.metrics.configs = services.configs

@@ -124,8 +124,16 @@ class RolloutInfo(msgspec.Struct):
     source: ConfigRef | None = msgspec.field(name="from", default=None)
 
 
+class GroupPackage(msgspec.Struct):
+    """A package version a group offers its members."""
+
+    name: str
+    version: str
+
+
 class GroupInfo(msgspec.Struct):
-    """A group: its selector, the version its members run, and its latest rollout."""
+    """A group: its selector, the version its members run, the packages it offers them
+    (members with an offer of their own get theirs instead), and its latest rollout."""
 
     name: str
     selector: dict[str, str]
@@ -136,6 +144,7 @@ class GroupInfo(msgspec.Struct):
     rollout: RolloutInfo | None
     created_at: datetime
     updated_at: datetime
+    packages: list[GroupPackage] = msgspec.field(default_factory=list)
 
 
 class GroupList(msgspec.Struct):

@@ -1,9 +1,12 @@
-"""``/api/groups``: named selectors, the version their members run, rollouts and rollback.
+"""``/api/groups``: named selectors, the version their members run, the packages they are
+offered, rollouts and rollback.
 
-``PUT /api/groups/{name}`` creates or replaces a group. When the version changes, the previous
-one is remembered (``POST /api/groups/{name}/rollback`` returns to it) and, with ``rollout``,
-the change goes out batch by batch (``storage.rollout_queries``): the first batch is admitted
-before the answer, the next ones by the rollout driver as batches report.
+``PUT /api/groups/{name}`` creates or replaces a group: its selector, config version and the
+package versions it offers its members (``packages``; stored in ``group_packages``, resolved in
+memory by ``packages.registry``). When the version changes, the previous one is remembered
+(``POST /api/groups/{name}/rollback`` returns to it) and, with ``rollout``, the change goes out
+batch by batch (``storage.rollout_queries``): the first batch is admitted before the answer, the
+next ones by the rollout driver as batches report.
 """
 
 from __future__ import annotations
@@ -15,16 +18,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..configs import ConfigInputError, parse_selector
+from ..packages.registry import Ref, q_group_packages, q_set_group_packages
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage import rollout_queries as rq
 from ..storage.config_queries import Conflict, GroupRow, NotFound
 from . import audit
 from .body import input_error, only_keys, read_object
-from .config_models import ConfigRef, GroupDeleted, GroupInfo, GroupList, RolloutInfo
+from .config_models import (
+    ConfigRef,
+    GroupDeleted,
+    GroupInfo,
+    GroupList,
+    GroupPackage,
+    RolloutInfo,
+)
 from .configs import path_name, run_db
 from .errors import APIError
 from .openapi import DocumentedRoute, Operation
+from .packages import parse_wanted, resolve_wanted
 from .params import Param
 from .responses import JSONResponse
 from .roles import require_role
@@ -71,8 +83,10 @@ def rollout_info(row: rq.RolloutRow | None) -> RolloutInfo | None:
     )
 
 
-def group_info(conn: cq.Conn, group: GroupRow) -> GroupInfo:
+def group_info(conn: cq.Conn, group: GroupRow, packages: list[Ref] | None = None) -> GroupInfo:
     members, online = cq.count_matching(conn, group.selector)
+    if packages is None:
+        packages = q_group_packages(conn, group.name).get(group.name, [])
     return GroupInfo(
         name=group.name,
         selector=group.selector,
@@ -83,18 +97,33 @@ def group_info(conn: cq.Conn, group: GroupRow) -> GroupInfo:
         rollout=rollout_info(rq.latest_rollout(conn, group.name)),
         created_at=group.created_at.astimezone(UTC),
         updated_at=group.updated_at.astimezone(UTC),
+        packages=[GroupPackage(n, v) for n, v in packages],
     )
 
 
-def _summary(group: GroupRow | None) -> dict[str, Any] | None:
+def _summary(group: GroupRow | None, packages: list[Ref] | None = None) -> dict[str, Any] | None:
     if group is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "selector": group.selector,
         "config": None
         if group.config_name is None
         else f"{group.config_name}@{group.config_version}",
     }
+    if packages is not None:
+        out["packages"] = [{"name": n, "version": v} for n, v in packages]
+    return out
+
+
+def _packages_spec(value: Any) -> list[tuple[str, str]]:
+    """The body's ``packages`` (absent or null: none) -> (name, version | "latest")."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise APIError(
+            400, "invalid_body", 'packages: expected [{"name": ..., "version": ...}, ...] or null'
+        )
+    return parse_wanted(value)
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
@@ -124,7 +153,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
 
     async def list_all(request: Request) -> Response:
         def work(conn: cq.Conn) -> list[GroupInfo]:
-            return [group_info(conn, g) for g in cq.list_groups(conn)]
+            packages = q_group_packages(conn)
+            return [group_info(conn, g, packages.get(g.name, [])) for g in cq.list_groups(conn)]
 
         return JSONResponse(GroupList(await run_db(services, work)))
 
@@ -143,7 +173,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
         name = path_name(request)
         who = require_role(request, "operator", action="group.put", target=f"group:{name}")
         body = await read_object(request, MAX_BODY_BYTES)
-        only_keys(body, {"selector", "config", "version", "rollout"})
+        only_keys(body, {"selector", "config", "version", "rollout", "packages"})
+        wanted = _packages_spec(body.get("packages"))
+        if wanted and services.packages is None:
+            raise APIError(400, "invalid_body", "packages: package management is not enabled")
         try:
             selector = parse_selector(body.get("selector", {})).as_dict()
         except ConfigInputError as exc:
@@ -173,6 +206,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
             if target == old_target and old is not None and old.previous_name is not None:
                 previous = (old.previous_name, old.previous_version or 0)
             group = cq.upsert_group(conn, name, selector, target, previous)
+            old_packages = q_group_packages(conn, name).get(name, [])
+            packages = [(i.name, i.version) for i in resolve_wanted(conn, wanted, lock=True)]
+            q_set_group_packages(conn, name, packages)
             started = None
             if target != old_target:
                 rq.stop_active(conn, name, "superseded")
@@ -186,19 +222,17 @@ def routes(services: Services) -> list[DocumentedRoute]:
                         max_failed_percent=spec[1],
                         actor=who.subject,
                     )
-            after: dict[str, Any] = {**(_summary(group) or {})}
+            after: dict[str, Any] = {**(_summary(group, packages) or {})}
             if started is not None:
                 after["rollout"] = {"batch_percent": spec[0], "max_failed_percent": spec[1]}  # type: ignore[index]
+            before = _summary(old, old_packages)
             cq.append_audit(
-                conn,
-                audit.entry(
-                    request, "group.put", f"group:{name}", before=_summary(old), after=after
-                ),
+                conn, audit.entry(request, "group.put", f"group:{name}", before=before, after=after)
             )
             if started is not None:
                 rq.advance(conn, started, sender=me)  # the first batch, now
             cq.notify_changed(conn, me)
-            return group_info(conn, group)
+            return group_info(conn, group, packages)
 
         info = await run_db(services, work)
         await refresh()
@@ -212,9 +246,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
             old = cq.get_group(conn, name, lock=True)
             if old is None:
                 raise NotFound("group_not_found", f"no group {name!r}")
-            cq.delete_group(conn, name)
+            before = _summary(old, q_group_packages(conn, name).get(name, []))
+            cq.delete_group(conn, name)  # its group_packages rows go with it
             cq.append_audit(
-                conn, audit.entry(request, "group.delete", f"group:{name}", before=_summary(old))
+                conn, audit.entry(request, "group.delete", f"group:{name}", before=before)
             )
             cq.notify_changed(conn, me)
 
@@ -276,8 +311,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
             get_group,
             Operation(
                 "A group",
-                "Selector, version, previous version, member counts (agents matching the "
-                "selector, fleet-wide) and the latest rollout with its progress.",
+                "Selector, version, previous version, the packages it offers, member counts "
+                "(agents matching the selector, fleet-wide) and the latest rollout with its "
+                "progress.",
                 params=(GROUP_PARAM,),
                 response=GroupInfo,
                 errors=errors,
@@ -291,10 +327,15 @@ def routes(services: Services) -> list[DocumentedRoute]:
             Operation(
                 "Create or replace a group",
                 'Body: `{"selector": {"env": "prod"}, "config": "<name>", "version": n, '
-                '"rollout": {"batch_percent": 10, "max_failed_percent": 5}}`. `version` '
+                '"rollout": {"batch_percent": 10, "max_failed_percent": 5}, "packages": '
+                '[{"name": "<package>", "version": "<semver>"}]}`. `version` '
                 "defaults to the config's latest; `config: null` assigns nothing. A changed "
                 "version supersedes an active rollout; with `rollout` it goes out batch by "
-                "batch, otherwise to every member at once. Needs the operator role.",
+                "batch, otherwise to every member at once. `packages` (a package `version` "
+                'defaults to `"latest"`, resolved now; absent, `null` or `[]`: none) is offered '
+                "to the members this group decides (the configs' precedence) that have no offer "
+                "of their own, at once over WebSocket. 404 `package_not_found`. Needs the "
+                "operator role.",
                 params=(GROUP_PARAM,),
                 response=GroupInfo,
                 errors=write_errors,
@@ -308,7 +349,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
             delete_group,
             Operation(
                 "Delete a group",
-                "Its members fall to the next matching group.",
+                "Its members fall to the next matching group (its package offer goes with "
+                "it; agents keep what they installed).",
                 params=(GROUP_PARAM,),
                 response=GroupDeleted,
                 errors=write_errors,

@@ -48,6 +48,7 @@ from ..packages.registry import (
     q_get,
     q_insert,
     q_offered_count,
+    q_offering_groups,
     q_package_status,
     q_versions,
     validate_name,
@@ -133,6 +134,46 @@ async def load_agent_packages(registry: PackageRegistry, uid: bytes) -> AgentPac
 
     raw, infos = await registry.db.run(fetch)
     return agent_packages(uid, raw, infos)
+
+
+def parse_wanted(items: list[Any], what: str = "packages") -> list[tuple[str, str]]:
+    """``[{"name": ..., "version": ... | "latest"}]`` -> (name, version), validated (400)."""
+    wanted: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) - {"name", "version"}:
+            raise invalid_parameter(f"{what}[{i}]", "must be {name, version}")
+        name, version = item.get("name"), item.get("version", "latest")
+        if not isinstance(name, str) or validate_name(name) is not None:
+            raise invalid_parameter(f"{what}[{i}].name", validate_name(str(name)) or "")
+        if not isinstance(version, str) or (
+            version != "latest" and validate_version(version) is not None
+        ):
+            raise invalid_parameter(
+                f"{what}[{i}].version", "must be a semantic version or 'latest'"
+            )
+        if any(n == name for n, _ in wanted):
+            raise invalid_parameter(f"{what}[{i}].name", f"{name} is listed twice")
+        wanted.append((name, version))
+    return wanted
+
+
+def resolve_wanted(
+    conn: psycopg.Connection[Any], wanted: list[tuple[str, str]], *, lock: bool = False
+) -> list[PackageInfo]:
+    """The versions named (``latest`` resolved now), or 404 ``package_not_found``. ``lock``
+    holds their rows (FOR KEY SHARE) until commit: a delete waits, then sees the offer."""
+    infos = []
+    for name, version in wanted:
+        if version == "latest":
+            info = latest_of(q_versions(conn, name))
+            if info is not None and lock:
+                info = q_get(conn, name, info.version, lock="FOR KEY SHARE")
+        else:
+            info = q_get(conn, name, version, lock="FOR KEY SHARE" if lock else "")
+        if info is None:
+            raise _not_found(name, None if version == "latest" else version)
+        infos.append(info)
+    return infos
 
 
 def _path_name_version(request: Request) -> tuple[str, str]:
@@ -515,24 +556,30 @@ def routes(services: Services) -> list[DocumentedRoute]:
         allow(request, "package.delete", f"package:{name}@{version}")
         record = audit(request, "package.delete", f"package:{name}@{version}")
 
-        def delete(conn: psycopg.Connection[Any]) -> tuple[PackageInfo | None, int]:
+        def delete(conn: psycopg.Connection[Any]) -> tuple[PackageInfo | None, int, list[str]]:
+            # Locked first: a group assigning it (FOR KEY SHARE) commits before we look.
+            q_get(conn, name, version, lock="FOR UPDATE")
             offered = q_offered_count(conn, name, version)
-            if offered:
-                return None, offered
+            groups = q_offering_groups(conn, name, version)
+            if offered or groups:
+                return None, offered, groups
             info = q_delete(conn, name, version)
             if info is not None:
                 record(conn)
-            return info, 0
+            return info, 0, []
 
         try:
-            info, offered = await db.run(delete)
+            info, offered, groups = await db.run(delete)
         except psycopg.errors.ForeignKeyViolation:  # offered between our check and the delete
-            info, offered = None, 1
-        if offered:
+            info, offered, groups = None, 1, []
+        if offered or groups:
+            by = [f"{offered} agent(s)"] if offered else []
+            if groups:
+                by.append("group(s) " + ", ".join(groups))
             raise APIError(
                 409,
                 "package_offered",
-                f"package {name} {version} is offered to {offered} agent(s); withdraw the "
+                f"package {name} {version} is offered to {' and '.join(by)}; withdraw the "
                 "offers first",
             )
         if info is None:
@@ -595,37 +642,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 "invalid_body",
                 'expected {"packages": [{"name": ..., "version": ... | "latest"}, ...]}',
             )
-        wanted: list[tuple[str, str]] = []
-        for i, item in enumerate(body["packages"]):
-            if not isinstance(item, dict) or set(item) - {"name", "version"}:
-                raise invalid_parameter(f"packages[{i}]", "must be {name, version}")
-            name, version = item.get("name"), item.get("version", "latest")
-            if not isinstance(name, str) or validate_name(name) is not None:
-                raise invalid_parameter(f"packages[{i}].name", validate_name(str(name)) or "")
-            if not isinstance(version, str) or (
-                version != "latest" and validate_version(version) is not None
-            ):
-                raise invalid_parameter(
-                    f"packages[{i}].version",
-                    "must be a semantic version or 'latest'",
-                )
-            if any(n == name for n, _ in wanted):
-                raise invalid_parameter(f"packages[{i}].name", f"{name} is listed twice")
-            wanted.append((name, version))
-
-        def resolve(conn: psycopg.Connection[Any]) -> list[PackageInfo]:
-            infos = []
-            for name, version in wanted:
-                if version == "latest":
-                    info = latest_of(q_versions(conn, name))
-                else:
-                    info = q_get(conn, name, version)
-                if info is None:
-                    raise _not_found(name, None if version == "latest" else version)
-                infos.append(info)
-            return infos
-
-        infos = await db.run(resolve)
+        wanted = parse_wanted(body["packages"])
+        infos = await db.run(lambda conn: resolve_wanted(conn, wanted))
         before = await db.run(lambda conn: q_agent_statuses(conn, uid))
         record = audit(
             request,
@@ -804,7 +822,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
             delete_version,
             Operation(
                 "Delete a package version",
-                "204; 409 `package_offered` while any agent is offered it.",
+                "204; 409 `package_offered` while any agent or group offers it.",
                 params=(NAME_PARAM, VERSION_PARAM),
                 errors=(400, 403, 404, 409, 503),
                 method="DELETE",

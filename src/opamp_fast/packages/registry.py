@@ -10,6 +10,13 @@
   at once to a WebSocket agent (an HTTP agent gets it with its next poll). The protocol core
   offers ``packages_available`` only to agents reporting AcceptsPackages, once per session and
   until the agent reports our ``all_packages_hash`` back.
+* **Group offers** (``group_packages``: group -> one version per package name) are held in
+  memory too, reloaded with the configuration directory (``ConfigService`` calls
+  :meth:`PackageRegistry.load_groups` before it re-resolves the agents, so a group change comes
+  with a ``configs`` notice). An agent without an offer of its own gets the offer of the group
+  that decides it under the configs' precedence (most selector keys, then name; config pins do
+  not matter here): :meth:`PackageRegistry.assign`, a few dict lookups, run when the agent comes
+  online, its description or labels change, or the groups change. Never a database round trip.
 * One ``PackagesAvailable`` message is built per distinct set of versions and shared by every
   agent offered that set. Its ``all_packages_hash`` covers names, versions, types, content
   hashes and signatures (never the URLs), so a refreshed download URL is not a new offer.
@@ -157,9 +164,14 @@ def _info(row: Sequence[Any]) -> PackageInfo:
     )
 
 
-def q_get(conn: psycopg.Connection[Any], name: str, version: str) -> PackageInfo | None:
+def q_get(
+    conn: psycopg.Connection[Any], name: str, version: str, *, lock: str = ""
+) -> PackageInfo | None:
+    """The version; ``lock`` (``"FOR KEY SHARE"``, ``"FOR UPDATE"``) locks its row."""
+    assert lock in ("", "FOR KEY SHARE", "FOR UPDATE")
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM packages WHERE name = %s AND version = %s", (name, version)
+        f"SELECT {_COLUMNS} FROM packages WHERE name = %s AND version = %s {lock}",
+        (name, version),
     ).fetchone()
     return _info(row) if row else None
 
@@ -242,6 +254,59 @@ def q_set_offers(
             )
     for payload in encode_notices("packages", sender, uids=[uid.hex()]):
         conn.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
+
+
+def q_group_offers(
+    conn: psycopg.Connection[Any],
+) -> tuple[dict[str, list[Ref]], dict[Ref, PackageInfo]]:
+    """Every group's offer and the package versions they name."""
+    offers: dict[str, list[Ref]] = {}
+    infos: dict[Ref, PackageInfo] = {}
+    for row in conn.execute(
+        "SELECT g.group_name, p.name, p.version, p.type, p.size_bytes, p.sha256, p.signature, "
+        "p.storage_key, p.created_at FROM group_packages g "
+        "JOIN packages p ON p.name = g.name AND p.version = g.version"
+    ):
+        info = _info(row[1:])
+        ref = (info.name, info.version)
+        infos[ref] = info
+        offers.setdefault(row[0], []).append(ref)
+    return offers, infos
+
+
+def q_group_packages(
+    conn: psycopg.Connection[Any], group: str | None = None
+) -> dict[str, list[Ref]]:
+    """Group name -> its (name, version) offers, by package name (of ``group``, or all)."""
+    sql = "SELECT group_name, name, version FROM group_packages"
+    params: tuple[Any, ...] = ()
+    if group is not None:
+        sql += " WHERE group_name = %s"
+        params = (group,)
+    out: dict[str, list[Ref]] = {}
+    for g, name, version in conn.execute(sql + " ORDER BY group_name, name", params):
+        out.setdefault(g, []).append((name, version))
+    return out
+
+
+def q_set_group_packages(conn: psycopg.Connection[Any], group: str, refs: Sequence[Ref]) -> None:
+    """Replace ``group``'s offers (the caller locked the versions and notifies the fleet)."""
+    conn.execute("DELETE FROM group_packages WHERE group_name = %s", (group,))
+    if refs:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO group_packages (group_name, name, version) VALUES (%s, %s, %s)",
+                [(group, n, v) for n, v in refs],
+            )
+
+
+def q_offering_groups(conn: psycopg.Connection[Any], name: str, version: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT group_name FROM group_packages WHERE name = %s AND version = %s "
+        "ORDER BY group_name",
+        (name, version),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def q_agent_statuses(conn: psycopg.Connection[Any], uid: bytes) -> dict[str, Any]:
@@ -428,6 +493,9 @@ class PackageRegistry:
         self._clock = clock
         self.statuses = StatusWriter(db, flush_interval_s=flush_interval_s)
         self._offers: dict[bytes, tuple[Ref, ...]] = {}
+        self._groups: dict[str, tuple[Ref, ...]] = {}  # group -> its offer (non-empty)
+        # The group deciding an agent (``ConfigService.deciding_group``); None: no groups.
+        self.group_of: Callable[[AgentRecord], str | None] | None = None
         self._infos: dict[Ref, PackageInfo] = {}
         self._built: dict[tuple[Ref, ...], tuple[float, pb.PackagesAvailable]] = {}
         self._notices_in, self._notices_out = anyio.create_memory_object_stream[list[bytes]](256)
@@ -478,32 +546,60 @@ class PackageRegistry:
         return offer
 
     def attach(self, record: AgentRecord) -> None:
-        """A record new to this instance: give it its agent's offer (hot path: a dict miss)."""
+        """A record new to this instance: give it its agent's offer (hot path: dict lookups)."""
+        self.assign(record)
+
+    def refs_for(self, record: AgentRecord) -> tuple[Ref, ...] | None:
+        """The agent's own offer, else its deciding group's, else None."""
         refs = self._offers.get(record.uid)
-        if refs:
-            offer = self.offer_for(refs, self._clock())
-            if offer is not None:
-                record.state.set_packages_available(offer)
+        if refs is None and self._groups and self.group_of is not None:
+            group = self.group_of(record)
+            if group is not None:
+                refs = self._groups.get(group)
+        return refs
+
+    def assign(self, record: AgentRecord) -> bool:
+        """Set the agent's effective offer on its state; True when what it is offered changed
+        (a fresher message with the same hash is set, but is no change)."""
+        refs = self.refs_for(record)
+        state = record.state
+        offer = self.offer_for(refs, self._clock()) if refs else None
+        if offer is None:
+            if state.packages_hash is None:
+                return False
+            state.clear_packages_available()
+            return True
+        if state.packages_available is offer:
+            return False
+        before = state.packages_hash
+        state.set_packages_available(offer)
+        return before != offer.all_packages_hash
 
     def _apply(self, uid: bytes) -> None:
         record = self.registry.get(uid)
-        if record is None:
-            return
-        refs = self._offers.get(uid)
-        offer = self.offer_for(refs, self._clock()) if refs else None
-        if offer is None:
-            record.state.clear_packages_available()
-        else:
-            record.state.set_packages_available(offer)
-        self.fleet.push(record)
+        if record is not None and self.assign(record):
+            self.fleet.push(record)
+
+    def _cache_infos(self, infos: dict[Ref, PackageInfo]) -> None:
+        changed = {r for r, info in infos.items() if self._infos.get(r) != info}
+        self._infos.update(infos)
+        for refs in [refs for refs in self._built if any(r in changed for r in refs)]:
+            del self._built[refs]  # a re-uploaded version (deleted, then uploaded again)
+
+    async def load_groups(self) -> None:
+        """Reload the groups' offers (by ``ConfigService``, before it re-resolves the agents)."""
+        groups, infos = await self.db.run(q_group_offers)
+        self._cache_infos(infos)
+        self._groups = {g: tuple(sorted(refs)) for g, refs in groups.items() if refs}
+
+    def group_offer(self, group: str) -> tuple[Ref, ...]:
+        """What ``group`` offers, as this instance knows it."""
+        return self._groups.get(group, ())
 
     def _replace(
         self, uids: Iterable[bytes], offers: dict[bytes, list[Ref]], infos: dict[Ref, PackageInfo]
     ) -> None:
-        self._infos.update(infos)
-        changed = {refs for refs in self._built if any(r in infos for r in refs)}
-        for refs in changed:
-            del self._built[refs]  # a re-uploaded version (deleted, then uploaded again)
+        self._cache_infos(infos)
         for uid in uids:
             refs = tuple(sorted(offers.get(uid, ())))
             if refs:
@@ -514,10 +610,10 @@ class PackageRegistry:
 
     async def load(self) -> None:
         offers, infos = await self.db.run(q_offers)
+        dropped = set(self._offers) - set(offers)
         self._offers = {uid: tuple(sorted(refs)) for uid, refs in offers.items()}
-        self._infos = infos
-        self._built.clear()
-        for uid in self._offers:
+        self._cache_infos(infos)
+        for uid in [*self._offers, *dropped]:
             self._apply(uid)
 
     async def set_offers(
@@ -585,13 +681,13 @@ class PackageRegistry:
             return
         for refs in stale:
             del self._built[refs]
-        stale_set = set(stale)
-        for uid, refs in self._offers.items():
-            if refs in stale_set:
-                record = self.registry.get(uid)
-                offer = self.offer_for(refs, now)
-                if record is not None and offer is not None:
-                    record.state.set_packages_available(offer)
+        holders: dict[bytes, AgentRecord | None] = {u: self.registry.get(u) for u in self._offers}
+        for record in self.registry.online_records():
+            if record.state.packages_hash is not None:
+                holders[record.uid] = record
+        for holder in holders.values():
+            if holder is not None:
+                self.assign(holder)  # the same offer with fresh URLs: nothing is pushed
 
     # -- statuses ------------------------------------------------------------------------
     def on_statuses(self, uid: bytes, statuses: pb.PackageStatuses) -> None:
