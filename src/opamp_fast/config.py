@@ -88,6 +88,7 @@ class Settings:
     backlog: int = 4096
     max_connections: int = 200_000
     max_handshakes: int = 512
+    max_agent_messages_per_s: float = 20.0
     max_loop_lag_s: float = 0.5
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
@@ -195,6 +196,12 @@ class Settings:
         _check(self.backlog >= 1, "backlog", self.backlog, "must be >= 1")
         _check(self.max_connections >= 1, "max_connections", self.max_connections, "must be >= 1")
         _check(self.max_handshakes >= 1, "max_handshakes", self.max_handshakes, "must be >= 1")
+        _check(
+            self.max_agent_messages_per_s >= 0,
+            "max_agent_messages_per_s",
+            self.max_agent_messages_per_s,
+            "must be >= 0",
+        )
         _positive("max_loop_lag_s", self.max_loop_lag_s)
         _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
         algorithms = ("HS256", "HS384", "HS512", "RS256", "ES256")
@@ -362,6 +369,9 @@ _HELP = {
     "below the open-file limit)",
     "max_handshakes": "WebSocket agents connected but not yet answered, beyond which new "
     "upgrades get 503 + Retry-After (a reconnect storm is admitted in waves)",
+    "max_agent_messages_per_s": "messages one connection may send per second, with bursts of "
+    "10 seconds' worth; beyond it a WebSocket is closed (1008) and an HTTP request gets 429 "
+    "(an agent sends one per heartbeat; 0 disables)",
     "max_loop_lag_s": "event-loop lag beyond which new WebSocket agents get 503 + Retry-After, "
     "so connected agents keep their latency, seconds",
     "log_level": "log level",

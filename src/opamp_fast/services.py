@@ -110,6 +110,7 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
         close_timeout_s=settings.close_timeout_s,
         keep_alive_timeout_s=max(75.0, 3.0 * settings.heartbeat_interval_s),
         ws_ping_interval_s=settings.ws_ping_interval_s,
+        max_messages_per_s=settings.max_agent_messages_per_s,
     )
 
 

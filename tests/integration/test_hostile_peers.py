@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from opamp_fast.protocol import pb
+from opamp_fast.protocol import Transport, pb
 from opamp_fast.wsframe import OP_BINARY, OP_CLOSE, OP_CONTINUATION, encode_client_frame
 from tests.helpers.agents import description, new_uid, open_ws_agent, wait_for
 from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
@@ -263,3 +263,50 @@ async def test_garbage_and_close_frames_in_any_order_never_hurt(strict_server: A
         data = await receive_until_closed(stream)
         assert close_code(data) == 1000
     await assert_still_serving(strict_server)
+
+
+# -- message rate ----------------------------------------------------------------------------------
+async def test_a_flood_of_messages_is_closed_after_the_burst(
+    start_server: Any, make_settings: Any
+) -> None:
+    # 5 messages/s, bursts of 50: a peer that floods (and reads every reply) is cut off after
+    # about 50 messages instead of making the server process them for as long as it likes.
+    running = await start_server(make_settings(max_agent_messages_per_s=5.0))
+    stats = running.services.opamp.stats
+    uid = new_uid()
+    answered = 0
+    async with await upgraded(running) as stream:
+        data = b""
+        with anyio.move_on_after(10):
+            for seq in range(1000):
+                try:
+                    await stream.send(frame(pb.AgentToServer(instance_uid=uid, sequence_num=seq)))
+                    data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+                if data[0] & 0x0F == 0x8:  # the server's close frame
+                    break
+                answered += 1
+                data = b""
+    assert 45 <= answered <= 60, answered
+    assert close_code(data) == 1008
+    assert stats.errors[Transport.WS, "rate"] == 1
+    await assert_still_serving(running)  # every other connection has its own budget
+
+
+async def test_a_flood_of_http_requests_gets_429(start_server: Any, make_settings: Any) -> None:
+    running = await start_server(make_settings(max_agent_messages_per_s=5.0))
+    uid = new_uid()
+    statuses = []
+    async with httpx.AsyncClient(base_url=running.url, timeout=5) as http:
+        for seq in range(60):
+            body = pb.AgentToServer(instance_uid=uid, sequence_num=seq).SerializeToString()
+            r = await http.post(
+                "/v1/opamp", content=body, headers={"Content-Type": "application/x-protobuf"}
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "10"
+                break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {200}
+    assert 45 <= len(statuses) - 1 <= 55, len(statuses)

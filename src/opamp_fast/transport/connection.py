@@ -93,6 +93,7 @@ HANDOFF: Final = 5
 PROTOBUF: Final = "application/x-protobuf"
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_POLICY: Final = 1008
+RATE_BURST_S: Final = 10.0  # a connection's message budget holds this many seconds' worth
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _WS_HEADER_ROOM: Final = 16  # the OpAMP varint header in front of a maximal payload
 
@@ -114,6 +115,11 @@ class Limits:
     close_timeout_s: float = 5.0
     keep_alive_timeout_s: float = 90.0
     ws_ping_interval_s: float = 0.0
+    #: Messages (WebSocket messages or HTTP requests) one connection may send per second, with
+    #: bursts of ``RATE_BURST_S`` seconds' worth; 0: unlimited. An agent sends one per heartbeat;
+    #: a peer flooding messages (reading the replies or not) would otherwise buy server CPU for
+    #: free until back-pressure stops it, hundreds of thousands of messages later.
+    max_messages_per_s: float = 20.0
 
 
 class OpAMPConnection:
@@ -130,6 +136,8 @@ class OpAMPConnection:
         "_raw",
         "_reader",
         "_stall_deadline",
+        "_tokens",
+        "_tokens_at",
         "_write",
         "abort",
         "deadline",
@@ -176,6 +184,8 @@ class OpAMPConnection:
         self._stall_deadline: float | None = None
         self._ping_deadline: float | None = None
         self.deadline: float | None = self._phase_deadline
+        self._tokens = limits.max_messages_per_s * RATE_BURST_S  # the message budget
+        self._tokens_at = now
 
     # -- what the handler sees (handlers.Connection) ------------------------------------------
     @property
@@ -467,6 +477,10 @@ class OpAMPConnection:
         body = self._body
         assert head is not None and body is not None
         payload = body.finish()
+        if not self._within_rate(now):
+            retry = (("retry-after", "10"),)
+            self._respond_error(HTTPError(429, "request rate over the limit", retry, "rate"))
+            return
         reply = self._answer(payload)
         # After a chunked body we do not know where the next request starts: close instead.
         keep_alive = head.keep_alive and not head.chunked and self.state == BODY
@@ -603,11 +617,28 @@ class OpAMPConnection:
             self._phase_deadline = None
             self._update_deadline()
 
+    def _within_rate(self, now: float) -> bool:
+        """Take one message from this connection's budget (a token bucket); False when empty."""
+        rate = self.limits.max_messages_per_s
+        if rate <= 0:
+            return True
+        tokens = min(rate * RATE_BURST_S, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
     def _ws_message(self, payload: bytes, now: float) -> None:
         limits = self.limits
         stats = limits.stats
         stats.ws_in += 1
         stats.ws_bytes_in += len(payload)
+        if not self._within_rate(now):
+            stats.protocol_error(Transport.WS, "rate")
+            self._fail(CLOSE_POLICY, "message rate over the limit", now)
+            return
         handler = limits.handler
         body: bytes
         if not payload:
