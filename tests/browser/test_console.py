@@ -14,12 +14,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from opamp_fast.protocol import format_instance_uid
+from opamp_fast.protocol import format_instance_uid, pb
 from tests.browser.conftest import api_token
 from tests.helpers.agents import HTTPAgent, open_ws_agent
 
@@ -58,7 +59,13 @@ def console_errors(driver: Any) -> list[dict[str, Any]]:
 
 
 def wait(driver: Any, timeout: float = 10) -> WebDriverWait:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05)
+    # Live pages re-render: an element found a moment ago may be replaced before it is read.
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
 
 
 def text_of(driver: Any, css: str) -> str:
@@ -226,3 +233,83 @@ def test_docs_render_operations_offline(console_server: Any, driver: Any) -> Non
     assert any(u.endswith("/openapi.json") for u in urls)
     assert requests.external() == []
     assert console_errors(driver) == []
+
+
+def fill(driver: Any, element_id: str, text: str) -> None:
+    box = driver.find_element(By.ID, element_id)
+    box.clear()
+    box.send_keys(text)
+
+
+def test_console_operator_actions_and_viewer_refusal(
+    console_server: Any, driver: Any, portal: Any, artifacts: Path
+) -> None:
+    """As an operator: a config version from the Configs page, a group selecting a label and
+    assigning it from the Groups page, the label set on a connected agent from its detail page,
+    and the agent's remote config shown there once it applies it. A viewer's create shows the
+    403 message next to the form."""
+    base = console_server.url
+    with ws_agent(portal, base, "web-1") as agent:
+        agent_id = format_instance_uid(agent.uid)
+        flushed_count(base, 1)
+        sign_in(driver, base, api_token(role="operator"))
+        wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
+
+        # Configs: create version 1 from the form.
+        driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/configs']").click()
+        wait(driver).until(ec.visibility_of_element_located((By.ID, "config-name")))
+        fill(driver, "config-name", "web")
+        fill(driver, "config-file", "collector.yaml")
+        fill(driver, "config-body", "receivers: {otlp: {}}\n")
+        driver.find_element(By.ID, "config-form-submit").click()
+        wait(driver).until(lambda d: "Created version 1 of web" in text_of(d, "#config-form-msg"))
+        wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-config=web]"))
+
+        # Groups: env=prod gets config web (keyboard: Enter in a field submits the form).
+        driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/groups']").click()
+        wait(driver).until(ec.visibility_of_element_located((By.ID, "group-name")))
+        fill(driver, "group-selector", "env=prod")
+        fill(driver, "group-config", "web")
+        fill(driver, "group-name", "prod-web" + Keys.ENTER)
+        wait(driver).until(lambda d: "Saved group prod-web" in text_of(d, "#group-form-msg"))
+        row = wait(driver).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-group=prod-web]"))
+        )
+        assert "web v1" in row.text and "env=prod" in row.text
+        driver.save_screenshot(str(artifacts / "console-groups.png"))
+
+        # The agent's detail page: set the label; the server pushes the config to the agent.
+        driver.get(f"{base}/ui#/agents/{agent_id}")
+        wait(driver).until(lambda d: "web-1" in text_of(d, "#agent-head"))
+        fill(driver, "labels", "env=prod")
+        driver.find_element(By.ID, "labels-form-submit").click()
+        wait(driver).until(lambda d: "Labels saved" in text_of(d, "#labels-form-msg"))
+        pushed = portal.call(agent.receive, 5.0)
+        assert b"otlp" in pushed.remote_config.config.config_map["collector.yaml"].body
+        status = pb.RemoteConfigStatus(
+            last_remote_config_hash=pushed.remote_config.config_hash,
+            status=1,  # type: ignore[arg-type]  # APPLIED
+        )
+        portal.call(agent.send, agent.message(remote_config_status=status))
+        wait(driver).until(
+            lambda d: all(
+                s in text_of(d, "#remote-config") for s in ("web v1", "applied", "group prod-web")
+            )
+        )
+        driver.execute_script("document.getElementById('remote-config').scrollIntoView()")
+        driver.save_screenshot(str(artifacts / "console-agent-actions.png"))
+        assert console_errors(driver) == []
+
+        # A viewer: the 403 message in clear text next to the create form.
+        driver.find_element(By.ID, "signout").click()
+        sign_in(driver, base, api_token(role="viewer"))
+        wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
+        driver.get(base + "/ui#/x/configs")
+        wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-config=web]"))
+        fill(driver, "config-name", "web")
+        fill(driver, "config-body", "changed: true\n")
+        driver.find_element(By.ID, "config-form-submit").click()
+        wait(driver).until(lambda d: "403" in text_of(d, "#config-form-msg"))
+        shown = text_of(driver, "#config-form-msg")
+        assert "role 'viewer' may not config.create" in shown, shown
+        assert all("403" in e["message"] for e in console_errors(driver))
