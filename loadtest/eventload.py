@@ -56,10 +56,12 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body:
 
 
 async def churner(host: str, port: int, per_s: float, stop: float, made: list[int]) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    """Short-lived plain-HTTP agents, each on its own connection (as real agents are: one
+    connection sending 200 requests a second would exceed the server's per-connection budget)."""
     caps = 0x3007
     next_at = time.monotonic()
     while time.monotonic() < stop:
+        reader, writer = await asyncio.open_connection(host, port)
         uid = os.urandom(16)
         hello = pb.AgentToServer(instance_uid=uid, sequence_num=0, capabilities=caps)
         kv = hello.agent_description.identifying_attributes.add(key="service.name")
@@ -68,10 +70,10 @@ async def churner(host: str, port: int, per_s: float, stop: float, made: list[in
         bye = pb.AgentToServer(instance_uid=uid, sequence_num=1, capabilities=caps)
         bye.agent_disconnect.SetInParent()
         await post(reader, writer, bye.SerializeToString())
+        writer.close()
         made[0] += 2
         next_at += 2 / per_s
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    writer.close()
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
