@@ -390,12 +390,11 @@ def _name_version(description: pb.AgentDescription | None) -> dict[str, Any]:
         return out
     for attrs in (description.non_identifying_attributes, description.identifying_attributes):
         for kv in attrs:
-            if kv.value.WhichOneof("value") != "string_value":
-                continue
-            if kv.key == "service.name":
-                out["name"] = kv.value.string_value
-            elif kv.key == "service.version":
-                out["version"] = kv.value.string_value
+            key = kv.key  # compare the key first: most attributes are neither (once per connect)
+            if key == "service.name" or key == "service.version":
+                value = kv.value
+                if value.WhichOneof("value") == "string_value":
+                    out["name" if key == "service.name" else "version"] = value.string_value
     return out
 
 
