@@ -48,6 +48,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from scale_run import free_port  # noqa: E402  (sibling script, not a package)
+
 from opamp_fast.protocol import anyvalue_pb, pb  # noqa: E402
 from opamp_fast.wsframe import (  # noqa: E402
     OP_BINARY,
@@ -232,10 +234,6 @@ def run_threads(fn: Callable[[], None], n: int) -> None:
 
 
 # -- the run ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,16 +39,12 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from scale_run import free_port  # noqa: E402  (sibling script, not a package)
+
 from opamp_fast._proto.opamp.v1 import opamp_pb2 as pb  # noqa: E402
 
 SECRET = "p" * 48
 CAPS = 0x3007 | 0x8 | 0x10  # python client's bits + AcceptsPackages + ReportsPackageStatuses
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

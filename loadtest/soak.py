@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +32,9 @@ from typing import Any
 
 import psutil
 import psycopg
+from scale_run import free_port  # sibling script (loadtest/ is sys.path[0])
 
 SECRET = "soak-" + "s" * 59
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(base: str, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
