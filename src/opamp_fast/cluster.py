@@ -14,7 +14,9 @@ Postgres is the shared source of truth and the bus; nothing else is shared.
 * **Notices** (``storage.notices``): each instance LISTENs on its own channel, on a dedicated
   connection in a thread of its own. ``takeover`` (sent by the writer of the instance an agent
   moved to, in the transaction that recorded it) ends the agent here; ``disconnect`` (an
-  operator action routed to the instance holding the agent) closes its connection.
+  operator action routed to the instance holding the agent) closes its connection; ``hello``
+  (sent with a newcomer's first renewal, before it serves) tells the others to forward their
+  fleet events, which an instance alone does not.
 * **An instance declared lost while it still runs** (it was cut off from the database for longer
   than the lease) drops its connections when it finds out: its agents reconnect and are
   registered afresh, so the rows are right again.
@@ -61,7 +63,10 @@ class LostInstance:
 _RENEW = """
 UPDATE server_instances SET last_heartbeat_at = now(), lease_s = %(lease)s
 WHERE instance_id = %(me)s
-RETURNING lost_at IS NOT NULL
+RETURNING lost_at IS NOT NULL, (
+    SELECT count(*) FROM server_instances p
+    WHERE p.instance_id <> %(me)s AND p.stopped_at IS NULL AND p.lost_at IS NULL
+      AND p.last_heartbeat_at >= now() - make_interval(secs => p.lease_s))
 """
 
 _FIND_LOST = """
@@ -118,6 +123,8 @@ class Cluster:
         self._stop = threading.Event()
         self.lost_reaped: list[LostInstance] = []
         self.notices_total = 0
+        self.peers = 0  # other live instances, as of the last renewal (or a ``hello``)
+        self._hello_due = True  # tell the others at once that we are here (first renewal)
         self.listening = anyio.Event()  # set once LISTEN is in place (tests, readiness)
         # ``configs`` notices (issue 13): the configuration directory changed; reload it.
         self.on_configs: Callable[[dict[str, Any]], None] | None = None
@@ -162,12 +169,14 @@ class Cluster:
         """One lease round: renew ours; if ours held for a whole lease, reap the lost ones."""
         now = self._clock()
         try:
-            declared_lost = await self._on_lease_conn(self._renew)
+            declared_lost, peers = await self._on_lease_conn(self._renew)
         except psycopg.Error as exc:
             if self._db_ok_since is not None:
                 logger.warning("lease renewal failed (%s); retrying", str(exc).strip())
             self._db_ok_since = None
             return []
+        self._hello_due = False
+        self._set_peers(peers)
         if self._db_ok_since is None:
             self._db_ok_since = now
         if declared_lost:
@@ -213,9 +222,22 @@ class Cluster:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _renew(self, conn: psycopg.Connection[Any]) -> bool:
+    def _renew(self, conn: psycopg.Connection[Any]) -> tuple[bool, int]:
+        """Renew our lease (sending ``hello`` when due); (declared lost, live peers)."""
         row = conn.execute(_RENEW, {"lease": self.lease_s, "me": self.instance_id}).fetchone()
-        return bool(row and row[0])
+        if self._hello_due:
+            for payload in encode_notices("hello", self.instance_id):
+                conn.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
+        return (bool(row[0]), int(row[1])) if row else (False, 0)
+
+    def _set_peers(self, peers: int) -> None:
+        """Fleet events are forwarded only while another instance may listen: an instance alone
+        neither encodes nor NOTIFYs them (a newcomer says ``hello`` before it serves, so the
+        others forward from then on; one that stops or is lost is counted out at the next
+        renewal)."""
+        self.peers = peers
+        if self._events is not None:
+            self._events.forwarding = peers > 0
 
     def _reap(self, conn: psycopg.Connection[Any]) -> list[LostInstance]:
         lost = []
@@ -248,6 +270,7 @@ class Cluster:
             )
 
         await self._db.run(rejoin)
+        self._hello_due = True  # the others counted us out
 
     def _announce_lost(self, lost: str, by: str | None) -> None:
         # Every instance learns of a loss by itself (the reaper directly, the others from its
@@ -308,6 +331,9 @@ class Cluster:
         elif kind == "events":
             if self._events is not None:
                 self._events.ingest(notice.get("events"), sender)
+        elif kind == "hello":
+            logger.info("instance %s joined", sender)
+            self._set_peers(max(self.peers, 1))
         elif kind == "instance_lost":
             logger.info("instance %s was declared lost by %s", notice.get("lost"), sender)
             self._announce_lost(str(notice.get("lost")), sender)

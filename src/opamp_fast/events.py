@@ -2,21 +2,27 @@
 
 Why it looks like this:
 
-* **Publishing never waits.** :meth:`EventHub.publish` is synchronous and runs on the event
-  loop inside agent callbacks: it encodes the event once (msgspec), appends it to the bounded
-  replay ring, and for each subscriber does a filter check and a ``deque.append`` (O(1) per
-  subscriber, no ``await``, no I/O). A subscriber whose bounded queue is full is dropped at once
-  (it gets a ``resync`` event and the stream ends), so a slow browser never slows agents.
+* **Publishing never waits, and costs little when nobody reads.** :meth:`EventHub.publish` is
+  synchronous and runs on the event loop inside agent callbacks: it numbers the event, appends
+  it to the bounded replay ring, and for each subscriber does a filter check and a
+  ``deque.append`` (O(1) per subscriber, no ``await``, no I/O). The event is encoded (msgspec)
+  the first time something reads it (a subscriber, a replay, the forward to other instances),
+  once; agents connect by the thousand per second with no console open, and encoding two
+  events per connect for nobody was a quarter of a connect's cost. A subscriber whose bounded
+  queue is full is dropped at once (it gets a ``resync`` event and the stream ends), so a slow
+  browser never slows agents.
 * **Resumable.** Every event gets the next number of this hub's sequence; its SSE id is
   ``<stream>-<seq>`` where ``stream`` is random per hub, so an id from another instance or from
   before a restart is recognised as foreign (-> ``resync``) instead of silently skipping events.
   A client that reconnects with ``Last-Event-ID`` gets the events it missed from the replay ring
   (``events_replay_max`` deep), or a ``resync`` when they are gone.
-* **Fleet-wide.** Locally published events are also queued (bounded) for the other instances:
-  the batch writer takes them at each flush and sends them with ``pg_notify`` on the fleet
-  channel inside the flush's transaction (payloads under Postgres's 8,000-byte limit), so other
-  instances learn of a change exactly when it is committed. Their listeners hand the notice to
-  :meth:`EventHub.ingest`, which re-numbers the events in the local sequence.
+* **Fleet-wide.** While other instances are live (:attr:`EventHub.forwarding`, kept by
+  ``cluster.Cluster``), locally published events are also queued (bounded) for them: the batch
+  writer takes them at each flush, encodes them in its thread and sends them with ``pg_notify``
+  on the fleet channel inside the flush's transaction (payloads under Postgres's 8,000-byte
+  limit), so other instances learn of a change exactly when it is committed. Their listeners
+  hand the notice to :meth:`EventHub.ingest`, which re-numbers the events in the local
+  sequence. An instance alone forwards nothing.
 
 Publishers call ``hub.publish(type, agent, data)``; ``type`` is one of :data:`EVENT_TYPES`.
 """
@@ -31,6 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -79,15 +86,80 @@ _MAX_NOTICE: Final = 7000  # Postgres allows < 8000 bytes per NOTIFY payload
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
-class FleetEvent:
-    """One numbered event: its SSE ``frame`` is encoded once and shared by every subscriber."""
+Data = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
-    seq: int
-    type: str
-    agent: str | None  # canonical instance uid text, None for fleet-level events
-    json: bytes  # the event object, as in the frame's data line
-    frame: bytes
+
+class FleetEvent:
+    """One numbered event. Its JSON and SSE frame are encoded on first use (a subscriber that
+    accepts it, a replay, a forward to the other instances), once, and shared; an event nobody
+    reads costs its numbering and a place in the replay ring. ``data`` may be a callable that
+    builds the mapping then: it must read only values that are never mutated afterwards (the
+    protocol state replaces a status part when it changes, it does not edit it)."""
+
+    __slots__ = ("_agent", "_at", "_data", "_frame", "_instance", "_json", "_stream", "seq", "type")
+
+    def __init__(
+        self,
+        seq: int,
+        type: str,
+        agent: bytes | str | None,
+        at: float | str,
+        instance: str | None,
+        data: Data,
+        stream: str,
+    ) -> None:
+        self.seq = seq
+        self.type = type
+        self._agent = agent  # the uid's bytes until its text is first asked for
+        self._at = at  # UNIX seconds; RFC 3339 text when forwarded by another instance
+        self._instance = instance
+        self._data = data
+        self._stream = stream
+        self._json: bytes | None = None
+        self._frame: bytes | None = None
+
+    @property
+    def agent(self) -> str | None:
+        """The canonical instance uid text, None for fleet-level events."""
+        agent = self._agent
+        if agent.__class__ is bytes:
+            agent = self._agent = format_instance_uid(agent)  # type: ignore[arg-type]
+        return agent  # type: ignore[return-value]
+
+    @property
+    def json(self) -> bytes:
+        """The event object, as in the frame's data line."""
+        raw = self._json
+        if raw is None:
+            data = self._data
+            if callable(data):
+                data = data()
+            at = self._at
+            raw = self._json = _encoder.encode(
+                {
+                    "type": self.type,
+                    "at": at if at.__class__ is str else _rfc3339(at),  # type: ignore[arg-type]
+                    "instance": self._instance,
+                    "agent": self.agent,
+                    "data": {k: clip(v) for k, v in data.items()},
+                    "seq": self.seq,
+                }
+            )
+            self._data = _DONE  # what it referred to may be freed
+        return raw
+
+    @property
+    def frame(self) -> bytes:
+        """The SSE frame (id, event, data)."""
+        frame = self._frame
+        if frame is None:
+            head = f"id: {self._stream}-{self.seq}\nevent: {self.type}\ndata: ".encode()
+            frame = self._frame = head + self.json + b"\n\n"
+        return frame
+
+
+_DONE: Final[Mapping[str, Any]] = {}
+_NO_DATA: Final[Mapping[str, Any]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +171,8 @@ class EventHubStatistics:
     delivered_total: int  # event copies queued to subscribers
     dropped_subscribers_total: int  # subscribers dropped for a full queue
     outbox_dropped_total: int  # events not forwarded (outbox full during a database outage)
+    forwarded_total: int  # events queued for the other instances
+    forwarding: bool  # other instances are live: events are forwarded to them
 
 
 class Subscriber:
@@ -169,41 +243,50 @@ class EventHub:
         self._seq = 0
         self._ring: deque[FleetEvent] = deque(maxlen=replay_max)
         self._subscribers: set[Subscriber] = set()
-        self._outbox: deque[bytes] = deque(maxlen=outbox_max)
+        self._outbox: deque[FleetEvent] = deque(maxlen=outbox_max)
+        # Whether other instances may be listening (``Cluster`` keeps this up to date): alone,
+        # an instance neither encodes nor NOTIFYs its events for nobody.
+        self.forwarding = True
         self._published = 0
         self._ingested = 0
         self._delivered = 0
         self._dropped = 0
         self._outbox_dropped = 0
+        self._forwarded = 0
 
     # -- producing ---------------------------------------------------------------------------
     def publish(
         self,
         type: str,
-        agent: str | None,
-        data: Mapping[str, Any] | None = None,
+        agent: bytes | str | None,
+        data: Data | None = None,
         *,
         at: float | None = None,
         forward: bool = True,
     ) -> FleetEvent:
-        """Announce an event: synchronous, O(subscribers), never blocks. ``agent`` is the
-        canonical instance uid text; ``forward=False`` keeps it off the other instances (when
-        each of them learns it by itself, like ``instance.lost``)."""
+        """Announce an event: synchronous, O(subscribers), never blocks, encodes nothing
+        unless a subscriber takes it. ``agent`` is the instance uid (bytes, or its canonical
+        text); ``forward=False`` keeps it off the other instances (when each of them learns it
+        by itself, like ``instance.lost``)."""
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r}; add it to events.EVENT_TYPES")
-        body = {
-            "type": type,
-            "at": _rfc3339(self._clock() if at is None else at),
-            "instance": self.instance_id,
-            "agent": agent,
-            "data": {k: clip(v) for k, v in (data or {}).items()},
-        }
         self._published += 1
-        event = self._emit(body)
-        if forward:
+        self._seq += 1
+        event = FleetEvent(
+            self._seq,
+            type,
+            agent,
+            self._clock() if at is None else at,
+            self.instance_id,
+            _NO_DATA if data is None else data,
+            self.stream,
+        )
+        self._fan_out(event)
+        if forward and self.forwarding:
             if len(self._outbox) == self._outbox.maxlen:
                 self._outbox_dropped += 1
-            self._outbox.append(event.json)
+            self._outbox.append(event)
+            self._forwarded += 1
         return event
 
     def ingest(self, events: Any, sender: str | None) -> int:
@@ -219,23 +302,27 @@ class EventHub:
                 or not isinstance(body.get("data"), dict)
             ):
                 continue
-            body.setdefault("instance", sender)
-            self._emit(body)
+            agent = body.get("agent")
+            at = body.get("at")
+            self._seq += 1
+            event = FleetEvent(
+                self._seq,
+                body["type"],
+                agent if isinstance(agent, str) else None,
+                at if isinstance(at, str) else "",
+                body.get("instance") or sender,
+                body["data"],
+                self.stream,
+            )
+            self._fan_out(event)
             taken += 1
         self._ingested += taken
         return taken
 
-    def _emit(self, body: dict[str, Any]) -> FleetEvent:
-        self._seq += 1
-        seq = body["seq"] = self._seq
-        raw = _encoder.encode(body)
-        etype = body["type"]
-        agent = body.get("agent")
-        frame = b"".join(
-            (b"id: ", f"{self.stream}-{seq}".encode(), b"\nevent: ", etype.encode(), b"\ndata: ")
-        )
-        event = FleetEvent(seq, etype, agent, raw, frame + raw + b"\n\n")
+    def _fan_out(self, event: FleetEvent) -> None:
         self._ring.append(event)
+        if not self._subscribers:
+            return
         dropped: list[Subscriber] | None = None
         for sub in self._subscribers:
             if sub.accepts(event):
@@ -247,7 +334,6 @@ class EventHub:
         if dropped:
             for sub in dropped:
                 self._drop(sub)
-        return event
 
     def _drop(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
@@ -257,8 +343,9 @@ class EventHub:
         self._dropped += 1
         logger.info("dropped a slow event-stream subscriber (queue of %d full)", sub.queue_max)
 
-    def take_outbox(self) -> list[bytes]:
-        """Events to forward to the other instances (the writer calls this at each flush)."""
+    def take_outbox(self) -> list[FleetEvent]:
+        """Events to forward to the other instances (the writer calls this at each flush, and
+        encodes them in its thread)."""
         items = list(self._outbox)
         self._outbox.clear()
         return items
@@ -318,6 +405,8 @@ class EventHub:
             delivered_total=self._delivered,
             dropped_subscribers_total=self._dropped,
             outbox_dropped_total=self._outbox_dropped,
+            forwarded_total=self._forwarded,
+            forwarding=self.forwarding,
         )
 
 
@@ -399,37 +488,51 @@ def _name_version(description: pb.AgentDescription | None) -> dict[str, Any]:
 
 
 def announce_connected(hub: EventHub, record: AgentRecord, at: float) -> None:
-    data = _name_version(record.state.description)
-    data["transport"] = record.transport.value if record.transport is not None else None
-    data["remote_addr"] = record.remote_addr
-    hub.publish("agent.connected", format_instance_uid(record.uid), data, at=at)
+    description = record.state.description  # replaced, never edited: read when encoded
+    transport = record.transport.value if record.transport is not None else None
+    remote_addr = record.remote_addr
+
+    def data() -> dict[str, Any]:
+        out = _name_version(description)
+        out["transport"] = transport
+        out["remote_addr"] = remote_addr
+        return out
+
+    hub.publish("agent.connected", record.uid, data, at=at)
 
 
 def announce_disconnected(hub: EventHub, uid: bytes, at: float, reason: str) -> None:
-    hub.publish("agent.disconnected", format_instance_uid(uid), {"reason": reason}, at=at)
+    hub.publish("agent.disconnected", uid, {"reason": reason}, at=at)
 
 
 def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]) -> None:
-    """One event per changed part the console shows; the other parts in one ``agent.status``."""
-    agent = format_instance_uid(record.uid)
+    """One event per changed part the console shows; the other parts in one ``agent.status``.
+    The data is read from the parts when (if) the event is encoded: each part is replaced, not
+    edited, when the agent reports it again."""
+    uid = record.uid
     state = record.state
     rest = sorted(part for part in changed if part not in _STATUS_PARTS)
     for part in sorted(changed & _STATUS_PARTS.keys()):
-        data: dict[str, Any] = {}
+        data: Data = _NO_DATA
         if part == "description":
-            data = _name_version(state.description)
+            data = partial(_name_version, state.description)
         elif part == "health" and state.health is not None:
-            health = state.health
-            data = {"healthy": health.healthy, "status": health.status}
-            data["last_error"] = health.last_error
+            data = partial(_health_data, state.health)
         elif part == "remote_config_status" and state.remote_config_status is not None:
-            rcs = state.remote_config_status
-            status = rcs.status
-            data = {
-                "status": _STATUS_NAMES[status] if 0 <= status < len(_STATUS_NAMES) else status,
-                "error_message": rcs.error_message,
-                "config_hash": rcs.last_remote_config_hash.hex(),
-            }
-        hub.publish(_STATUS_PARTS[part], agent, data)
+            data = partial(_config_status_data, state.remote_config_status)
+        hub.publish(_STATUS_PARTS[part], uid, data)
     if rest:
-        hub.publish("agent.status", agent, {"changed": rest})
+        hub.publish("agent.status", uid, {"changed": rest})
+
+
+def _health_data(health: pb.ComponentHealth) -> dict[str, Any]:
+    return {"healthy": health.healthy, "status": health.status, "last_error": health.last_error}
+
+
+def _config_status_data(rcs: pb.RemoteConfigStatus) -> dict[str, Any]:
+    status = rcs.status
+    return {
+        "status": _STATUS_NAMES[status] if 0 <= status < len(_STATUS_NAMES) else status,
+        "error_message": rcs.error_message,
+        "config_hash": rcs.last_remote_config_hash.hex(),
+    }

@@ -67,5 +67,6 @@ class GrowthFreezer:
         task_status.started()
         while True:
             await anyio.sleep(interval_s)
-            if self.check():
+            if self.check() and logger.isEnabledFor(logging.DEBUG):
+                # get_freeze_count walks the whole permanent generation: only when logged
                 logger.debug("gc: froze %d objects", gc.get_freeze_count())

@@ -322,3 +322,39 @@ async def test_events_are_fleet_wide_across_instances(
             lost = await stream.until(lambda e: e.event == "instance.lost", timeout=15)
             assert lost.data["data"]["instance"] == "ghost"
             assert lost.data["data"]["by"] in ("a", "b")
+
+
+@pytest.mark.slow
+async def test_an_instance_alone_forwards_nothing_until_a_peer_joins(
+    start_server: Any, make_settings: Any
+) -> None:
+    """Alone, an instance neither encodes nor NOTIFYs its events; a newcomer's hello turns
+    forwarding on at once (both ways), and the survivor turns it off when the peer stops."""
+    solo = await start_server(make_settings(instance_id="solo", lease_s=9.0))
+    hub = hub_of(solo)
+    await wait_for(lambda: solo.services.cluster.peers == 0 and not hub.forwarding)
+    async with open_ws_agent(solo.url) as agent:
+        await agent.full_state("alone")
+    await wait_for(lambda: solo.services.registry.online_count == 0)
+    stats = hub.statistics()
+    assert stats.published_total >= 2 and stats.forwarded_total == 0
+    assert hub.take_outbox() == []
+
+    peer = await start_server(make_settings(instance_id="peer", lease_s=9.0))
+    with anyio.fail_after(10):
+        await peer.services.cluster.listening.wait()
+    # The hello arrives long before solo's next renewal (every 3 s) would count the peer.
+    await wait_for(lambda: hub.forwarding, timeout=1.0)
+    await wait_for(lambda: hub_of(peer).forwarding)
+    async with events(peer) as on_peer:
+        await subscribed(peer)
+        async with open_ws_agent(solo.url) as agent:
+            await agent.full_state("seen-by-peer")
+            forwarded = await on_peer.until(lambda e: e.event == "agent.connected")
+            assert forwarded.data["instance"] == "solo"
+            assert forwarded.data["data"]["name"] == "seen-by-peer"
+    assert hub.statistics().forwarded_total >= 1
+
+    peer.services.shutdown.set()  # a graceful stop: its row says stopped
+    await wait_for(lambda: not hub.forwarding, timeout=5.0)
+    assert solo.services.cluster.peers == 0

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -38,6 +39,7 @@ MAX_LABEL_MATCHES: Final = 100_000  # agents a label filter may resolve to
 LABEL_REFRESH_S: Final = 10.0  # a label filter is re-resolved this often
 SEND_TIMEOUT_S: Final = 30.0  # a client that reads nothing for this long is cut off
 RETRY_MS: Final = 2000  # the reconnect delay suggested to clients
+REPLAY_CHUNK: Final = 500  # replayed events encoded between two yields to the event loop
 # After a wake-up the pump waits this long and sends everything queued by then in one write:
 # at 100 subscribers, one ASGI send per event per subscriber costs the loop more than the agents.
 COALESCE_S: Final = 0.05
@@ -223,7 +225,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
         prologue = f"retry: {RETRY_MS}\n: stream {hub.stream}\n\n".encode()
         if resync is not None:
             prologue += hub.resync_frame(resync)
-        prologue += b"".join(e.frame for e in replay)
+        for start in range(0, len(replay), REPLAY_CHUNK):  # encoded now, if never before
+            prologue += b"".join(e.frame for e in replay[start : start + REPLAY_CHUNK])
+            await anyio.lowlevel.checkpoint()  # a deep replay does not stall the agents
         return EventStream(
             hub, sub, prologue, keepalive_s=keepalive_s, expires_at=expires_at, refresh=refresh
         )

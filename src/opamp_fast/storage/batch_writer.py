@@ -40,7 +40,7 @@ import msgspec
 import psycopg
 from anyio.abc import TaskStatus
 
-from ..events import encode_event_notices
+from ..events import FleetEvent, encode_event_notices
 from .notices import FLEET_CHANNEL, channel_for, encode_notices
 from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
 
@@ -136,8 +136,8 @@ class _Batch:
         self.closes: dict[bytes, tuple[float, str]] = {}
         # flush() callers waiting for this batch to commit
         self.waiters: list[anyio.Event] = []
-        # fleet events (encoded) for the other instances, NOTIFYed in this batch's transaction
-        self.events: list[bytes] = []
+        # fleet events for the other instances, encoded and NOTIFYed in this batch's transaction
+        self.events: list[FleetEvent] = []
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
@@ -250,7 +250,7 @@ class BatchWriter:
         self.on_flush: Callable[[int, float], None] | None = None
         # fleet events (issue 15): called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
-        self.event_outbox: Callable[[], list[bytes]] | None = None
+        self.event_outbox: Callable[[], list[FleetEvent]] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -779,7 +779,7 @@ def _write_batch(
                 cur.execute(_UPDATE_SEEN)
                 rows += cur.rowcount
         if batch.events:
-            for payload in encode_event_notices(instance_id, batch.events):
+            for payload in encode_event_notices(instance_id, [e.json for e in batch.events]):
                 cur.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
         if shutdown_at is not None:
             shutdown = {"instance": instance_id, "at": shutdown_at, "reason": SHUTDOWN_REASON}
