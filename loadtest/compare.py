@@ -4,7 +4,8 @@ Why: on a shared 2-core machine a per-message CPU figure means little alone; mea
 run, against the same ``wsload`` settings, next to Python's floor (``uvloop_floor.py``), the trio
 floor (``echo_floor.py``) and optionally the Go reference, it becomes a ratio that holds.
 
-For each target in ``--targets`` (``uvloop-floor,trio-floor,opamp-fast,go``), in turn:
+For each target in ``--targets`` (``uvloop-floor,trio-floor,front-floor,opamp-fast,go``; the
+front floor is the server's own front with an echo handler, ``front_floor.py``), in turn:
 
 1. start it on a free loopback port (opamp-fast: ``opamp-fast serve --host 127.0.0.1 --port P
    --backlog 8192`` on an embedded Postgres started once per run, a fresh database per start;
@@ -69,7 +70,7 @@ from scale_run import (  # noqa: E402  (sibling script, not a package)
 )
 
 RESULTS = HERE / "results"
-TARGETS = ("uvloop-floor", "trio-floor", "opamp-fast", "go")
+TARGETS = ("uvloop-floor", "trio-floor", "front-floor", "opamp-fast", "go")
 SETTINGS = (
     "agents", "procs", "ramp_s", "hold_s", "heartbeat_s", "idle_hold_s", "tick_ms",
     "connect_concurrency", "source_addrs", "repeat", "server_arg",
@@ -254,6 +255,9 @@ class Run:
                     "--heartbeat-interval-s", hb]  # fmt: skip
         if kind == "trio-floor":
             return [py, str(HERE / "echo_floor.py"), "--port", str(port), "--backlog", "8192",
+                    "--heartbeat-interval-s", hb]  # fmt: skip
+        if kind == "front-floor":
+            return [py, str(HERE / "front_floor.py"), "--port", str(port), "--backlog", "8192",
                     "--heartbeat-interval-s", hb]  # fmt: skip
         if kind == "opamp-fast":
             return [
@@ -570,19 +574,14 @@ def tables(result: dict[str, Any]) -> str:
         "",
     ]
     for round_no, targets in enumerate(result["rounds"], 1):
-        floor = next(
-            (
-                t["heartbeat"]["cpu_per_heartbeat_us"]
-                for t in targets
-                if t["target"] == "uvloop-floor" and t.get("heartbeat")
-            ),
-            None,
-        )
+        base: dict[str, Any] = next((t for t in targets if t["target"] == "uvloop-floor"), {})
+        floor = (base.get("heartbeat") or {}).get("cpu_per_heartbeat_us")
+        floor_connect = (base.get("connect") or {}).get("cpu_per_connect_ms")
         lines += [
             f"Round {round_no}:",
             "",
             "| target | CPU/heartbeat us | CPU/connect ms | RSS/agent KiB | p50 ms | p99 ms "
-            "| ratio to uvloop floor |",
+            "| ratio to uvloop floor (heartbeat, connect) |",
             "|---|---|---|---|---|---|---|",
         ]
         diag = [
@@ -596,7 +595,10 @@ def tables(result: dict[str, Any]) -> str:
                 continue
             c, h = t.get("connect") or {}, t.get("heartbeat") or {}
             per_hb = h.get("cpu_per_heartbeat_us")
+            per_connect = c.get("cpu_per_connect_ms")
             ratio = f"{per_hb / floor:.1f}x" if per_hb and floor else "-"
+            if per_connect and floor_connect:
+                ratio += f", {per_connect / floor_connect:.1f}x"
             per_hb_text = fmt(per_hb)
             if h.get("saturated"):
                 hold = h.get("hold") or {}
@@ -627,7 +629,8 @@ def main() -> int:
     parser.add_argument(
         "--targets",
         default="uvloop-floor,trio-floor,opamp-fast",
-        help="comma-separated: uvloop-floor, trio-floor, opamp-fast[+BACKEND][@SRC], go",
+        help="comma-separated: uvloop-floor, trio-floor, front-floor, opamp-fast[+BACKEND][@SRC], "
+        "go",
     )
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--procs", type=int, default=2, help="wsload worker processes")

@@ -194,7 +194,7 @@ class FleetHandler:
             if bound.connection is conn:
                 t = self.registry.mark_offline(bound, wall=wall, reason=reasons.UID_CHANGED)
                 if t is not None:
-                    self._persist(bound, [t], False)
+                    self._persist(bound, [t])
             conn.record = None
         record, created = self.registry.ensure(uid, msg.instance_uid)
         if created and self.on_new_record is not None:
@@ -237,9 +237,8 @@ class FleetHandler:
             self.admission.handshakes -= 1  # its first message is answered
         conn.record = record
         status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
-        self._persist(record, transitions, status_changed)
+        went_online = self._persist(record, transitions, status_changed)
         if self.assigner is not None and not disconnecting and record.online:
-            went_online = any(t.new is AgentStatus.ONLINE for t in transitions)
             if (went_online or "description" in status_changed) and self.assigner(record):
                 if record.state.packages_available is None and reply.response.HasField(
                     "packages_available"
@@ -362,7 +361,7 @@ class FleetHandler:
             return
         t = self.registry.mark_offline(record, wall=self._wall(), reason=reasons.CONNECTION_CLOSED)
         if t is not None:
-            self._persist(record, [t], False)
+            self._persist(record, [t])
 
     # -- server-side actions --------------------------------------------------------------
     def assign_remote_config(self, uid: bytes, files: dict[str, tuple[bytes, str]]) -> bytes:
@@ -460,14 +459,20 @@ class FleetHandler:
         self,
         record: AgentRecord,
         transitions: list[StatusTransition],
-        status_changed: bool | frozenset[str],
-    ) -> None:
-        snapshot = None
-        if status_changed or any(t.new is AgentStatus.ONLINE for t in transitions):
-            snapshot = snapshot_of(record)
+        changed: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Hand one message's effects to the writer and the event hub: transitions in order,
+        then the status parts in ``changed`` (their snapshot rides on a connect when there is
+        one). Returns whether the agent came online."""
+        online_at = None
         for t in transitions:
             if t.new is AgentStatus.ONLINE:
-                self.sink.connected(
+                online_at = t.at
+        snapshot = snapshot_of(record) if changed or online_at is not None else None
+        sink = self.sink
+        for t in transitions:
+            if t.new is AgentStatus.ONLINE:
+                sink.connected(
                     record.uid,
                     at=t.at,
                     remote_addr=record.remote_addr,
@@ -475,32 +480,19 @@ class FleetHandler:
                     snapshot=snapshot,
                 )
             else:
-                self.sink.disconnected(record.uid, at=t.at, reason=t.reason or "")
-        if (
-            status_changed
-            and snapshot is not None
-            and not any(t.new is AgentStatus.ONLINE for t in transitions)
-        ):
-            self.sink.status(record.uid, snapshot)
-        if self.events is not None:
-            self._announce(self.events, record, transitions, status_changed)
-
-    @staticmethod
-    def _announce(
-        hub: EventHub,
-        record: AgentRecord,
-        transitions: list[StatusTransition],
-        changed: bool | frozenset[str],
-    ) -> None:
-        """Fleet events of one message: transitions first, then status parts (issue 15)."""
-        for t in transitions:
-            if t.new is AgentStatus.ONLINE:
-                announce_connected(hub, record, t.at)
-            else:
-                announce_disconnected(hub, record.uid, t.at, t.reason or "")
-        online_now = any(t.new is AgentStatus.ONLINE for t in transitions)
-        if isinstance(changed, frozenset) and changed and not online_now:
-            announce_changes(hub, record, changed)
+                sink.disconnected(record.uid, at=t.at, reason=t.reason or "")
+        if snapshot is not None and online_at is None:  # changed, no connect to ride on
+            sink.status(record.uid, snapshot)
+        hub = self.events
+        if hub is not None:  # fleet events (issue 15): transitions first, then status parts
+            for t in transitions:
+                if t.new is AgentStatus.ONLINE:
+                    announce_connected(hub, record, t.at)
+                else:
+                    announce_disconnected(hub, record.uid, t.at, t.reason or "")
+            if changed and online_at is None:
+                announce_changes(hub, record, changed)
+        return online_at is not None
 
 
 def snapshot_of(record: AgentRecord) -> AgentSnapshot:

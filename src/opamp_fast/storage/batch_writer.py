@@ -193,6 +193,24 @@ class _Batch:
             self.online = older.online
 
 
+class _RandomIds:
+    """Random 16-byte ids, 256 per ``os.urandom`` call (a system call per connect showed)."""
+
+    __slots__ = ("_buffer", "_next")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        start = self._next
+        if start >= len(self._buffer):
+            self._buffer = os.urandom(16 * 256)
+            start = 0
+        self._next = start + 16
+        return self._buffer[start : start + 16]
+
+
 class BatchWriter:
     """Coalesces agent state and connection history and writes it to Postgres in batches.
 
@@ -234,6 +252,7 @@ class BatchWriter:
         self._inflight: _Batch | None = None
         self._inflight_sessions = 0
         self._open_session: dict[bytes, bytes] = {}  # uid -> session_id of its open connection
+        self._session_ids = _RandomIds()
         self._wake = anyio.Event()  # early flush (batch_max, flush()) or close
         self._closed = anyio.Event()  # close(): ends an outage back-off at once
         self._closing = False
@@ -272,7 +291,7 @@ class BatchWriter:
         previous = self._open_session.get(uid)
         if previous is not None:
             batch.close_session(previous, at, REPLACED_REASON)
-        session_id = os.urandom(16)
+        session_id = self._session_ids.take()
         self._open_session[uid] = session_id
         batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
         change = batch.change(uid)

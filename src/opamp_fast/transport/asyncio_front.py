@@ -66,8 +66,10 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         now = front.clock()
         peer = transport.get_extra_info("peername")
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
-        ssl_object = transport.get_extra_info("ssl_object")
-        cert = ssl_object.getpeercert() if ssl_object is not None else None
+        cert = None
+        if front.tls is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            cert = ssl_object.getpeercert() if ssl_object is not None else None
         OpAMPConnection.__init__(self, front.limits, remote, transport.write, now, cert)
         self._tp = transport
         if front.sockets_open() >= front.max_sockets and not front.evict_pending():
