@@ -11,7 +11,8 @@ the event loop and Postgres: the figure to hold against the load run's CPU per c
 is open.
 
 Run: ``python -m pytest benchmarks/bench_connect.py --benchmark-only``; or as a script for a
-profile: ``python benchmarks/bench_connect.py --profile 20000``.
+profile: ``python benchmarks/bench_connect.py --profile 20000``, or the time of each piece:
+``python benchmarks/bench_connect.py --breakdown``.
 """
 
 from __future__ import annotations
@@ -162,9 +163,78 @@ def test_connect(benchmark: Any, tmp_path: Path, subscribed: bool) -> None:
     assert published.delivered_total == (published.published_total if subscribed else 0)
 
 
+#: What ``--breakdown`` times, by (module or class, attribute): the pieces of a connect.
+BREAKDOWN = (
+    ("opamp_fast.transport.connection", "parse_head"),
+    ("opamp_fast.transport.connection", "websocket_accept"),
+    ("opamp_fast.transport.connection.OpAMPConnection", "_upgrade"),
+    ("opamp_fast.transport.connection.OpAMPConnection", "_connecting"),
+    ("opamp_fast.transport.connection", "decode_agent_to_server"),
+    ("opamp_fast.transport.connection.OpAMPConnection", "send"),
+    ("opamp_fast.fleet.FleetHandler", "on_message"),
+    ("opamp_fast.fleet", "check_bounds"),
+    ("opamp_fast.fleet", "process_message"),
+    ("opamp_fast.registry.Registry", "ensure"),
+    ("opamp_fast.registry.Registry", "mark_online"),
+    ("opamp_fast.fleet.FleetHandler", "_apply_events"),
+    ("opamp_fast.fleet.FleetHandler", "_persist"),
+    ("opamp_fast.fleet", "snapshot_of"),
+    ("opamp_fast.storage.batch_writer.BatchWriter", "connected"),
+    ("opamp_fast.fleet", "announce_connected"),
+    ("opamp_fast.fleet.FleetHandler", "on_connection_close"),
+    ("opamp_fast.registry.Registry", "mark_offline"),
+)
+
+
+def breakdown(server: Server, batch: list[bytes]) -> dict[str, float]:
+    """Seconds spent in each :data:`BREAKDOWN` piece (inclusive) over ``batch``'s connects,
+    with the collector off (a collection would land on whichever piece allocated last)."""
+    import gc
+    import importlib
+
+    spent: dict[str, float] = {}
+    clock = time.perf_counter
+
+    def timed(label: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + clock() - started
+
+        return wrapper
+
+    restore = []
+    for where, name in BREAKDOWN:
+        try:
+            owner: Any = importlib.import_module(where)
+        except ModuleNotFoundError:
+            module, _, cls = where.rpartition(".")
+            owner = getattr(importlib.import_module(module), cls)
+        original = owner.__dict__[name]
+        restore.append((owner, name, original))
+        setattr(owner, name, timed(f"{where.rsplit('.', 1)[-1]}.{name}", original))
+    gc.collect()
+    gc.disable()
+    try:
+        started = clock()
+        for frame in batch:
+            server.connect(frame)
+        spent["total"] = clock() - started
+    finally:
+        gc.enable()
+        for owner, name, original in restore:
+            setattr(owner, name, original)
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", type=int, metavar="N", help="cProfile N connects")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time each piece of a connect (inclusive)"
+    )
     parser.add_argument("--time", type=int, metavar="N", default=20_000, help="time N connects")
     parser.add_argument("--subscribed", action="store_true")
     args = parser.parse_args()
@@ -182,6 +252,11 @@ def main() -> None:
                 for frame in batch:
                     server.connect(frame)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+        elif args.breakdown:
+            spent = breakdown(server, batch)
+            print(f"{count} connects, inclusive us per connect (timers add ~0.3 us per call):")
+            for label, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+                print(f"{seconds / count * 1e6:8.1f}  {label}")
         else:
             started = time.perf_counter()
             for frame in batch:

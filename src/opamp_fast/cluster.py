@@ -151,6 +151,9 @@ class Cluster:
         )
         listener.start()
         try:
+            # The first renewal before "started": from the first agent on, this instance knows
+            # whether anyone else listens for its events (and the others know of it).
+            await self.renew_and_reap()
             task_status.started()
             await self._lease_forever()
         finally:
@@ -162,8 +165,8 @@ class Cluster:
     async def _lease_forever(self) -> None:
         renew_s = max(0.2, self.lease_s / 3)
         while True:
-            await self.renew_and_reap()
             await anyio.sleep(renew_s)
+            await self.renew_and_reap()
 
     async def renew_and_reap(self) -> list[LostInstance]:
         """One lease round: renew ours; if ours held for a whole lease, reap the lost ones."""

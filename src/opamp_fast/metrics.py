@@ -54,6 +54,7 @@ from .registry import AgentRecord, AgentStatus, BucketCounts, Registry, Registry
 
 if TYPE_CHECKING:
     from .config_service import ConfigService, ConfigStatistics
+    from .events import EventHub, EventHubStatistics
     from .fleet import FleetHandler
     from .packages import PackageRegistry, PackageStatistics
     from .services import Services
@@ -320,6 +321,34 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "counter",
             "Package bytes sent by this instance.",
         ),
+        # -- fleet events (issue 15) --------------------------------------------------------
+        _spec(
+            "opamp_fast_events_total",
+            "counter",
+            "Fleet events numbered by this instance: published here, or ingested from others.",
+            "origin",
+        ),
+        _spec(
+            "opamp_fast_events_delivered_total",
+            "counter",
+            "Event copies queued to /api/events subscribers.",
+        ),
+        _spec("opamp_fast_events_subscribers", "gauge", "Open /api/events streams."),
+        _spec(
+            "opamp_fast_events_dropped_subscribers_total",
+            "counter",
+            "Event streams ended because the subscriber fell a whole queue behind.",
+        ),
+        _spec(
+            "opamp_fast_events_forwarded_total",
+            "counter",
+            "Events queued for the other instances (only while another instance is live).",
+        ),
+        _spec(
+            "opamp_fast_events_forward_dropped_total",
+            "counter",
+            "Events not forwarded to the other instances (their queue full in an outage).",
+        ),
         # -- remote configuration (issue 13) ------------------------------------------------
         _spec(
             "opamp_fast_remote_config_status",
@@ -417,6 +446,7 @@ class MetricsSnapshot:
     records: list[AgentRecord]
     packages: PackageStatistics | None = None
     configs: ConfigStatistics | None = None
+    events: EventHubStatistics | None = None
 
 
 class MetricsExporter:
@@ -468,6 +498,7 @@ class MetricsExporter:
         self.version = version
         self.packages: PackageRegistry | None = None
         self.configs: ConfigService | None = None  # set once the service exists (issue 13)
+        self.events: EventHub | None = None  # fleet events (issue 15)
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -489,7 +520,7 @@ class MetricsExporter:
     def for_services(cls, services: Services) -> MetricsExporter:
         """The exporter of one server, from its services and settings."""
         settings = services.settings
-        return cls(
+        exporter = cls(
             registry=services.registry,
             fleet=services.fleet,
             writer=services.writer,
@@ -501,6 +532,8 @@ class MetricsExporter:
             writer_queue_max=settings.writer_queue_max,
             version=services.version,
         ).with_packages(services.packages)
+        exporter.events = services.events
+        return exporter
 
     def with_packages(self, packages: PackageRegistry | None) -> MetricsExporter:
         """Export the package registry's counters too (issue 14)."""
@@ -552,6 +585,7 @@ class MetricsExporter:
             records=list(self.agents),
             packages=self.packages.statistics() if self.packages is not None else None,
             configs=self.configs.statistics() if self.configs is not None else None,
+            events=self.events.statistics() if self.events is not None else None,
         )
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
@@ -714,6 +748,7 @@ class FleetCollector(Collector):
             [], p.download_bytes_total if p else 0
         )
         _config_families(f, snap.configs)
+        _event_families(f, snap.events)
         return iter(f.families)
 
 
@@ -739,6 +774,22 @@ def _config_families(f: _Families, c: ConfigStatistics | None) -> None:
             else rollout["admitted"] / eligible
         )
         progress.add_metric([group, rollout["state"]], ratio)
+
+
+def _event_families(f: _Families, e: EventHubStatistics | None) -> None:
+    """The event hub's counters (issue 15)."""
+    total = f.counter("opamp_fast_events_total")
+    total.add_metric(["local"], e.published_total if e else 0)
+    total.add_metric(["peer"], e.ingested_total if e else 0)
+    f.counter("opamp_fast_events_delivered_total").add_metric([], e.delivered_total if e else 0)
+    f.gauge("opamp_fast_events_subscribers").add_metric([], e.subscribers if e else 0)
+    f.counter("opamp_fast_events_dropped_subscribers_total").add_metric(
+        [], e.dropped_subscribers_total if e else 0
+    )
+    f.counter("opamp_fast_events_forwarded_total").add_metric([], e.forwarded_total if e else 0)
+    f.counter("opamp_fast_events_forward_dropped_total").add_metric(
+        [], e.outbox_dropped_total if e else 0
+    )
 
 
 class _Families:

@@ -17,6 +17,7 @@ import pytest
 from opamp_fast.auth import load_key_material, mint_token
 from opamp_fast.protocol import format_instance_uid
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
+from tests.integration.test_metrics import scrape, value
 from tests.integration.test_rest_api import run_sql
 
 pytestmark = pytest.mark.postgres
@@ -153,6 +154,16 @@ async def test_connect_status_and_disconnect_events(server: Any) -> None:
             polled = await stream.until(lambda e: e.event == "agent.connected")
             assert polled.data["data"]["transport"] == "http"
             assert polled.data["agent"] == format_instance_uid(http_agent.uid)
+        # The same story in /metrics: 4 events numbered here, each queued to the one
+        # subscriber, none forwarded (no other instance is live).
+        samples = await scrape(server.url)
+        assert value(samples, "opamp_fast_events_total", origin="local") >= 4
+        assert value(samples, "opamp_fast_events_total", origin="peer") == 0
+        assert value(samples, "opamp_fast_events_subscribers") == 1
+        delivered = value(samples, "opamp_fast_events_delivered_total")
+        assert delivered == value(samples, "opamp_fast_events_total", origin="local")
+        assert value(samples, "opamp_fast_events_forwarded_total") == 0
+        assert value(samples, "opamp_fast_events_dropped_subscribers_total") == 0
 
 
 async def test_filters_by_type_agent_and_label(server: Any, database_url: str) -> None:
