@@ -145,7 +145,8 @@ class FleetEvent:
                     "seq": self.seq,
                 }
             )
-            self._data = _DONE  # what it referred to may be freed
+            # _data stays: the writer's thread may be encoding the same event right now (both
+            # get the same bytes); the ring bounds what it keeps alive.
         return raw
 
     @property
@@ -158,7 +159,6 @@ class FleetEvent:
         return frame
 
 
-_DONE: Final[Mapping[str, Any]] = {}
 _NO_DATA: Final[Mapping[str, Any]] = {}
 
 

@@ -30,6 +30,7 @@ from .metrics import MetricsExporter
 from .metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
 from .protocol import DEFAULT_SERVER_CAPABILITIES, SERVER_OFFERS_PACKAGES, ServerPolicy
+from .protocol.codec import PartBounds
 from .registry import Registry
 from .storage import Database, queries
 from .storage.batch_writer import BatchWriter
@@ -111,6 +112,7 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
         keep_alive_timeout_s=max(75.0, 3.0 * settings.heartbeat_interval_s),
         ws_ping_interval_s=settings.ws_ping_interval_s,
         max_messages_per_s=settings.max_agent_messages_per_s,
+        part_bounds=PartBounds(settings.max_description_bytes, settings.max_status_part_bytes),
     )
 
 

@@ -8,12 +8,16 @@ which is where the spec measures the limit.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Final
 
 from .._proto.opamp.v1 import opamp_pb2 as pb
 from ._constants import DEFAULT_MAX_MESSAGE_BYTES
 from ._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 
 __all__ = [
+    "PartBounds",
+    "check_part_sizes",
     "decode_agent_to_server",
     "decode_server_to_agent",
     "encode_agent_to_server",
@@ -27,22 +31,126 @@ _AgentToServer = pb.AgentToServer
 _ServerToAgent = pb.ServerToAgent
 
 
-def decode_agent_to_server(data: bytes, *, max_bytes: int) -> pb.AgentToServer:
-    """Parse an ``AgentToServer``; the size check comes first.
+@dataclass(frozen=True, slots=True)
+class PartBounds:
+    """What the server keeps of one status part (``ServerPolicy``'s bounds, for the wire)."""
+
+    description_bytes: int
+    part_bytes: int
+
+
+#: The status parts the server keeps, by ``AgentToServer`` field number (those
+#: ``protocol.check_bounds`` bounds after decoding).
+_KEPT_PARTS: Final = {
+    pb.AgentToServer.DESCRIPTOR.fields_by_name[name].number: name
+    for name in (
+        "agent_description",
+        "health",
+        "effective_config",
+        "remote_config_status",
+        "package_statuses",
+        "custom_capabilities",
+        "available_components",
+        "connection_settings_status",
+    )
+}
+_DESCRIPTION_FIELD: Final = pb.AgentToServer.DESCRIPTOR.fields_by_name["agent_description"].number
+#: Top-level fields looked at before giving the message to the decoder. A real agent writes
+#: each field once (about 15 in all); a message built to exceed this is decoded as before.
+_SCAN_FIELDS: Final = 256
+
+
+def check_part_sizes(data: bytes, bounds: PartBounds) -> None:
+    """Refuse, from the wire, a message whose kept status parts exceed ``bounds``: a 40 MB
+    description is refused after reading a few field headers instead of after a decode of
+    hundreds of milliseconds on the event loop.
+
+    Only messages larger than the smallest bound are looked at (everything an agent sends
+    routinely is smaller). Repeated occurrences of a field, which protobuf merges, are added
+    up. Anything this scan does not understand (bad varints, groups, more than
+    ``_SCAN_FIELDS`` fields) is left to the decoder and to ``check_bounds`` after it.
+
+    Raises:
+        RemoteProtocolError: ``kind="too_large_state"``, as ``check_bounds`` would.
+    """
+    n = len(data)
+    if n <= min(bounds.description_bytes, bounds.part_bytes):
+        return
+    sizes: dict[int, int] = {}
+    i = 0
+    for _ in range(_SCAN_FIELDS):
+        if i >= n:
+            return
+        key, i = _varint(data, i, n)
+        wire_type = key & 7
+        length = 0
+        if i < 0:
+            return  # not a varint: the decoder says what is wrong
+        if wire_type == 0:
+            _, i = _varint(data, i, n)
+        elif wire_type == 1:
+            length = 8
+        elif wire_type == 5:
+            length = 4
+        elif wire_type == 2:
+            length, i = _varint(data, i, n)
+            field = key >> 3
+            if i < 0 or i + length > n:
+                return  # truncated: the decoder says so
+            if field in _KEPT_PARTS:
+                size = sizes[field] = sizes.get(field, 0) + length
+                bound = (
+                    bounds.description_bytes if field == _DESCRIPTION_FIELD else bounds.part_bytes
+                )
+                if size > bound:
+                    raise RemoteProtocolError(
+                        f"{_KEPT_PARTS[field]} of {size} bytes exceeds what the server keeps "
+                        f"({bound} bytes)",
+                        kind="too_large_state",
+                    )
+        else:
+            return  # groups (3, 4) or an invalid wire type: the decoder decides
+        if i < 0:
+            return
+        i += length
+
+
+def _varint(data: bytes, i: int, n: int) -> tuple[int, int]:
+    """The varint at ``data[i:]`` and the index after it; (0, -1) when there is none."""
+    value = shift = 0
+    while i < n and shift < 64:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+    return 0, -1
+
+
+def decode_agent_to_server(
+    data: bytes, *, max_bytes: int, part_bounds: PartBounds | None = None
+) -> pb.AgentToServer:
+    """Parse an ``AgentToServer``; the size checks come first.
 
     The result always has a non-empty ``instance_uid`` (its form is checked by
     :func:`normalize_instance_uid`, which the caller applies when it looks the agent up).
+    With ``part_bounds``, a message whose kept status parts are over them is refused before
+    the decode (:func:`check_part_sizes`).
 
     Raises:
         MessageTooLargeError: ``len(data) > max_bytes``.
         RemoteProtocolError: ``kind="empty"`` for 0 bytes, ``"decode"`` for invalid
-            protobuf, ``"bad_instance_uid"`` when ``instance_uid`` is missing.
+            protobuf, ``"bad_instance_uid"`` when ``instance_uid`` is missing,
+            ``"too_large_state"`` for a status part over ``part_bounds``.
     """
     size = len(data)
     if size > max_bytes:
         raise MessageTooLargeError(size, max_bytes)
     if not size:
         raise RemoteProtocolError("empty AgentToServer message", kind="empty")
+    if part_bounds is not None:
+        check_part_sizes(data, part_bounds)
     msg = _AgentToServer()
     try:
         msg.ParseFromString(data)

@@ -65,6 +65,7 @@ from ._http11 import (
 
 if TYPE_CHECKING:
     from ..handlers import AgentHandler
+    from ..protocol.codec import PartBounds
     from .stats import TransportStats
 
 __all__ = [
@@ -96,6 +97,8 @@ CLOSE_POLICY: Final = 1008
 RATE_BURST_S: Final = 10.0  # a connection's message budget holds this many seconds' worth
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _WS_HEADER_ROOM: Final = 16  # the OpAMP varint header in front of a maximal payload
+#: Bad payloads in a well-framed WebSocket message: answered (BadRequest), the socket kept.
+_ANSWERED: Final = frozenset({"decode", "too_large_state"})
 
 
 @dataclass(slots=True)
@@ -120,6 +123,9 @@ class Limits:
     #: a peer flooding messages (reading the replies or not) would otherwise buy server CPU for
     #: free until back-pressure stops it, hundreds of thousands of messages later.
     max_messages_per_s: float = 20.0
+    #: What the handler keeps of a status part: a message over it is refused before it is
+    #: decoded (``codec.check_part_sizes``); None: the handler alone checks, after decoding.
+    part_bounds: PartBounds | None = None
 
 
 class OpAMPConnection:
@@ -528,7 +534,10 @@ class OpAMPConnection:
     def _handle(self, body: bytes) -> pb.ServerToAgent:
         handler = self.limits.handler
         try:
-            msg = decode_agent_to_server(body, max_bytes=self.limits.max_message_bytes)
+            limits = self.limits
+            msg = decode_agent_to_server(
+                body, max_bytes=limits.max_message_bytes, part_bounds=limits.part_bounds
+            )
         except ProtocolError as exc:
             self.limits.stats.protocol_error(Transport.HTTP, exc.kind)
             handler.on_read_message_error(self, exc)
@@ -662,11 +671,13 @@ class OpAMPConnection:
         else:  # a legacy frame without the header
             body = payload
         try:
-            msg = decode_agent_to_server(body, max_bytes=limits.max_message_bytes)
+            msg = decode_agent_to_server(
+                body, max_bytes=limits.max_message_bytes, part_bounds=limits.part_bounds
+            )
         except ProtocolError as exc:
             stats.protocol_error(Transport.WS, exc.kind)
             handler.on_read_message_error(self, exc)
-            if exc.kind == "decode":
+            if exc.kind in _ANSWERED:
                 # Bad payload in a well-framed message: answer, don't retry, keep the socket.
                 self.send(error_response(pb.ServerErrorResponseType_BadRequest, str(exc)))
             else:
