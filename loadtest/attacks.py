@@ -48,7 +48,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from scale_run import free_port  # noqa: E402  (sibling script, not a package)
+from procs import free_port, wait_ready  # noqa: E402  (sibling script, not a package)
 
 from opamp_fast.protocol import anyvalue_pb, pb  # noqa: E402
 from opamp_fast.wsframe import (  # noqa: E402
@@ -236,19 +236,6 @@ def run_threads(fn: Callable[[], None], n: int) -> None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.2)
-    raise SystemExit("server not ready")
-
-
 def window_stats(timeline: list[dict[str, Any]], t0: float, a: float, b: float) -> dict[str, Any]:
     secs = [s for s in timeline if a <= t0 + s["t"] and t0 + s["t"] + 1 <= b]
     p99 = [s["p99_ms"] for s in secs if s["p99_ms"] is not None]
@@ -309,7 +296,7 @@ def main() -> int:
                 "--heartbeat-interval-s", str(round(args.heartbeat_s)), "--backlog", "8192",
             ], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         procs.append(server)
-        wait_ready(port, server)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", server)
         ps = psutil.Process(server.pid)
         load_out = tmp / "wsload.json"
         with open(tmp / "wsload.log", "wb") as log:

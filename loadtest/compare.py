@@ -59,9 +59,9 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from scale_run import (  # noqa: E402  (sibling script, not a package)
+from procs import free_port  # noqa: E402  (sibling script, not a package)
+from scale_run import (  # noqa: E402
     Proc,
-    free_port,
     launcher,
     machine,
     other_load,

@@ -35,21 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from procs import free_port, wait_ready  # sibling script (loadtest/ is sys.path[0])
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 INSTANCES = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def render_haproxy(ports: list[int], lb_port: int, maxconn: int) -> str:
@@ -91,7 +85,7 @@ class Run:
             ])  # fmt: skip
             out.append((iid, port, proc))
         for _, port, proc in out:
-            wait_ready(port, proc)
+            wait_ready(f"http://127.0.0.1:{port}/readyz", proc, name=f"instance on {port}")
         return out
 
     def start_haproxy(self, ports: list[int]) -> int:
@@ -128,19 +122,6 @@ class Run:
                 " GROUP BY serving_instance"
             ).fetchall()
         return {str(k): int(v) for k, v in rows}
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"instance on {port} exited {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.2)
-    raise SystemExit(f"instance on {port} not ready")
 
 
 def poll_until(predicate: Any, timeout: float, interval: float = 0.1) -> float | None:

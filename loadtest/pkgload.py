@@ -39,26 +39,12 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from scale_run import free_port  # noqa: E402  (sibling script, not a package)
+from procs import free_port, wait_ready  # noqa: E402  (sibling script, not a package)
 
 from opamp_fast._proto.opamp.v1 import opamp_pb2 as pb  # noqa: E402
 
 SECRET = "p" * 48
 CAPS = 0x3007 | 0x8 | 0x10  # python client's bits + AcceptsPackages + ReportsPackageStatuses
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server not ready")
 
 
 def token() -> str:
@@ -202,7 +188,7 @@ def main() -> int:
     server = subprocess.Popen(server_args, stdout=log, stderr=subprocess.STDOUT)
     load: subprocess.Popen[bytes] | None = None
     try:
-        wait_ready(base, server)
+        wait_ready(base + "/readyz", server)
         load_out = tmp / "wsload.json"
         load = subprocess.Popen(
             [

@@ -43,7 +43,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import procs
 import psutil
+from procs import free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -101,12 +103,6 @@ def _read(path: str) -> str | None:
         return Path(path).read_text().strip()
     except OSError:
         return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def other_load() -> dict[str, Any]:
@@ -223,18 +219,9 @@ def scrape_metrics(base: str) -> dict[str, float]:
 
 
 def wait_ready(base: str, proc: Proc, path: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise SystemExit(f"{proc.name} exited early; see {proc.log_path}")
-        try:
-            with urllib.request.urlopen(base + path, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{proc.name} not ready after {timeout_s} s; see {proc.log_path}")
+    procs.wait_ready(
+        base + path, proc.popen, name=proc.name, timeout_s=timeout_s, hint=f"; see {proc.log_path}"
+    )
 
 
 def wait_port(port: int, proc: Proc, timeout_s: float = 20.0) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from scale_run import free_port  # sibling script (loadtest/ is sys.path[0])
+from procs import free_port  # sibling script (loadtest/ is sys.path[0])
 
 SECRET = "soak-" + "s" * 59
 
