@@ -158,3 +158,17 @@ def test_cli_token_role_and_audit_row(database_url: str, tmp_path) -> None:
     bad = subprocess.run([*args[:7], "root", *args[8:]], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "invalid choice: 'root'" in bad.stderr
     _ = token  # the helper the API tests use mints the same claims
+
+
+async def test_the_console_session_says_who_and_which_role(server: Any) -> None:
+    """``/api/ui/me``: what the console needs to offer only what the token may do."""
+    for role, expected in (("viewer", "viewer"), ("operator", "operator"), (None, "admin")):
+        async with api_client(server, role=role, sub="carol") as client:
+            response = await client.get("/api/ui/me")
+        assert response.status_code == 200
+        me = response.json()
+        assert me["subject"] == "carol" and me["role"] == expected
+        expires = datetime.fromisoformat(me["expires_at"].replace("Z", "+00:00"))
+        assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
+    async with httpx.AsyncClient(base_url=server.url) as anonymous:
+        assert (await anonymous.get("/api/ui/me")).status_code == 401

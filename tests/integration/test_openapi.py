@@ -60,6 +60,7 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/agents/{id}/disconnect",
             "/api/events",
             "/api/ui/overview",
+            "/api/ui/me",
             # Packages (issue 14).
             "/api/packages",
             "/api/packages/{name}",

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..auth import principal_of
 from ..services import Services
 from .openapi import DocumentedRoute, Operation
 from .responses import JSONResponse
@@ -73,6 +74,14 @@ class FleetOverview(msgspec.Struct, kw_only=True):
     online_history: list[OnlineSample]
     as_of: datetime
     last_event_id: str | None
+
+
+class ConsoleSession(msgspec.Struct, kw_only=True):
+    """Who the console is signed in as, so that it offers only what the token may do."""
+
+    subject: str
+    role: str  # viewer, operator or admin
+    expires_at: datetime | None
 
 
 def _groups(counts: dict[str | None, list[int]]) -> list[GroupCount]:
@@ -156,6 +165,12 @@ def routes(services: Services) -> list[Route]:
             )
         )
 
+    async def me(request: Request) -> Response:
+        who = principal_of(request.scope)
+        exp = (request.scope.get("auth") or {}).get("exp")
+        expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+        return JSONResponse(ConsoleSession(subject=who.subject, role=who.role, expires_at=expires))
+
     return [
         Route("/ui", index, methods=["GET"], include_in_schema=False),
         Route(
@@ -178,5 +193,17 @@ def routes(services: Services) -> list[Route]:
                 tags=("console",),
             ),
             name="ui_overview",
+        ),
+        DocumentedRoute(
+            "/api/ui/me",
+            me,
+            Operation(
+                "The console's session",
+                "The token's subject, role (`viewer`, `operator` or `admin`) and expiry: the "
+                "console shows forms the role may not use as disabled.",
+                response=ConsoleSession,
+                tags=("console",),
+            ),
+            name="ui_me",
         ),
     ]

@@ -13,6 +13,12 @@
   let stream = null; // AbortController of the event stream
   let lastEventId = null;
   let extraPages = [];
+  // The signed-in token's role (GET /api/ui/me): forms it may not use are shown disabled, with
+  // the role they need (the server checks anyway). Forms not listed need "operator".
+  const RANK = { viewer: 0, operator: 1, admin: 2 };
+  const FORM_ROLES = { "disconnect-form": "admin" };
+  let role = "admin";
+  const allowed = (minimum) => (RANK[role] ?? -1) >= RANK[minimum];
 
   // ------------------------------------------------------------------ small DOM helpers
   function h(tag, attrs, ...children) {
@@ -120,6 +126,8 @@
     view = null;
     $("#nav").hidden = true;
     $("#signout").hidden = true;
+    $("#whoami").hidden = true;
+    role = "admin";
     $("#live").hidden = true;
     page.hidden = true;
     page.replaceChildren();
@@ -139,6 +147,15 @@
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);
+    try {
+      const me = await api("/api/ui/me");
+      role = me.role;
+      $("#whoami").textContent = `${me.subject || "token"} (${me.role})`;
+    } catch (err) {
+      role = "admin"; // an older server: offer everything, the API still decides
+      $("#whoami").textContent = "";
+    }
+    $("#whoami").hidden = false;
     $("#signin").hidden = true;
     $("#nav").hidden = false;
     $("#signout").hidden = false;
@@ -589,12 +606,18 @@
       hint ? h("div", { class: "hint muted", id: id + "-hint" }, hint) : null);
   }
   // A form: `act` returns the success text (or throws); extra buttons go next to the submit one.
+  // A role too low for the form disables its controls and says which role it needs.
   function actionForm(id, title, fields, submitLabel, act, ...buttons) {
     const msg = message(id + "-msg");
-    const form = h("form", { id, class: "card action", "aria-labelledby": id + "-title" },
-      h("h2", { id: id + "-title" }, title), ...fields,
+    const needs = FORM_ROLES[id] || "operator";
+    const controls = h("fieldset", { class: "controls", disabled: !allowed(needs) }, ...fields,
       h("div", { class: "buttons" }, h("button", { type: "submit", id: id + "-submit" }, submitLabel),
-        ...buttons), msg);
+        ...buttons));
+    const form = h("form", { id, class: "card action", "aria-labelledby": id + "-title" },
+      h("h2", { id: id + "-title" }, title),
+      allowed(needs) ? null : h("p", { class: "muted needs-role", id: id + "-role" },
+        `Needs the ${needs} role; this token is a ${role}.`),
+      controls, msg);
     form.addEventListener("submit", (e) => {
       e.preventDefault();
       run(msg, act);
@@ -605,6 +628,7 @@
   // Deleting takes two presses of the same button (no modal dialog; keyboard friendly).
   function confirmButton(label, msg, act, attrs) {
     const b = h("button", { type: "button", class: "danger", ...(attrs || {}) }, label);
+    lockForRole(b, "operator");
     let timer = null;
     b.addEventListener("click", () => {
       if (!timer) {
@@ -618,6 +642,13 @@
       run(msg, act);
     });
     return b;
+  }
+  // A button outside a form that changes something: disabled below `minimum`.
+  function lockForRole(button, minimum) {
+    if (allowed(minimum)) return button;
+    button.disabled = true;
+    button.title = `Needs the ${minimum} role`;
+    return button;
   }
   // `key=value` lines (blank lines and `#` comments skipped) -> {key: value}.
   function parsePairs(text, what) {
@@ -900,9 +931,10 @@
         const data = await api("/api/groups");
         list.replaceChildren(table("group-rows", ["Name", "Selector", "Config", "Members",
           "Packages", "Rollout", "Actions"], data.groups.map((g) => {
-          const editButton = h("button", { type: "button" }, "Edit");
+          const editButton = lockForRole(h("button", { type: "button" }, "Edit"), "operator");
           editButton.addEventListener("click", () => edit(g));
-          const back = h("button", { type: "button", "data-action": "rollback" }, "Roll back");
+          const back = lockForRole(h("button", { type: "button", "data-action": "rollback" },
+            "Roll back"), "operator");
           back.addEventListener("click", () => run(listMsg, async () => {
             const after = await send("POST", `/api/groups/${enc(g.name)}/rollback`);
             refresh();
