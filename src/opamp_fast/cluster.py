@@ -40,6 +40,7 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from . import reasons
+from .events import event_notice_prefix
 from .storage.notices import FLEET_CHANNEL, channel_for, encode_notices
 
 if TYPE_CHECKING:
@@ -287,6 +288,7 @@ class Cluster:
         """Thread: LISTEN on our channel and the fleet's; hand each notice to the loop, one at a
         time (the loop's pace is the back-pressure); reconnect with backoff."""
         delay = 0.5
+        own_events = event_notice_prefix(self.instance_id)
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._db.url, autocommit=True, connect_timeout=5) as conn:
@@ -297,6 +299,8 @@ class Cluster:
                     delay = 0.5
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.5):
+                            if notice.payload.startswith(own_events):
+                                continue  # our own events, back from the fleet channel
                             anyio.from_thread.run_sync(self.on_notice, notice.payload, token=token)
             except psycopg.Error as exc:
                 if self._stop.is_set():

@@ -63,6 +63,7 @@ __all__ = [
     "announce_connected",
     "announce_disconnected",
     "encode_event_notices",
+    "event_notice_prefix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -410,10 +411,15 @@ class EventHub:
         )
 
 
+def event_notice_prefix(sender: str) -> str:
+    """How every events notice of ``sender`` starts: its own listener skips them unparsed."""
+    return '{"kind":"events","from":' + json.dumps(sender) + ","
+
+
 def encode_event_notices(sender: str, events: Iterable[bytes]) -> Iterator[str]:
     """The notice payloads (``{"kind": "events", ...}``) that carry ``events`` (encoded event
     objects) to the other instances, each under Postgres's 8,000-byte limit."""
-    head = '{"kind":"events","from":' + json.dumps(sender) + ',"events":['
+    head = event_notice_prefix(sender) + '"events":['
     chunk: list[str] = []
     size = len(head) + 2
     for raw in events:

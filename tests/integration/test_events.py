@@ -310,6 +310,7 @@ async def test_events_are_fleet_wide_across_instances(
     async with events(a) as on_a, events(b) as on_b:
         await subscribed(a)
         await subscribed(b)
+        notices_on_a = a.services.cluster.notices_total
         async with open_ws_agent(a.url) as agent:
             await agent.full_state("roamer")
             agent_id = format_instance_uid(agent.uid)
@@ -320,6 +321,9 @@ async def test_events_are_fleet_wide_across_instances(
             assert remote.id and remote.id.startswith(hub_of(b).stream + "-")  # b's numbering
         gone = await on_b.until(lambda e: e.event == "agent.disconnected")
         assert gone.data["agent"] == agent_id and gone.data["instance"] == "a"
+        # a's own events came back to a on the fleet channel too: its listener dropped them
+        # unparsed, so a's event loop saw no notice at all.
+        assert a.services.cluster.notices_total == notices_on_a
         # An instance that stops renewing its lease is reaped by a survivor: both streams say so.
         await run_sql(
             database_url,
