@@ -254,6 +254,7 @@ def test_console_operator_actions_and_viewer_refusal(
         flushed_count(base, 1)
         sign_in(driver, base, api_token(role="operator"))
         wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
+        assert driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page='x/audit']")
 
         # Configs: create version 1 from the form.
         driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/configs']").click()
@@ -310,6 +311,8 @@ def test_console_operator_actions_and_viewer_refusal(
         sign_in(driver, base, api_token(role="viewer"))
         wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
         assert text_of(driver, "#whoami").endswith("(viewer)")
+        assert driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page='x/configs']")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#nav a[data-page='x/audit']")
         driver.get(base + "/ui#/x/configs")
         wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-config=web]"))
         assert not driver.find_element(By.ID, "config-form-submit").is_enabled()
