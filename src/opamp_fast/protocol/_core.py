@@ -43,6 +43,7 @@ from ._events import (
     fast_frozen_init,
 )
 from ._state import AgentState, Session, Transport
+from .codec import STATUS_PARTS
 
 __all__ = [
     "DEFAULT_SERVER_CAPABILITIES",
@@ -307,17 +308,6 @@ def process_message(
     return Reply(resp, tuple(events))
 
 
-_STATUS_PARTS = (
-    "health",
-    "effective_config",
-    "remote_config_status",
-    "package_statuses",
-    "custom_capabilities",
-    "available_components",
-    "connection_settings_status",
-)
-
-
 def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
     """Refuse a message whose status parts the server would not keep (see ``ServerPolicy``).
 
@@ -340,7 +330,7 @@ def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
                 f"{policy.max_description_attributes} attributes)",
                 kind="too_large_state",
             )
-    for name in _STATUS_PARTS:
+    for name in STATUS_PARTS:
         if has(name):
             size = getattr(msg, name).ByteSize()
             if size > policy.max_status_part_bytes:

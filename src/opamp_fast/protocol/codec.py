@@ -16,6 +16,7 @@ from ._constants import DEFAULT_MAX_MESSAGE_BYTES
 from ._errors import LocalProtocolError, MessageTooLargeError, RemoteProtocolError
 
 __all__ = [
+    "STATUS_PARTS",
     "PartBounds",
     "check_part_sizes",
     "decode_agent_to_server",
@@ -39,20 +40,21 @@ class PartBounds:
     part_bytes: int
 
 
-#: The status parts the server keeps, by ``AgentToServer`` field number (those
-#: ``protocol.check_bounds`` bounds after decoding).
+#: The status parts the server keeps besides the description, each bounded by
+#: ``max_status_part_bytes`` (here from the wire, in ``_core.check_bounds`` after decoding).
+STATUS_PARTS: Final = (
+    "health",
+    "effective_config",
+    "remote_config_status",
+    "package_statuses",
+    "custom_capabilities",
+    "available_components",
+    "connection_settings_status",
+)
+#: Every kept part by ``AgentToServer`` field number.
 _KEPT_PARTS: Final = {
     pb.AgentToServer.DESCRIPTOR.fields_by_name[name].number: name
-    for name in (
-        "agent_description",
-        "health",
-        "effective_config",
-        "remote_config_status",
-        "package_statuses",
-        "custom_capabilities",
-        "available_components",
-        "connection_settings_status",
-    )
+    for name in ("agent_description", *STATUS_PARTS)
 }
 _DESCRIPTION_FIELD: Final = pb.AgentToServer.DESCRIPTOR.fields_by_name["agent_description"].number
 #: Top-level fields looked at before giving the message to the decoder. A real agent writes
