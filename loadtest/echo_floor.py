@@ -12,9 +12,6 @@ it with exit status 0. Loopback only.
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import resource
 import signal
 import sys
 
@@ -22,6 +19,7 @@ import trio
 import wsproto
 import wsproto.events as wse
 import wsproto.utilities
+from procs import floor_args
 
 from opamp_fast.protocol import decode_ws_payload, encode_ws_frame, pb
 
@@ -90,18 +88,7 @@ async def main_async(host: str, port: int, backlog: int, heartbeat_s: int) -> No
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4399)
-    parser.add_argument("--backlog", type=int, default=8192)
-    parser.add_argument(
-        "--heartbeat-interval-s", type=int, default=0, help="offer this interval (0: none)"
-    )
-    args = parser.parse_args()
-    if not ipaddress.ip_address(args.host).is_loopback:
-        parser.error("the echo floor listens on loopback only")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args = floor_args(__doc__.splitlines()[0], port=4399, name="echo floor")
     trio.run(main_async, args.host, args.port, args.backlog, args.heartbeat_interval_s)
     return 0
 

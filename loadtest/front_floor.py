@@ -14,21 +14,19 @@ So ``compare.py --targets uvloop-floor,front-floor,opamp-fast`` splits the serve
 the front's share (front-floor - uvloop-floor) and the fleet logic's share (registry, protocol
 state, writer, events, configs and packages: opamp-fast - front-floor).
 
-Run: ``python loadtest/front_floor.py --port 4399``; SIGTERM/SIGINT stop it with exit status 0.
+Run: ``python loadtest/front_floor.py --port 4397``; SIGTERM/SIGINT stop it with exit status 0.
 Loopback only.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import resource
 import signal
 import socket
 import sys
 from typing import Any
 
 import anyio
+from procs import floor_args
 
 from opamp_fast.gcpolicy import GrowthFreezer, freeze_after_startup
 from opamp_fast.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
@@ -108,18 +106,7 @@ async def serve(host: str, port: int, backlog: int, heartbeat_s: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4399)
-    parser.add_argument("--backlog", type=int, default=8192)
-    parser.add_argument(
-        "--heartbeat-interval-s", type=int, default=0, help="offer this interval (0: none)"
-    )
-    args = parser.parse_args()
-    if not ipaddress.ip_address(args.host).is_loopback:
-        parser.error("the front floor listens on loopback only")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args = floor_args(__doc__.splitlines()[0], port=4397, name="front floor")
     anyio.run(
         serve,
         args.host,

@@ -3,13 +3,16 @@ in CI, where the ``loadtest`` extra, psutil included, is not installed)."""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
+import resource
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-__all__ = ["free_port", "wait_ready"]
+__all__ = ["floor_args", "free_port", "wait_ready"]
 
 
 def free_port() -> int:
@@ -41,3 +44,21 @@ def wait_ready(
             pass
         time.sleep(0.2)
     raise SystemExit(f"{name} not ready after {timeout_s:g} s{hint}")
+
+
+def floor_args(description: str, *, port: int, name: str) -> argparse.Namespace:
+    """The command line every floor server takes (host, port, backlog, the heartbeat interval
+    it offers), refused off loopback; the descriptor limit raised to its hard bound."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--backlog", type=int, default=8192)
+    parser.add_argument(
+        "--heartbeat-interval-s", type=int, default=0, help="offer this interval (0: none)"
+    )
+    args = parser.parse_args()
+    if not ipaddress.ip_address(args.host).is_loopback:
+        parser.error(f"the {name} listens on loopback only")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return args

@@ -17,16 +17,15 @@ Loopback only. ``GET /readyz`` (no upgrade) answers 200 for readiness probes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import gc
 import hashlib
-import ipaddress
-import resource
 import signal
 import sys
 from typing import Any, Final
+
+from procs import floor_args
 
 from opamp_fast.protocol import pb
 
@@ -245,18 +244,7 @@ class Floor:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4398)
-    parser.add_argument("--backlog", type=int, default=8192)
-    parser.add_argument(
-        "--heartbeat-interval-s", type=int, default=0, help="offer this interval (0: none)"
-    )
-    args = parser.parse_args()
-    if not ipaddress.ip_address(args.host).is_loopback:
-        parser.error("the uvloop floor listens on loopback only")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args = floor_args(__doc__.splitlines()[0], port=4398, name="uvloop floor")
     import uvloop
 
     floor = Floor(args.heartbeat_interval_s)
