@@ -1,11 +1,12 @@
 """What one WebSocket connect costs inside the server, without sockets (pytest-benchmark).
 
 A connect, as the load generator makes it: the HTTP upgrade request, the agent's first message
-(full state: a 10-attribute description, health, effective config), then the socket closes. It
-is fed to the sans-IO ``OpAMPConnection`` of a ``FleetHandler`` wired as ``services.py`` wires
-it: the real registry, batch writer (never flushed), event hub, config service (an empty
-directory, as in the load runs) and package registry (no offers). Everything but the syscalls,
-the event loop and Postgres: the figure to hold against the load run's CPU per connect.
+(the simulator's full state: a 10-attribute description, health, effective config), then the
+socket closes. It is fed to the sans-IO ``OpAMPConnection`` of a ``FleetHandler`` wired as
+``services.py`` wires it: the real registry, batch writer (never flushed), event hub, config
+service (an empty directory, as in the load runs) and package registry (no offers). Everything
+but the syscalls, the event loop and Postgres: the figure to hold against the load run's CPU
+per connect.
 
 ``subscribed`` adds one event-stream subscriber (every type, every agent), as when a console
 is open.
@@ -25,12 +26,13 @@ from typing import Any
 
 import pytest
 
+from opamp_fast import simulator
 from opamp_fast.config_service import ConfigService
 from opamp_fast.events import EventHub
 from opamp_fast.fleet import FleetHandler
 from opamp_fast.packages import PackageRegistry, URLSigner
 from opamp_fast.packages.store import FilesystemStore
-from opamp_fast.protocol import ServerPolicy, pb
+from opamp_fast.protocol import ServerPolicy
 from opamp_fast.registry import Registry
 from opamp_fast.services import server_policy
 from opamp_fast.storage.batch_writer import BatchWriter
@@ -44,39 +46,12 @@ UPGRADE = (
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
 CLOSE = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # 1000, zero mask key
-EFFECTIVE_CONFIG = (
-    b"receivers:\n  otlp:\n    protocols:\n      grpc: {}\n      http: {}\n"
-    b"exporters:\n  otlp:\n    endpoint: collector.internal:4317\n"
-)
 
 
 def full_state(uid: bytes, n: int) -> bytes:
-    """The load generator's first message (``loadtest/wsload.py``), as a masked frame."""
-    msg = pb.AgentToServer(instance_uid=uid, sequence_num=0, capabilities=CAPS)
-    desc = msg.agent_description
-    for key, value in (
-        ("service.name", "checkout"),
-        ("service.namespace", "shop"),
-        ("service.instance.id", uid.hex()),
-        ("service.version", "0.114.0"),
-    ):
-        kv = desc.identifying_attributes.add()
-        kv.key, kv.value.string_value = key, value
-    for key, value in (
-        ("host.name", f"node-{n // 40:05d}.cluster.local"),
-        ("host.arch", "amd64"),
-        ("os.type", "linux"),
-        ("os.description", "Ubuntu 22.04.4 LTS"),
-        ("process.runtime.name", "go"),
-        ("deployment.environment", "production"),
-    ):
-        kv = desc.non_identifying_attributes.add()
-        kv.key, kv.value.string_value = key, value
-    msg.health.healthy = True
-    msg.health.status = "StatusOK"
-    entry = msg.effective_config.config_map.config_map[""]
-    entry.body, entry.content_type = EFFECTIVE_CONFIG, "text/yaml"
-    payload = b"\x00" + msg.SerializeToString()
+    """The simulator's first message of agent ``n`` (what every load run starts with), as a
+    masked frame."""
+    payload = b"\x00" + simulator.full_state(n, uid, capabilities=CAPS)
     return encode_client_frame(OP_BINARY, payload, mask=b"\x01\x02\x03\x04")
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "SimConfig",
     "SimulatorError",
     "add_arguments",
+    "full_state",
     "parse_source_addrs",
     "run_from_args",
     "run_simulation",
@@ -556,6 +557,13 @@ def _uuid_text(uid: bytes) -> str:
 
 
 # -- the simulation -----------------------------------------------------------------------------
+
+
+def full_state(index: int, uid: bytes, *, capabilities: int = DEFAULT_CAPABILITIES) -> bytes:
+    """The first message simulated agent ``index`` sends (a full state: description of ten
+    attributes, health, effective config), encoded: benchmarks feed a server the same."""
+    service = _SERVICES[index % len(_SERVICES)]
+    return _Agent(index, uid, True, capabilities, service).full_state()
 
 
 class _Simulation:
