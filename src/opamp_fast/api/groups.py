@@ -101,6 +101,14 @@ def group_info(conn: cq.Conn, group: GroupRow, packages: list[Ref] | None = None
     )
 
 
+def _existing(conn: cq.Conn, name: str, *, lock: bool = False) -> GroupRow:
+    """The group ``name``, or a 404 ``group_not_found``."""
+    group = cq.get_group(conn, name, lock=lock)
+    if group is None:
+        raise NotFound("group_not_found", f"no group {name!r}")
+    return group
+
+
 def _summary(group: GroupRow | None, packages: list[Ref] | None = None) -> dict[str, Any] | None:
     if group is None:
         return None
@@ -162,9 +170,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
         name = path_name(request)
 
         def work(conn: cq.Conn) -> GroupInfo:
-            group = cq.get_group(conn, name)
-            if group is None:
-                raise NotFound("group_not_found", f"no group {name!r}")
+            group = _existing(conn, name)
             return group_info(conn, group)
 
         return JSONResponse(await run_db(services, work))
@@ -243,9 +249,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
         require_role(request, "operator", action="group.delete", target=f"group:{name}")
 
         def work(conn: cq.Conn) -> None:
-            old = cq.get_group(conn, name, lock=True)
-            if old is None:
-                raise NotFound("group_not_found", f"no group {name!r}")
+            old = _existing(conn, name, lock=True)
             before = _summary(old, q_group_packages(conn, name).get(name, []))
             cq.delete_group(conn, name)  # its group_packages rows go with it
             cq.append_audit(
@@ -262,9 +266,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
         require_role(request, "operator", action="group.rollback", target=f"group:{name}")
 
         def work(conn: cq.Conn) -> GroupInfo:
-            old = cq.get_group(conn, name, lock=True)
-            if old is None:
-                raise NotFound("group_not_found", f"no group {name!r}")
+            old = _existing(conn, name, lock=True)
             if old.previous_name is None or old.previous_version is None:
                 raise Conflict("no_previous_version", f"group {name!r} has no previous version")
             stopped = rq.stop_active(conn, name, "rolled_back")
