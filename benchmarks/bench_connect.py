@@ -204,11 +204,47 @@ def breakdown(server: Server, batch: list[bytes]) -> dict[str, float]:
     return spent
 
 
+def memory_per_connection(
+    server: Server, batch: list[bytes]
+) -> tuple[float, list[tuple[str, float]]]:
+    """Bytes Python holds per connection left open after its first message (tracemalloc: the
+    connection object, frame reader, session, agent record and protocol state, and what the
+    writer and the event hub keep for it until their next flush), and the largest files."""
+    import gc
+    import tracemalloc
+
+    conns = []
+    tracemalloc.start()
+    gc.collect()
+    before = tracemalloc.take_snapshot()
+    for frame in batch:
+        conn = OpAMPConnection(server.limits, "127.0.0.1:40000", server.out.append, 1.0)
+        conn.receive_data(UPGRADE, 1.0)
+        conn.receive_data(frame, 1.0)
+        conns.append(conn)
+        if len(server.out) >= 1_000:
+            server.drain()
+    server.drain()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    assert server.registry.online_count == len(batch)
+    diff = after.compare_to(before, "filename")
+    held = sum(d.size_diff for d in diff) / len(batch)
+    by_file = [
+        (d.traceback[0].filename.rsplit("/src/", 1)[-1], d.size_diff / len(batch)) for d in diff[:8]
+    ]
+    return held, by_file
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", type=int, metavar="N", help="cProfile N connects")
     parser.add_argument(
         "--breakdown", action="store_true", help="time each piece of a connect (inclusive)"
+    )
+    parser.add_argument(
+        "--memory", type=int, metavar="N", help="Python bytes held per open connection (N open)"
     )
     parser.add_argument("--time", type=int, metavar="N", default=20_000, help="time N connects")
     parser.add_argument("--subscribed", action="store_true")
@@ -217,7 +253,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         server = Server(Path(root), subscribed=args.subscribed)
-        count = args.profile or args.time
+        count = args.profile or args.memory or args.time
         batch = frames(count)
         if args.profile:
             import cProfile
@@ -227,6 +263,11 @@ def main() -> None:
                 for frame in batch:
                     server.connect(frame)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+        elif args.memory:
+            held, by_file = memory_per_connection(server, batch)
+            print(f"{held:.0f} bytes per open connection ({count} open, tracemalloc); by file:")
+            for name, size in by_file:
+                print(f"{size:8.0f}  {name}")
         elif args.breakdown:
             spent = breakdown(server, batch)
             print(f"{count} connects, inclusive us per connect (timers add ~0.3 us per call):")
