@@ -81,6 +81,9 @@ class Admission:
         self._overloaded = overloaded
         self._loop_lag = loop_lag
         self.shutting_down = False
+        #: Frees a handshake slot held by a WebSocket that upgraded and then said nothing (the
+        #: front's ``evict_silent_upgrade``); False when none can be freed.
+        self.make_handshake_room: Callable[[], bool] = lambda: False
         self.open_connections = 0  # admitted and not yet closed (handlers keep it)
         self.handshakes = 0  # admitted, first message not answered yet
         self.shed_total: dict[str, int] = {}
@@ -100,7 +103,7 @@ class Admission:
         if request.transport is Transport.WS:
             # New WebSockets are what a storm is made of, and each costs a full state; a poll
             # of a plain-HTTP agent may be one already connected, so it is not shed here.
-            if self.handshakes >= self.max_handshakes:
+            if self.handshakes >= self.max_handshakes and not self.make_handshake_room():
                 return self._shed("handshakes", "too many agents connecting at once")
             if self._loop_lag() > self.max_loop_lag_s:
                 return self._shed("loop_lag", "server busy, try again later")

@@ -168,10 +168,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # hypercorn logs a line per connection error and pgserver echoes initdb/pg_ctl output at
-    # INFO: keep both at WARNING unless debugging.
+    # pgserver echoes initdb/pg_ctl output at INFO: keep it at WARNING unless debugging.
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    logging.getLogger("hypercorn.error").setLevel(quiet)
     logging.getLogger("pgserver").setLevel(quiet)
 
 

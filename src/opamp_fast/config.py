@@ -89,6 +89,8 @@ class Settings:
     max_connections: int = 200_000
     max_handshakes: int = 512
     max_agent_messages_per_s: float = 20.0
+    max_buffered_bytes: int = 256 * MIB
+    min_body_bytes_per_s: int = 32 * 1024
     max_loop_lag_s: float = 0.5
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
@@ -203,6 +205,18 @@ class Settings:
             "must be >= 0",
         )
         _positive("max_loop_lag_s", self.max_loop_lag_s)
+        _check(
+            self.max_buffered_bytes >= self.max_message_bytes,
+            "max_buffered_bytes",
+            self.max_buffered_bytes,
+            "must be >= max_message_bytes (one whole message must fit)",
+        )
+        _check(
+            self.min_body_bytes_per_s >= 0,
+            "min_body_bytes_per_s",
+            self.min_body_bytes_per_s,
+            "must be >= 0",
+        )
         _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
         algorithms = ("HS256", "HS384", "HS512", "RS256", "ES256")
         _check(
@@ -340,8 +354,8 @@ _HELP = {
     "whole interval is dropped (0 disables)",
     "tcp_keepalive_s": "idle seconds before TCP keepalive probes find half-open sockets "
     "(3 probes, 1/3 of this apart; 0 disables)",
-    "handshake_timeout_s": "time allowed for a request head (and a TLS handshake) from its first "
-    "byte, seconds",
+    "handshake_timeout_s": "time allowed for a request head, on any path and on any request of a "
+    "keep-alive connection (and a TLS handshake), from its first byte, seconds",
     "message_timeout_s": "time allowed for a request body, a WebSocket message once begun, the "
     "first OpAMP message after an upgrade, and a peer that stops reading, seconds",
     "close_timeout_s": "time allowed for the WebSocket close handshake, seconds",
@@ -368,10 +382,17 @@ _HELP = {
     "max_connections": "concurrent OpAMP connections accepted before answering 503 (capped "
     "below the open-file limit)",
     "max_handshakes": "WebSocket agents connected but not yet answered, beyond which new "
-    "upgrades get 503 + Retry-After (a reconnect storm is admitted in waves)",
+    "upgrades get 503 + Retry-After (a reconnect storm is admitted in waves); a WebSocket silent "
+    "for 1 s after its upgrade gives its slot up to a newcomer",
     "max_agent_messages_per_s": "messages one connection may send per second, with bursts of "
     "10 seconds' worth; beyond it a WebSocket is closed (1008) and an HTTP request gets 429 "
     "(an agent sends one per heartbeat; 0 disables)",
+    "max_buffered_bytes": "bytes the process holds for partial input of all connections together "
+    "(request heads, bodies, WebSocket messages being received); beyond it the largest holders "
+    "get 503 or a WebSocket close 1013",
+    "min_body_bytes_per_s": "a REST request body (package uploads) may take --message-timeout-s "
+    "plus one second per this many bytes received; a slower trickle gets 408 (0: the body must "
+    "complete within --message-timeout-s)",
     "max_loop_lag_s": "event-loop lag beyond which new WebSocket agents get 503 + Retry-After, "
     "so connected agents keep their latency, seconds",
     "log_level": "log level",

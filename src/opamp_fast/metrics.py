@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .services import Services
     from .storage.batch_writer import BatchWriter, WriterStatistics
     from .storage.retention import HistoryRetention
+    from .transport.budget import BufferBudget
     from .transport.stats import TransportStats
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ METRICS: Final[dict[str, MetricSpec]] = {
         _spec(
             "opamp_fast_tcp_open",
             "gauge",
-            "Sockets open on the shared port and not yet handed to the ASGI server.",
+            "Sockets open on the shared port: agents, REST clients, sockets yet to send a request.",
         ),
         _spec(
             "opamp_fast_tcp_refused_total",
@@ -229,7 +230,24 @@ METRICS: Final[dict[str, MetricSpec]] = {
         _spec(
             "opamp_fast_handed_off_total",
             "counter",
-            "Connections handed to the ASGI server (REST API, metrics, probes, docs).",
+            "Requests passed to the REST application (REST API, metrics, probes, docs).",
+        ),
+        _spec(
+            "opamp_fast_upgrades_evicted_total",
+            "counter",
+            "WebSockets silent since their upgrade dropped to free a handshake slot for another.",
+        ),
+        _spec(
+            "opamp_fast_buffered_bytes",
+            "gauge",
+            "Bytes held for partial input (request heads, bodies, WebSocket messages being "
+            "received) across all connections; bounded by max_buffered_bytes.",
+        ),
+        _spec(
+            "opamp_fast_buffer_shed_total",
+            "counter",
+            "Connections refused (503, or WebSocket close 1013) because they held the most when "
+            "the buffered bytes went over max_buffered_bytes.",
         ),
         _spec(
             "opamp_fast_connection_timeouts_total",
@@ -499,6 +517,7 @@ class MetricsExporter:
         self.packages: PackageRegistry | None = None
         self.configs: ConfigService | None = None  # set once the service exists (issue 13)
         self.events: EventHub | None = None  # fleet events (issue 15)
+        self.budget: BufferBudget | None = None  # bytes held for partial input
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -533,6 +552,7 @@ class MetricsExporter:
             version=services.version,
         ).with_packages(services.packages)
         exporter.events = services.events
+        exporter.budget = services.opamp.budget
         return exporter
 
     def with_packages(self, packages: PackageRegistry | None) -> MetricsExporter:
@@ -573,6 +593,9 @@ class MetricsExporter:
                     "refused": stats.tcp_refused,
                     "evicted": stats.tcp_evicted,
                     "handed_off": stats.handed_off,
+                    "upgrades_evicted": stats.upgrades_evicted,
+                    "buffered_bytes": self.budget.total if self.budget else 0,
+                    "buffer_shed": self.budget.shed_total if self.budget else 0,
                 }
                 if stats
                 else {}
@@ -696,6 +719,11 @@ class FleetCollector(Collector):
         f.counter("opamp_fast_tcp_refused_total").add_metric([], sockets.get("refused", 0))
         f.counter("opamp_fast_tcp_evicted_total").add_metric([], sockets.get("evicted", 0))
         f.counter("opamp_fast_handed_off_total").add_metric([], sockets.get("handed_off", 0))
+        f.counter("opamp_fast_upgrades_evicted_total").add_metric(
+            [], sockets.get("upgrades_evicted", 0)
+        )
+        f.gauge("opamp_fast_buffered_bytes").add_metric([], sockets.get("buffered_bytes", 0))
+        f.counter("opamp_fast_buffer_shed_total").add_metric([], sockets.get("buffer_shed", 0))
         timeouts = f.counter("opamp_fast_connection_timeouts_total")
         for phase, n in sorted(snap.timeouts.items()):
             timeouts.add_metric([phase], n)

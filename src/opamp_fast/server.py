@@ -1,9 +1,8 @@
 """``serve``: the root task group that owns the database, every service and the listener.
 
 One port serves agents and operators: the front (``transport.asyncio_front`` on asyncio,
-``transport.trio_front`` on trio) answers the OpAMP path itself and hands every other request
-to the Starlette app through a well-kept ASGI server's HTTP machinery (uvicorn on asyncio,
-hypercorn on trio).
+``transport.trio_front`` on trio) reads every request under the same bounds, answers the OpAMP
+path itself and runs the Starlette app for every other request (``transport.asgi``).
 
 Shutdown runs in a fixed order (house style, hypercorn ``worker_serve``), each step logged once:
 1. the shutdown trigger fires: the front stops accepting; every online agent is marked offline
@@ -110,13 +109,17 @@ def _front(services: Services, app: Any) -> Any:
         "max_sockets": fd_limit() - FD_HARD_RESERVE,
         "tick_s": min(1.0, settings.close_timeout_s / 4, settings.handshake_timeout_s / 4),
     }
+    front: Any
     if sniffio.current_async_library() == "trio":
         from .transport.trio_front import TrioFront
 
-        return TrioFront(services.opamp, app, **kwargs)
-    from .transport.asyncio_front import AsyncioFront
+        front = TrioFront(services.opamp, app, **kwargs)
+    else:
+        from .transport.asyncio_front import AsyncioFront
 
-    return AsyncioFront(services.opamp, app, backlog=settings.backlog, **kwargs)
+        front = AsyncioFront(services.opamp, app, backlog=settings.backlog, **kwargs)
+    services.fleet.admission.make_handshake_room = front.evict_silent_upgrade
+    return front
 
 
 async def serve(

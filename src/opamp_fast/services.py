@@ -36,6 +36,7 @@ from .storage import Database, queries
 from .storage.batch_writer import BatchWriter
 from .storage.retention import HistoryRetention
 from .transport import Limits, TransportStats
+from .transport.budget import BufferBudget
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
         keep_alive_timeout_s=max(75.0, 3.0 * settings.heartbeat_interval_s),
         ws_ping_interval_s=settings.ws_ping_interval_s,
         max_messages_per_s=settings.max_agent_messages_per_s,
+        min_body_bytes_per_s=settings.min_body_bytes_per_s,
+        budget=BufferBudget(settings.max_buffered_bytes),
         part_bounds=PartBounds(settings.max_description_bytes, settings.max_status_part_bytes),
     )
 

@@ -1,9 +1,8 @@
 """The ASGI application: REST API, docs, metrics and health probes.
 
-OpAMP is the hot path (every agent message) and never comes here: the front serves it
-natively. The one exception is an OpAMP POST on a keep-alive connection that the front already
-handed to the ASGI server; :class:`~opamp_fast.transport.asgi_fallback.OpAMPFallback` serves it
-with the same sans-IO code. Everything under ``/api`` needs a bearer JWT
+OpAMP is the hot path (every agent message) and never comes here: the front reads every
+request on the port and serves the OpAMP path natively, on any connection. Everything under
+``/api`` needs a bearer JWT
 (``auth.BearerAuthMiddleware``); probes, metrics, ``/openapi.json`` and ``/docs`` do not.
 
 To add routes, add them to the ``routes`` list in :func:`build_starlette`; the OpenAPI document
@@ -20,7 +19,6 @@ from starlette.middleware import Middleware
 from .. import metrics
 from ..auth import BearerAuthMiddleware, TokenVerifier
 from ..services import Services
-from ..transport.asgi_fallback import OpAMPFallback
 from . import (
     agents,
     assignments,
@@ -62,14 +60,4 @@ def build_starlette(services: Services) -> Starlette:
 
 
 def build_app(services: Services) -> ASGIApp:
-    rest = build_starlette(services)
-    opamp = OpAMPFallback(services.opamp)
-    path = services.settings.opamp_path
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan" and scope["path"] == path:
-            await opamp(scope, receive, send)
-        else:
-            await rest(scope, receive, send)
-
-    return app
+    return build_starlette(services)

@@ -128,6 +128,9 @@ class EventStream(Response):
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),
+            # When the stream ends (a slow consumer dropped, the token expired), so does the
+            # connection: a client that stopped reading does not keep a socket as idle keep-alive.
+            (b"connection", b"close"),
         ]
         self.hub = hub
         self.sub = sub

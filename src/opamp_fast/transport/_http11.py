@@ -26,6 +26,7 @@ __all__ = [
     "accepts_gzip",
     "parse_head",
     "plain_response",
+    "reason_phrase",
     "response_head",
     "websocket_accept",
 ]
@@ -63,6 +64,7 @@ class RequestHead:
         "complete",
         "content_length",
         "headers",
+        "http_version",
         "keep_alive",
         "method",
         "parser",
@@ -77,6 +79,7 @@ class RequestHead:
         self.path = ""
         self.headers: dict[str, str] = {}
         self.keep_alive = True
+        self.http_version = "1.1"
         self.upgrade = False
         self.content_length: int | None = None
         self.chunked = False
@@ -120,6 +123,7 @@ def parse_head(raw: bytes, *, max_message_bytes: int) -> RequestHead:
     if not head.method or not head.target:
         raise HTTPError(400, "malformed HTTP request: no request line", kind="bad_request")
     head.keep_alive = parser.should_keep_alive()
+    head.http_version = parser.get_http_version()
     target = head.target
     path = target.split(b"?", 1)[0]
     if path.startswith(b"http://") or path.startswith(b"https://"):  # absolute-form target
@@ -137,7 +141,7 @@ def parse_head(raw: bytes, *, max_message_bytes: int) -> RequestHead:
     declared = headers.get("content-length")
     if declared is not None:
         declared = declared.strip()
-        if not declared.isdigit() or len(declared) > 19:
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
             raise HTTPError(400, "invalid Content-Length", kind="bad_request")
         head.content_length = int(declared)
     return head
@@ -189,6 +193,11 @@ class BodyReader:
         if chunk:
             self._chunks.append(chunk)
 
+    @property
+    def received(self) -> int:
+        """Bytes received on the wire so far (before inflation)."""
+        return self._wire
+
     def finish(self) -> bytes:
         inflater = self._inflater
         if inflater is not None and not inflater.eof:
@@ -225,7 +234,7 @@ def accepts_gzip(header: str) -> bool:
     return star_q is not None and star_q > 0
 
 
-def _reason_phrase(status: int) -> str:
+def reason_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -236,7 +245,7 @@ def response_head(
     status: int, headers: list[tuple[str, str]], *, content_length: int, close: bool
 ) -> bytes:
     """An HTTP/1.1 response head; header values must not contain CR or LF."""
-    lines = [f"HTTP/1.1 {status} {_reason_phrase(status)}"]
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
     lines.append(f"content-length: {content_length}")
     if close:

@@ -1,4 +1,4 @@
-"""The shared port on asyncio (uvloop): OpAMP served natively, everything else by uvicorn.
+"""The shared port on asyncio (uvloop): every request read by the front, OpAMP served natively.
 
 One :class:`AsyncioConnection` per accepted socket: an ``asyncio.Protocol`` that is the sans-IO
 :class:`~.connection.OpAMPConnection` itself (a subclass), so a WebSocket message costs one
@@ -6,9 +6,9 @@ One :class:`AsyncioConnection` per accepted socket: an ``asyncio.Protocol`` that
 ``transport.write``; when the peer stops reading, ``pause_writing`` stops reading from it too
 and bounds the stall. Deadlines live on one shared timing wheel (``timers``).
 
-A request for any other path (REST API, ``/metrics``, probes, docs) is handed over, socket and
-bytes, to uvicorn's ``httptools`` protocol running the Starlette app: ``transport.set_protocol``
-and a replay of what was read. uvicorn owns that connection from then on.
+A request for any other path (REST API, ``/metrics``, probes, docs) is read under the same
+bounds and served by the ASGI application in a task of the front's task group
+(``asgi.serve_exchange``); the connection then reads the next request itself.
 """
 
 from __future__ import annotations
@@ -23,15 +23,21 @@ from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
-import uvicorn
 from anyio import TASK_STATUS_IGNORED
-from anyio.abc import TaskStatus
-from uvicorn.lifespan.on import LifespanOn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
+from anyio.abc import TaskGroup, TaskStatus
 
 from ..protocol import Transport
-from .connection import CLOSED, HANDOFF, HEAD, WS, Limits, OpAMPConnection
+from .asgi import not_found, serve_exchange
+from .connection import (
+    APP,
+    CLOSED,
+    HEAD,
+    LINGER_BYTES,
+    SILENT_UPGRADE_GRACE_S,
+    WS,
+    Limits,
+    OpAMPConnection,
+)
 from .timers import ConnectionTimers
 
 __all__ = ["AsyncioConnection", "AsyncioFront"]
@@ -49,15 +55,32 @@ def _discard(data: bytes) -> None:
 class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
     """The asyncio driver: protocol callbacks in, sans-IO state out, applied to the socket."""
 
-    __slots__ = ("_front", "_paused", "_pending", "_scheduled", "_timer", "_tp")
+    __slots__ = (
+        "_drained",
+        "_front",
+        "_linger_left",
+        "_lingering",
+        "_paused",
+        "_pending",
+        "_reading",
+        "_scheduled",
+        "_timer",
+        "_tp",
+        "_upgrading",
+    )
 
     def __init__(self, front: AsyncioFront) -> None:
         self._front = front
         self._tp: asyncio.Transport | None = None
         self._timer = -1
         self._scheduled: float | None = None
-        self._paused = False
+        self._paused = False  # the peer is not reading (pause_writing)
+        self._lingering = False  # closed on our side, reading until the peer closes too
+        self._linger_left = 0  # what a lingering close still reads and drops at most
+        self._reading = True  # we read from the socket
         self._pending = False  # in front.pending: connected, no request yet
+        self._upgrading = False  # in front.upgrading: a WebSocket without a first message
+        self._drained: anyio.Event | None = None  # a task waits for the peer to read
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,13 +119,17 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
             self._crashed()
             return
         if self.state != WS or self.deadline != self._scheduled:
+            if self._lingering:
+                self._linger_received(len(data))
+                return
             self._sync(now)
 
     def eof_received(self) -> bool:
         now = self._front.clock()
-        self.receive_eof(now)
-        self._sync(now)
-        return False
+        if not self._lingering:
+            self.receive_eof(now)
+            self._sync(now)
+        return False  # asyncio closes the transport (a lingering close ends here)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         front = self._front
@@ -121,24 +148,56 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         if self._pending:
             self._pending = False
             front.pending.pop(self, None)
+        if self._upgrading:
+            self._upgrading = False
+            front.upgrading.pop(self, None)
         self._write = _discard
         self._tp = None
+        self._wake_writer()
 
     def pause_writing(self) -> None:
         now = self._front.clock()
         self.writing_paused(now)
-        if self._tp is not None and not self._paused:
-            self._paused = True
-            self._tp.pause_reading()
+        self._paused = True
         self._sync(now)
 
     def resume_writing(self) -> None:
         now = self._front.clock()
         self.writing_resumed(now)
-        if self._tp is not None and self._paused:
-            self._paused = False
-            self._tp.resume_reading()
+        self._paused = False
+        self._wake_writer()
         self._sync(now)
+
+    def _wake_writer(self) -> None:
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            drained.set()
+
+    # -- what the application's task calls (asgi.AppPeer) ----------------------------------------
+    def take_body(self) -> tuple[bytes, bool]:
+        now = self._front.clock()
+        taken = self.app_receive(now)
+        self._sync(now)
+        return taken
+
+    def send_body(self, data: bytes, more: bool) -> None:
+        now = self._front.clock()
+        self.app_body(data, more, now)
+        self._sync(now)
+
+    def fail_app(self) -> None:
+        self.app_failed()
+        self._sync(self._front.clock())
+
+    @property
+    def write_blocked(self) -> bool:
+        return self._paused and self._tp is not None
+
+    async def writable(self) -> None:
+        if self.write_blocked:
+            drained = self._drained = self._drained or anyio.Event()
+            await drained.wait()
 
     def _crashed(self) -> None:
         agent = getattr(self.record, "uid", b"").hex() or "-"
@@ -156,49 +215,89 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         OpAMPConnection.close(self, code, reason, now)
         self._sync(now)
 
+    def shed_buffer(self) -> None:
+        OpAMPConnection.shed_buffer(self)
+        self._sync(self._front.clock())
+
     # -- applying the state ------------------------------------------------------------------
     def _sync(self, now: float) -> None:
+        front = self._front
         if self._pending and (self.requests or self.state != HEAD):
             self._pending = False
-            self._front.pending.pop(self, None)
+            front.pending.pop(self, None)
         state = self.state
         if state == CLOSED:
-            self._close_socket()
-        elif state == HANDOFF:
-            self._hand_off()
-        else:
-            deadline = self.deadline
-            if deadline != self._scheduled and self._timer >= 0:
-                self._scheduled = deadline
-                self._front.timers.set(self._timer, deadline)
-
-    def _close_socket(self) -> None:
-        tp = self._tp
-        if tp is None or (tp.is_closing() and not self.abort):
+            self._close_socket(now)
             return
-        if self._timer >= 0 and self._scheduled is not None:
-            self._scheduled = None
-            self._front.timers.set(self._timer, None)
+        upgrading = state == WS and self.record is None
+        if upgrading != self._upgrading:
+            self._upgrading = upgrading
+            if upgrading:
+                front.upgrading[self] = now
+            else:
+                front.upgrading.pop(self, None)
+        if state == APP:
+            exchange = self.exchange
+            if exchange is not None and not exchange.task_started:
+                exchange.task_started = True
+                front.start_exchange(self, exchange)
+        reading = not self._paused and self.reading_wanted
+        if reading != self._reading and self._tp is not None:
+            self._reading = reading
+            if reading:
+                self._tp.resume_reading()
+            else:
+                self._tp.pause_reading()
+        deadline = self.deadline
+        if deadline != self._scheduled and self._timer >= 0:
+            self._scheduled = deadline
+            front.timers.set(self._timer, deadline)
+
+    def _close_socket(self, now: float | None = None) -> None:
+        tp = self._tp
+        if tp is None:
+            return
         if self.abort:
             tp.abort()
-        else:
+            return
+        if tp.is_closing() or self._lingering:
+            return
+        if self._timer < 0:
+            tp.close()
+            return
+        # What is still buffered goes out while the peer reads it, close_timeout_s at most: a
+        # peer that never reads does not keep the socket (linger_over aborts it).
+        deadline = (self._front.clock() if now is None else now) + self.limits.close_timeout_s
+        if not self.linger:
+            tp.close()
+            if tp.get_write_buffer_size():
+                self._scheduled = deadline
+                self._front.timers.set(self._timer, deadline)
+            return
+        # A staged close (RFC 9112, 9.6): our side ends once that is out, and what the peer
+        # still sends (the rest of a refused body, pipelined requests) is read and dropped
+        # until it closes too, so that our last answer is not lost to a reset.
+        self._lingering = True
+        self._linger_left = max(LINGER_BYTES, self.discard)
+        self._scheduled = deadline
+        self._front.timers.set(self._timer, deadline)
+        if tp.can_write_eof():
+            tp.write_eof()
+            if not self._reading:
+                self._reading = True
+                tp.resume_reading()
+        else:  # TLS: no half-close
             tp.close()
 
-    def _hand_off(self) -> None:
-        tp = self._tp
-        data = self.handoff or b""
-        front = self._front
-        self.connection_lost_at(front.clock())  # forget it here: uvicorn owns it now
-        if tp is None or tp.is_closing():
-            return
-        front.limits.stats.handed_off += 1
-        if self._paused:
-            self._paused = False
-            tp.resume_reading()
-        protocol = front.rest_protocol()
-        tp.set_protocol(protocol)
-        protocol.connection_made(tp)
-        protocol.data_received(data)
+    def _linger_received(self, nbytes: int) -> None:
+        self._linger_left -= nbytes
+        if self._linger_left < 0:  # a peer that keeps sending after our answer: not waited for
+            self.linger_over()
+
+    def linger_over(self) -> None:
+        """Closed, and the peer did not take our last bytes or close in time: drop it."""
+        if self._tp is not None:
+            self._tp.abort()
 
 
 class AsyncioFront:
@@ -216,6 +315,8 @@ class AsyncioFront:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
+        self.app = app if app is not None else not_found
+        limits.scheme = "https" if tls is not None else "http"
         self.tls = tls
         self.backlog = backlog
         self.max_sockets = max_sockets
@@ -227,29 +328,34 @@ class AsyncioFront:
         # Connected, nothing requested yet, oldest first: what gives way when descriptors run
         # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
         self.pending: dict[AsyncioConnection, None] = {}
-        self._uv_config = uvicorn.Config(
-            app,
-            http="httptools",
-            ws="none",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,
-            timeout_keep_alive=max(5, int(limits.keep_alive_timeout_s)),
-        )
-        self._uv_config.load()
-        self._uv_state = ServerState()
-        self._lifespan = LifespanOn(self._uv_config)
+        # WebSockets upgraded and waiting for their first message, oldest first, with the time
+        # of the upgrade: what gives way when every handshake slot is taken.
+        self.upgrading: dict[AsyncioConnection, float] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        self._tg: TaskGroup | None = None
 
-    def rest_protocol(self) -> HttpToolsProtocol:
-        return HttpToolsProtocol(
-            config=self._uv_config, server_state=self._uv_state, app_state=self._lifespan.state
-        )
+    def start_exchange(self, conn: AsyncioConnection, exchange: Any) -> None:
+        """Run the application for one request, in the front's task group."""
+        assert self._tg is not None
+        self._tg.start_soon(serve_exchange, self.app, conn, exchange)
 
     def sockets_open(self) -> int:
-        return len(self.connections) + len(self._uv_state.connections)
+        return len(self.connections)
+
+    def evict_silent_upgrade(self) -> bool:
+        """Drop the oldest WebSocket that upgraded at least ``SILENT_UPGRADE_GRACE_S`` ago and
+        has not completed its first message; False if there is none."""
+        if not self.upgrading:
+            return False
+        oldest, since = next(iter(self.upgrading.items()))
+        now = self.clock()
+        if now - since < SILENT_UPGRADE_GRACE_S:
+            return False
+        self.limits.stats.upgrades_evicted += 1
+        oldest._finish(abort=True)
+        oldest._sync(now)
+        oldest.connection_lost_at(now)
+        return True
 
     def evict_pending(self) -> bool:
         """Drop the oldest connection that has not sent a request yet; False if none."""
@@ -265,11 +371,13 @@ class AsyncioFront:
     async def run(
         self, listeners: list[socket.socket], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Start the app's lifespan, accept on every listener, then advance the connections'
-        timing wheel until cancelled (which stops nothing else: see drain and aclose)."""
-        await self._lifespan.startup()
-        if self._lifespan.should_exit:
-            raise RuntimeError("the REST application failed to start (lifespan)")
+        """Accept on every listener, then advance the connections' timing wheel until
+        cancelled; the application's requests run in this task group (see drain and aclose)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await self._serve(listeners, task_status)
+
+    async def _serve(self, listeners: list[socket.socket], task_status: TaskStatus[None]) -> None:
         loop = asyncio.get_running_loop()
         for sock in listeners:
             server = await loop.create_server(
@@ -289,6 +397,9 @@ class AsyncioFront:
             now = self.clock()
             for conn in timers.expire(now):
                 conn._scheduled = None  # the wheel dropped it: reschedule whatever is next
+                if conn.state == CLOSED:
+                    conn.linger_over()
+                    continue
                 conn.on_deadline(now)
                 conn._sync(now)
 
@@ -301,29 +412,21 @@ class AsyncioFront:
         within ``timeout_s``, then drop the rest. Returns how many had to be dropped."""
         self.stop_accepting()
         for conn in list(self.connections):
-            conn.close(1001, "server shutting down")
-        for protocol in list(self._uv_state.connections):
-            protocol.shutdown()
+            conn.close(1001, "server shutting down")  # REST: close once the response is out
         with anyio.move_on_after(timeout_s):
-            # uvicorn's connections signal nothing when they end: poll, as uvicorn does.
-            while self.connections or self._uv_state.connections or self._uv_state.tasks:  # noqa: ASYNC110
+            while self.connections:  # noqa: ASYNC110 - connections signal nothing when they end
                 await anyio.sleep(0.05)
-        dropped = len(self.connections) + len(self._uv_state.connections)
+        dropped = len(self.connections)
         for conn in list(self.connections):
             conn._finish(abort=True)
             conn._close_socket()
-        for protocol in list(self._uv_state.connections):
-            if protocol.transport is not None:
-                protocol.transport.abort()
-        for task in list(self._uv_state.tasks):
-            task.cancel()
         await anyio.lowlevel.checkpoint()  # let the aborts deliver connection_lost
         return dropped
 
     async def aclose(self) -> None:
-        """After :meth:`drain`: stop the listeners for good and run the lifespan shutdown."""
+        """After :meth:`drain`: stop the listeners for good; requests still running in the
+        application end with the task group (the caller cancels it)."""
         for server in self._servers:
             server.close()
         for server in self._servers:
             await server.wait_closed()
-        await self._lifespan.shutdown()

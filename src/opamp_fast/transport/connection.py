@@ -1,22 +1,27 @@
 """One TCP connection on the shared port, as a sans-IO state machine.
 
-``OpAMPConnection`` reads HTTP/1.1 request heads; a request for the OpAMP path is served here
-(a WebSocket upgrade, or a plain-HTTP POST), anything else is handed over, with every byte
-received for it, to the ASGI server that runs the REST API (state ``HANDOFF``). It calls the
+``OpAMPConnection`` reads every HTTP/1.1 request head on the shared port itself; a request for
+the OpAMP path is served here (a WebSocket upgrade, or a plain-HTTP POST), any other becomes an
+:class:`~._exchange.Exchange` for the ASGI application that runs the REST API (state ``APP``),
+after which the connection reads the next request under the same bounds. It calls the
 :class:`~opamp_fast.handlers.AgentHandler` synchronously and is itself the
 :class:`~opamp_fast.handlers.Connection` the handler sees.
 
 It does no I/O and reads no clock: the driver feeds bytes and ``now`` in, and hands the object
 a ``write`` callable for its output. After every call the driver looks at ``state`` (close the
-socket on ``CLOSED``, with ``abort`` meaning "without flushing"; hand the socket over on
-``HANDOFF``) and at ``deadline`` (call :meth:`on_deadline` once the clock passes it). The
-asyncio and trio drivers (``asyncio_front``, ``trio_front``) are thin subclasses.
+socket on ``CLOSED``, with ``abort`` meaning "without flushing"; start the application on a new
+``exchange`` in ``APP``), at ``reading_wanted`` and at ``deadline`` (call :meth:`on_deadline`
+once the clock passes it). The asyncio and trio drivers (``asyncio_front``, ``trio_front``) are
+thin subclasses; ``asgi`` runs the application for both.
 
-Every phase is bounded in time (``Limits``): the request head (``handshake_timeout_s``, from the
-first byte; an idle keep-alive connection ``keep_alive_timeout_s``), a body, a WebSocket
-message once begun, the first OpAMP message after an upgrade and any connection that does not
-own an agent (``message_timeout_s``), the close handshake (``close_timeout_s``), and a peer that
-stops reading (``message_timeout_s`` while the driver reports writing paused).
+Every phase is bounded in time (``Limits``): a request head, whatever its path
+(``handshake_timeout_s``, from the first byte; an idle keep-alive connection
+``keep_alive_timeout_s``), an OpAMP body, a WebSocket message once begun, the first OpAMP
+message after an upgrade and any connection that does not own an agent (``message_timeout_s``),
+a REST body (``message_timeout_s`` plus a second per ``min_body_bytes_per_s`` received), the
+close handshake (``close_timeout_s``), and a peer that stops reading (``message_timeout_s``
+while the driver reports writing paused). Bytes held for peers count against one budget per
+process (``budget.BufferBudget``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from ..handlers import ConnectingRequest
@@ -51,6 +56,7 @@ from ..wsframe import (
     encode_opamp,
     parse_close,
 )
+from ._exchange import Exchange
 from ._http11 import (
     BodyReader,
     HTTPError,
@@ -62,6 +68,7 @@ from ._http11 import (
     response_head,
     websocket_accept,
 )
+from .budget import BufferBudget
 
 if TYPE_CHECKING:
     from ..handlers import AgentHandler
@@ -69,10 +76,10 @@ if TYPE_CHECKING:
     from .stats import TransportStats
 
 __all__ = [
+    "APP",
     "BODY",
     "CLOSED",
     "CLOSING",
-    "HANDOFF",
     "HEAD",
     "WS",
     "Limits",
@@ -82,20 +89,31 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # States. HEAD: reading a request head (also an idle keep-alive connection); BODY: reading an
-# OpAMP POST body; WS: WebSocket open; CLOSING: our close frame is out, waiting for the peer's;
-# CLOSED: finished, the driver closes the socket; HANDOFF: not ours, the driver passes it on.
+# OpAMP POST body; WS: WebSocket open; APP: a request is with the ASGI application (its body
+# still arriving, or its response being written); CLOSING: our close frame is out, waiting for
+# the peer's; CLOSED: finished, the driver closes the socket.
 HEAD: Final = 0
 BODY: Final = 1
 WS: Final = 2
-CLOSING: Final = 3
-CLOSED: Final = 4
-HANDOFF: Final = 5
+APP: Final = 3
+CLOSING: Final = 4
+CLOSED: Final = 5
 
 PROTOBUF: Final = "application/x-protobuf"
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_POLICY: Final = 1008
+CLOSE_TRY_AGAIN: Final = 1013
+#: A WebSocket that has not completed its first message this long after its upgrade may be
+#: dropped to make room for another when every handshake slot is taken (real agents send
+#: their first message at once; a peer that upgrades and waits only holds a slot).
+SILENT_UPGRADE_GRACE_S: Final = 1.0
+#: A closing connection reads and drops at most this much of what the peer still sends.
+LINGER_BYTES: Final = 64 * 1024
+#: The default of ``Limits.max_buffered_bytes``: the sum a process holds for partial input.
+DEFAULT_BUFFER_BUDGET: Final = 256 * 1024 * 1024
 RATE_BURST_S: Final = 10.0  # a connection's message budget holds this many seconds' worth
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RETRY: Final = (("retry-after", "5"),)
 _WS_HEADER_ROOM: Final = 16  # the OpAMP varint header in front of a maximal payload
 #: Bad payloads in a well-framed WebSocket message: answered (BadRequest), the socket kept.
 _ANSWERED: Final = frozenset({"decode", "too_large_state"})
@@ -126,16 +144,27 @@ class Limits:
     #: What the handler keeps of a status part: a message over it is refused before it is
     #: decoded (``codec.check_part_sizes``); None: the handler alone checks, after decoding.
     part_bounds: PartBounds | None = None
+    #: The ASGI application of every other path (REST API, probes, metrics); None: 404.
+    app: Any = None
+    scheme: str = "http"
+    #: A REST body may take ``message_timeout_s`` plus one second per this many bytes received
+    #: (large uploads arrive as long as they keep coming; a trickle is cut off); 0: no floor.
+    min_body_bytes_per_s: float = 32768.0
+    #: Bytes held for partial input across every connection (``budget.BufferBudget``).
+    budget: BufferBudget = field(default_factory=lambda: BufferBudget(DEFAULT_BUFFER_BUDGET))
 
 
 class OpAMPConnection:
     """Sans-IO: one connection from its first byte until it is closed or handed over."""
 
     __slots__ = (
+        "_app_paused_at",
         "_body",
         "_body_left",
+        "_body_since",
         "_close_notified",
         "_head",
+        "_later",
         "_phase_deadline",
         "_ping_deadline",
         "_ping_outstanding",
@@ -147,9 +176,12 @@ class OpAMPConnection:
         "_write",
         "abort",
         "deadline",
-        "handoff",
+        "discard",
+        "exchange",
+        "held",
         "identity",
         "limits",
+        "linger",
         "record",
         "remote_addr",
         "requests",
@@ -173,13 +205,21 @@ class OpAMPConnection:
         self._write = write
         self.state = HEAD
         self.abort = False  # with CLOSED: drop the socket without flushing what is buffered
-        self.handoff: bytes | None = None  # with HANDOFF: the bytes the next server must see
+        self.exchange: Exchange | None = None  # with APP: the request the application serves
+        self.held = 0  # bytes charged to the buffer budget (kept by the budget)
+        #: The body the current request announced: what a closing connection may read and drop
+        #: so that the peer, still sending it, gets our answer instead of a reset.
+        self.discard = 0
+        self.linger = False  # with CLOSED: the driver closes in stages (see _finish)
         self.transport: Transport | None = None  # what the handler sees (WS, or HTTP per POST)
         self.session: Session | None = None
         self.record: Any = None  # the handler's: the agent this connection serves
         self.identity: bytes | None = None  # the uid its credentials are bound to
         self.requests = 0  # request heads read so far (0: nothing useful came yet)
         self._raw: bytearray | None = None  # HEAD: bytes of the request being read
+        self._later: bytearray | None = None  # APP: what followed the request (pipelined)
+        self._body_since = now  # APP: when its body began (plus the time we stopped reading)
+        self._app_paused_at = now  # APP: when the application's queue stopped our reading
         self._head: RequestHead | None = None
         self._body: BodyReader | None = None
         self._body_left = 0  # BODY with Content-Length: bytes still to come
@@ -223,20 +263,44 @@ class OpAMPConnection:
 
         Drivers pass ``now`` (the handler does not know it) so the handshake is bounded.
         """
-        if self.state == WS:
+        state = self.state
+        if state == WS:
             self._fail(code, reason, now)
-        elif self.state in (HEAD, BODY):
+        elif state == HEAD or state == BODY:
             self._finish()
+        elif state == APP and self.exchange is not None:
+            self.exchange.keep_alive = False  # close once the response is out
 
     # -- driver input --------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> None:
-        state = self.state
-        if state == WS or state == CLOSING:
+        if self.state == WS:  # the steady state first
             self._ws_data(data, now)
-        elif state == HEAD:
-            self._head_data(data, now)
-        elif state == BODY:
-            self._body_data(data, now)
+            return
+        while data:  # each phase returns what it did not consume (a loop: pipelining is flat)
+            state = self.state
+            if state == HEAD:
+                data = self._head_data(data, now)
+            elif state == BODY:
+                data = self._body_data(data, now)
+            elif state == APP:
+                data = self._app_data(data, now)
+            elif state == WS or state == CLOSING:
+                self._ws_data(data, now)
+                return
+            else:
+                return
+
+    @property
+    def reading_wanted(self) -> bool:
+        """False while a request waits on the application with enough of what follows it
+        buffered: the driver stops reading the socket until this is true again."""
+        if self.state != APP:
+            return True
+        exchange = self.exchange
+        later = self._later
+        return (exchange is None or exchange.reading_wanted) and (
+            later is None or len(later) <= self.limits.max_head_bytes
+        )
 
     def receive_eof(self, now: float) -> None:
         """The peer will send no more: nothing left to answer on a request/response protocol."""
@@ -244,18 +308,46 @@ class OpAMPConnection:
 
     def peer_gone(self, now: float) -> None:
         """The socket is gone (reset, closed, or closed by us): the agent is disconnected."""
-        if self.state != HANDOFF:
-            self._finish()
+        self._finish()
         self.deadline = None
 
     def _finish(self, *, abort: bool = False) -> None:
         """The end of the connection (every path to ``CLOSED`` comes here): the handler hears
         of it exactly once, and the socket is to be closed (``abort``: without flushing)."""
+        exchange = self.exchange
+        # The peer may still be sending (a request under way, or more behind it): the driver
+        # reads and drops that while our last bytes go out (a staged close), not a reset.
+        self.linger = self.linger or bool(
+            self._raw
+            or self._later
+            or self.state == BODY
+            or (exchange is not None and not exchange.body_done)
+        )
         self.state = CLOSED
         self.abort = self.abort or abort
         self._phase_deadline = self._stall_deadline = self._ping_deadline = None
         self.deadline = None
+        self._raw = self._later = None
+        self._reader = None
+        if self.held:
+            self.limits.budget.release(self)
+        if exchange is not None and not exchange.gone:
+            exchange.gone = True
+            exchange.finish()
         self._notify_closed()
+
+    def shed_buffer(self) -> None:
+        """The buffer budget is over and this connection holds the most: refuse its input."""
+        state = self.state
+        exchange = self.exchange
+        if state == WS:
+            self._write(encode_close(CLOSE_TRY_AGAIN, "server buffer budget exceeded"))
+            self._finish()
+        elif state in (HEAD, BODY) or (exchange is not None and not exchange.started):
+            self._write(plain_response(503, "server busy, try again later", _RETRY))
+            self._finish()
+        else:
+            self._finish(abort=True)
 
     def on_deadline(self, now: float) -> None:
         """The clock passed ``deadline``: act on whichever bound expired."""
@@ -293,7 +385,7 @@ class OpAMPConnection:
         state = self.state
         if state == HEAD:
             return "handshake" if self._raw else "keep_alive"
-        if state == BODY:
+        if state == BODY or state == APP:
             return "body"
         if state == CLOSING:
             return "close"
@@ -307,7 +399,7 @@ class OpAMPConnection:
         state = self.state
         if state == HEAD and phase == "keep_alive":
             self._finish()
-        elif state in (HEAD, BODY) and phase != "write_stall":
+        elif state in (HEAD, BODY, APP) and phase != "write_stall":
             self._respond_error(HTTPError(408, "request not complete within its time limit"))
         elif state == WS and phase not in ("write_stall", "ping"):
             self._fail(CLOSE_POLICY, f"no complete OpAMP message in time ({phase})", now)
@@ -324,57 +416,57 @@ class OpAMPConnection:
         self._update_deadline()
 
     # -- HTTP: request heads -----------------------------------------------------------------
-    def _head_data(self, data: bytes, now: float) -> None:
+    def _head_data(self, data: bytes, now: float) -> bytes:
+        """Bytes of a request head; returns what followed a complete head."""
         raw = self._raw
+        max_head = self.limits.max_head_bytes
         if not raw:  # the first byte of a request: the head must complete in time
             data = data.lstrip(b"\r\n")  # empty lines before a request are allowed (RFC 9112)
             if not data:
-                return
-            raw = self._raw = bytearray(data)
+                return b""
             self._phase_deadline = now + self.limits.handshake_timeout_s
             self._update_deadline()
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end <= max_head - 4:  # the whole head in one read (the common case)
+                return self._request(data[: end + 4], data[end + 4 :], now)
+            raw = self._raw = bytearray(data)
             start = 0
         else:
             start = max(0, len(raw) - 3)
             raw += data
-        while self.state == HEAD and raw:
-            end = raw.find(b"\r\n\r\n", start)
-            if end < 0:
-                if len(raw) > self.limits.max_head_bytes:
-                    self._respond_error(HTTPError(431, "request head too large", kind="too_large"))
-                return
-            end += 4
-            if end > self.limits.max_head_bytes:
+        end = raw.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(raw) > max_head:
                 self._respond_error(HTTPError(431, "request head too large", kind="too_large"))
-                return
-            self._request(bytes(raw[:end]), raw, end, now)
-            raw = self._raw
-            start = 0
-            if raw is None:
-                return
+            elif raw.find(b"\n\n", start) >= 0 or raw.find(b"\n\r\n", start) >= 0:
+                # A head ended with bare LFs: it would never end as far as we look for CRLFs.
+                self._respond_error(HTTPError(400, "request lines must end with CRLF"))
+            else:
+                self.limits.budget.hold(self, len(raw))
+            return b""
+        end += 4
+        if end > max_head:
+            self._respond_error(HTTPError(431, "request head too large", kind="too_large"))
+            return b""
+        self._raw = None
+        if self.held:
+            self.limits.budget.release(self)
+        return self._request(bytes(raw[:end]), bytes(raw[end:]), now)
 
-    def _request(self, head_bytes: bytes, raw: bytearray, end: int, now: float) -> None:
-        """One complete head: route it. ``raw[end:]`` is what followed it."""
+    def _request(self, head_bytes: bytes, rest: bytes, now: float) -> bytes:
+        """One complete head: route it. Returns ``rest`` (what followed it) to read on with."""
         self.requests += 1
         limits = self.limits
         try:
             head = parse_head(head_bytes, max_message_bytes=limits.max_message_bytes)
-        except HTTPError as exc:
-            self._respond_error(exc)
-            return
-        if head.path != limits.path:
-            self.state = HANDOFF
-            self.handoff = bytes(raw)
-            self._raw = None
-            self.deadline = None
-            return
-        rest = bytes(raw[end:])
-        self._raw = None
-        try:
-            if head.upgrade or head.headers.get("upgrade", "").lower() == "websocket":
-                self._upgrade(head, rest, now)
+            declared = head.content_length or 0
+            self.discard = declared if declared <= 2 * limits.max_message_bytes else 0
+            if head.path != limits.path:
+                self._begin_app(head, now)
+            elif head.upgrade or head.headers.get("upgrade", "").lower() == "websocket":
+                self._upgrade(head, now)
             elif head.method == b"POST":
-                self._begin_post(head, rest, now)
+                self._begin_post(head, now)
             else:
                 raise HTTPError(
                     405,
@@ -384,13 +476,20 @@ class OpAMPConnection:
                 )
         except HTTPError as exc:
             self._respond_error(exc)
+            return b""
+        return rest
 
     def _respond_error(self, exc: HTTPError, transport: Transport = Transport.HTTP) -> None:
-        """Answer with ``exc`` and close (what follows on the socket cannot be trusted)."""
+        """Answer with ``exc`` and close (what follows on the socket cannot be trusted); in the
+        middle of a response only the close is left."""
         self.limits.stats.protocol_error(transport, exc.kind)
-        self._write(plain_response(exc.status, exc.reason, exc.headers))
-        self._finish()
-        self._raw = None
+        exchange = self.exchange
+        if exchange is None or not exchange.started:
+            self._write(plain_response(exc.status, exc.reason, exc.headers))
+            self.linger = True  # the rest of the refused request may be on its way
+            self._finish()
+        else:
+            self._finish(abort=True)
         self._head = None
         self._body = None
 
@@ -410,7 +509,7 @@ class OpAMPConnection:
         self.identity = verdict.identity
 
     # -- HTTP: OpAMP POST ----------------------------------------------------------------------
-    def _begin_post(self, head: RequestHead, rest: bytes, now: float) -> None:
+    def _begin_post(self, head: RequestHead, now: float) -> None:
         limits = self.limits
         headers = head.headers
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -443,12 +542,11 @@ class OpAMPConnection:
         self._body_left = head.content_length or 0
         self._phase_deadline = now + limits.message_timeout_s
         self._update_deadline()
-        if head.chunked or self._body_left or rest:
-            self._body_data(rest, now)
-        else:
-            self._finish_post(b"", now)
+        if not head.chunked and not self._body_left:
+            self._finish_post(now)
 
-    def _body_data(self, data: bytes, now: float) -> None:
+    def _body_data(self, data: bytes, now: float) -> bytes:
+        """Bytes of an OpAMP POST body; returns what followed it (the next request)."""
         head = self._head
         body = self._body
         assert head is not None and body is not None
@@ -464,24 +562,31 @@ class OpAMPConnection:
                     body.feed(chunk)
                 head.chunks.clear()
                 if head.complete:
-                    self._finish_post(b"", now)  # bytes after a chunked body: see _finish_post
-                return
+                    self._finish_post(now)  # bytes after a chunked body: see _finish_post
+                else:
+                    self.limits.budget.hold(self, body.received)
+                return b""
             left = self._body_left
             if len(data) < left:
                 body.feed(data)
                 self._body_left = left - len(data)
-                return
+                self.limits.budget.hold(self, body.received)
+                return b""
             body.feed(data[:left] if len(data) > left else data)
             self._body_left = 0
-            self._finish_post(data[left:], now)
+            self._finish_post(now)
+            return data[left:]
         except HTTPError as exc:
             self._respond_error(exc)
+            return b""
 
-    def _finish_post(self, rest: bytes, now: float) -> None:
-        """The body is complete: answer it, then read the next request (keep-alive)."""
+    def _finish_post(self, now: float) -> None:
+        """The body is complete: answer it; the connection then reads the next request."""
         head = self._head
         body = self._body
         assert head is not None and body is not None
+        if self.held:
+            self.limits.budget.release(self)
         payload = body.finish()
         if not self._within_rate(now):
             retry = (("retry-after", "10"),)
@@ -507,8 +612,6 @@ class OpAMPConnection:
         self.state = HEAD
         self._phase_deadline = now + self.limits.keep_alive_timeout_s
         self._update_deadline()
-        if rest:
-            self._head_data(rest, now)
 
     def _answer(self, body: bytes) -> bytes:
         """Decode one POSTed ``AgentToServer``; the handler's reply, encoded (always one)."""
@@ -552,8 +655,131 @@ class OpAMPConnection:
             response = pb.ServerToAgent(instance_uid=msg.instance_uid)
         return response
 
+    # -- HTTP: requests for the ASGI application --------------------------------------------
+    def _begin_app(self, head: RequestHead, now: float) -> None:
+        limits = self.limits
+        limits.stats.handed_off += 1
+        host, _, port = self.remote_addr.rpartition(":")
+        client = (host, int(port)) if port.isdigit() else None
+        exchange = self.exchange = Exchange(head, scheme=limits.scheme, client=client)
+        if head.upgrade:  # only OpAMP upgrades: after this answer the stream is not HTTP
+            exchange.keep_alive = False
+        self.state = APP
+        self._body_since = now
+        self._app_deadline(now)
+
+    def _app_data(self, data: bytes, now: float) -> bytes:
+        """Bytes while the application has the request: its body, then the next requests
+        (kept, bounded by ``reading_wanted``, until the response is complete)."""
+        exchange = self.exchange
+        assert exchange is not None
+        if not exchange.body_done:
+            wanted = exchange.reading_wanted
+            try:
+                data = exchange.feed(data)
+            except HTTPError as exc:
+                self._respond_error(exc)
+                return b""
+            if wanted and not exchange.reading_wanted:
+                self._app_paused_at = now  # the application is slow now, not the peer
+            self._app_deadline(now)
+        if data:
+            if self._later is None:
+                self._later = bytearray(data)
+            else:
+                self._later += data
+        self._app_hold()
+        return b""
+
+    def _app_deadline(self, now: float) -> None:
+        """A body keeps its deadline only while we read it: ``message_timeout_s``, plus a
+        second per ``min_body_bytes_per_s`` received (0: no allowance for size)."""
+        exchange = self.exchange
+        assert exchange is not None
+        if exchange.body_done or not exchange.reading_wanted:
+            self._phase_deadline = None
+        else:
+            limits = self.limits
+            rate = limits.min_body_bytes_per_s
+            allowance = exchange.received / rate if rate > 0 else 0.0
+            self._phase_deadline = self._body_since + limits.message_timeout_s + allowance
+        self._update_deadline()
+
+    def _app_hold(self) -> None:
+        exchange = self.exchange
+        later = self._later
+        held = (exchange.queued if exchange is not None else 0) + (len(later) if later else 0)
+        if held or self.held:
+            self.limits.budget.hold(self, held)
+
+    def app_waiting(self) -> None:
+        """The application waits for body bytes: a client that sent ``Expect: 100-continue``
+        is told to send them."""
+        exchange = self.exchange
+        if exchange is not None and exchange.expect_continue and not exchange.continue_sent:
+            exchange.continue_sent = True
+            self._write(_CONTINUE)
+
+    def app_receive(self, now: float) -> tuple[bytes, bool]:
+        """The application takes the body bytes received so far: (bytes, more to come)."""
+        exchange = self.exchange
+        assert exchange is not None
+        paused = not exchange.reading_wanted
+        data, more = exchange.take()
+        if paused:  # reading resumes; the time we did not read is not the peer's
+            self._body_since += now - self._app_paused_at
+        if self.state == APP and not exchange.body_done:
+            self._app_deadline(now)
+        self._app_hold()
+        return data, more
+
+    def app_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.gone:
+            exchange.start(status, headers)
+
+    def app_body(self, data: bytes, more: bool, now: float) -> None:
+        """One ``http.response.body`` message; the last one ends the exchange."""
+        exchange = self.exchange
+        if exchange is None or exchange.gone:
+            return
+        out = exchange.body(data, more)
+        if out:
+            self._write(out)
+        if not more:
+            self._app_done(now)
+
+    def app_failed(self) -> None:
+        """The application raised, or returned without ending its response."""
+        exchange = self.exchange
+        if exchange is None or exchange.gone:
+            return
+        self.limits.stats.protocol_error(Transport.HTTP, "app_error")
+        if exchange.started:
+            self._finish(abort=True)  # a response cut short must not look complete
+        else:
+            self._write(plain_response(500, "internal server error"))
+            self._finish()
+
+    def _app_done(self, now: float) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        self.exchange = None
+        exchange.finish()  # a task waiting in receive() hears that the exchange is over
+        if not exchange.keep_alive or self.state != APP:
+            self.linger = not exchange.body_done  # answered before the body was all read
+            self._finish()
+            return
+        self.state = HEAD
+        self._phase_deadline = now + self.limits.keep_alive_timeout_s
+        self._update_deadline()
+        later, self._later = self._later, None
+        self._app_hold()
+        if later:
+            self.receive_data(bytes(later), now)
+
     # -- WebSocket: handshake --------------------------------------------------------------------
-    def _upgrade(self, head: RequestHead, rest: bytes, now: float) -> None:
+    def _upgrade(self, head: RequestHead, now: float) -> None:
         headers = head.headers
         if head.method != b"GET":
             raise HTTPError(400, "a WebSocket upgrade must be a GET", kind="bad_handshake")
@@ -585,8 +811,6 @@ class OpAMPConnection:
         self._update_deadline()
         limits.stats.ws_open += 1
         limits.handler.on_connected(self)
-        if rest:
-            self._ws_data(rest, now)
 
     # -- WebSocket: frames -----------------------------------------------------------------------
     def _ws_data(self, data: bytes, now: float) -> None:
@@ -611,8 +835,12 @@ class OpAMPConnection:
                 self._ws_message(payload, now)
             else:
                 self._ws_control(opcode, payload, now)
-        if self.state == WS and (reader.buffered or self._phase_deadline is not None):
-            self._ws_deadline(now)
+        if self.state == WS:
+            buffered = reader.buffered
+            if buffered or self._phase_deadline is not None:
+                self._ws_deadline(now)
+            if buffered or self.held:  # a partial message: it counts against the budget
+                self.limits.budget.hold(self, buffered)
 
     def _ws_deadline(self, now: float) -> None:
         """Only on transitions: a message begun, a message completed, the agent bound."""
@@ -711,6 +939,8 @@ class OpAMPConnection:
         if self.state != WS:
             return
         self._write(encode_close(code, reason))
+        if self.held:
+            self.limits.budget.release(self)
         self.state = CLOSING
         self._ping_deadline = None
         self._phase_deadline = None if now is None else now + self.limits.close_timeout_s

@@ -26,6 +26,7 @@ class TransportStats:
         "tcp_open",
         "tcp_refused",
         "timeouts",
+        "upgrades_evicted",
         "ws_bytes_in",
         "ws_bytes_out",
         "ws_in",
@@ -40,7 +41,8 @@ class TransportStats:
         self.tcp_open = 0  # sockets on the shared port, whatever they carry
         self.tcp_refused = 0  # accepted and closed at once: no descriptor to spare
         self.tcp_evicted = 0  # idle before their first request, dropped to make room
-        self.handed_off = 0  # connections passed to the ASGI server (REST, metrics, probes)
+        self.handed_off = 0  # requests passed to the REST application (REST, metrics, probes)
+        self.upgrades_evicted = 0  # silent upgrades dropped to free a handshake slot
         self.errors: Counter[tuple[Transport, str]] = Counter()
         self.rejections: Counter[tuple[Transport, int]] = Counter()
         self.timeouts: Counter[str] = Counter()  # by phase: handshake, body, message, close...

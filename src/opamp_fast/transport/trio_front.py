@@ -1,5 +1,4 @@
-"""The shared port on trio: the same sans-IO connections, driven from streams; the rest of the
-HTTP surface handed to hypercorn.
+"""The shared port on trio: the same sans-IO connections, driven from streams.
 
 trio is the structured-concurrency backend, not the fast one: each connection is one task
 (plus a writer task) in the front's nursery, reading with ``receive_some`` under the
@@ -7,8 +6,8 @@ connection's ``deadline``. What the sans-IO object writes is queued and sent by 
 order; a peer that does not read fills the queue to ``WRITE_HIGH_WATER``, which stops the
 reading side and starts the stall deadline, as on asyncio.
 
-A request for another path gets the stream (with the bytes already read replayed in front of
-it) handed to hypercorn's trio ``TCPServer`` running the Starlette app.
+A request for another path runs the ASGI application (``asgi.serve_exchange``) in the
+connection's nursery, while the reader goes on under the connection's bounds.
 """
 
 from __future__ import annotations
@@ -22,13 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.utils import wrap_app
 
-from .connection import CLOSED, HANDOFF, HEAD, Limits, OpAMPConnection
+from .asgi import not_found, serve_exchange
+from .connection import (
+    APP,
+    CLOSED,
+    HEAD,
+    LINGER_BYTES,
+    SILENT_UPGRADE_GRACE_S,
+    WS,
+    Limits,
+    OpAMPConnection,
+)
 
 __all__ = ["TrioConnection", "TrioFront"]
 
@@ -38,47 +42,19 @@ WRITE_HIGH_WATER = 256 * 1024
 _RECEIVE_BYTES = 65536
 
 
-class _Replay(trio.abc.HalfCloseableStream):
-    """A stream that first returns ``prefix``, then reads on from ``inner``; everything else
-    (``socket``, ``do_handshake``, ``transport_stream`` ...) is the inner stream's."""
-
-    def __init__(self, inner: Any, prefix: bytes) -> None:
-        self._inner = inner
-        self._prefix = prefix
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            prefix, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return prefix
-        data: bytes = await self._inner.receive_some(max_bytes)
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class TrioConnection(OpAMPConnection):
     """The trio driver of one connection: a reader loop and a writer task."""
 
     __slots__ = (
+        "_app_wake",
         "_drained_event",
+        "_flushed",
         "_front",
+        "_nursery",
         "_out",
         "_out_bytes",
         "_recv_scope",
+        "_sending",
         "_stream",
         "_wake",
     )
@@ -91,6 +67,10 @@ class TrioConnection(OpAMPConnection):
         self._wake = trio.Event()
         self._recv_scope: trio.CancelScope | None = None
         self._drained_event: trio.Event | None = None
+        self._flushed: trio.Event | None = None  # _flush waits for the writer
+        self._sending = False
+        self._app_wake: trio.Event | None = None  # the reader waits for the application
+        self._nursery: trio.Nursery | None = None
         super().__init__(front.limits, remote, self._queue, now, cert)
 
     def _queue(self, data: bytes) -> None:
@@ -109,35 +89,60 @@ class TrioConnection(OpAMPConnection):
         if self._recv_scope is not None:
             self._recv_scope.cancel()
 
+    def shed_buffer(self) -> None:
+        OpAMPConnection.shed_buffer(self)
+        self._interrupt()
+
     async def run(self) -> None:
         front = self._front
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                await self._read_loop()
-                await self._flush()
-                nursery.cancel_scope.cancel()
-        finally:
-            self.peer_gone(front.clock())
-            front.connections.discard(self)
-            front.pending.pop(self, None)
-        if self.state == HANDOFF and self.handoff is not None:
-            front.limits.stats.handed_off += 1
-            await front.serve_rest(_Replay(self._stream, self.handoff))
-        elif self.abort:
-            await trio.aclose_forcefully(self._stream)
-        else:
-            with trio.move_on_after(self.limits.close_timeout_s) as scope:
+            async with trio.open_nursery() as requests:  # the application's, on this connection
+                self._nursery = requests
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._writer)
+                        await self._read_loop()
+                        await self._flush()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self.peer_gone(front.clock())  # a request still running hears it is gone
+                    front.connections.discard(self)
+                    front.pending.pop(self, None)
+                    front.upgrading.pop(self, None)
+                    if self._drained_event is not None:
+                        self._drained_event.set()
+        finally:  # cancelled too (shutdown): the socket is closed, at once when aborted
+            with trio.move_on_after(0 if self.abort else self.limits.close_timeout_s) as scope:
                 scope.shield = True
-                await self._stream.aclose()
+                if not self.abort:
+                    await self._linger()
+                    await self._stream.aclose()
+            if scope.cancelled_caught or self.abort:
+                await trio.aclose_forcefully(self._stream)
+
+    async def _linger(self) -> None:
+        """A staged close (see ``AsyncioConnection._close_socket``): end our side, then read
+        and drop what the peer still sends until it closes too (TLS streams cannot half-close)."""
+        stream = self._stream
+        if not self.linger or not isinstance(stream, trio.SocketStream):
+            return
+        left = max(LINGER_BYTES, self.discard)
+        try:
+            await stream.send_eof()
+            while left >= 0 and (data := await stream.receive_some(_RECEIVE_BYTES)):
+                left -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def _read_loop(self) -> None:
         clock = self._front.clock
         while self.state < CLOSED:
-            if self._out_bytes > WRITE_HIGH_WATER:  # the peer is not reading: neither do we
+            self._track(clock())
+            if self._out_bytes > WRITE_HIGH_WATER or not self.reading_wanted:
+                # The peer is not reading, or the application has enough: neither do we.
                 with trio.move_on_at(self._trio_deadline()) as scope:
                     self._recv_scope = scope
-                    await self._drained()
+                    await self._paused()
                 self._recv_scope = None
                 if scope.cancelled_caught:
                     self.on_deadline(clock())
@@ -160,6 +165,58 @@ class TrioConnection(OpAMPConnection):
             if self.requests or self.state != HEAD:
                 self._front.pending.pop(self, None)
 
+    def _track(self, now: float) -> None:
+        """Start the application on a new request; keep ``front.upgrading`` current."""
+        upgrading = self._front.upgrading
+        if self.state == WS and self.record is None:
+            upgrading.setdefault(self, now)
+        elif upgrading:
+            upgrading.pop(self, None)
+        exchange = self.exchange
+        if self.state == APP and exchange is not None and not exchange.task_started:
+            exchange.task_started = True
+            assert self._nursery is not None
+            self._nursery.start_soon(serve_exchange, self._front.app, self, exchange)
+
+    async def _paused(self) -> None:
+        if self._out_bytes > WRITE_HIGH_WATER:
+            await self._drained()
+        else:
+            wake = self._app_wake = trio.Event()
+            await wake.wait()
+
+    def _app_changed(self) -> None:
+        """The application took body bytes or ended its response: the reader looks again."""
+        self._track(self._front.clock())
+        if self._app_wake is not None:
+            self._app_wake.set()
+            self._app_wake = None
+        self._interrupt()
+
+    # -- what the application's task calls (asgi.AppPeer) ----------------------------------------
+    def take_body(self) -> tuple[bytes, bool]:
+        taken = self.app_receive(self._front.clock())
+        self._app_changed()
+        return taken
+
+    def send_body(self, data: bytes, more: bool) -> None:
+        self.app_body(data, more, self._front.clock())
+        if not more:
+            self._app_changed()
+
+    def fail_app(self) -> None:
+        self.app_failed()
+        self._interrupt()
+
+    @property
+    def write_blocked(self) -> bool:
+        return self._out_bytes > WRITE_HIGH_WATER and self.state < CLOSED
+
+    async def writable(self) -> None:
+        while self.write_blocked:
+            drained = self._drained_event = self._drained_event or trio.Event()
+            await drained.wait()
+
     def _trio_deadline(self) -> float:
         """The connection's deadline (our clock) on trio's clock."""
         deadline = self.deadline
@@ -173,10 +230,18 @@ class TrioConnection(OpAMPConnection):
         self.writing_resumed(self._front.clock())
 
     async def _writer(self) -> None:
+        """The only task that sends on the stream (trio allows one sender at a time)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await self._send_queued()
+            self._sending = True
+            try:
+                await self._send_queued()
+            finally:
+                self._sending = False
+            if self._flushed is not None and not self._out:
+                self._flushed.set()
+                self._flushed = None
 
     async def _send_queued(self) -> None:
         while self._out:
@@ -196,10 +261,14 @@ class TrioConnection(OpAMPConnection):
                     self._drained_event = None
 
     async def _flush(self) -> None:
-        if self.abort or (self.state == HANDOFF and not self._out):
+        """What is queued goes out (by the writer), within ``close_timeout_s``."""
+        if self.abort:
             return
         with trio.move_on_after(self.limits.close_timeout_s):
-            await self._send_queued()
+            while self._out or self._sending:
+                flushed = self._flushed = trio.Event()
+                self._wake.set()
+                await flushed.wait()
 
 
 class TrioFront:
@@ -217,6 +286,8 @@ class TrioFront:
     ) -> None:
         del tick_s  # each connection waits on its own deadline here
         self.limits = limits
+        self.app = app if app is not None else not_found
+        limits.scheme = "https" if tls is not None else "http"
         self.tls = tls
         self.max_sockets = max_sockets
         self.clock = clock
@@ -224,18 +295,8 @@ class TrioFront:
         # Connected, nothing requested yet, oldest first: what gives way when descriptors run
         # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
         self.pending: dict[TrioConnection, None] = {}
-        self.rest_open = 0
-        config = HypercornConfig()
-        config.keep_alive_timeout = limits.keep_alive_timeout_s
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.include_server_header = False
-        config.read_timeout = int(limits.message_timeout_s)
-        config.ssl_handshake_timeout = limits.handshake_timeout_s
-        self._config = config
-        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
-        self._context = WorkerContext(None)
-        self._lifespan = Lifespan(self._app, config, {})
+        # WebSockets waiting for their first message, oldest first (asyncio_front.upgrading).
+        self.upgrading: dict[TrioConnection, float] = {}
         self._nursery: trio.Nursery | None = None
         self._accepting: trio.CancelScope | None = None
 
@@ -244,8 +305,6 @@ class TrioFront:
     ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self._lifespan.handle_lifespan)
-            await self._lifespan.wait_for_startup()
             with trio.CancelScope() as accepting:
                 self._accepting = accepting
                 async with trio.open_nursery() as acceptors:
@@ -273,7 +332,20 @@ class TrioFront:
             nursery.start_soon(self._serve, stream)
 
     def sockets_open(self) -> int:
-        return len(self.connections) + self.rest_open
+        return len(self.connections)
+
+    def evict_silent_upgrade(self) -> bool:
+        """As ``AsyncioFront.evict_silent_upgrade``."""
+        if not self.upgrading:
+            return False
+        oldest, since = next(iter(self.upgrading.items()))
+        if self.clock() - since < SILENT_UPGRADE_GRACE_S:
+            return False
+        del self.upgrading[oldest]
+        self.limits.stats.upgrades_evicted += 1
+        oldest._finish(abort=True)
+        oldest._interrupt()
+        return True
 
     def evict_pending(self) -> bool:
         """Drop the oldest connection that has not sent a request yet; False if none."""
@@ -310,31 +382,22 @@ class TrioFront:
         finally:
             self.limits.stats.tcp_open -= 1
 
-    async def serve_rest(self, stream: Any) -> None:
-        self.rest_open += 1
-        try:
-            state = self._lifespan.state
-            await TCPServer(self._app, self._config, self._context, state, stream).run()
-        finally:
-            self.rest_open -= 1
-
     def stop_accepting(self) -> None:
         if self._accepting is not None:
             self._accepting.cancel()
 
     async def drain(self, timeout_s: float) -> int:
         self.stop_accepting()
-        await self._context.terminated.set()  # hypercorn closes idle keep-alive connections
         for conn in list(self.connections):
-            conn.close(1001, "server shutting down")
+            conn.close(1001, "server shutting down")  # REST: close once the response is out
         with trio.move_on_after(timeout_s):
-            while self.connections or self.rest_open:  # noqa: ASYNC110 - hypercorn signals none
+            while self.connections:  # noqa: ASYNC110 - connections signal nothing when they end
                 await trio.sleep(0.05)
-        dropped = len(self.connections) + self.rest_open
+        dropped = len(self.connections)
         for conn in list(self.connections):
             conn._finish(abort=True)
             conn._interrupt()
         return dropped
 
     async def aclose(self) -> None:
-        await self._lifespan.wait_for_shutdown()
+        """Nothing left to close: each connection's nursery owned its requests."""
