@@ -14,10 +14,20 @@ huge_frame          upgraded sockets announcing a 64 MiB frame, then nothing
 tiny_fragments      upgraded sockets sending a message as 1-byte continuation frames
 big_message         AgentToServer messages of ~43 MB (200,000 attributes)
 gzip_bomb           HTTP POSTs whose gzip body inflates far past the message limit
+rest_slow_head      keep-alive sockets that ask ``/healthz`` once, then send a second request
+                    head at 1 byte/s (what used to belong to the REST server, unbounded)
+rest_slow_body      REST requests whose JSON body arrives at 1 byte/s
+rest_slow_upload    package uploads (multipart) trickling at 1 byte/s
+rest_huge_head      sockets that ask ``/healthz`` once, then send a 64 MiB request head
+silent_upgrades     600 WebSockets that upgrade and never send, reopened as they are closed
+partial_messages    24 WebSockets each sending 60 MiB of a 64 MiB message, then waiting
+sse_no_read         200 event-stream subscribers (viewer token) that never read
+pipelined_posts     sockets sending ``/healthz`` then 600 pipelined OpAMP POSTs in one send
 ==================  =========================================================================
 
 For each window: the agents' per-second p99 (worst second and median second, from wsload's
-timeline), answered heartbeats per second, errors, the server's RSS and open fds at the end.
+timeline), answered heartbeats per second, errors, ``/healthz`` as a prober sees it (a new
+connection every 0.2 s: answered share and p99), the server's RSS and open fds at the end.
 At the end the server's ``/metrics`` counters for timeouts and refusals. Loopback only, bounded
 in time; every process it starts is stopped by its pid. Prints JSON (``--out`` keeps it).
 """
@@ -112,11 +122,20 @@ def connect_close(port: int, window_s: float, flood: int = 20500) -> str:
     return f"{done} connect+close"
 
 
-def hold_sockets(port: int, window_s: float, count: int, drip: bytes | None) -> int:
+def hold_sockets(
+    port: int, window_s: float, count: int, drip: bytes | None, first: bytes = b""
+) -> int:
+    """``count`` sockets that send ``first`` (and read its answer), then one piece of
+    ``drip`` per second each (nothing if None) until ``window_s`` passes."""
     socks = []
     for _ in range(count):
         with contextlib.suppress(OSError):
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+            if first:
+                s.sendall(first)
+                if first.startswith(b"GET"):
+                    s.recv(4096)
     deadline = time.monotonic() + window_s
     i = 0
     while time.monotonic() < deadline:
@@ -213,6 +232,151 @@ def gzip_bomb(port: int, window_s: float) -> str:
     return f"20 POSTs of {len(body) / 1e3:.0f} kB inflating to 200 MiB: status {codes}"
 
 
+def rest_slow_head(port: int, window_s: float) -> str:
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    n = hold_sockets(port, window_s, 500, UPGRADE, first=first)
+    return f"{n} keep-alive sockets sending a second request head at 1 byte/s"
+
+
+def rest_slow_body(port: int, window_s: float) -> str:
+    first = (
+        b"PUT /api/groups/g HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    ) % TOKEN["operator"].encode()
+    n = hold_sockets(port, window_s, 500, b" ", first=first)
+    return f"{n} REST requests whose body arrives at 1 byte/s"
+
+
+def rest_slow_upload(port: int, window_s: float) -> str:
+    first = (
+        b"POST /api/packages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+    ) % TOKEN["operator"].encode()
+    n = hold_sockets(port, window_s, 200, b"x", first=first)
+    return f"{n} package uploads trickling at 1 byte/s"
+
+
+def rest_huge_head(port: int, window_s: float) -> str:
+    refused_after: list[int] = []
+
+    def one() -> None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(4096)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: ")
+            sent = 0
+            try:
+                while sent < 64 << 20:
+                    s.sendall(b"a" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            refused_after.append(sent)
+
+    run_threads(one, 20)
+    most = max(refused_after, default=0)
+    return f"{len(refused_after)} 64 MiB heads after a first request: cut off by {most} bytes"
+
+
+def silent_upgrades(port: int, window_s: float) -> str:
+    opened = refused = 0
+    socks: list[socket.socket] = []
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        socks = [s for s in socks if _still_open(s)]
+        while len(socks) < 600 and time.monotonic() < deadline:
+            try:
+                socks.append(upgraded(port))
+                opened += 1
+            except OSError:
+                refused += 1
+                break
+        time.sleep(0.5)
+    for s in socks:
+        s.close()
+    return f"{opened} silent upgrades opened (reopened as evicted), {refused} refused"
+
+
+def _still_open(s: socket.socket) -> bool:
+    try:
+        s.setblocking(False)
+        gone = s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        gone = True
+    if gone:
+        s.close()
+    return not gone
+
+
+def partial_messages(port: int, window_s: float) -> str:
+    header = bytes([0x82, 0xFF]) + struct.pack("!Q", 64 << 20) + os.urandom(4)
+    chunk = b"\0" * (1 << 20)
+    closed = 0
+
+    def one() -> None:
+        nonlocal closed
+        with contextlib.suppress(OSError), upgraded(port) as s:
+            s.sendall(header)
+            try:
+                for _ in range(60):
+                    s.sendall(chunk)
+                s.settimeout(window_s)
+                s.recv(4096)
+            except OSError:
+                pass
+            closed += 1
+
+    run_threads(one, 24)
+    return f"24 WebSockets sent 60 MiB of a 64 MiB message each; {closed} ended by the server"
+
+
+def sse_no_read(port: int, window_s: float) -> str:
+    request = (
+        b"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n\r\n"
+        % TOKEN["viewer"].encode()
+    )
+    socks = []
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.sendall(request)
+            socks.append(s)
+    time.sleep(window_s)
+    still = sum(_still_open(s) for s in socks)
+    for s in socks:
+        s.close()
+    return f"{len(socks)} event-stream subscribers that never read; {still} still open at the end"
+
+
+def pipelined_posts(port: int, window_s: float) -> str:
+    body = pb.AgentToServer(instance_uid=os.urandom(16)).SerializeToString()
+    post = (
+        b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answered = 0
+
+    def one() -> None:
+        nonlocal answered
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(first + post * 600)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            data = b""
+            while chunk := s.recv(1 << 16):
+                data += chunk
+            answered += data.count(b"HTTP/1.1 200") - 1
+
+    run_threads(one, 10)
+    return f"10 sockets x 600 pipelined POSTs after a probe: {answered} answered (budget: 200 each)"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
     "no_read": no_read,
     "connect_close": connect_close,
@@ -222,7 +386,17 @@ ATTACKS: dict[str, Callable[[int, float], str]] = {
     "tiny_fragments": tiny_fragments,
     "big_message": big_message,
     "gzip_bomb": gzip_bomb,
+    "rest_slow_head": rest_slow_head,
+    "rest_slow_body": rest_slow_body,
+    "rest_slow_upload": rest_slow_upload,
+    "rest_huge_head": rest_huge_head,
+    "silent_upgrades": silent_upgrades,
+    "partial_messages": partial_messages,
+    "sse_no_read": sse_no_read,
+    "pipelined_posts": pipelined_posts,
 }
+#: Bearer tokens by role, minted at start for the attacks that need one.
+TOKEN: dict[str, str] = {}
 
 
 def run_threads(fn: Callable[[], None], n: int) -> None:
@@ -250,12 +424,52 @@ def window_stats(timeline: list[dict[str, Any]], t0: float, a: float, b: float) 
     }
 
 
+class Prober(threading.Thread):
+    """``GET /healthz`` on a new connection every 0.2 s: what a load balancer's probe sees."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.samples: list[tuple[float, bool, float]] = []  # (when, answered 200, seconds)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        while not self.stop.wait(0.2):
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    ok = r.status == 200
+            except OSError:
+                ok = False
+            self.samples.append((t, ok, time.monotonic() - t))
+
+    def window(self, a: float, b: float) -> dict[str, Any]:
+        got = [(ok, dt) for t, ok, dt in self.samples if a <= t < b]
+        times = sorted(dt for ok, dt in got if ok)
+        return {
+            "probes": len(got),
+            "answered": sum(ok for ok, _ in got),
+            "p99_ms": round(times[int(0.99 * (len(times) - 1))] * 1000, 1) if times else None,
+        }
+
+
+def mint_tokens(secret: str) -> None:
+    from opamp_fast.auth import load_key_material, mint_token
+    from opamp_fast.config import Settings
+
+    keys = load_key_material(Settings(api_jwt_secret=secret))
+    for role in ("viewer", "operator"):
+        TOKEN[role] = mint_token(keys, subject=f"attacker-{role}", ttl_s=3600, role=role)
+
+
 def metrics_of(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     wanted = ("opamp_fast_connection_timeouts_total", "opamp_fast_rejected_connections_total",
               "opamp_fast_admission_shed_total", "opamp_fast_tcp_refused_total",
-              "opamp_fast_tcp_evicted_total", "opamp_fast_protocol_errors_total")  # fmt: skip
+              "opamp_fast_tcp_evicted_total", "opamp_fast_protocol_errors_total",
+              "opamp_fast_upgrades_evicted_total", "opamp_fast_buffer_shed_total")  # fmt: skip
     out = {}
     for line in text.splitlines():
         if line.startswith(wanted):
@@ -287,6 +501,9 @@ def main() -> int:
     import pgserver
 
     pg = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
+    secret = os.urandom(24).hex()
+    mint_tokens(secret)
+    prober = None
     try:
         port = free_port()
         with open(tmp / "server.log", "wb") as log:
@@ -294,9 +511,12 @@ def main() -> int:
                 sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1",
                 "--port", str(port), "--database-url", pg.get_uri(), "--log-level", "warning",
                 "--heartbeat-interval-s", str(round(args.heartbeat_s)), "--backlog", "8192",
-            ], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            ], stdout=log, stderr=subprocess.STDOUT,
+               env={**os.environ, "OPAMP_FAST_API_JWT_SECRET": secret})  # fmt: skip
         procs.append(server)
         wait_ready(f"http://127.0.0.1:{port}/readyz", server)
+        prober = Prober(port)
+        prober.start()
         ps = psutil.Process(server.pid)
         load_out = tmp / "wsload.json"
         with open(tmp / "wsload.log", "wb") as log:
@@ -328,8 +548,11 @@ def main() -> int:
         t0 = load["times"]["t0_monotonic"]
         timeline = load["timeline"]
         for w in windows:
-            w["baseline"] = window_stats(timeline, t0, *w.pop("quiet"))
-            w["under_attack"] = window_stats(timeline, t0, *w.pop("attack_window"))
+            quiet, attack = w.pop("quiet"), w.pop("attack_window")
+            w["baseline"] = window_stats(timeline, t0, *quiet)
+            w["under_attack"] = window_stats(timeline, t0, *attack)
+            w["baseline"]["healthz"] = prober.window(*quiet)
+            w["under_attack"]["healthz"] = prober.window(*attack)
         server.terminate()
         server.wait(60)
         result = {
@@ -339,6 +562,8 @@ def main() -> int:
             "loadavg_end": os.getloadavg(),
         }  # fmt: skip
     finally:
+        if prober is not None:
+            prober.stop.set()
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
