@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from .api.responses import error_response
 from .config import Settings
 from .errors import ConfigError, StartupError
+from .strictint import parse_ascii_int
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +225,9 @@ def principal_of(scope: Mapping[str, Any]) -> Principal:
 
 def parse_ttl(text: str) -> int:
     """``30s``, ``15m``, ``1h``, ``7d`` (or bare seconds) -> seconds; ValueError otherwise."""
-    if text.strip().isdigit():
-        seconds = int(text)
+    bare = parse_ascii_int(text.strip(), max_digits=10)
+    if bare is not None:
+        seconds = bare
     else:
         match = _TTL_RE.match(text)
         if match is None:

@@ -47,6 +47,7 @@ from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
 
 from .protocol.codec import format_instance_uid
+from .strictint import parse_ascii_int
 
 if TYPE_CHECKING:
     from .protocol import pb
@@ -359,9 +360,10 @@ class EventHub:
     def parse_id(self, text: str) -> tuple[str, int] | None:
         """``(stream, seq)`` of an event id, None when it is not one."""
         stream, sep, seq = text.strip().rpartition("-")
-        if not sep or not stream or not seq.isdigit() or len(seq) > 18 or len(stream) > 64:
+        number = parse_ascii_int(seq, max_digits=18)
+        if not sep or not stream or number is None or len(stream) > 64:
             return None
-        return stream, int(seq)
+        return stream, number
 
     def subscribe(
         self,

@@ -74,12 +74,12 @@ def test_signed_urls_cover_path_and_expiry() -> None:
     signer = URLSigner(b"k" * 32)
     path = "/v1/packages/a/1.0.0/file"
     sig = signer.signature(path, 2000)
-    assert signer.verify(path, "2000", sig, now=1000) is None
-    assert signer.verify(path, "2000", sig, now=2001) == "the download URL has expired"
-    assert signer.verify(path, "2001", sig, now=1000) == "bad signature"
-    assert signer.verify("/v1/packages/a/1.0.1/file", "2000", sig, now=1000) == "bad signature"
-    assert signer.verify(path, "x", sig, now=1000) == "malformed expiry"
-    assert URLSigner(b"j" * 32).verify(path, "2000", sig, now=1000) == "bad signature"
+    assert signer.verify(path, 2000, sig, now=1000) is None
+    assert signer.verify(path, 2000, sig, now=2001) == "the download URL has expired"
+    assert signer.verify(path, 2001, sig, now=1000) == "bad signature"
+    assert signer.verify("/v1/packages/a/1.0.1/file", 2000, sig, now=1000) == "bad signature"
+    assert URLSigner(b"j" * 32).verify(path, 2000, sig, now=1000) == "bad signature"
+    assert signer.verify(path, 2000, "\u00e9" * 64, now=1000) == "bad signature"  # never raises
 
 
 @pytest.mark.parametrize(
@@ -96,6 +96,10 @@ def test_signed_urls_cover_path_and_expiry() -> None:
         ("items=0-1", None),
         ("bytes=5-1", None),
         ("bytes=x-1", None),
+        ("bytes=\u00b2-5", None),  # digits are ASCII digits only
+        ("bytes=-\u00b2", None),
+        ("bytes=1_0-20", None),
+        ("bytes= 10 - 20 ", (10, 20)),
     ],
 )
 def test_parse_range(header: str | None, expected: object) -> None:

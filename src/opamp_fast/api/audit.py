@@ -22,7 +22,14 @@ from ..storage.config_queries import AuditEntry, AuditFilter, append_audit, audi
 from .config_models import AuditPage, AuditRecord
 from .errors import invalid_parameter
 from .openapi import DocumentedRoute, Operation
-from .params import CURSOR_PARAM, MAX_TEXT_CHARS, Param, _cursor_json, _encode_cursor
+from .params import (
+    CURSOR_PARAM,
+    MAX_TEXT_CHARS,
+    Param,
+    _cursor_json,
+    _encode_cursor,
+    query_integer,
+)
 from .responses import JSONResponse, error_response
 from .roles import Forbidden, client_addr, request_id, require_role
 
@@ -91,15 +98,6 @@ def _time(request: Request, name: str) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise invalid_parameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
 def _cursor(request: Request) -> tuple[datetime, int] | None:
     raw = request.query_params.get("cursor")
     if raw is None:
@@ -146,7 +144,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
             since=_time(request, "since"),
             until=_time(request, "until"),
         )
-        limit = _limit(request)
+        limit = query_integer(request.query_params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         after = _cursor(request)
         rows = await db.run(lambda conn: audit_page(conn, flt, limit=limit, after=after))
         next_cursor = None

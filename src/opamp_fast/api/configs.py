@@ -22,6 +22,7 @@ from ..protocol import remote_config_hash
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage.config_queries import Conflict, NotFound, VersionRow
+from ..strictint import parse_ascii_int
 from . import audit
 from .body import input_error, only_keys, read_object
 from .config_models import (
@@ -37,7 +38,7 @@ from .config_models import (
     FailureSignature,
     VersionStatus,
 )
-from .errors import APIError
+from .errors import APIError, invalid_parameter
 from .openapi import DocumentedRoute, Operation
 from .params import Param
 from .responses import JSONResponse
@@ -79,9 +80,10 @@ def path_name(request: Request, key: str = "name", what: str = "name") -> str:
 
 def path_version(request: Request) -> int:
     raw = request.path_params["version"]
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
-        raise APIError(400, "invalid_parameter", f"version: {raw[:20]!r} is not a version number")
-    return int(raw)
+    version = parse_ascii_int(raw, max_digits=10)
+    if version is None or not 1 <= version < 2**31:
+        raise invalid_parameter("version", f"{raw[:20]!r} is not a version number")
+    return version
 
 
 def version_info(row: VersionRow) -> ConfigVersionInfo:

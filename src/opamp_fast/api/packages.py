@@ -33,6 +33,7 @@ from typing import IO, Any
 import anyio
 import psycopg
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -59,7 +60,8 @@ from ..packages.store import StoreError
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import queries
-from .body import read_object
+from ..strictint import parse_ascii_int
+from .body import declared_length, read_object
 from .errors import APIError, invalid_parameter
 from .openapi import DocumentedRoute, Operation
 from .package_models import (
@@ -83,6 +85,9 @@ MAX_FIELD_BYTES = 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = 256 * 1024  # fields, part headers and a signature beside the file
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+SIGNATURE_PATTERN = "^[0-9a-f]{64}$"  # an HMAC-SHA256 in hex, as URLSigner writes it
+_SIGNATURE = re.compile(SIGNATURE_PATTERN)
+MAX_EXPIRES_DIGITS = 12
 _TAGS = ("packages",)
 
 NAME_PARAM = Param("name", "path", "Package name.", {"type": "string"})
@@ -188,6 +193,22 @@ def _path_name_version(request: Request) -> tuple[str, str]:
     return name, version
 
 
+def signed_url_params(params: QueryParams) -> tuple[int, str]:
+    """``expires`` and ``signature`` of a signed download URL, well formed, else a 400."""
+    raw = params.get("expires")
+    if raw is None:
+        raise invalid_parameter("expires", "is required with signature")
+    expires = parse_ascii_int(raw, max_digits=MAX_EXPIRES_DIGITS)
+    if expires is None:
+        raise invalid_parameter(
+            "expires", f"{raw[:20]!r} is not UNIX seconds (1 to {MAX_EXPIRES_DIGITS} digits)"
+        )
+    signature = params["signature"]
+    if not _SIGNATURE.fullmatch(signature):
+        raise invalid_parameter("signature", "must be 64 lowercase hex digits")
+    return expires, signature
+
+
 def _not_found(name: str, version: str | None = None) -> APIError:
     what = name if version is None else f"{name} {version}"
     return APIError(404, "package_not_found", f"no package {what}")
@@ -285,12 +306,8 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> _Up
         raise APIError(
             400, "invalid_upload", "the body must be multipart/form-data with a boundary"
         )
-    declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isdigit()
-        and int(declared) > max_bytes + (MULTIPART_OVERHEAD)
-    ):
+    declared = declared_length(request)
+    if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD:
         raise APIError(413, "too_large", f"the package is larger than {max_bytes} bytes")
     upload = _Upload(staging, max_bytes)
     events: list[tuple[str, Any]] = []
@@ -370,18 +387,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
+    first, dash, last = (part.strip() for part in spec.strip().partition("-"))
     if not dash:
         return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                return "unsatisfiable"
-            return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
+    if first == "":
+        suffix = parse_ascii_int(last, max_digits=19)
+        if suffix is None:
+            return None
+        if suffix <= 0:
+            return "unsatisfiable"
+        return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
+    start = parse_ascii_int(first, max_digits=19)
+    end = parse_ascii_int(last, max_digits=19) if last else size - 1
+    if start is None or end is None:
         return None
     if start >= size:
         return "unsatisfiable"
@@ -661,12 +679,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
     # -- download ----------------------------------------------------------------------
     def authorised(request: Request, name: str, version: str) -> None:
         params = request.query_params
-        signature = params.get("signature")
-        if signature is not None:
+        if "signature" in params:
+            expires, signature = signed_url_params(params)
             path = DOWNLOAD_PATH.format(name=name, version=version)
-            why = registry.signer.verify(
-                path, params.get("expires", ""), signature, now=time.time()
-            )
+            why = registry.signer.verify(path, expires, signature, now=time.time())
             if why is None:
                 return
             raise APIError(403, "forbidden", why)

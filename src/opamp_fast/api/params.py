@@ -27,6 +27,7 @@ import msgspec
 from starlette.datastructures import QueryParams
 
 from ..protocol.codec import format_instance_uid, parse_instance_uid_text
+from ..strictint import parse_ascii_int
 from .errors import APIError, invalid_parameter
 
 DEFAULT_LIMIT = 100
@@ -144,22 +145,22 @@ def parse_agent_id(raw: str) -> bytes:
         ) from None
 
 
-def _integer(params: QueryParams, name: str, default: int, lo: int, hi: int) -> int:
+def query_integer(params: QueryParams, name: str, default: int, lo: int, hi: int) -> int:
+    """The integer query parameter ``name`` (ASCII digits, optional ``-``) in ``lo..hi``."""
     raw = params.get(name)
     if raw is None:
         return default
-    text = raw.strip()
-    if not re.fullmatch(r"[+-]?[0-9]{1,19}", text):
+    value = parse_ascii_int(raw, max_digits=19, signed=True)
+    if value is None:
         raise invalid_parameter(name, f"{raw[:40]!r} is not an integer")
-    value = int(text)
     if not lo <= value <= hi:
         raise invalid_parameter(name, f"must be between {lo} and {hi}, got {value}")
     return value
 
 
 def parse_page(params: QueryParams, max_page_size: int) -> Page:
-    limit = _integer(params, "limit", DEFAULT_LIMIT, 1, max_page_size)
-    offset = _integer(params, "offset", 0, 0, MAX_OFFSET)
+    limit = query_integer(params, "limit", DEFAULT_LIMIT, 1, max_page_size)
+    offset = query_integer(params, "offset", 0, 0, MAX_OFFSET)
     cursor = params.get("cursor")
     if cursor is not None:
         if "offset" in params:

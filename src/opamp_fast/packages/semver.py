@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..strictint import parse_ascii_int
+
 __all__ = ["SemVer", "parse_semver", "sort_key"]
 
 _NUM = r"0|[1-9]\d*"
@@ -45,8 +47,9 @@ def _pre_key(pre: str | None) -> tuple[object, ...]:
         return (1,)  # a release sorts after every pre-release of the same version
     parts: list[tuple[int, int, str]] = []
     for ident in pre.split("."):
-        if ident.isdigit():
-            parts.append((0, int(ident), ""))
+        number = parse_ascii_int(ident, max_digits=MAX_VERSION_CHARS)
+        if number is not None:
+            parts.append((0, number, ""))
         else:
             parts.append((1, 0, ident))
     return (0, tuple(parts))

@@ -1,0 +1,93 @@
+"""Input that used to reach a 500 or slip through validation, against a live server and a real
+Postgres: digits that are not ASCII, a signature that is not ASCII, JSON nested thousands deep,
+and names with a trailing newline. Each is a clear JSON 4xx naming what is wrong, and changes
+nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from opamp_fast.protocol.codec import format_instance_uid
+from tests.helpers.config_api import api_client, create_config
+from tests.integration.test_configs import snapshot
+
+pytestmark = pytest.mark.postgres
+
+SUPERSCRIPT_TWO = "%C2%B2"  # "²": str.isdigit() says yes, int() says no
+ARABIC_ONE = "%D9%A1"  # U+0661: str.isdigit() says yes, and int() reads it as 1
+
+
+def error(response: httpx.Response) -> tuple[int, str, str]:
+    assert response.headers["content-type"] == "application/json", response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return response.status_code, body["error"]["code"], body["error"]["message"]
+
+
+def assert_invalid(response: httpx.Response, name: str) -> None:
+    status, code, message = error(response)
+    assert (status, code) == (400, "invalid_parameter"), response.text
+    assert message.startswith(f"{name}:"), message
+
+
+async def test_digits_that_are_not_ascii_are_400_naming_the_parameter(server: Any) -> None:
+    async with api_client(server, role="admin") as api:
+        await create_config(api, "base", "a: 1\n")
+        for digits in (SUPERSCRIPT_TWO, ARABIC_ONE, "1_0", "%201"):
+            assert_invalid(await api.get(f"/api/audit?limit={digits}"), "limit")
+            assert_invalid(await api.get(f"/api/configs/base/versions/{digits}"), "version")
+            assert_invalid(await api.get(f"/api/agents?limit={digits}"), "limit")
+            assert_invalid(await api.get(f"/api/events?last_event_id=x-{digits}"), "last_event_id")
+        # The header arrives as Latin-1: the byte 0xB2 is "²".
+        r = await api.get("/api/events", headers={"Last-Event-ID": b"x-\xb2"})
+        assert_invalid(r, "last_event_id")
+        assert (await api.get("/api/configs/base/versions/1")).status_code == 200
+
+
+async def test_malformed_download_parameters_are_400_not_500(server: Any) -> None:
+    signature = "0" * 64
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as anonymous:
+        for expires in (SUPERSCRIPT_TWO, ARABIC_ONE, "-1", "1" * 13, ""):
+            r = await anonymous.get(
+                f"/v1/packages/agent/1.0.0/file?expires={expires}&signature={signature}"
+            )
+            assert_invalid(r, "expires")
+        for bad in ("%C3%A9" * 32, "0" * 63, "0" * 65, "G" * 64, "%00" * 64):
+            r = await anonymous.get(f"/v1/packages/agent/1.0.0/file?expires=9999&signature={bad}")
+            assert_invalid(r, "signature")
+        # Well formed but not ours: refused, as before.
+        r = await anonymous.get(
+            f"/v1/packages/agent/1.0.0/file?expires=99999999999&signature={signature}"
+        )
+        assert error(r)[:2] == (403, "forbidden")
+
+
+def nest(opening: bytes, depth: int) -> bytes:
+    """``depth`` objects, each the value of the one around it."""
+    return opening * depth + b'"x"' + b"}" * depth
+
+
+async def test_json_nested_thousands_deep_is_400_and_changes_nothing(server: Any) -> None:
+    settings = server.services.settings
+    before = await snapshot(settings.database_url)
+    deep_selector = b'{"selector": {"a": ' + b"[" * 2000 + b"]" * 2000 + b"}}"
+    deep_packages = b'{"packages": ' + b"[" * 100 + b"]" * 100 + b"}"
+    async with api_client(server) as api:
+        agent = format_instance_uid(b"\x01" * 16)
+        cases = [  # deep enough for the decoder's own recursion limit, and under it
+            ("PUT", "/api/groups/g", deep_selector),
+            ("PUT", "/api/groups/g", b"[" * 30_000 + b"]" * 30_000),
+            ("POST", "/api/configs", b'{"name": "n", "files": ' + nest(b'{"f": ', 50) + b"}"),
+            ("PUT", f"/api/agents/{agent}/packages", deep_packages),
+            ("PUT", f"/api/agents/{agent}/labels", b'{"labels": ' + nest(b'{"a": ', 40) + b"}"),
+        ]
+        for method, path, body in cases:
+            r = await api.request(method, path, content=body)
+            status, code, message = error(r)
+            assert (status, code) == (400, "json_too_deep"), (path, r.text)
+            assert "nested deeper than 32" in message
+        assert (await api.get("/api/groups/g")).status_code == 404
+    assert await snapshot(settings.database_url) == before
