@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from opamp_fast.protocol.codec import format_instance_uid
-from tests.helpers.config_api import api_client, create_config
+from tests.helpers.config_api import api_client, create_config, files
 from tests.integration.test_configs import snapshot
 
 pytestmark = pytest.mark.postgres
@@ -91,3 +91,37 @@ async def test_json_nested_thousands_deep_is_400_and_changes_nothing(server: Any
             assert "nested deeper than 32" in message
         assert (await api.get("/api/groups/g")).status_code == 404
     assert await snapshot(settings.database_url) == before
+
+
+async def test_names_with_a_trailing_newline_are_refused(server: Any) -> None:
+    settings = server.services.settings
+    async with api_client(server) as api:
+        await create_config(api, "base", "a: 1\n")
+        before = await snapshot(settings.database_url)
+        agent = format_instance_uid(b"\x02" * 16)
+        writes: list[tuple[str, str, Any]] = [
+            ("POST", "/api/configs", {"name": "edge\n", "files": files("a: 1\n")}),
+            ("PUT", "/api/groups/prod%0A", {"selector": {}}),
+            ("PUT", "/api/groups/prod", {"selector": {}, "config": "base\n"}),
+            ("PUT", "/api/groups/prod", {"selector": {}, "config": "ba\x00se"}),  # was a 500
+            ("PUT", f"/api/agents/{agent}/config", {"config": "base\n"}),
+            ("PUT", f"/api/agents/{agent}/packages", {"packages": [{"name": "p\n"}]}),
+            ("PUT", f"/api/agents/{agent}/packages",
+             {"packages": [{"name": "p", "version": "1.0.0\n"}]}),
+        ]  # fmt: skip
+        for method, path, body in writes:
+            r = await api.request(method, path, json=body)
+            status, code, _ = error(r)
+            assert status == 400 and code in ("invalid_body", "invalid_parameter"), (path, r.text)
+        for path in (
+            "/api/configs/base%0A",
+            "/api/configs/base%0A/status",
+            "/api/groups/prod%0A",
+            "/api/packages/p%0A",
+            "/api/packages/p/1.0.0%0A",
+            "/v1/packages/p/1.0.0%0A/file",
+        ):
+            r = await api.get(path)
+            assert error(r)[0] == 400, (path, r.text)
+        assert await snapshot(settings.database_url) == before
+        assert [c["name"] for c in (await api.get("/api/configs")).json()["configs"]] == ["base"]

@@ -53,19 +53,25 @@ def test_semver_precedence_follows_the_specification() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["1", "1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", "", "a.b.c"]
-)
+    "text",
+    [
+        "1", "1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", "", "a.b.c",
+        "1.0.\u0661", "1.0.1\u0661", "1.0.0-1\u0661", "1.0.0\n", "1.0.0-rc\n", "1.0.0+b\n",
+    ],
+)  # fmt: skip
 def test_invalid_versions_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="semantic version"):
         parse_semver(text)
 
 
-@pytest.mark.parametrize("name", ["collector", "otel-col_1.x", "A"])
+@pytest.mark.parametrize("name", ["collector", "otel-col_1.x", "A", "a.", "a.-.b", "x" * 128])
 def test_valid_names(name: str) -> None:
     assert validate_name(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "a..b", "x" * 129, "a b"])
+@pytest.mark.parametrize(
+    "name", ["", "../x", "a/b", ".hidden", "a..b", "x" * 129, "a b", "a\n", "a..", "\u0661"]
+)
 def test_invalid_names(name: str) -> None:
     assert validate_name(name) is not None
 

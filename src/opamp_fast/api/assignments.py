@@ -14,7 +14,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import ConfigInputError, Directory, json_attributes, parse_labels
+from ..configs import (
+    ConfigInputError,
+    Directory,
+    config_name_or_none,
+    json_attributes,
+    parse_labels,
+)
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import config_queries as cq
@@ -141,10 +147,11 @@ def routes(services: Services) -> list[DocumentedRoute]:
             raise APIError(
                 400, "invalid_body", "config: required (a config name, or null to unpin)"
             )
-        config = body["config"]
+        try:
+            config = config_name_or_none(body["config"])
+        except ConfigInputError as exc:
+            raise input_error(exc) from None
         version = body.get("version")
-        if config is not None and not isinstance(config, str):
-            raise APIError(400, "invalid_body", "config: must be a config name or null")
         if version is not None and (
             isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31
         ):

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import ConfigInputError, parse_selector
+from ..configs import ConfigInputError, config_name_or_none, parse_selector
 from ..packages.registry import Ref, q_group_packages, q_set_group_packages
 from ..services import Services
 from ..storage import config_queries as cq
@@ -185,11 +185,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
             raise APIError(400, "invalid_body", "packages: package management is not enabled")
         try:
             selector = parse_selector(body.get("selector", {})).as_dict()
+            config = config_name_or_none(body.get("config"))
         except ConfigInputError as exc:
             raise input_error(exc) from None
-        config = body.get("config")
-        if config is not None and not isinstance(config, str):
-            raise APIError(400, "invalid_body", "config: must be a config name or null")
         version = body.get("version")
         if version is not None:
             version = _int(version, "version", 1, 2**31 - 1)

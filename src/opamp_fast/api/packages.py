@@ -484,7 +484,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
             digest = received.sha256.digest()
             declared = fields.get("sha256")
             if declared is not None:
-                if not _HEX64.match(declared):
+                if not _HEX64.fullmatch(declared):
                     raise invalid_parameter("sha256", "must be 64 hex digits")
                 if not hmac.compare_digest(bytes.fromhex(declared), digest):
                     raise APIError(

@@ -165,7 +165,7 @@ def parse_page(params: QueryParams, max_page_size: int) -> Page:
     if cursor is not None:
         if "offset" in params:
             raise invalid_parameter("offset", "cannot be combined with cursor")
-        if not cursor or len(cursor) > MAX_CURSOR_CHARS or not _B64URL.match(cursor):
+        if not cursor or len(cursor) > MAX_CURSOR_CHARS or not _B64URL.fullmatch(cursor):
             raise invalid_parameter("cursor", "malformed (not a cursor returned by this list)")
     return Page(limit, offset, cursor)
 

@@ -65,7 +65,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Package names: 1 to 128 of letters, digits, '.', '_', '-', starting with a letter or digit, no
+# "..". Also the ``pattern`` of the OpenAPI document; matched whole (``$`` alone would accept a
+# final newline).
+NAME_PATTERN: Final = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+MAX_NAME_CHARS: Final = 128
+NAME_RE: Final = re.compile(NAME_PATTERN)
 TYPES: Final = {"top_level": pb.PackageType_TopLevel, "addon": pb.PackageType_Addon}
 STATUS_NAMES: Final[dict[int, str]] = {
     pb.PackageStatusEnum_Installed: "installed",
@@ -80,7 +85,7 @@ Ref = tuple[str, str]  # (name, version)
 
 def validate_name(name: str) -> str | None:
     """None when ``name`` is a valid package name, else why not."""
-    if not NAME_RE.match(name) or ".." in name:
+    if len(name) > MAX_NAME_CHARS or not NAME_RE.fullmatch(name):
         return (
             "must be 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
