@@ -39,7 +39,6 @@ from starlette.responses import Response, StreamingResponse
 
 from ..auth import AgentTokenVerifier, agent_token_key
 from ..packages.registry import (
-    DOWNLOAD_PATH,
     PackageInfo,
     PackageRegistry,
     all_packages_hash,
@@ -681,8 +680,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
         params = request.query_params
         if "signature" in params:
             expires, signature = signed_url_params(params)
-            path = DOWNLOAD_PATH.format(name=name, version=version)
-            why = registry.signer.verify(path, expires, signature, now=time.time())
+            why = registry.signer.verify(name, version, expires, signature, now=time.time())
             if why is None:
                 return
             raise APIError(403, "forbidden", why)

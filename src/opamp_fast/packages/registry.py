@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
 
 import anyio
 import psycopg
@@ -79,7 +78,6 @@ STATUS_NAMES: Final[dict[int, str]] = {
     pb.PackageStatusEnum_InstallFailed: "install_failed",
     pb.PackageStatusEnum_Downloading: "downloading",
 }
-DOWNLOAD_PATH: Final = "/v1/packages/{name}/{version}/file"
 Ref = tuple[str, str]  # (name, version)
 
 
@@ -519,11 +517,8 @@ class PackageRegistry:
         direct = self.store.direct_url(info.storage_key, self.url_ttl_s)
         if direct is not None:
             return direct
-        path = DOWNLOAD_PATH.format(
-            name=quote(info.name, safe=""), version=quote(info.version, safe="")
-        )
         expires = int(now) + self.url_ttl_s
-        return f"{self.base_url}{path}?{self.signer.query(path, expires)}"
+        return self.base_url + self.signer.url(info.name, info.version, expires)
 
     def build_offer(self, infos: Sequence[PackageInfo], now: float) -> pb.PackagesAvailable:
         offer = pb.PackagesAvailable(all_packages_hash=all_packages_hash(infos))
