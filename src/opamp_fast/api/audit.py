@@ -66,16 +66,28 @@ def exception_handlers(services: Services) -> dict[type[Exception], Any]:
             exc.who.subject,
             exc.who.role,
             exc.action,
-            exc.target,
+            _printable(exc.target),
             outcome="denied",
-            after={"needs": exc.minimum, "method": request.method, "path": request.url.path},
+            after={
+                "needs": exc.minimum,
+                "method": request.method,
+                "path": _printable(request.url.path),
+            },
             request_id=request_id(request),
             client_addr=client_addr(request),
         )
-        await services.db.run(lambda conn: append_audit(conn, row))
+        if services.denials is not None:
+            await services.denials.record(row)
+        else:
+            await services.db.run(lambda conn: append_audit(conn, row))
         return error_response(exc.status, exc.code, exc.message)
 
     return {Forbidden: forbidden}
+
+
+def _printable(text: str) -> str:
+    """Text a refused caller chose, as it can be stored (Postgres text holds no NUL)."""
+    return text.replace("\x00", "\ufffd")[:MAX_TEXT_CHARS]
 
 
 def _text(request: Request, name: str) -> str | None:
