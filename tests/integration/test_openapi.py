@@ -106,6 +106,35 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
     assert spec["paths"]["/healthz"]["get"]["security"] == []
 
 
+async def test_405_lists_every_method_of_the_path(server) -> None:
+    """Several routes share a path, one per method: a method none of them has is one 405 whose
+    Allow names them all (Starlette named only the first route's), and a literal segment wins
+    over a parameter (".../latest" is never version "latest")."""
+    token = token_for(server.services.settings)
+    headers = {"Authorization": f"Bearer {token}"}
+    expected = {
+        "/api/configs": "GET, HEAD, POST",
+        "/api/configs/c": "DELETE, GET, HEAD",
+        "/api/groups/g": "DELETE, GET, HEAD, PUT",
+        "/api/packages": "GET, HEAD, POST",
+        "/api/packages/p/1.0.0": "DELETE, GET, HEAD",
+        "/api/packages/p/latest": "GET, HEAD",
+        "/api/packages/p/status": "GET, HEAD",
+        "/api/agents/00000000000000000000000000000001/config": "GET, HEAD, PUT",
+        "/api/agents/00000000000000000000000000000001/packages": "GET, HEAD, PUT",
+        "/healthz": "GET, HEAD",
+    }
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as client:
+        for path, allow in expected.items():
+            for method in ("OPTIONS", "PATCH", "DELETE", "POST", "PUT", "TRACE"):
+                if method in allow:
+                    continue
+                r = await client.request(method, path)
+                assert r.status_code == 405, (method, path, r.text)
+                assert set(r.headers["allow"].split(", ")) == set(allow.split(", ")), path
+                assert r.json()["error"]["code"] == "method_not_allowed"
+
+
 async def test_swagger_ui_page(server) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         r = await client.get("/docs")
