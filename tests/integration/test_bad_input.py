@@ -125,3 +125,48 @@ async def test_names_with_a_trailing_newline_are_refused(server: Any) -> None:
             assert error(r)[0] == 400, (path, r.text)
         assert await snapshot(settings.database_url) == before
         assert [c["name"] for c in (await api.get("/api/configs")).json()["configs"]] == ["base"]
+
+
+async def test_the_server_reads_input_as_the_document_describes_it(server: Any) -> None:
+    """Edge cases where the server used to be looser or stricter than /openapi.json."""
+    async with api_client(server, role="admin") as api:
+        # since/until are RFC 3339 date-times ('T' and 'Z' in either case), not any ISO 8601.
+        for ok in (
+            "2025-01-01T00:00:00Z",
+            "2025-01-01t00:00:00.123456789z",
+            "2025-01-01T02:00:00+02:00",
+        ):
+            assert (await api.get("/api/audit", params={"since": ok})).status_code == 200, ok
+        for bad in (
+            "2025-01-01",
+            "2025-01-01T00:00",
+            "2025-01-01 00:00:00Z",
+            "",
+            "2025-13-01T00:00:00Z",
+        ):
+            assert_invalid(await api.get("/api/audit", params={"until": bad}), "until")
+        # An integer in a JSON body is any number without a fraction, as JSON Schema says.
+        agent = format_instance_uid(b"\x03" * 16)
+        r = await api.put(f"/api/agents/{agent}/config", json={"config": None, "version": 3.0})
+        assert error(r)[:2] == (404, "agent_not_found")
+        r = await api.put(f"/api/agents/{agent}/config", json={"config": None, "version": 3.5})
+        assert error(r)[:2] == (400, "invalid_body")
+        # Cursors have a documented shape; offset and cursor exclude each other.
+        assert_invalid(await api.get("/api/agents?cursor=a.00.1"), "cursor")
+        cursor = "a." + "0" * 32 + ".5"
+        assert (await api.get(f"/api/agents?cursor={cursor}")).json()["total"] == 5
+        assert_invalid(await api.get(f"/api/agents?cursor={cursor}&offset=0"), "offset")
+        # Event types are known names, comma-separated, nothing else (an empty one included).
+        for query in ("type=", "type=agent.connected,", "type=%20agent.connected"):
+            assert_invalid(await api.get(f"/api/events?{query}"), "type")
+        # An upload carries the documented parts, as sent (no trimming, no unknown parts).
+        part = {"file": ("p.bin", b"x", "application/octet-stream")}
+        refused = [
+            {"name": "p", "version": "1.0.0", "color": "red"},
+            {"name": "p ", "version": "1.0.0"},
+            {"name": "p", "version": "1.0.0", "type": ""},
+        ]
+        for data in refused:
+            r = await api.post("/api/packages", data=data, files=part)
+            assert error(r)[0] == 400, (data, r.text)
+        assert (await api.get("/api/packages/p")).status_code == 404

@@ -14,13 +14,41 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from ..configs import ConfigInputError
+from ..configs import MAX_LABEL_CHARS, ConfigInputError
 from ..strictint import parse_ascii_int
 from .errors import APIError
+from .params import text_schema
 
 MAX_JSON_DEPTH = 32  # arrays and objects inside one another
 
 _decoder = msgspec.json.Decoder()
+
+
+def body_integer(value: Any, what: str, lo: int, hi: int) -> int:
+    """An integer of a JSON body in ``lo..hi``, else a 400. As in JSON Schema, a number with no
+    fractional part is an integer (``3.0``, ``3e0``); ``true`` is not."""
+    if isinstance(value, float) and value.is_integer() and lo <= value <= hi:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise APIError(400, "invalid_body", f"{what}: must be an integer from {lo} to {hi}")
+    return value
+
+
+def labels_schema(max_entries: int) -> dict[str, Any]:
+    """JSON Schema of a ``{key: value}`` map as :func:`~opamp_fast.configs.parse_labels` takes
+    it (labels, selectors)."""
+    text = text_schema(MAX_LABEL_CHARS)
+    return {
+        "type": "object",
+        "maxProperties": max_entries,
+        "propertyNames": {**text, "minLength": 1},
+        "additionalProperties": text,
+    }
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or null."""
+    return {**schema, "type": [schema["type"], "null"]}
 
 
 def declared_length(request: Request) -> int | None:

@@ -59,6 +59,11 @@ class Operation:
     method: str = "GET"
     status: int = 200  # the success status of ``response``
     extra_responses: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | None = None  # the JSON Schema of the (required) request body
+    body_media_type: str = "application/json"
+    # OpenAPI links of the success responses: the operations that read, change or remove what
+    # this one answered with (see :func:`links`).
+    links: dict[str, Any] = field(default_factory=dict)
 
 
 class DocumentedRoute(Route):
@@ -164,6 +169,20 @@ def _json_content(ref: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": ref}}}
 
 
+def links(operation_ids: Sequence[str], **parameters: str) -> dict[str, Any]:
+    """OpenAPI links to ``operation_ids``, each given ``parameters`` (runtime expressions such as
+    ``$response.body#/name`` or ``$request.path.id``)."""
+    return {op: {"operationId": op, "parameters": parameters} for op in operation_ids}
+
+
+def json_response(description: str, struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A response object whose JSON body is ``struct`` (for ``Operation.extra_responses``)."""
+    return {
+        "description": description,
+        "content": _json_content(SCHEMA_REF.format(name=struct.__name__)),
+    }
+
+
 def _error_response(status: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": _ERROR_TEXT.get(status, "Error."),
@@ -188,6 +207,10 @@ def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
             "description": (op.response.__doc__ or "OK").strip().splitlines()[0],
             "content": _json_content(SCHEMA_REF.format(name=op.response.__name__)),
         }
+    if op.links:
+        for code, response in responses.items():
+            if code.startswith("2"):
+                responses[code] = {**response, "links": op.links}
     errors = sorted({*op.errors, *([401] if op.secured else [])})
     for status in errors:
         responses[str(status)] = _error_response(status)
@@ -200,6 +223,11 @@ def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
     }
     if op.description:
         out["description"] = op.description
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {op.body_media_type: {"schema": op.body}},
+        }
     out["security"] = [{SECURITY_SCHEME: []}] if op.secured else []
     return out
 
