@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from .api.responses import error_response
 from .config import Settings
 from .errors import ConfigError, StartupError
+from .strictint import parse_ascii_int
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ SECRET_FILE_NAME = "jwt-secret"
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 _MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 MAX_TOKEN_CHARS = 8192  # a JWT bigger than this is garbage, not a credential
-_TTL_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_TTL_RE = re.compile(r"\s*([0-9]{1,10})\s*([smhd])\s*")  # fullmatch
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -224,10 +225,11 @@ def principal_of(scope: Mapping[str, Any]) -> Principal:
 
 def parse_ttl(text: str) -> int:
     """``30s``, ``15m``, ``1h``, ``7d`` (or bare seconds) -> seconds; ValueError otherwise."""
-    if text.strip().isdigit():
-        seconds = int(text)
+    bare = parse_ascii_int(text.strip(), max_digits=10)
+    if bare is not None:
+        seconds = bare
     else:
-        match = _TTL_RE.match(text)
+        match = _TTL_RE.fullmatch(text)
         if match is None:
             raise ValueError(f"{text!r} is not a duration such as 30s, 15m, 1h or 7d")
         seconds = int(match.group(1)) * _TTL_UNITS[match.group(2)]

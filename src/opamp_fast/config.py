@@ -102,6 +102,7 @@ class Settings:
     events_replay_max: int = 10_000
     events_queue_max: int = 1_000
     events_keepalive_s: float = 15.0
+    audit_denial_window_s: float = 60.0
     public_url: str | None = None
     package_store: str | None = None
     package_max_bytes: int = 1024 * MIB
@@ -242,6 +243,12 @@ class Settings:
             value = getattr(self, name)
             _check(1 <= value <= 1_000_000, name, value, "must be between 1 and 1000000")
         _positive("events_keepalive_s", self.events_keepalive_s)
+        _check(
+            0 < self.audit_denial_window_s <= 86400,
+            "audit_denial_window_s",
+            self.audit_denial_window_s,
+            "must be more than 0 and at most 86400",
+        )
         _check(
             self.package_max_bytes >= 1, "package_max_bytes", self.package_max_bytes, "must be >= 1"
         )
@@ -424,6 +431,9 @@ _HELP = {
     "events_queue_max": "events waiting for one /api/events subscriber beyond which it is "
     "dropped with a resync hint (a slow client never slows agents)",
     "events_keepalive_s": "idle seconds between keep-alive comments on /api/events",
+    "audit_denial_window_s": "refused REST requests (403) of one principal and action are "
+    "audited as one row at the first refusal and one row counting the repeats per window of "
+    "this many seconds",
 }
 _SECRETS = {
     "agent_auth_token",

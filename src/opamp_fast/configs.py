@@ -37,6 +37,7 @@ __all__ = [
     "Selector",
     "VersionRef",
     "batch_size",
+    "config_name_or_none",
     "decide_rollout",
     "description_attributes",
     "parse_files",
@@ -45,7 +46,10 @@ __all__ = [
     "parse_selector",
 ]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Config and group names; also the ``pattern`` of the OpenAPI document. Matched whole
+# (``fullmatch``): ``$`` alone would accept a trailing newline.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NAME_RE = re.compile(NAME_PATTERN)
 MAX_FILES = 64
 MAX_FILE_NAME_CHARS = 256
 MAX_CONTENT_TYPE_CHARS = 128
@@ -70,12 +74,17 @@ class ConfigInputError(ValueError):
 
 def parse_name(value: Any, what: str = "name") -> str:
     """A config or group name: 1-128 characters of ``A-Z a-z 0-9 . _ -``, starting alnum."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ConfigInputError(
             f"{what}: must be 1-128 characters of letters, digits, '.', '_' or '-' "
             f"starting with a letter or digit, got {_show(value)}"
         )
     return value
+
+
+def config_name_or_none(value: Any) -> str | None:
+    """A body's ``config``: a config name, or null for none."""
+    return None if value is None else parse_name(value, "config")
 
 
 def parse_files(value: Any, *, max_bytes: int) -> dict[str, tuple[bytes, str]]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -81,8 +82,39 @@ EVENT_TYPES: Final[Mapping[str, str]] = {
     "config.changed": "operator change of a configuration or its assignment (id, action, ...)",
     "package.changed": "operator change of a package (id, action, ...)",
 }
+# An event id: ``<stream>-<seq>`` (the stream is random per server start). Also the
+# ``pattern`` of ``last_event_id`` in the OpenAPI document; matched whole.
+EVENT_ID_PATTERN: Final = r"^[0-9A-Za-z_]{1,64}-[0-9]{1,18}$"
+_EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
 RESYNC: Final = "resync"  # control event: state was missed; re-read it from the REST API
 MAX_TEXT: Final = 256  # strings in event data are cut to this many characters
+# One Server-Sent Events frame of a stream, as the OpenAPI document describes it: ``event`` is
+# the type, ``data`` the event as JSON (a fleet event, ``resync`` or ``auth_expired``).
+FRAME_SCHEMA: Final[Mapping[str, Any]] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": EVENT_ID_PATTERN},
+        "event": {"enum": [*sorted(EVENT_TYPES), RESYNC, "auth_expired"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"enum": [*sorted(EVENT_TYPES), RESYNC, "auth_expired"]},
+                    "seq": {"type": "integer", "minimum": 0},
+                    "at": {"type": "string", "format": "date-time"},
+                    "instance": {"type": "string"},
+                    "agent": {"type": ["string", "null"]},
+                    "data": {"type": "object"},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+    },
+}
 _MAX_NOTICE: Final = 7000  # Postgres allows < 8000 bytes per NOTIFY payload
 _encoder = msgspec.json.Encoder()
 
@@ -357,10 +389,10 @@ class EventHub:
         return f"{self.stream}-{self._seq}"
 
     def parse_id(self, text: str) -> tuple[str, int] | None:
-        """``(stream, seq)`` of an event id, None when it is not one."""
-        stream, sep, seq = text.strip().rpartition("-")
-        if not sep or not stream or not seq.isdigit() or len(seq) > 18 or len(stream) > 64:
+        """``(stream, seq)`` of an event id (:data:`EVENT_ID_PATTERN`), None when it is not one."""
+        if not _EVENT_ID.fullmatch(text):
             return None
+        stream, _, seq = text.partition("-")
         return stream, int(seq)
 
     def subscribe(

@@ -19,6 +19,7 @@ import anyio
 
 from . import __version__
 from .admission import Admission, LoopLag
+from .audit_denials import DenialLog
 from .auth import AgentTokenVerifier, agent_token_key
 from .cluster import Cluster
 from .config import Settings
@@ -65,6 +66,8 @@ class Services:
     configs: ConfigService | None = None
     # Agent packages (issue 14): registry, offers, statuses.
     packages: PackageRegistry | None = None
+    # Refused REST requests, aggregated into the audit log (audit_denials).
+    denials: DenialLog | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -180,6 +183,7 @@ async def open_services(
         ),
         events=events,
         online_history=(online_history := OnlineHistory(_online_sampler(db))),
+        denials=(denials := DenialLog(db, window_s=settings.audit_denial_window_s)),
     )
     services.packages = build_package_registry(settings, db=db, registry=registry, fleet=fleet)
     services.cluster.on_packages = services.packages.notice
@@ -213,6 +217,7 @@ async def open_services(
                 services.metrics.configs = services.configs
             await group.start(services.configs.run)
             await group.start(online_history.run)
+            await group.start(denials.run)
             if services.metrics_share is not None:
                 await group.start(services.metrics_share.run)
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -172,3 +173,66 @@ async def test_the_console_session_says_who_and_which_role(server: Any) -> None:
         assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
     async with httpx.AsyncClient(base_url=server.url) as anonymous:
         assert (await anonymous.get("/api/ui/me")).status_code == 401
+
+
+async def test_repeated_refusals_are_counted_not_appended_one_by_one(
+    start_server: Any, make_settings: Any
+) -> None:
+    """A viewer repeating a refused write cannot grow the audit log without limit: the first
+    refusal of a window is a row at once, the repeats of that window one more row with their
+    count when it closes. Every refusal is still a 403."""
+    window_s = 2.0
+    running = await start_server(make_settings(audit_denial_window_s=window_s))
+    url = running.services.settings.database_url
+    query = "SELECT action, target, after FROM audit_log WHERE actor = 'vic' ORDER BY id"
+    async with api_client(running, role="viewer", sub="vic") as viewer:
+        started = time.monotonic()
+        assert (await viewer.put("/api/groups/g", json={"selector": {}})).status_code == 403
+        first = {"needs": "operator", "method": "PUT", "path": "/api/groups/g", "count": 1}
+        assert await sql(url, query) == [("group.put", "group:g", first)]  # at once
+        for i in range(300):
+            r = await viewer.put(f"/api/groups/g{i % 3}", json={"selector": {}})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        elapsed = time.monotonic() - started
+        other = await viewer.delete("/api/configs/base")  # another action: its own first row
+        assert other.status_code == 403
+        assert (await sql(url, query))[-1][:2] == ("config.delete", "config:base")
+
+        async def counted() -> list[tuple[Any, ...]]:
+            rows = await sql(url, query + " LIMIT 1000")
+            puts = [r for r in rows if r[0] == "group.put"]
+            return puts if sum(r[2]["count"] for r in puts) == 301 else []
+
+        puts: list[tuple[Any, ...]] = []
+        with anyio.fail_after(3 * window_s + 5):  # the window closes, then its row is written
+            while not puts:
+                await anyio.sleep(0.1)
+                puts = await counted()
+    windows = int(elapsed // window_s) + 2  # the windows the burst can have touched
+    assert len(puts) <= 2 * windows, puts
+    summaries = [after for _, _, after in puts if after["count"] > 1]
+    assert summaries and all(after["needs"] == "operator" for after in summaries)
+    seen = {t for after in summaries for t in after["targets"]}
+    assert seen <= {"group:g0", "group:g1", "group:g2"} and len(seen) == 3
+    async with api_client(running, role="operator", sub="olga") as op:
+        page = (await op.get("/api/audit", params={"actor": "vic"})).json()["entries"]
+    assert sum(e["after"]["count"] for e in page if e["action"] == "group.put") == 301
+    assert all(e["outcome"] == "denied" for e in page)
+
+
+async def test_the_open_window_is_written_at_shutdown(
+    start_server: Any, make_settings: Any
+) -> None:
+    running = await start_server(make_settings(audit_denial_window_s=3600))
+    url = running.services.settings.database_url
+    query = "SELECT target, after->'count' FROM audit_log WHERE actor = 'vic' ORDER BY id"
+    async with api_client(running, role="viewer", sub="vic") as viewer:
+        for _ in range(5):  # a name the database cannot store as text: still a 403, not a 500
+            r = await viewer.post("/api/configs", json={"name": "a\x00b", "files": files("")})
+            assert r.status_code == 403, r.text
+    assert await sql(url, query) == [("config:a\ufffdb", 1)]
+    running.services.shutdown.set()
+    with anyio.fail_after(15):
+        while len(rows := await sql(url, query)) < 2:
+            await anyio.sleep(0.1)
+    assert rows == [("config:a\ufffdb", 1), ("config:a\ufffdb", 4)]

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import boto3
@@ -448,3 +449,40 @@ async def test_http_agent_gets_the_offer_on_its_next_poll(
             "packages_available"
         )
         assert not (await agent.heartbeat()).HasField("packages_available")
+
+
+# ------------------------------------------------------------------------- signed URLs
+
+
+async def test_signed_urls_hold_for_versions_with_build_metadata(server: Any) -> None:
+    """A '+' in a version is percent-encoded in the offered URL's path; the signature covers the
+    name and version themselves, so the agent downloads it whichever way its client spells the
+    path. Characters no version may carry ('~', '%', non-ASCII) are a 400, signed or not."""
+    token = token_for(server.services.settings)
+    headers = {"Authorization": f"Bearer {token}"}
+    content = os.urandom(20_000)
+    name = "otel.col_x-1"
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=headers) as api:
+        for version in ("1.0.1+build.7", "2.0.0-rc.1+exp.sha.5114f85"):
+            assert (await upload(api, name, version, content)).status_code == 201
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            agent = HTTPAgent(client, caps=PKG_CAPS)
+            await agent.full_state()
+            for version in ("1.0.1+build.7", "2.0.0-rc.1+exp.sha.5114f85"):
+                wanted = {"packages": [{"name": name, "version": version}]}
+                agent_id = format_instance_uid(agent.uid)
+                assert (await api.put(f"/api/agents/{agent_id}/packages", json=wanted)).is_success
+                url = (await agent.heartbeat()).packages_available.packages[name].file.download_url
+                assert f"/{name}/{version.replace('+', '%2B')}/file?" in url, url
+                for spelling in (url, url.replace("%2B", "+", 1), url.replace("%2B", "%2b", 1)):
+                    got = await fetch(spelling)
+                    assert (got.status_code, got.content) == (200, content), (spelling, got.text)
+                tampered = await fetch(url.replace("%2B", "%2B0", 1))
+                assert tampered.status_code == 403, tampered.text
+                assert tampered.json()["error"]["message"] == "bad signature"
+        for version in ("1.0.0~rc.1", "1.0.0%", "1.0.0-\u00fc", "1.0.0+\u00e9"):
+            r = await upload(api, name, version, content)
+            assert r.status_code == 400 and error_code(r) == "invalid_parameter", version
+            quoted = quote(version, safe="")
+            r = await fetch(f"{server.url}/v1/packages/{name}/{quoted}/file?{url.split('?')[1]}")
+            assert r.status_code == 400 and error_code(r) == "invalid_parameter", (version, r.text)

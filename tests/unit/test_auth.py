@@ -57,7 +57,10 @@ def test_parse_ttl(text: str, seconds: int) -> None:
     assert parse_ttl(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "1w", "h", "-1h", "0s", "1.5h", "99999d", "1 h m"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "1w", "h", "-1h", "0s", "1.5h", "99999d", "1 h m", "\u00b2", "\u00b2h", "1_0", "\u0661h"],
+)
 def test_parse_ttl_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_ttl(text)

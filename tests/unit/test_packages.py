@@ -5,8 +5,11 @@ older reported hash)."""
 from __future__ import annotations
 
 import random
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from opamp_fast.api.packages import parse_range
 from opamp_fast.packages.registry import PackageInfo, all_packages_hash, validate_name
@@ -53,33 +56,64 @@ def test_semver_precedence_follows_the_specification() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["1", "1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", "", "a.b.c"]
-)
+    "text",
+    [
+        "1", "1.0", "v1.0.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+", "1..0", "", "a.b.c",
+        "1.0.\u0661", "1.0.1\u0661", "1.0.0-1\u0661", "1.0.0\n", "1.0.0-rc\n", "1.0.0+b\n",
+    ],
+)  # fmt: skip
 def test_invalid_versions_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="semantic version"):
         parse_semver(text)
 
 
-@pytest.mark.parametrize("name", ["collector", "otel-col_1.x", "A"])
+@pytest.mark.parametrize("name", ["collector", "otel-col_1.x", "A", "a.", "a.-.b", "x" * 128])
 def test_valid_names(name: str) -> None:
     assert validate_name(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "a..b", "x" * 129, "a b"])
+@pytest.mark.parametrize(
+    "name", ["", "../x", "a/b", ".hidden", "a..b", "x" * 129, "a b", "a\n", "a..", "\u0661"]
+)
 def test_invalid_names(name: str) -> None:
     assert validate_name(name) is not None
 
 
-def test_signed_urls_cover_path_and_expiry() -> None:
+def test_signed_urls_cover_name_version_and_expiry() -> None:
     signer = URLSigner(b"k" * 32)
-    path = "/v1/packages/a/1.0.0/file"
-    sig = signer.signature(path, 2000)
-    assert signer.verify(path, "2000", sig, now=1000) is None
-    assert signer.verify(path, "2000", sig, now=2001) == "the download URL has expired"
-    assert signer.verify(path, "2001", sig, now=1000) == "bad signature"
-    assert signer.verify("/v1/packages/a/1.0.1/file", "2000", sig, now=1000) == "bad signature"
-    assert signer.verify(path, "x", sig, now=1000) == "malformed expiry"
-    assert URLSigner(b"j" * 32).verify(path, "2000", sig, now=1000) == "bad signature"
+    sig = signer.signature("a", "1.0.0", 2000)
+    assert signer.verify("a", "1.0.0", 2000, sig, now=1000) is None
+    assert signer.verify("a", "1.0.0", 2000, sig, now=2001) == "the download URL has expired"
+    assert signer.verify("a", "1.0.0", 2001, sig, now=1000) == "bad signature"
+    assert signer.verify("a", "1.0.1", 2000, sig, now=1000) == "bad signature"
+    assert signer.verify("b", "1.0.0", 2000, sig, now=1000) == "bad signature"
+    assert URLSigner(b"j" * 32).verify("a", "1.0.0", 2000, sig, now=1000) == "bad signature"
+    assert signer.verify("a", "1.0.0", 2000, "\u00e9" * 64, now=1000) == "bad signature"
+    # Nothing to encode: the message is the URL's own path, as before (old URLs stay valid).
+    assert (
+        signer.url("a", "1.0.0", 2000) == f"/v1/packages/a/1.0.0/file?expires=2000&signature={sig}"
+    )
+
+
+def _as_received(url: str) -> tuple[str, str, int, str]:
+    """What the server routes on: the path decoded the way the ASGI server decodes it."""
+    parts = urlsplit(url)
+    _, _, _, name, version, _ = parts.path.split("/")
+    query = dict(parse_qsl(parts.query))
+    return unquote(name), unquote(version), int(query["expires"]), query["signature"]
+
+
+@given(
+    name=st.text(min_size=1, max_size=40).filter(lambda s: "/" not in s),
+    version=st.text(min_size=1, max_size=40).filter(lambda s: "/" not in s),
+)
+def test_signed_urls_verify_after_the_round_trip_through_a_url(name: str, version: str) -> None:
+    """'+', '~', '%', non-ASCII, spaces: whatever the text, the URL's decoded path verifies."""
+    signer = URLSigner(b"k" * 32)
+    url = "http://h:1" + signer.url(name, version, 2000)
+    got_name, got_version, expires, signature = _as_received(url)
+    assert (got_name, got_version) == (name, version)
+    assert signer.verify(got_name, got_version, expires, signature, now=1000) is None
 
 
 @pytest.mark.parametrize(
@@ -96,6 +130,10 @@ def test_signed_urls_cover_path_and_expiry() -> None:
         ("items=0-1", None),
         ("bytes=5-1", None),
         ("bytes=x-1", None),
+        ("bytes=\u00b2-5", None),  # digits are ASCII digits only
+        ("bytes=-\u00b2", None),
+        ("bytes=1_0-20", None),
+        ("bytes= 10 - 20 ", (10, 20)),
     ],
 )
 def test_parse_range(header: str | None, expected: object) -> None:

@@ -49,13 +49,13 @@ from .models import (
     StatusSummary,
     TransportCounts,
 )
-from .openapi import DocumentedRoute, Operation
+from .openapi import DocumentedRoute, Operation, links
 from .packages import load_agent_packages
 from .params import (
+    AGENT_CURSOR_PATTERN,
     AGENT_ID_PARAM,
-    CURSOR_PARAM,
+    HISTORY_CURSOR_PATTERN,
     LABEL_PARAM,
-    OFFSET_PARAM,
     Q_PARAM,
     STATUS_PARAM,
     Page,
@@ -63,7 +63,7 @@ from .params import (
     decode_history_cursor,
     encode_agent_cursor,
     encode_history_cursor,
-    limit_param,
+    page_param,
     parse_agent_id,
     parse_labels,
     parse_page,
@@ -74,6 +74,19 @@ from .responses import JSONResponse, encode_json
 from .roles import require_role
 
 logger = logging.getLogger(__name__)
+
+# What a client does next with an agent of a list (the OpenAPI links of the lists).
+AGENT_OPERATIONS = (
+    "get_agent",
+    "agent_active_connection",
+    "agent_connection_history",
+    "get_agent_config",
+    "get_agent_packages",
+    "put_agent_labels",
+    "put_agent_config",
+    "set_agent_packages",
+    "disconnect_agent",
+)
 
 _U64 = (1 << 64) - 1
 _CAPABILITIES = [
@@ -181,7 +194,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
     db = services.db
     settings = services.settings
     max_page = settings.api_max_page_size
-    page_params = (limit_param(max_page), OFFSET_PARAM, CURSOR_PARAM)
+    list_page_param = page_param(max_page, AGENT_CURSOR_PATTERN)
+    to_agent = links(AGENT_OPERATIONS, id="$response.body#/agents/0/id")
+    filters = (STATUS_PARAM, LABEL_PARAM, Q_PARAM)
 
     def agent_id(request: Request) -> bytes:
         return parse_agent_id(request.path_params["id"])
@@ -360,9 +375,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
             Operation(
                 "Online agents",
                 "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
-                params=page_params,
+                params=(list_page_param,),
                 response=AgentList,
                 errors=(400, 503),
+                links=to_agent,
             ),
             name="online_agents",
         ),
@@ -372,9 +388,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
             Operation(
                 "Offline agents",
                 "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
-                params=page_params,
+                params=(list_page_param,),
                 response=AgentList,
                 errors=(400, 503),
+                links=to_agent,
             ),
             name="offline_agents",
         ),
@@ -385,9 +402,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 "List agents",
                 "All agents stored in Postgres, sorted by id, filtered by status, labels "
                 "and name prefix.",
-                params=(STATUS_PARAM, LABEL_PARAM, Q_PARAM, *page_params),
+                params=(page_param(max_page, AGENT_CURSOR_PATTERN, filters),),
                 response=AgentList,
                 errors=(400, 503),
+                links=to_agent,
             ),
             name="list_agents",
         ),
@@ -424,7 +442,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 "The agent's connection history",
                 "Newest first (connected_at, id descending). Page with limit/offset, or follow "
                 "`next_cursor` (keyset, constant cost per page).",
-                params=(AGENT_ID_PARAM, *page_params),
+                params=(AGENT_ID_PARAM, page_param(max_page, HISTORY_CURSOR_PATTERN)),
                 response=ConnectionHistoryPage,
                 errors=id_errors,
             ),

@@ -52,6 +52,7 @@ def build_starlette(services: Services) -> Starlette:
         *openapi.routes(services),
         *metrics.routes(services),
     ]
+    openapi.settle_routes(routes)
     return Starlette(
         routes=routes,
         middleware=[Middleware(BearerAuthMiddleware, verifier=verifier, prefix="/api")],

@@ -14,22 +14,44 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import ConfigInputError, Directory, json_attributes, parse_labels
+from ..configs import (
+    MAX_LABELS,
+    ConfigInputError,
+    Directory,
+    config_name_or_none,
+    json_attributes,
+    parse_labels,
+)
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage.config_queries import AgentOutcome, NotFound
 from . import audit
-from .body import input_error, only_keys, read_object
+from .body import body_integer, input_error, labels_schema, nullable, only_keys, read_object
 from .config_models import AgentAssignment, AgentLabels, ConfigRef, RemoteConfigState
-from .configs import run_db
+from .configs import NAME_SCHEMA, VERSION_SCHEMA, run_db
 from .errors import APIError
-from .openapi import DocumentedRoute, Operation
+from .openapi import DocumentedRoute, Operation, links
 from .params import AGENT_ID_PARAM, parse_agent_id
 from .responses import JSONResponse
 from .roles import require_role
 
 MAX_BODY_BYTES = 64 * 1024
+LABELS_BODY = {
+    "type": "object",
+    "required": ["labels"],
+    "additionalProperties": False,
+    "properties": {"labels": labels_schema(MAX_LABELS)},
+}
+PIN_BODY = {
+    "type": "object",
+    "required": ["config"],
+    "additionalProperties": False,
+    "properties": {
+        "config": {**nullable(NAME_SCHEMA), "description": "A config name; null unpins."},
+        "version": {**nullable(VERSION_SCHEMA), "description": "Null or absent: the latest."},
+    },
+}
 
 
 def remote_config_state(
@@ -141,14 +163,13 @@ def routes(services: Services) -> list[DocumentedRoute]:
             raise APIError(
                 400, "invalid_body", "config: required (a config name, or null to unpin)"
             )
-        config = body["config"]
+        try:
+            config = config_name_or_none(body["config"])
+        except ConfigInputError as exc:
+            raise input_error(exc) from None
         version = body.get("version")
-        if config is not None and not isinstance(config, str):
-            raise APIError(400, "invalid_body", "config: must be a config name or null")
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31
-        ):
-            raise APIError(400, "invalid_body", "version: must be a positive integer")
+        if version is not None:
+            version = body_integer(version, "version", 1, 2**31 - 1)
 
         def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
             if not cq.agent_known(conn, uid):
@@ -201,6 +222,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 response=AgentLabels,
                 errors=write_errors,
                 method="PUT",
+                body=LABELS_BODY,
+                links=links(["get_agent"], id="$request.path.id"),
             ),
             name="put_agent_labels",
         ),
@@ -228,6 +251,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 response=AgentAssignment,
                 errors=write_errors,
                 method="PUT",
+                body=PIN_BODY,
+                links=links(["get_agent_config"], id="$request.path.id"),
             ),
             name="put_agent_config",
         ),

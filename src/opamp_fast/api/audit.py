@@ -9,10 +9,9 @@ database itself (``0006_configs.sql``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,13 +21,22 @@ from ..storage.config_queries import AuditEntry, AuditFilter, append_audit, audi
 from .config_models import AuditPage, AuditRecord
 from .errors import invalid_parameter
 from .openapi import DocumentedRoute, Operation
-from .params import CURSOR_PARAM, MAX_TEXT_CHARS, Param, _cursor_json, _encode_cursor
+from .params import (
+    EPOCH,
+    MAX_TEXT_CHARS,
+    Param,
+    cursor_fields,
+    limit_schema,
+    parse_rfc3339,
+    query_integer,
+    text_schema,
+)
 from .responses import JSONResponse, error_response
 from .roles import Forbidden, client_addr, request_id, require_role
 
 __all__ = ["entry", "exception_handlers", "routes"]
 
-_audit_cursor = msgspec.json.Decoder(tuple[Literal["l"], int, int])
+AUDIT_CURSOR_PATTERN = r"^l\.-?[0-9]{1,16}\.[0-9]{1,18}$"  # the last row's time (micros), id
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
@@ -59,16 +67,28 @@ def exception_handlers(services: Services) -> dict[type[Exception], Any]:
             exc.who.subject,
             exc.who.role,
             exc.action,
-            exc.target,
+            _printable(exc.target),
             outcome="denied",
-            after={"needs": exc.minimum, "method": request.method, "path": request.url.path},
+            after={
+                "needs": exc.minimum,
+                "method": request.method,
+                "path": _printable(request.url.path),
+            },
             request_id=request_id(request),
             client_addr=client_addr(request),
         )
-        await services.db.run(lambda conn: append_audit(conn, row))
+        if services.denials is not None:
+            await services.denials.record(row)
+        else:
+            await services.db.run(lambda conn: append_audit(conn, row))
         return error_response(exc.status, exc.code, exc.message)
 
     return {Forbidden: forbidden}
+
+
+def _printable(text: str) -> str:
+    """Text a refused caller chose, as it can be stored (Postgres text holds no NUL)."""
+    return text.replace("\x00", "\ufffd")[:MAX_TEXT_CHARS]
 
 
 def _text(request: Request, name: str) -> str | None:
@@ -81,56 +101,50 @@ def _text(request: Request, name: str) -> str | None:
 
 
 def _time(request: Request, name: str) -> datetime | None:
-    raw = _text(request, name)
+    raw = request.query_params.get(name)
     if raw is None:
         return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid_parameter(name, f"{raw[:40]!r} is not an RFC 3339 time") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise invalid_parameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
+    value = parse_rfc3339(raw)
+    if value is None:
+        raise invalid_parameter(name, f"{raw[:40]!r} is not an RFC 3339 date-time")
+    return value
 
 
 def _cursor(request: Request) -> tuple[datetime, int] | None:
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
-    try:
-        _, micros, row_id = _audit_cursor.decode(_cursor_json(raw))
-        return datetime.fromtimestamp(micros / 1_000_000, UTC), row_id
-    except (msgspec.DecodeError, ValueError, OverflowError, OSError):
-        raise invalid_parameter("cursor", "not an audit-log cursor") from None
+    micros, row_id = cursor_fields(raw, AUDIT_CURSOR_PATTERN, "an audit-log")
+    return EPOCH + timedelta(microseconds=int(micros)), int(row_id)
 
 
-def _micros(at: datetime) -> int:
-    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+def _encode_cursor(at: datetime, row_id: int) -> str:
+    return f"l.{(at - EPOCH) // timedelta(microseconds=1)}.{row_id}"
 
 
 _FILTER_PARAMS = (
-    Param("actor", "query", "Only entries by this actor (the token's `sub`).", {"type": "string"}),
+    Param("actor", "query", "Only entries by this actor (the token's `sub`).", text_schema()),
+    Param("target", "query", "Only entries about this target, e.g. `group:prod`.", text_schema()),
+    Param("action", "query", "Only this action, e.g. `config.create`.", text_schema()),
     Param(
-        "target", "query", "Only entries about this target, e.g. `group:prod`.", {"type": "string"}
-    ),
-    Param("action", "query", "Only this action, e.g. `config.create`.", {"type": "string"}),
-    Param("since", "query", "Entries at or after this time (RFC 3339).", {"type": "string"}),
-    Param("until", "query", "Entries before this time (RFC 3339).", {"type": "string"}),
-    Param(
-        "limit",
+        "since",
         "query",
-        f"Page size, 1 to {MAX_LIMIT}.",
-        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "Entries at or after this time (RFC 3339).",
+        {"type": "string", "format": "date-time"},
     ),
-    CURSOR_PARAM,
+    Param(
+        "until",
+        "query",
+        "Entries before this time (RFC 3339).",
+        {"type": "string", "format": "date-time"},
+    ),
+    Param("limit", "query", f"Page size, 1 to {MAX_LIMIT}.", limit_schema(MAX_LIMIT)),
+    Param(
+        "cursor",
+        "query",
+        "The `next_cursor` of the previous page (keyset: constant cost however deep).",
+        {"type": "string", "pattern": AUDIT_CURSOR_PATTERN},
+    ),
 )
 
 
@@ -146,13 +160,13 @@ def routes(services: Services) -> list[DocumentedRoute]:
             since=_time(request, "since"),
             until=_time(request, "until"),
         )
-        limit = _limit(request)
+        limit = query_integer(request.query_params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         after = _cursor(request)
         rows = await db.run(lambda conn: audit_page(conn, flt, limit=limit, after=after))
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_cursor = _encode_cursor(("l", _micros(rows[-1][1]), rows[-1][0]))
+            next_cursor = _encode_cursor(rows[-1][1], rows[-1][0])
         entries = [AuditRecord(r[0], r[1].astimezone(UTC), *r[2:]) for r in rows]
         return JSONResponse(AuditPage(entries=entries, limit=limit, next_cursor=next_cursor))
 

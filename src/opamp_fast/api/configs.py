@@ -17,11 +17,21 @@ import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import ConfigInputError, files_to_json, parse_files, parse_name
+from ..configs import (
+    MAX_CONTENT_TYPE_CHARS,
+    MAX_FILE_NAME_CHARS,
+    MAX_FILES,
+    NAME_PATTERN,
+    ConfigInputError,
+    files_to_json,
+    parse_files,
+    parse_name,
+)
 from ..protocol import remote_config_hash
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage.config_queries import Conflict, NotFound, VersionRow
+from ..strictint import parse_ascii_int
 from . import audit
 from .body import input_error, only_keys, read_object
 from .config_models import (
@@ -37,25 +47,51 @@ from .config_models import (
     FailureSignature,
     VersionStatus,
 )
-from .errors import APIError
-from .openapi import DocumentedRoute, Operation
-from .params import Param
+from .errors import APIError, invalid_parameter
+from .openapi import DocumentedRoute, Operation, json_response, links
+from .params import NO_NUL_PATTERN, Param, text_schema
 from .responses import JSONResponse
 from .roles import require_role
 
 T = TypeVar("T")
 ENVELOPE_BYTES = 1024  # room for the rest of the ServerToAgent message around the files
 
+NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN}
 NAME_PARAM = Param(
-    "name",
-    "path",
-    "Config name: letters, digits, '.', '_', '-' (1-128).",
-    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-    required=True,
+    "name", "path", "Config name: letters, digits, '.', '_', '-' (1-128).", NAME_SCHEMA, True
 )
-VERSION_PARAM = Param(
-    "version", "path", "Version number (1, 2, ...).", {"type": "integer", "minimum": 1}, True
-)
+VERSION_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+VERSION_PARAM = Param("version", "path", "Version number (1, 2, ...).", VERSION_SCHEMA, True)
+CREATED_NAME = "$response.body#/version/name"
+CREATED_VERSION = "$response.body#/version/version"
+CONFIG_BODY = {
+    "type": "object",
+    "required": ["name", "files"],
+    "additionalProperties": False,
+    "properties": {
+        "name": NAME_SCHEMA,
+        "files": {
+            "type": "object",
+            "description": 'File name (may be "") -> file. Their bytes together at most '
+            "`max_message_bytes` less 1 KiB (413 beyond).",
+            "minProperties": 1,
+            "maxProperties": MAX_FILES,
+            "propertyNames": text_schema(MAX_FILE_NAME_CHARS),
+            "additionalProperties": {
+                "type": "object",
+                "required": ["body"],
+                "additionalProperties": False,
+                "properties": {
+                    "body": {"type": "string", "pattern": NO_NUL_PATTERN},
+                    "content_type": {
+                        **text_schema(MAX_CONTENT_TYPE_CHARS),
+                        "default": "text/yaml",
+                    },
+                },
+            },
+        },
+    },
+}
 
 
 async def run_db(services: Services, fn: Callable[[cq.Conn], T]) -> T:
@@ -79,9 +115,10 @@ def path_name(request: Request, key: str = "name", what: str = "name") -> str:
 
 def path_version(request: Request) -> int:
     raw = request.path_params["version"]
-    if not raw.isdigit() or not 1 <= int(raw) < 2**31:
-        raise APIError(400, "invalid_parameter", f"version: {raw[:20]!r} is not a version number")
-    return int(raw)
+    version = parse_ascii_int(raw, max_digits=10)
+    if version is None or not 1 <= version < 2**31:
+        raise invalid_parameter("version", f"{raw[:20]!r} is not a version number")
+    return version
 
 
 def version_info(row: VersionRow) -> ConfigVersionInfo:
@@ -228,6 +265,16 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 tags=("configs",),
                 method="POST",
                 status=201,
+                extra_responses={
+                    "200": json_response(
+                        "An identical version exists: it is returned.", ConfigCreated
+                    )
+                },
+                body=CONFIG_BODY,
+                links={
+                    **links(["get_config", "config_status", "delete_config"], name=CREATED_NAME),
+                    **links(["get_config_version"], name=CREATED_NAME, version=CREATED_VERSION),
+                },
             ),
             name="create_config",
         ),

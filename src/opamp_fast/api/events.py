@@ -25,12 +25,19 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..events import EVENT_TYPES, EventHub, FleetEvent, Subscriber
+from ..events import (
+    EVENT_ID_PATTERN,
+    EVENT_TYPES,
+    FRAME_SCHEMA,
+    EventHub,
+    FleetEvent,
+    Subscriber,
+)
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from .errors import invalid_parameter
 from .openapi import DocumentedRoute, Operation
-from .params import Param, parse_agent_id, parse_labels
+from .params import LABEL_PARAM, UID_PATTERN, Param, parse_agent_id, parse_labels
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +54,15 @@ COALESCE_S: Final = 0.05
 _EXPIRED = b'event: auth_expired\ndata: {"type":"auth_expired"}\n\n'
 _MATCHING = "SELECT uid_text FROM agents WHERE labels @> %s::jsonb LIMIT %s"
 
+_TYPE_NAME = "(?:" + "|".join(t.replace(".", "\\.") for t in sorted(EVENT_TYPES)) + ")"
 TYPE_PARAM = Param(
     "type",
     "query",
     "Only these event types (repeat, or separate with commas).",
-    {"type": "array", "items": {"type": "string", "enum": sorted(EVENT_TYPES)}},
+    {
+        "type": "array",
+        "items": {"type": "string", "pattern": f"^{_TYPE_NAME}(?:,{_TYPE_NAME})*$"},
+    },
     explode=True,
 )
 AGENT_PARAM = Param(
@@ -59,7 +70,11 @@ AGENT_PARAM = Param(
     "query",
     f"Only events about these agents (instance uids; repeat, at most {MAX_AGENT_FILTERS}). "
     "Fleet-level events (`instance.lost`) always pass.",
-    {"type": "array", "items": {"type": "string"}, "maxItems": MAX_AGENT_FILTERS},
+    {
+        "type": "array",
+        "items": {"type": "string", "pattern": UID_PATTERN},
+        "maxItems": MAX_AGENT_FILTERS,
+    },
     explode=True,
 )
 STREAM_LABEL_PARAM = Param(
@@ -67,19 +82,20 @@ STREAM_LABEL_PARAM = Param(
     "query",
     "Only events about agents carrying this label (`key:value`; repeat: all must match), "
     f"resolved when the stream opens and every {LABEL_REFRESH_S:.0f} s.",
-    {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.*$", "maxLength": 256}},
+    LABEL_PARAM.schema,
     explode=True,
 )
 LAST_ID_PARAM = Param(
     "last_event_id",
     "query",
-    "Resume after this event id (as the `Last-Event-ID` header, which wins when both are sent).",
-    {"type": "string", "maxLength": 100},
+    "Resume after this event id (as the `Last-Event-ID` header, which wins when both are sent). "
+    "A well-formed id this instance cannot resume from starts the stream with `resync`.",
+    {"type": "string", "pattern": EVENT_ID_PATTERN},
 )
 
 
 def parse_types(params: QueryParams) -> frozenset[str] | None:
-    names = [n.strip() for raw in params.getlist("type") for n in raw.split(",") if n.strip()]
+    names = [name for raw in params.getlist("type") for name in raw.split(",")]
     if not names:
         return None
     for name in names:
@@ -99,10 +115,11 @@ def parse_agents(params: QueryParams) -> frozenset[str] | None:
 
 
 def parse_last_id(hub: EventHub, request: Request) -> str | None:
+    """The header (an empty one, as a browser may send, means none), else the query parameter."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    if raw is None or raw == "":
+    if raw is None or (raw == "" and "last_event_id" not in request.query_params):
         return None
-    if len(raw) > 100 or hub.parse_id(raw) is None:
+    if hub.parse_id(raw) is None:
         raise invalid_parameter("last_event_id", f"{raw[:40]!r} is not an event id")
     return raw
 
@@ -253,7 +270,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 extra_responses={
                     "200": {
                         "description": "The stream (never ends by itself).",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {"text/event-stream": {"schema": FRAME_SCHEMA}},
                     }
                 },
             ),

@@ -17,14 +17,21 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import ConfigInputError, parse_selector
+from ..configs import MAX_SELECTOR_KEYS, ConfigInputError, config_name_or_none, parse_selector
 from ..packages.registry import Ref, q_group_packages, q_set_group_packages
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage import rollout_queries as rq
 from ..storage.config_queries import Conflict, GroupRow, NotFound
 from . import audit
-from .body import input_error, only_keys, read_object
+from .body import (
+    body_integer,
+    input_error,
+    labels_schema,
+    nullable,
+    only_keys,
+    read_object,
+)
 from .config_models import (
     ConfigRef,
     GroupDeleted,
@@ -33,10 +40,10 @@ from .config_models import (
     GroupPackage,
     RolloutInfo,
 )
-from .configs import path_name, run_db
+from .configs import NAME_SCHEMA, VERSION_SCHEMA, path_name, run_db
 from .errors import APIError
-from .openapi import DocumentedRoute, Operation
-from .packages import parse_wanted, resolve_wanted
+from .openapi import DocumentedRoute, Operation, links
+from .packages import PACKAGES_SCHEMA, parse_wanted, resolve_wanted
 from .params import Param
 from .responses import JSONResponse
 from .roles import require_role
@@ -44,12 +51,41 @@ from .roles import require_role
 MAX_BODY_BYTES = 64 * 1024
 
 GROUP_PARAM = Param(
-    "name",
-    "path",
-    "Group name: letters, digits, '.', '_', '-' (1-128).",
-    {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
-    required=True,
+    "name", "path", "Group name: letters, digits, '.', '_', '-' (1-128).", NAME_SCHEMA, True
 )
+
+
+_NEEDS_CONFIG = {"required": ["config"], "properties": {"config": {"type": "string"}}}
+GROUP_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "selector": {**labels_schema(MAX_SELECTOR_KEYS), "default": {}},
+        "config": nullable(NAME_SCHEMA),
+        "version": nullable(VERSION_SCHEMA),
+        "rollout": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {
+                "batch_percent": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                "max_failed_percent": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "default": 0,
+                },
+            },
+        },
+        "packages": nullable(PACKAGES_SCHEMA),
+    },
+    "allOf": [  # a version or a rollout needs a config
+        {
+            "if": {"required": [key], "properties": {key: {"not": {"type": "null"}}}},
+            "then": _NEEDS_CONFIG,
+        }
+        for key in ("version", "rollout")
+    ],
+}
 
 
 def _ref(name: str | None, version: int | None) -> ConfigRef | None:
@@ -134,12 +170,6 @@ def _packages_spec(value: Any) -> list[tuple[str, str]]:
     return parse_wanted(value)
 
 
-def _int(value: Any, what: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise APIError(400, "invalid_body", f"{what}: must be an integer from {lo} to {hi}")
-    return value
-
-
 def _rollout_spec(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -147,8 +177,8 @@ def _rollout_spec(value: Any) -> tuple[int, int] | None:
         raise APIError(400, "invalid_body", "rollout: must be an object")
     only_keys(value, {"batch_percent", "max_failed_percent"})
     return (
-        _int(value.get("batch_percent", 10), "rollout.batch_percent", 1, 100),
-        _int(value.get("max_failed_percent", 0), "rollout.max_failed_percent", 0, 100),
+        body_integer(value.get("batch_percent", 10), "rollout.batch_percent", 1, 100),
+        body_integer(value.get("max_failed_percent", 0), "rollout.max_failed_percent", 0, 100),
     )
 
 
@@ -185,14 +215,12 @@ def routes(services: Services) -> list[DocumentedRoute]:
             raise APIError(400, "invalid_body", "packages: package management is not enabled")
         try:
             selector = parse_selector(body.get("selector", {})).as_dict()
+            config = config_name_or_none(body.get("config"))
         except ConfigInputError as exc:
             raise input_error(exc) from None
-        config = body.get("config")
-        if config is not None and not isinstance(config, str):
-            raise APIError(400, "invalid_body", "config: must be a config name or null")
         version = body.get("version")
         if version is not None:
-            version = _int(version, "version", 1, 2**31 - 1)
+            version = body_integer(version, "version", 1, 2**31 - 1)
             if config is None:
                 raise APIError(400, "invalid_body", "version: needs 'config'")
         spec = _rollout_spec(body.get("rollout"))
@@ -343,6 +371,10 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 errors=write_errors,
                 tags=tags,
                 method="PUT",
+                body=GROUP_BODY,
+                links=links(
+                    ["get_group", "rollback_group", "delete_group"], name="$request.path.name"
+                ),
             ),
             name="put_group",
         ),

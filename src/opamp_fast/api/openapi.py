@@ -22,7 +22,8 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Receive, Scope, Send
 
 from ..services import Services
 from .models import RESPONSE_STRUCTS
@@ -58,16 +59,60 @@ class Operation:
     method: str = "GET"
     status: int = 200  # the success status of ``response``
     extra_responses: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | None = None  # the JSON Schema of the (required) request body
+    body_media_type: str = "application/json"
+    # OpenAPI links of the success responses: the operations that read, change or remove what
+    # this one answered with (see :func:`links`).
+    links: dict[str, Any] = field(default_factory=dict)
 
 
 class DocumentedRoute(Route):
-    """A Starlette route that carries its OpenAPI :class:`Operation`."""
+    """A Starlette route that carries its OpenAPI :class:`Operation`.
+
+    Several routes may share a path (one per method); :func:`settle_routes` then gives each the
+    ``Allow`` of the whole path, and the routes whose path a literal segment makes more specific
+    (``/api/packages/{name}/latest`` for ``/api/packages/{name}/{version}``)."""
 
     def __init__(
         self, path: str, endpoint: Callable[..., Any], operation: Operation, **kwargs: Any
     ) -> None:
         super().__init__(path, endpoint, methods=[operation.method], **kwargs)
         self.operation = operation
+        self.allow = ", ".join(sorted(self.methods or ()))
+        self.shadowed_by: list[Route] = []
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        shadowed = (r.matches(scope)[0] is not Match.NONE for r in self.shadowed_by)
+        if scope["type"] == "http" and any(shadowed):
+            return Match.NONE, {}  # ".../latest" is that route's, whatever the method
+        return super().matches(scope)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(405, headers={"Allow": self.allow})
+        await super().handle(scope, receive, send)
+
+
+def settle_routes(routes: Sequence[BaseRoute]) -> None:
+    """A method no route of a path has is one 405 whose ``Allow`` lists every method of the
+    path (Starlette names only the first route's); a literal segment wins over a parameter."""
+    plain = [r for r in routes if isinstance(r, Route)]
+    methods: dict[str, set[str]] = {}
+    for route in plain:
+        methods.setdefault(route.path, set()).update(route.methods or ())
+    for route in plain:
+        if isinstance(route, DocumentedRoute):
+            route.allow = ", ".join(sorted(methods[route.path]))
+            route.shadowed_by = [r for r in plain if _more_specific(r.path, route.path)]
+
+
+def _more_specific(path: str, than: str) -> bool:
+    """Whether ``path`` is ``than`` with some of its parameters replaced by literal segments."""
+    mine, theirs = path.split("/"), than.split("/")
+    if len(mine) != len(theirs) or mine == theirs:
+        return False
+    pairs = zip(mine, theirs, strict=True)
+    return all(a == b or (b.startswith("{") and not a.startswith("{")) for a, b in pairs)
 
 
 # Routes defined outside this package's REST modules (probes, metrics) documented here.
@@ -124,6 +169,20 @@ def _json_content(ref: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": ref}}}
 
 
+def links(operation_ids: Sequence[str], **parameters: str) -> dict[str, Any]:
+    """OpenAPI links to ``operation_ids``, each given ``parameters`` (runtime expressions such as
+    ``$response.body#/name`` or ``$request.path.id``)."""
+    return {op: {"operationId": op, "parameters": parameters} for op in operation_ids}
+
+
+def json_response(description: str, struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A response object whose JSON body is ``struct`` (for ``Operation.extra_responses``)."""
+    return {
+        "description": description,
+        "content": _json_content(SCHEMA_REF.format(name=struct.__name__)),
+    }
+
+
 def _error_response(status: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": _ERROR_TEXT.get(status, "Error."),
@@ -148,6 +207,10 @@ def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
             "description": (op.response.__doc__ or "OK").strip().splitlines()[0],
             "content": _json_content(SCHEMA_REF.format(name=op.response.__name__)),
         }
+    if op.links:
+        for code, response in responses.items():
+            if code.startswith("2"):
+                responses[code] = {**response, "links": op.links}
     errors = sorted({*op.errors, *([401] if op.secured else [])})
     for status in errors:
         responses[str(status)] = _error_response(status)
@@ -160,6 +223,11 @@ def _operation_object(path: str, name: str, op: Operation) -> dict[str, Any]:
     }
     if op.description:
         out["description"] = op.description
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {op.body_media_type: {"schema": op.body}},
+        }
     out["security"] = [{SECURITY_SCHEME: []}] if op.secured else []
     return out
 

@@ -33,12 +33,14 @@ from typing import IO, Any
 import anyio
 import psycopg
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..auth import AgentTokenVerifier, agent_token_key
 from ..packages.registry import (
-    DOWNLOAD_PATH,
+    MAX_NAME_CHARS,
+    NAME_PATTERN,
     PackageInfo,
     PackageRegistry,
     all_packages_hash,
@@ -54,14 +56,15 @@ from ..packages.registry import (
     validate_name,
     validate_version,
 )
-from ..packages.semver import parse_semver
+from ..packages.semver import MAX_VERSION_CHARS, SEMVER_PATTERN, parse_semver
 from ..packages.store import StoreError
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import queries
-from .body import read_object
+from ..strictint import parse_ascii_int
+from .body import declared_length, read_object
 from .errors import APIError, invalid_parameter
-from .openapi import DocumentedRoute, Operation
+from .openapi import DocumentedRoute, Operation, links
 from .package_models import (
     AgentPackages,
     AgentPackageStatus,
@@ -82,15 +85,78 @@ FLUSH_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = 256 * 1024  # fields, part headers and a signature beside the file
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+SHA256_PATTERN = "^[0-9a-fA-F]{64}$"
+_HEX64 = re.compile(SHA256_PATTERN)
 _TAGS = ("packages",)
+SIGNATURE_PATTERN = "^[0-9a-f]{64}$"  # an HMAC-SHA256 in hex, as URLSigner writes it
+_SIGNATURE = re.compile(SIGNATURE_PATTERN)
+MAX_EXPIRES_DIGITS = 12
 
-NAME_PARAM = Param("name", "path", "Package name.", {"type": "string"})
-VERSION_PARAM = Param(
-    "version", "path", "Semantic version (MAJOR.MINOR.PATCH[-pre][+build]).", {"type": "string"}
+NAME_SCHEMA = {"type": "string", "maxLength": MAX_NAME_CHARS, "pattern": NAME_PATTERN}
+VERSION_SCHEMA = {"type": "string", "maxLength": MAX_VERSION_CHARS, "pattern": SEMVER_PATTERN}
+NAME_PARAM = Param(
+    "name",
+    "path",
+    "Package name: letters, digits, '.', '_', '-' (1-128), starting with a letter or digit, "
+    "no '..'.",
+    NAME_SCHEMA,
 )
-EXPIRES_PARAM = Param("expires", "query", "Expiry of a signed URL (UNIX seconds).")
-SIGNATURE_PARAM = Param("signature", "query", "HMAC of a signed URL.")
+VERSION_PARAM = Param(
+    "version", "path", "Semantic version (MAJOR.MINOR.PATCH[-pre][+build]).", VERSION_SCHEMA
+)
+EXPIRES_PARAM = Param(
+    "expires",
+    "query",
+    "Expiry of a signed URL (UNIX seconds); required with `signature`.",
+    {"type": "integer", "minimum": 0, "maximum": 10**MAX_EXPIRES_DIGITS - 1},
+)
+PACKAGE_REF = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": NAME_SCHEMA,
+        "version": {"anyOf": [VERSION_SCHEMA, {"const": "latest"}], "default": "latest"},
+    },
+}
+PACKAGES_SCHEMA = {
+    "type": "array",
+    "items": PACKAGE_REF,
+    "description": "One entry per package name (a name listed twice is a 400).",
+}
+OFFER_BODY = {
+    "type": "object",
+    "required": ["packages"],
+    "additionalProperties": False,
+    "properties": {"packages": PACKAGES_SCHEMA},
+}
+UPLOAD_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "version", "file"],
+    "additionalProperties": False,
+    "properties": {
+        "name": NAME_SCHEMA,
+        "version": VERSION_SCHEMA,
+        "type": {"enum": ["top_level", "addon"], "default": "top_level"},
+        "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+        "signature": {
+            "type": "string",
+            "contentMediaType": "application/octet-stream",
+            "description": f"A detached signature, at most {MAX_SIGNATURE_BYTES} bytes.",
+        },
+        "sha256": {
+            "type": "string",
+            "pattern": SHA256_PATTERN,
+            "description": "The file's SHA-256; another one is a 400 `hash_mismatch`.",
+        },
+    },
+}
+SIGNATURE_PARAM = Param(
+    "signature",
+    "query",
+    "HMAC-SHA256 of a signed URL, in hex.",
+    {"type": "string", "pattern": SIGNATURE_PATTERN},
+)
 
 
 def version_model(info: PackageInfo) -> PackageVersion:
@@ -188,6 +254,23 @@ def _path_name_version(request: Request) -> tuple[str, str]:
     return name, version
 
 
+def signed_url_params(params: QueryParams) -> tuple[int, str]:
+    """``expires`` and ``signature`` of a signed download URL, well formed, else a 400 (403
+    without ``expires``: not a signed URL at all)."""
+    raw = params.get("expires")
+    if raw is None:
+        raise APIError(403, "forbidden", "the signed URL has no expiry")
+    expires = parse_ascii_int(raw, max_digits=MAX_EXPIRES_DIGITS)
+    if expires is None:
+        raise invalid_parameter(
+            "expires", f"{raw[:20]!r} is not UNIX seconds (1 to {MAX_EXPIRES_DIGITS} digits)"
+        )
+    signature = params["signature"]
+    if not _SIGNATURE.fullmatch(signature):
+        raise invalid_parameter("signature", "must be 64 lowercase hex digits")
+    return expires, signature
+
+
 def _not_found(name: str, version: str | None = None) -> APIError:
     what = name if version is None else f"{name} {version}"
     return APIError(404, "package_not_found", f"no package {what}")
@@ -214,6 +297,11 @@ class _Upload:
         self._in_file = False
 
     async def start(self, name: str, has_filename: bool) -> None:
+        if name not in UPLOAD_BODY["properties"]:
+            expected = ", ".join(UPLOAD_BODY["properties"])
+            raise APIError(
+                400, "invalid_upload", f"unknown part {name[:40]!r}; expected {expected}"
+            )
         self._part = name
         self._part_bytes.clear()
         if name == "file":
@@ -251,7 +339,7 @@ class _Upload:
             self.signature = bytes(self._part_bytes)
         elif self._part is not None:
             try:
-                self.fields[self._part] = self._part_bytes.decode("utf-8").strip()
+                self.fields[self._part] = self._part_bytes.decode("utf-8")
             except UnicodeDecodeError:
                 raise invalid_parameter(self._part, "is not UTF-8 text") from None
         self._part = None
@@ -285,12 +373,8 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> _Up
         raise APIError(
             400, "invalid_upload", "the body must be multipart/form-data with a boundary"
         )
-    declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isdigit()
-        and int(declared) > max_bytes + (MULTIPART_OVERHEAD)
-    ):
+    declared = declared_length(request)
+    if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD:
         raise APIError(413, "too_large", f"the package is larger than {max_bytes} bytes")
     upload = _Upload(staging, max_bytes)
     events: list[tuple[str, Any]] = []
@@ -370,18 +454,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
+    first, dash, last = (part.strip() for part in spec.strip().partition("-"))
     if not dash:
         return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                return "unsatisfiable"
-            return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
+    if first == "":
+        suffix = parse_ascii_int(last, max_digits=19)
+        if suffix is None:
+            return None
+        if suffix <= 0:
+            return "unsatisfiable"
+        return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
+    start = parse_ascii_int(first, max_digits=19)
+    end = parse_ascii_int(last, max_digits=19) if last else size - 1
+    if start is None or end is None:
         return None
     if start >= size:
         return "unsatisfiable"
@@ -449,7 +534,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
             fields = received.fields
             name = fields.get("name", "")
             version = fields.get("version", "")
-            kind = fields.get("type", "top_level") or "top_level"
+            kind = fields.get("type", "top_level")
             for field, value in (("name", name), ("version", version)):
                 if not value:
                     raise invalid_parameter(field, "is required")
@@ -466,7 +551,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
             digest = received.sha256.digest()
             declared = fields.get("sha256")
             if declared is not None:
-                if not _HEX64.match(declared):
+                if not _HEX64.fullmatch(declared):
                     raise invalid_parameter("sha256", "must be 64 hex digits")
                 if not hmac.compare_digest(bytes.fromhex(declared), digest):
                     raise APIError(
@@ -661,12 +746,9 @@ def routes(services: Services) -> list[DocumentedRoute]:
     # -- download ----------------------------------------------------------------------
     def authorised(request: Request, name: str, version: str) -> None:
         params = request.query_params
-        signature = params.get("signature")
-        if signature is not None:
-            path = DOWNLOAD_PATH.format(name=name, version=version)
-            why = registry.signer.verify(
-                path, params.get("expires", ""), signature, now=time.time()
-            )
+        if "signature" in params:
+            expires, signature = signed_url_params(params)
+            why = registry.signer.verify(name, version, expires, signature, now=time.time())
             if why is None:
                 return
             raise APIError(403, "forbidden", why)
@@ -730,6 +812,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
         )
 
     package_errors = (400, 404, 503)
+    NAME, VER = "$response.body#/name", "$response.body#/version"
     return [
         DocumentedRoute(
             "/api/packages",
@@ -746,7 +829,14 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 method="POST",
                 status=201,
                 tags=_TAGS,
-                extra_responses={},
+                body=UPLOAD_BODY,
+                body_media_type="multipart/form-data",
+                links={
+                    **links(["package_versions", "latest_package", "package_status"], name=NAME),
+                    **links(
+                        ["get_package_version", "delete_package_version"], name=NAME, version=VER
+                    ),
+                },
             ),
             name="upload_package",
         ),
@@ -861,6 +951,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
                 errors=(400, 403, 404, 409, 413, 503),
                 method="PUT",
                 tags=_TAGS,
+                body=OFFER_BODY,
+                links=links(["get_agent_packages"], id="$request.path.id"),
             ),
             name="set_agent_packages",
         ),

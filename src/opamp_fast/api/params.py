@@ -6,43 +6,46 @@ integer). Every value is checked here, before any handler logic, and each parame
 description is declared next to its parser so the two stay in step. Unknown query parameters are
 ignored (clients may add cache busters).
 
-Cursors are opaque to clients: base64url (no padding) of a msgspec-encoded JSON array whose
-first element tags the list it belongs to (``"h"`` connection history, ``"a"`` agent lists), so a
-cursor from one list is rejected by another instead of silently paging wrongly. The last element
-is the list's ``total`` as of the first page: a keyset walk does not pay for a recount on every
-page (for a flapping agent with 20k history rows the count is most of a page's cost), and the rows
-it walks are exactly the ones that existed when it started.
+Cursors are opaque to clients (pass ``next_cursor`` back unchanged), and their shape is
+published as a ``pattern`` so that the OpenAPI document says exactly which strings are cursors:
+dot-separated ASCII fields after a tag naming the list (``h`` connection history,
+``a`` agent lists, ``l`` the audit log), so a cursor from one list is rejected by another
+instead of silently paging wrongly. Any string of that shape is a position to resume after.
+The last field is the list's ``total`` as of the first page: a keyset walk does not pay for a
+recount on every page (for a flapping agent with 20k history rows the count is most of a
+page's cost), and the rows it walks are exactly the ones that existed when it started.
+
+``limit``, ``offset`` and ``cursor`` are described as one exploded object parameter (``page``:
+on the wire they are the usual separate query parameters) because only an object schema can
+say that ``offset`` and ``cursor`` exclude each other.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import msgspec
 from starlette.datastructures import QueryParams
 
 from ..protocol.codec import format_instance_uid, parse_instance_uid_text
+from ..strictint import parse_ascii_int
 from .errors import APIError, invalid_parameter
 
 DEFAULT_LIMIT = 100
 MAX_OFFSET = 1_000_000_000  # beyond this, OFFSET is pointless; use the cursor
-MAX_CURSOR_CHARS = 256
 MAX_TEXT_CHARS = 256
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 UID_PATTERN = (
     r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
     r"|[0-9A-Fa-f]{32})$"
 )
-
-_cursor_encoder = msgspec.json.Encoder()
-_history_cursor = msgspec.json.Decoder(tuple[Literal["h"], int, int, int])
-_agent_cursor = msgspec.json.Decoder(tuple[Literal["a"], str, int])
+NO_NUL_PATTERN = r"^[^\x00]*$"  # Postgres text cannot hold NUL
+LABEL_FILTER_PATTERN = r"^[^:\x00]+:[^\x00]*$"  # key:value
+# Cursors (see the module docstring): a tag, then the position and the total as of page 1.
+AGENT_CURSOR_PATTERN = r"^a\.[0-9a-f]{32}\.[0-9]{1,18}$"  # uid, total
+HISTORY_CURSOR_PATTERN = r"^h\.-?[0-9]{1,16}\.[0-9]{1,18}\.[0-9]{1,18}$"  # micros, id, total
 
 
 # ------------------------------------------------------------------------ OpenAPI descriptions
@@ -73,27 +76,42 @@ class Param:
         return out
 
 
-def limit_param(max_page_size: int) -> Param:
+def text_schema(max_length: int = MAX_TEXT_CHARS) -> dict[str, Any]:
+    """A string the database can store: at most ``max_length`` characters, no NUL."""
+    return {"type": "string", "maxLength": max_length, "pattern": NO_NUL_PATTERN}
+
+
+def limit_schema(max_page_size: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": DEFAULT_LIMIT}
+
+
+def page_param(max_page_size: int, cursor_pattern: str, filters: tuple[Param, ...] = ()) -> Param:
+    """``limit``, ``offset`` and ``cursor`` (see the module docstring), and the list's
+    ``filters``: one object, each property its own query parameter on the wire. Other query
+    parameters are allowed (and ignored), hence no ``additionalProperties: false``."""
+    names = ", ".join(f"`{p.name}`" for p in filters)
     return Param(
-        "limit",
+        "query" if filters else "page",
         "query",
-        f"Page size, 1 to {max_page_size}.",
-        {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": DEFAULT_LIMIT},
+        (f"Filters ({names}) and page: " if filters else "")
+        + f"`limit` (page size, 1 to {max_page_size}), `offset` (items to skip) or `cursor` (the "
+        "`next_cursor` of the previous page of the same list: keyset, constant cost however "
+        "deep), each its own query parameter (`?limit=50&cursor=...`). `offset` and `cursor` "
+        "cannot be combined.",
+        {
+            "type": "object",
+            "properties": {
+                **{p.name: {**p.schema, "description": p.description} for p in filters},
+                "limit": limit_schema(max_page_size),
+                "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+                "cursor": {"type": "string", "pattern": cursor_pattern},
+            },
+            "not": {"required": ["offset", "cursor"]},
+        },
+        explode=True,
     )
 
 
-OFFSET_PARAM = Param(
-    "offset",
-    "query",
-    "Items to skip. Deep pages are cheaper with `cursor`; cannot be combined with it.",
-    {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
-)
-CURSOR_PARAM = Param(
-    "cursor",
-    "query",
-    "Opaque keyset cursor: the `next_cursor` of the previous page of the same list.",
-    {"type": "string", "maxLength": MAX_CURSOR_CHARS, "pattern": "^[A-Za-z0-9_-]+$"},
-)
 AGENT_ID_PARAM = Param(
     "id",
     "path",
@@ -111,14 +129,17 @@ LABEL_PARAM = Param(
     "label",
     "query",
     "Only agents carrying this label, as `key:value`; repeat for several (all must match).",
-    {"type": "array", "items": {"type": "string", "pattern": "^[^:]+:.*$", "maxLength": 256}},
+    {
+        "type": "array",
+        "items": {"type": "string", "pattern": LABEL_FILTER_PATTERN, "maxLength": MAX_TEXT_CHARS},
+    },
     explode=True,
 )
 Q_PARAM = Param(
     "q",
     "query",
     "Case-insensitive prefix of the agent name (`service.name`).",
-    {"type": "string", "maxLength": MAX_TEXT_CHARS},
+    text_schema(),
 )
 
 
@@ -144,72 +165,73 @@ def parse_agent_id(raw: str) -> bytes:
         ) from None
 
 
-def _integer(params: QueryParams, name: str, default: int, lo: int, hi: int) -> int:
+def query_integer(params: QueryParams, name: str, default: int, lo: int, hi: int) -> int:
+    """The integer query parameter ``name`` (ASCII digits, optional ``-``) in ``lo..hi``."""
     raw = params.get(name)
     if raw is None:
         return default
-    text = raw.strip()
-    if not re.fullmatch(r"[+-]?[0-9]{1,19}", text):
+    value = parse_ascii_int(raw, max_digits=19, signed=True)
+    if value is None:
         raise invalid_parameter(name, f"{raw[:40]!r} is not an integer")
-    value = int(text)
     if not lo <= value <= hi:
         raise invalid_parameter(name, f"must be between {lo} and {hi}, got {value}")
     return value
 
 
 def parse_page(params: QueryParams, max_page_size: int) -> Page:
-    limit = _integer(params, "limit", DEFAULT_LIMIT, 1, max_page_size)
-    offset = _integer(params, "offset", 0, 0, MAX_OFFSET)
+    limit = query_integer(params, "limit", DEFAULT_LIMIT, 1, max_page_size)
+    offset = query_integer(params, "offset", 0, 0, MAX_OFFSET)
     cursor = params.get("cursor")
-    if cursor is not None:
-        if "offset" in params:
-            raise invalid_parameter("offset", "cannot be combined with cursor")
-        if not cursor or len(cursor) > MAX_CURSOR_CHARS or not _B64URL.match(cursor):
-            raise invalid_parameter("cursor", "malformed (not a cursor returned by this list)")
+    if cursor is not None and "offset" in params:
+        raise invalid_parameter("offset", "cannot be combined with cursor")
     return Page(limit, offset, cursor)
 
 
-def _cursor_json(cursor: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError):
-        raise invalid_parameter("cursor", "malformed (not valid base64url)") from None
-
-
-def _encode_cursor(value: tuple[Any, ...]) -> str:
-    return base64.urlsafe_b64encode(_cursor_encoder.encode(value)).rstrip(b"=").decode("ascii")
+def cursor_fields(cursor: str, pattern: str, what: str) -> list[str]:
+    """The fields after the tag of a cursor of ``pattern``'s shape (so numeric fields are ASCII
+    digits, bounded); else a 400 that says which list's cursor was expected."""
+    if not re.fullmatch(pattern, cursor):
+        raise invalid_parameter("cursor", f"not {what} cursor (pass next_cursor back unchanged)")
+    return cursor.split(".")[1:]
 
 
 def encode_history_cursor(connected_at: datetime, row_id: int, total: int) -> str:
     micros = (connected_at - EPOCH) // timedelta(microseconds=1)
-    return _encode_cursor(("h", micros, row_id, total))
+    return f"h.{micros}.{row_id}.{total}"
 
 
 def decode_history_cursor(cursor: str) -> tuple[datetime, int, int]:
     """``(connected_at, id, total)``: resume strictly after that row; ``total`` as of page 1."""
-    try:
-        _, micros, row_id, total = _history_cursor.decode(_cursor_json(cursor))
-        if not (0 <= row_id < 2**63 and 0 <= total < 2**63):
-            raise ValueError(row_id)
-        return EPOCH + timedelta(microseconds=micros), row_id, total
-    except (msgspec.DecodeError, ValueError, OverflowError):
-        raise invalid_parameter("cursor", "not a connection-history cursor") from None
+    micros, row_id, total = cursor_fields(cursor, HISTORY_CURSOR_PATTERN, "a connection-history")
+    return EPOCH + timedelta(microseconds=int(micros)), int(row_id), int(total)
 
 
 def encode_agent_cursor(uid_text: str, total: int) -> str:
-    return _encode_cursor(("a", uid_text, total))
+    return f"a.{parse_instance_uid_text(uid_text).hex()}.{total}"
 
 
 def decode_agent_cursor(cursor: str) -> tuple[str, int]:
     """``(uid_text, total)``: the canonical uid the next page starts after, and the total as of
     the first page (a keyset walk does not recount)."""
+    uid_hex, total = cursor_fields(cursor, AGENT_CURSOR_PATTERN, "an agent-list")
+    return format_instance_uid(bytes.fromhex(uid_hex)), int(total)
+
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """An RFC 3339 date-time (``T`` and ``Z`` in either case), else None: exactly the
+    ``date-time`` format of JSON Schema, not everything ``fromisoformat`` reads."""
+    upper = text.upper()
+    if not _RFC3339.fullmatch(upper):
+        return None
     try:
-        _, uid_text, total = _agent_cursor.decode(_cursor_json(cursor))
-        if not 0 <= total < 2**63:
-            raise ValueError(total)
-        return format_instance_uid(parse_instance_uid_text(uid_text)), total
-    except (msgspec.DecodeError, ValueError):
-        raise invalid_parameter("cursor", "not an agent-list cursor") from None
+        return datetime.fromisoformat(upper.replace("Z", "+00:00"))
+    except ValueError:  # month 13, hour 24, a leap second
+        return None
 
 
 def parse_status(params: QueryParams) -> str | None:

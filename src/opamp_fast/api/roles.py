@@ -55,7 +55,7 @@ def request_id(request: Request) -> str:
     rid = state.get("request_id")
     if rid is None:
         given = request.headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         state["request_id"] = rid
     return str(rid)
 

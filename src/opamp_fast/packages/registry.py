@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
 
 import anyio
 import psycopg
@@ -65,7 +64,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Package names: 1 to 128 of letters, digits, '.', '_', '-', starting with a letter or digit, no
+# "..". Also the ``pattern`` of the OpenAPI document; matched whole (``$`` alone would accept a
+# final newline).
+NAME_PATTERN: Final = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+MAX_NAME_CHARS: Final = 128
+NAME_RE: Final = re.compile(NAME_PATTERN)
 TYPES: Final = {"top_level": pb.PackageType_TopLevel, "addon": pb.PackageType_Addon}
 STATUS_NAMES: Final[dict[int, str]] = {
     pb.PackageStatusEnum_Installed: "installed",
@@ -74,13 +78,12 @@ STATUS_NAMES: Final[dict[int, str]] = {
     pb.PackageStatusEnum_InstallFailed: "install_failed",
     pb.PackageStatusEnum_Downloading: "downloading",
 }
-DOWNLOAD_PATH: Final = "/v1/packages/{name}/{version}/file"
 Ref = tuple[str, str]  # (name, version)
 
 
 def validate_name(name: str) -> str | None:
     """None when ``name`` is a valid package name, else why not."""
-    if not NAME_RE.match(name) or ".." in name:
+    if len(name) > MAX_NAME_CHARS or not NAME_RE.fullmatch(name):
         return (
             "must be 1 to 128 characters: letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
@@ -514,11 +517,8 @@ class PackageRegistry:
         direct = self.store.direct_url(info.storage_key, self.url_ttl_s)
         if direct is not None:
             return direct
-        path = DOWNLOAD_PATH.format(
-            name=quote(info.name, safe=""), version=quote(info.version, safe="")
-        )
         expires = int(now) + self.url_ttl_s
-        return f"{self.base_url}{path}?{self.signer.query(path, expires)}"
+        return self.base_url + self.signer.url(info.name, info.version, expires)
 
     def build_offer(self, infos: Sequence[PackageInfo], now: float) -> pb.PackagesAvailable:
         offer = pb.PackagesAvailable(all_packages_hash=all_packages_hash(infos))

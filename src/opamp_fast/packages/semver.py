@@ -16,15 +16,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["SemVer", "parse_semver", "sort_key"]
+from ..strictint import parse_ascii_int
 
-_NUM = r"0|[1-9]\d*"
-_IDENT = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
-_SEMVER = re.compile(
-    rf"^(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
+__all__ = ["SEMVER_PATTERN", "SemVer", "parse_semver", "sort_key"]
+
+_NUM = r"0|[1-9][0-9]*"  # [0-9], not \d: \d is every script's digits
+_IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+_BODY = (
+    rf"(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
     rf"(?:-(?P<pre>{_IDENT}(?:\.{_IDENT})*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
 )
+_SEMVER = re.compile(_BODY)  # matched whole (fullmatch): "$" alone would accept a final "\n"
+# The same, without group names, for the ``pattern`` of the OpenAPI document (ECMA-262).
+SEMVER_PATTERN = "^" + re.sub(r"\(\?P<[a-z]+>", "(?:", _BODY) + "$"
 MAX_VERSION_CHARS = 128
 
 
@@ -45,8 +50,9 @@ def _pre_key(pre: str | None) -> tuple[object, ...]:
         return (1,)  # a release sorts after every pre-release of the same version
     parts: list[tuple[int, int, str]] = []
     for ident in pre.split("."):
-        if ident.isdigit():
-            parts.append((0, int(ident), ""))
+        number = parse_ascii_int(ident, max_digits=MAX_VERSION_CHARS)
+        if number is not None:
+            parts.append((0, number, ""))
         else:
             parts.append((1, 0, ident))
     return (0, tuple(parts))
@@ -56,7 +62,7 @@ def parse_semver(text: str) -> SemVer:
     """Parse ``text``; ValueError names what is wrong."""
     if len(text) > MAX_VERSION_CHARS:
         raise ValueError(f"longer than {MAX_VERSION_CHARS} characters")
-    match = _SEMVER.match(text)
+    match = _SEMVER.fullmatch(text)
     if match is None:
         raise ValueError(
             f"{text!r} is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], e.g. 1.4.2)"

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 # Arbitrary constant: the advisory lock key that guards migrations ("opampfst" as an int64).
 MIGRATION_LOCK_KEY = 0x6F70616D70667374
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_NAME = re.compile(r"([0-9]{4})_[a-z0-9_]+\.sql")  # fullmatch
 
 
 NO_TRANSACTION = "-- migrate: no-transaction"
@@ -57,7 +57,7 @@ def load_migrations() -> list[Migration]:
     folder = resources.files("opamp_fast.storage").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
-        match = _NAME.match(entry.name)
+        match = _NAME.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
