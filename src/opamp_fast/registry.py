@@ -81,6 +81,9 @@ class AgentRecord:
         "handle",
         "last_seen",
         "last_takeover_mono",
+        "proven",
+        "proven_elsewhere_until",
+        "refused_claims",
         "remote_addr",
         "session",
         "state",
@@ -106,6 +109,12 @@ class AgentRecord:
         self.last_seen = 0.0
         self.timeout_s = 0.0
         self.last_takeover_mono = float("-inf")
+        # Identity: whether the connection (or HTTP session) holding the agent proved the uid
+        # with bound credentials; until when another instance is known to hold it that way
+        # (monotonic seconds); unproven claims refused during the current session.
+        self.proven = False
+        self.proven_elsewhere_until = float("-inf")
+        self.refused_claims = 0
 
     @property
     def uid(self) -> bytes:
@@ -262,6 +271,8 @@ class Registry:
         record.disconnect_reason = reason
         record.connection = None
         record.session = None
+        record.proven = False
+        record.refused_claims = 0
         self._wheel.cancel(record.handle)
         self._online -= 1
         if record.transport is not None:
