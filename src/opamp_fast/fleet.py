@@ -371,16 +371,7 @@ class FleetHandler:
             duplicate=True,
         )
         if refused:
-            self.claims_refused_total += 1
-            record.refused_claims += 1
-            if record.refused_claims == 1:
-                logger.warning(
-                    "instance uid %s is held by a connection that proved its identity: refused "
-                    "an unproven claim from %s (answered with a new uid; further claims are "
-                    "counted in opamp_fast_identity_claims_refused_total, not logged)",
-                    format_instance_uid(record.uid),
-                    conn.remote_addr,
-                )
+            self._count_refusal(record, conn.remote_addr, "answered with a new uid")
             return reply.response
         for event in reply.events:
             if isinstance(event, InstanceUidReassigned):
@@ -391,6 +382,20 @@ class FleetHandler:
                     event.new_uid.hex(),
                 )
         return reply.response
+
+    def _count_refusal(self, record: AgentRecord, remote_addr: str, outcome: str) -> None:
+        """An unproven claim on a uid held with proof: counted; logged once per session."""
+        self.claims_refused_total += 1
+        record.refused_claims += 1
+        if record.refused_claims == 1:
+            logger.warning(
+                "instance uid %s is held by a connection that proved its identity: refused an "
+                "unproven claim from %s (%s; further claims are counted in "
+                "opamp_fast_identity_claims_refused_total, not logged)",
+                format_instance_uid(record.uid),
+                remote_addr,
+                outcome,
+            )
 
     def _apply_events(
         self,
@@ -509,6 +514,23 @@ class FleetHandler:
         self._end(records, reason, reasons.CLOSE_SUPERSEDED, reason)
         return len(records)
 
+    def refuse_claims(self, uids: list[bytes]) -> int:
+        """Sessions here that did not prove their uid, refused by the database because another
+        instance holds the agent with a session that did (``batch_writer._FOREIGN``; their rows
+        were left alone): end them (close 4003), and for one agent timeout answer further
+        unproven claims for these uids as refused, without waiting for the database again.
+        Returns how many sessions ended."""
+        until = self._mono() + self.registry.agent_timeout_s(self.policy.heartbeat_interval_s)
+        ending = []
+        for record in map(self.registry.get, uids):
+            if record is None or record.proven:
+                continue  # a proven session here: the other instance's writer tells us
+            record.proven_elsewhere_until = until
+            if record.online:
+                self._count_refusal(record, record.remote_addr, "its session ended")
+                ending.append(record)
+        return self._end(ending, reasons.PROVEN_ELSEWHERE, reasons.CLOSE_REFUSED, "uid refused")
+
     def disconnect(self, uids: list[bytes], *, reason: str = reasons.OPERATOR) -> int:
         """An operator's disconnect: end these agents' sessions here and close their sockets.
         Returns how many were online here."""
@@ -581,4 +603,5 @@ def snapshot_of(record: AgentRecord) -> AgentSnapshot:
         effective_config=state.effective_config,
         remote_config_status=state.remote_config_status,
         transport=record.transport.value if record.transport else None,
+        proven=record.proven,
     )

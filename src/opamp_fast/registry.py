@@ -111,7 +111,7 @@ class AgentRecord:
         self.last_takeover_mono = float("-inf")
         # Identity: whether the connection (or HTTP session) holding the agent proved the uid
         # with bound credentials; until when another instance is known to hold it that way
-        # (monotonic seconds); unproven claims refused during the current session.
+        # (monotonic seconds); unproven claims refused since its last session began.
         self.proven = False
         self.proven_elsewhere_until = float("-inf")
         self.refused_claims = 0
@@ -253,6 +253,7 @@ class Registry:
             return None
         from_state = "new" if record.disconnected_at is None else "offline"
         record.status = AgentStatus.ONLINE
+        record.refused_claims = 0
         record.connected_at = wall
         self._online += 1
         self._online_by_transport[transport] += 1
@@ -272,7 +273,6 @@ class Registry:
         record.connection = None
         record.session = None
         record.proven = False
-        record.refused_claims = 0
         self._wheel.cancel(record.handle)
         self._online -= 1
         if record.transport is not None:

@@ -162,6 +162,7 @@ async def open_services(
         admission=admission_of(settings, overloaded=lambda: writer.overloaded, loop_lag=loop_lag),
         events=events,
     )
+    writer.on_refused = fleet.refuse_claims
     services = Services(
         settings=settings,
         db=db,

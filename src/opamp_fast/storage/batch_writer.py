@@ -124,7 +124,7 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "events", "online", "seen", "sessions", "waiters")
+    __slots__ = ("agents", "closes", "events", "online", "refused", "seen", "sessions", "waiters")
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -138,6 +138,8 @@ class _Batch:
         self.waiters: list[anyio.Event] = []
         # fleet events for the other instances, encoded and NOTIFYed in this batch's transaction
         self.events: list[FleetEvent] = []
+        # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
+        self.refused: list[bytes] = []
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
@@ -270,6 +272,9 @@ class BatchWriter:
         # fleet events (issue 15): called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
         self.event_outbox: Callable[[], list[FleetEvent]] | None = None
+        # identity: called on the event loop with the agents whose session here did not prove
+        # its uid while another instance holds it with proof; their rows were left untouched.
+        self.on_refused: Callable[[list[bytes]], object] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -468,6 +473,8 @@ class BatchWriter:
             self._failed_attempts = 0
         if self.on_flush is not None:  # metrics (issue 6)
             self.on_flush(rows, elapsed)
+        if batch.refused and self.on_refused is not None:
+            self.on_refused(batch.refused)
         for waiter in batch.waiters:
             waiter.set()
         return True
@@ -550,7 +557,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
-    remote_config_status text
+    remote_config_status text, proven bool
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -564,18 +571,27 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text",
+    "text", "text", "text", "text", "text", "bool",
 ]  # fmt: skip
+
+# A session here that did not prove the uid, while another instance holds the agent with a
+# session that did: nothing of it is written to the agent's row (the writer reports it as
+# refused, and the fleet handler ends it). The row is the proven session's.
+_FOREIGN = (
+    "(a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s AND NOT s.proven)"
+)
 
 # A transition applies only if it is not older than the last one stored (another instance may
 # hold the agent by now); equal times re-apply, which makes a retried batch idempotent. An offline
 # transition applies only from the instance that holds the agent: a late disconnect of an old
 # session elsewhere must not take an agent offline that has moved on.
 _APPLIES = (
-    "(s.status IS NOT NULL AND to_timestamp(s.status_at) >= "
+    f"(s.status IS NOT NULL AND NOT {_FOREIGN} AND to_timestamp(s.status_at) >= "
     "COALESCE(GREATEST(a.last_connected_at, a.last_disconnected_at), '-infinity') AND "
     "(s.status = 'online' OR a.serving_instance IS NULL OR a.serving_instance = %(instance)s))"
 )
+
+_SNAPSHOT = f"(s.has_snapshot AND NOT {_FOREIGN})"
 
 _UPDATE_AGENTS = f"""
 WITH upd AS (
@@ -584,25 +600,30 @@ UPDATE agents AS a SET
     serving_instance = CASE WHEN {_APPLIES}
         THEN (CASE WHEN s.status = 'online' THEN %(instance)s END) ELSE a.serving_instance END,
     transport = CASE WHEN {_APPLIES} THEN COALESCE(s.transport, a.transport) ELSE a.transport END,
-    last_connected_at = GREATEST(a.last_connected_at, to_timestamp(s.connected_at)),
+    last_connected_at = CASE WHEN {_FOREIGN} THEN a.last_connected_at
+        ELSE GREATEST(a.last_connected_at, to_timestamp(s.connected_at)) END,
     last_disconnected_at = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
         THEN GREATEST(a.last_disconnected_at, to_timestamp(s.disconnected_at))
         ELSE a.last_disconnected_at END,
     disconnect_reason = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
         THEN s.reason ELSE a.disconnect_reason END,
-    last_seen_at = GREATEST(a.last_seen_at, to_timestamp(s.last_seen)),
-    capabilities = CASE WHEN s.has_snapshot THEN s.capabilities ELSE a.capabilities END,
-    agent_name = CASE WHEN s.has_snapshot THEN s.agent_name ELSE a.agent_name END,
-    description = CASE WHEN s.has_snapshot THEN s.description::jsonb ELSE a.description END,
-    health = CASE WHEN s.has_snapshot THEN s.health::jsonb ELSE a.health END,
-    effective_config = CASE WHEN s.has_snapshot
+    last_seen_at = CASE WHEN {_FOREIGN} THEN a.last_seen_at
+        ELSE GREATEST(a.last_seen_at, to_timestamp(s.last_seen)) END,
+    capabilities = CASE WHEN {_SNAPSHOT} THEN s.capabilities ELSE a.capabilities END,
+    agent_name = CASE WHEN {_SNAPSHOT} THEN s.agent_name ELSE a.agent_name END,
+    description = CASE WHEN {_SNAPSHOT} THEN s.description::jsonb ELSE a.description END,
+    health = CASE WHEN {_SNAPSHOT} THEN s.health::jsonb ELSE a.health END,
+    effective_config = CASE WHEN {_SNAPSHOT}
         THEN s.effective_config::jsonb ELSE a.effective_config END,
-    remote_config_status = CASE WHEN s.has_snapshot
+    remote_config_status = CASE WHEN {_SNAPSHOT}
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
+    proven = CASE WHEN {_APPLIES} THEN s.status = 'online' AND s.proven ELSE a.proven END,
     updated_at = now()
 FROM opamp_stage_agents AS s, agents AS old
 WHERE a.instance_uid = s.uid AND old.instance_uid = s.uid
-RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now
+RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now,
+    (s.status = 'online' AND NOT s.proven AND a.status = 'online' AND a.proven
+        AND a.serving_instance <> %(instance)s) AS refused
 )
 -- How many rows, and the agents this batch took over from another instance, by that instance:
 -- it is told (NOTIFY) so that it ends its side (the old socket is most likely half-open).
@@ -610,19 +631,21 @@ SELECT (SELECT count(*) FROM upd),
     (SELECT json_object_agg(was, uids) FROM (
         SELECT was, array_agg(encode(instance_uid, 'hex')) AS uids FROM upd
         WHERE was IS NOT NULL AND was <> %(instance)s AND now = %(instance)s
-        GROUP BY was) AS moved)
+        GROUP BY was) AS moved),
+    (SELECT array_agg(instance_uid) FROM upd WHERE refused)
 """
 
 _INSERT_AGENTS = """
 INSERT INTO agents (
     instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
     last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
-    health, effective_config, remote_config_status)
+    health, effective_config, remote_config_status, proven)
 SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
     s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
     to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
-    s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb
+    s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
+    s.proven AND COALESCE(s.status, 'online') = 'online'
 FROM opamp_stage_agents AS s
 """
 
@@ -630,6 +653,7 @@ _UPDATE_SEEN = """
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
 FROM opamp_stage_seen AS s
 WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
+    AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
 """
 
 _INSERT_SESSIONS = """
@@ -741,7 +765,7 @@ def _write_batch(
                     if snap is None:
                         write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
                                c.reason, c.transport, seen.get(uid), False, None, None, None,
-                               None, None, None))  # fmt: skip
+                               None, None, None, False))  # fmt: skip
                     else:
                         row = snap.row()  # protobuf -> JSON here, in the worker thread
                         write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
@@ -749,9 +773,10 @@ def _write_batch(
                                capabilities_to_bigint(snap.capabilities), row.agent_name,
                                _json_text(row.description), _json_text(row.health),
                                _json_text(row.effective_config),
-                               _json_text(row.remote_config_status)))  # fmt: skip
+                               _json_text(row.remote_config_status), snap.proven))  # fmt: skip
             cur.execute(_UPDATE_AGENTS, params)
-            updated, moved = cur.fetchone() or (0, None)
+            updated, moved, refused = cur.fetchone() or (0, None, None)
+            batch.refused = refused or []
             inserted = 0
             if updated == 0:
                 # All new (the common first flush of a fleet): a plain INSERT, no speculative
@@ -795,7 +820,7 @@ def _write_batch(
                         write((uid, at))
                         staged += 1
             if staged:
-                cur.execute(_UPDATE_SEEN)
+                cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
         if batch.events:
             for payload in encode_event_notices(instance_id, [e.json for e in batch.events]):

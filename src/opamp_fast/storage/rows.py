@@ -63,6 +63,7 @@ class AgentSnapshot:
     effective_config: opamp_pb2.EffectiveConfig | None = None
     remote_config_status: opamp_pb2.RemoteConfigStatus | None = None
     transport: str | None = None
+    proven: bool = False  # the session that reported it proved the uid (bound credentials)
 
     @classmethod
     def from_messages(
@@ -74,11 +75,18 @@ class AgentSnapshot:
         effective_config: opamp_pb2.EffectiveConfig | None = None,
         remote_config_status: opamp_pb2.RemoteConfigStatus | None = None,
         transport: str | None = None,
+        proven: bool = False,
     ) -> AgentSnapshot:
         """A snapshot of these messages (``None`` for a message not reported); the caller
         must not mutate them afterwards."""
         return cls(
-            capabilities, description, health, effective_config, remote_config_status, transport
+            capabilities,
+            description,
+            health,
+            effective_config,
+            remote_config_status,
+            transport,
+            proven,
         )
 
     def row(self) -> SnapshotRow:
