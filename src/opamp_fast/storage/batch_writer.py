@@ -41,8 +41,15 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from ..events import FleetEvent, encode_event_notices
+from ..redaction import ConfigRedactor
 from .notices import FLEET_CHANNEL, channel_for, encode_notices
-from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
+from .rows import (
+    AgentSnapshot,
+    JSONObject,
+    capabilities_to_bigint,
+    clean_text,
+    effective_config_hash,
+)
 
 if TYPE_CHECKING:
     from .database import Database
@@ -237,6 +244,7 @@ class BatchWriter:
         retry_initial_s: float = 0.5,
         drain_timeout_s: float = 10.0,
         online_counts: Callable[[], tuple[int, int]] | None = None,
+        redactor: ConfigRedactor | None = None,
     ) -> None:
         if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
             raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
@@ -249,6 +257,8 @@ class BatchWriter:
         self._retry_max = retry_max_s
         self._drain_timeout = drain_timeout_s
         self._online_counts = online_counts
+        # Secrets in reported effective configs are cut out in the flush thread (``redaction``).
+        self._redactor = redactor if redactor is not None else ConfigRedactor()
         self._pending = _Batch()
         self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
         self._inflight: _Batch | None = None
@@ -436,7 +446,11 @@ class BatchWriter:
         try:
             rows = await self._db.run_writer(
                 partial(
-                    _write_batch, batch=batch, instance_id=self.instance_id, shutdown_at=shutdown_at
+                    _write_batch,
+                    batch=batch,
+                    instance_id=self.instance_id,
+                    shutdown_at=shutdown_at,
+                    redactor=self._redactor,
                 )
             )
             done = True
@@ -557,7 +571,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
-    remote_config_status text, proven bool
+    remote_config_status text, proven bool, keep_config bool
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -571,7 +585,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text", "bool",
+    "text", "text", "text", "text", "text", "bool", "bool",
 ]  # fmt: skip
 
 # A session here that did not prove the uid, while another instance holds the agent with a
@@ -613,7 +627,7 @@ UPDATE agents AS a SET
     agent_name = CASE WHEN {_SNAPSHOT} THEN s.agent_name ELSE a.agent_name END,
     description = CASE WHEN {_SNAPSHOT} THEN s.description::jsonb ELSE a.description END,
     health = CASE WHEN {_SNAPSHOT} THEN s.health::jsonb ELSE a.health END,
-    effective_config = CASE WHEN {_SNAPSHOT}
+    effective_config = CASE WHEN {_SNAPSHOT} AND NOT s.keep_config
         THEN s.effective_config::jsonb ELSE a.effective_config END,
     remote_config_status = CASE WHEN {_SNAPSHOT}
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
@@ -647,6 +661,14 @@ SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
     s.proven AND COALESCE(s.status, 'online') = 'online'
 FROM opamp_stage_agents AS s
+"""
+
+# Agents whose stored effective config is the one in the batch (same hash of what was reported,
+# redacted by the same policy): it is not redacted and written again (a reconnect, a restart).
+_UNCHANGED_CONFIGS = """
+SELECT a.instance_uid FROM agents AS a
+JOIN unnest(%(uids)s::bytea[], %(hashes)s::text[]) AS c(uid, hash) ON a.instance_uid = c.uid
+WHERE a.effective_config->>'sha256' = c.hash AND a.effective_config->>'redaction' = %(policy)s
 """
 
 _UPDATE_SEEN = """
@@ -737,12 +759,82 @@ def _json_text(value: JSONObject | None) -> str | None:
     return None if value is None else _json.encode(value).decode("utf-8")
 
 
+def _unchanged_configs(
+    cur: psycopg.Cursor[Any], agents: dict[bytes, _AgentChange], redactor: ConfigRedactor
+) -> set[bytes]:
+    """The agents of the batch whose effective config is stored already (one query)."""
+    uids, hashes = [], []
+    for uid, change in agents.items():
+        snap = change.snapshot
+        if snap is not None and snap.effective_config is not None:
+            uids.append(uid)
+            hashes.append(effective_config_hash(snap.effective_config).hex())
+    if not uids:
+        return set()
+    params = {"uids": uids, "hashes": hashes, "policy": redactor.fingerprint}
+    return {row[0] for row in cur.execute(_UNCHANGED_CONFIGS, params).fetchall()}
+
+
+def _write_agents(
+    cur: psycopg.Cursor[Any], batch: _Batch, instance_id: str, redactor: ConfigRedactor
+) -> int:
+    """The batch's agent rows: COPY to staging, one UPDATE, an INSERT for the new ones, the
+    takeover notices; refused agents are left on ``batch.refused``. Returns the rows written."""
+    params = {"instance": instance_id}
+    agents = batch.agents
+    seen = batch.seen
+    unchanged = _unchanged_configs(cur, agents, redactor)
+    with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_AGENT_TYPES)
+        write = copy.write_row
+        for uid, c in agents.items():
+            status_at = c.connected_at if c.status == "online" else c.disconnected_at
+            snap = c.snapshot
+            if snap is None:
+                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                       c.reason, c.transport, seen.get(uid), False, None, None, None,
+                       None, None, None, False, False))  # fmt: skip
+            else:
+                # protobuf -> JSON here, in the worker thread; redacted (see rows)
+                keep = uid in unchanged
+                row = snap.row(redactor, effective=not keep)
+                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                       c.reason, c.transport or snap.transport, seen.get(uid), True,
+                       capabilities_to_bigint(snap.capabilities), row.agent_name,
+                       _json_text(row.description), _json_text(row.health),
+                       _json_text(row.effective_config),
+                       _json_text(row.remote_config_status), snap.proven,
+                       keep))  # fmt: skip
+    cur.execute(_UPDATE_AGENTS, params)
+    updated, moved, refused = cur.fetchone() or (0, None, None)
+    batch.refused = refused or []
+    inserted = 0
+    if updated == 0:
+        # All new (the common first flush of a fleet): a plain INSERT, no speculative
+        # insertion. Another instance inserting one of them meanwhile raises a unique
+        # violation and the batch is retried, then updating that row.
+        cur.execute(_INSERT_AGENTS, params)
+        inserted = cur.rowcount
+    elif updated < len(agents):
+        cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
+        inserted = cur.rowcount
+    if updated + inserted != len(agents):
+        raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
+    if inserted:
+        cur.execute(_COUNT_NEW_AGENTS, (inserted,))
+    for previous, uids in (moved or {}).items():
+        for payload in encode_notices("takeover", instance_id, uids=uids):
+            cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
+    return updated + inserted
+
+
 def _write_batch(
     conn: psycopg.Connection[Any],
     *,
     batch: _Batch,
     instance_id: str,
     shutdown_at: float | None = None,
+    redactor: ConfigRedactor | None = None,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
@@ -756,47 +848,7 @@ def _write_batch(
         agents = batch.agents
         seen = batch.seen
         if agents:
-            with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_AGENT_TYPES)
-                write = copy.write_row
-                for uid, c in agents.items():
-                    status_at = c.connected_at if c.status == "online" else c.disconnected_at
-                    snap = c.snapshot
-                    if snap is None:
-                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                               c.reason, c.transport, seen.get(uid), False, None, None, None,
-                               None, None, None, False))  # fmt: skip
-                    else:
-                        row = snap.row()  # protobuf -> JSON here, in the worker thread
-                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                               c.reason, c.transport or snap.transport, seen.get(uid), True,
-                               capabilities_to_bigint(snap.capabilities), row.agent_name,
-                               _json_text(row.description), _json_text(row.health),
-                               _json_text(row.effective_config),
-                               _json_text(row.remote_config_status), snap.proven))  # fmt: skip
-            cur.execute(_UPDATE_AGENTS, params)
-            updated, moved, refused = cur.fetchone() or (0, None, None)
-            batch.refused = refused or []
-            inserted = 0
-            if updated == 0:
-                # All new (the common first flush of a fleet): a plain INSERT, no speculative
-                # insertion. Another instance inserting one of them meanwhile raises a unique
-                # violation and the batch is retried, then updating that row.
-                cur.execute(_INSERT_AGENTS, params)
-                inserted = cur.rowcount
-            elif updated < len(agents):
-                cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
-                inserted = cur.rowcount
-            if updated + inserted != len(agents):
-                raise _LostRace(
-                    f"{len(agents) - updated - inserted} agent rows appeared concurrently"
-                )
-            rows += updated + inserted
-            if inserted:
-                cur.execute(_COUNT_NEW_AGENTS, (inserted,))
-            for previous, uids in (moved or {}).items():
-                for payload in encode_notices("takeover", instance_id, uids=uids):
-                    cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
+            rows += _write_agents(cur, batch, instance_id, redactor or ConfigRedactor())
         if batch.online is not None:
             ws, http = batch.online
             cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
