@@ -36,6 +36,7 @@ change detection work on the real content. Costly for big bodies: call it off th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -58,6 +59,9 @@ __all__ = [
 REDACTED: Final = "<redacted>"
 #: Bumped when what is redacted changes: stored configs redacted before are redone.
 ALGORITHM: Final = 1
+#: A body that may hold secrets and is larger than this is withheld, not parsed: parsing costs
+#: about a microsecond per byte in the writer's thread, and an agent may report a new one often.
+MAX_PARSED_BYTES: Final = 256 * 1024
 DEFAULT_SECRET_WORDS: Final = (
     "password",
     "passwd",
@@ -68,11 +72,17 @@ DEFAULT_SECRET_WORDS: Final = (
     "authorization",
     "cookie",
 )
-_SEPARATORS = re.compile(r"[\s_.\-]")
+_SEPARATORS: Final = str.maketrans("", "", " \t\r\n\f\v_.-")
+_SEPARATOR_BYTES: Final = b" \t\r\n\f\v_.-"
 
 
 def _normalize(name: str) -> str:
-    return _SEPARATORS.sub("", name.lower())
+    return name.lower().translate(_SEPARATORS)
+
+
+@functools.lru_cache(maxsize=16)
+def _words_pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(re.escape, words)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +92,7 @@ class RedactionPolicy:
     words: tuple[str, ...] = DEFAULT_SECRET_WORDS
 
     def secret_key(self, name: str) -> bool:
-        norm = _normalize(name)
-        return any(word in norm for word in self.words)
+        return _words_pattern(self.words).search(_normalize(name)) is not None
 
     @property
     def fingerprint(self) -> str:
@@ -121,6 +130,7 @@ _PRIVATE_KEY = re.compile(
     r"(-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----).*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S
 )
 _TRIGGER = re.compile(r"(?i)bearer|basic|://|private key")
+_TRIGGER_BYTES: Final = (b"bearer", b"basic", b"://", b"private key")
 _REFERENCE = re.compile(r"\$\{[^{}\s]+\}")
 _COMMENT_START = re.compile(r"[ \t]#")
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
@@ -129,6 +139,8 @@ _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 def redact_value_text(text: str) -> tuple[str, int]:
     """``text`` with bearer/basic credentials, URL passwords and PEM private keys replaced;
     and how many were."""
+    if not _TRIGGER.search(text):
+        return text, 0
     text, a = _CREDENTIAL.subn(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     text, b = _URL_PASSWORD.subn(lambda m: m.group(1) + ":" + REDACTED + "@", text)
     text, c = _PRIVATE_KEY.subn(lambda m: m.group(1) + REDACTED + m.group(2), text)
@@ -863,6 +875,19 @@ def _is_json(text: str) -> bool:
     return True
 
 
+def _may_hold_secrets(body: bytes, text: str, policy: RedactionPolicy) -> bool:
+    """False when no key can name a secret (no word anywhere, whatever the separators) and no
+    value can hold a credential: the text is then returned as it is, without parsing."""
+    if body.isascii():  # bytes operations: a few microseconds for a typical config
+        low = body.lower()
+        if any(trigger in low for trigger in _TRIGGER_BYTES):
+            return True
+        norm = low.translate(None, _SEPARATOR_BYTES)
+        return any(word.encode() in norm for word in policy.words)
+    folded = text.lower().translate(_SEPARATORS)
+    return bool(_TRIGGER.search(text)) or any(word in folded for word in policy.words)
+
+
 def redact_body(body: bytes, content_type: str, policy: RedactionPolicy) -> RedactedBody:
     """One reported config file with its secrets replaced, or withheld (see the module)."""
     if b"\x00" in body:
@@ -874,8 +899,10 @@ def redact_body(body: bytes, content_type: str, policy: RedactionPolicy) -> Reda
     kind = _format(content_type, text)
     if kind == "other":
         return RedactedBody(None, 0, f"not parsed: {content_type} is neither JSON nor YAML")
-    if not policy.secret_key(text) and not _TRIGGER.search(text):
-        return RedactedBody(text, 0)  # no key can name a secret, no value holds a credential
+    if not _may_hold_secrets(body, text, policy):
+        return RedactedBody(text, 0)
+    if len(body) > MAX_PARSED_BYTES:
+        return RedactedBody(None, 0, f"not parsed: larger than {MAX_PARSED_BYTES // 1024} KiB")
     try:
         if kind == "json":
             if not _is_json(text):

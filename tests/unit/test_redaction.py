@@ -143,6 +143,7 @@ def test_json_bodies_keep_their_formatting() -> None:
         (b'{"password": "SECRET"', "application/json", "not parsed"),
         (b"just some text with a SECRET\n", "", "not parsed"),
         (b"a:\n\tpassword: SECRET\n", "text/yaml", "not parsed"),  # tab indentation
+        (b"token: SECRET\n" + b"# padding\n" * 30_000, "text/yaml", "not parsed: larger"),
     ],
 )
 def test_bodies_that_cannot_be_parsed_are_withheld(
@@ -263,7 +264,7 @@ _PAIR_NAMES = ("key", "name")
 
 
 def _norm(key: str) -> str:
-    return re.sub(r"[\s_.\-]", "", key.lower())
+    return re.sub(r"[ \t\r\n\f\v_.\-]", "", key.lower())
 
 
 def oracle(node: Any, secret: bool = False) -> Any:
