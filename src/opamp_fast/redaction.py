@@ -486,8 +486,8 @@ class _BlockScanner:
         stripped = rest.lstrip(" \t")
         if not stripped:
             return
-        if stripped[0] != "#" or stripped == rest:
-            raise _Unsupported("text after a value")
+        if stripped[0] != "#" or (stripped == rest and self.text[p - 1 : p] not in (" ", "\t")):
+            raise _Unsupported("text after a value")  # a comment needs a space before it
         self.comments.append((end - len(stripped), end))
 
     def _attach(self, col: int, kind: str) -> _Map | _Seq | None:
@@ -870,7 +870,7 @@ def _format(content_type: str, text: str) -> str:
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -910,8 +910,11 @@ def redact_body(body: bytes, content_type: str, policy: RedactionPolicy) -> Reda
             redacted, count = _json(text, policy)
         else:
             redacted, count = _yaml(text, policy)
-    except (_Unsupported, IndexError, RecursionError) as exc:
-        return RedactedBody(None, 0, f"not parsed as {kind.upper()}: {exc or 'malformed'}")
+    except _Unsupported as exc:
+        return RedactedBody(None, 0, f"not parsed as {kind.upper()}: {exc}")
+    except Exception as exc:  # hostile input must never fail the writer's flush: withhold it
+        reason = "too deeply nested" if isinstance(exc, RecursionError) else "malformed"
+        return RedactedBody(None, 0, f"not parsed as {kind.upper()}: {reason}")
     return RedactedBody(redacted, count)
 
 

@@ -208,6 +208,22 @@ key_pem: |2
     assert '  password: "<redacted>",  # comment token: <redacted>\n' in out.text
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("a: # note\n  token: 1\n", "a: # note\n  token: <redacted>\n"),
+        ("secrets: &s # token: x\n  - x1\n", "secrets: &s # token: <redacted>\n  - <redacted>\n"),
+        ("- # note\n  token: y\n", "- # note\n  token: <redacted>\n"),
+        ("k:    # note\n- token: z\n", "k:    # note\n- token: <redacted>\n"),
+        ("token: |  # note\n  zz\nb: 2\n", "token: <redacted>\nb: 2\n"),
+        ("a: b #token: c\n", "a: b #token: <redacted>\n"),
+    ],
+)
+def test_comments_after_keys_dashes_and_headers(body: str, expected: str) -> None:
+    out = redact_body(body.encode(), "text/yaml", POLICY)
+    assert out.text == expected
+
+
 def test_the_stored_shape_keeps_the_hash_of_what_was_reported() -> None:
     redactor = ConfigRedactor(POLICY)
     body = b"exporters:\n  x:\n    token: SECRET\n"
@@ -417,6 +433,20 @@ def test_json_no_secret_survives_and_nothing_else_changes(
 ) -> None:
     text = json.dumps(doc, indent=indent, ensure_ascii=ascii_only)
     check(doc, text, "application/json", json.loads)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.text(_TEXT + "\t\r\x00\u2028", max_size=200),
+        st.builds(lambda d, cut: d[:cut], st.just(COLLECTOR), st.integers(0, len(COLLECTOR))),
+        st.builds(lambda n: "[" * n + "token: x" + "}" * n, st.integers(0, 5000)),
+    ),
+    st.sampled_from(["text/yaml", "application/json", "", "text/plain"]),
+)
+def test_any_text_is_redacted_or_withheld_never_an_error(text: str, content_type: str) -> None:
+    out = redact_body(text.encode(), content_type, POLICY)
+    assert (out.text is None) == (out.withheld is not None)
 
 
 _token68 = st.text(string.ascii_letters + string.digits + "-._~+/", min_size=8, max_size=30)
