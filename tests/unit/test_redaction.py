@@ -367,15 +367,17 @@ def _pairs(children: Any) -> Any:
     )
 
 
-documents = st.recursive(
-    scalars,
-    lambda children: st.one_of(
+def _collections(children: Any) -> Any:
+    return st.one_of(
         st.lists(children, max_size=4),
         st.dictionaries(st.one_of(plain_keys, secret_keys), children, max_size=5),
         _pairs(children),
-    ),
-    max_leaves=25,
-).filter(lambda d: isinstance(d, dict | list))
+    )
+
+
+documents = st.recursive(scalars, _collections, max_leaves=25).filter(
+    lambda d: isinstance(d, dict | list)
+)
 
 
 class _LiteralDumper(yaml.SafeDumper):
