@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .redaction import DEFAULT_SECRET_WORDS, RedactionPolicy
 
 ENV_PREFIX = "OPAMP_FAST_"
 MIB = 1024 * 1024
@@ -80,6 +81,7 @@ class Settings:
     agent_auth_token: str | None = None
     agent_token_secret: str | None = None
     require_agent_identity: bool = False
+    redact_keys: str = ",".join(DEFAULT_SECRET_WORDS)
     flush_interval_s: float = 1.0
     flush_batch_max: int = 50_000
     writer_queue_max: int = 100_000
@@ -292,6 +294,7 @@ class Settings:
         )
         levels = ("debug", "info", "warning", "error")
         _check(self.log_level in levels, "log_level", self.log_level, f"must be one of {levels}")
+        _check_words("redact_keys", self.redact_keys)
 
     @classmethod
     def from_sources(
@@ -379,6 +382,9 @@ _HELP = {
     "require_agent_identity": "refuse agents whose credentials are not bound to their instance "
     "uid (a per-agent token, or a client certificate whose CN is the uid)",
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
+    "redact_keys": "comma-separated words: a value in an agent's reported effective config whose "
+    "key contains one (ignoring case, '-', '_', '.') is stored and shown redacted; bearer and "
+    "basic credentials, URL passwords and PEM private keys always are (docs/api.md)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
     "writer_queue_max": "connection-history rows waiting for the database beyond which new "
@@ -495,6 +501,13 @@ def parse_value(opt: Option, raw: str, *, source: str) -> Any:
 def _check(ok: bool, name: str, value: object, why: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {value!r} {why}")
+
+
+def _check_words(name: str, value: str) -> None:
+    try:
+        RedactionPolicy.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _positive(name: str, value: float) -> None:

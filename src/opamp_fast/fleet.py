@@ -18,7 +18,10 @@ Liveness policy (one transition each, see ``registry``):
   second takeover within one heartbeat interval, or a plain-HTTP request for a uid live on a
   WebSocket, is a duplicate: answered with ``agent_identification.new_instance_uid`` against a
   scratch state, so it never touches the owner's state, liveness or rows. Credentials bound to
-  the uid (``admission``) prove the agent: it always takes over, and never speaks for another uid.
+  the uid (``admission``) prove the agent: it always takes over (a plain-HTTP agent's session
+  included), and never speaks for another uid. A connection or session that proved the uid is
+  never displaced by one that did not: that claim is answered as a duplicate, counted, and
+  logged once per session.
 * An agent that adopts a new uid on its WebSocket ends its old record ("instance uid changed")
   and the connection serves the new uid.
 """
@@ -73,6 +76,7 @@ logger = logging.getLogger(__name__)
 class _Role(enum.Enum):
     OWNER = "owner"  # may speak for the agent (possibly taking it over from another socket)
     DUPLICATE = "duplicate"  # another live connection owns the uid: answered, never merged
+    REFUSED = "refused"  # a connection that proved the uid owns it: answered as a duplicate
 
 
 class AgentSink(Protocol):
@@ -131,6 +135,8 @@ class FleetHandler:
         self._mono = mono_clock
         self.heartbeats_total = 0
         self.duplicates_total = 0  # messages answered as a duplicate (never merged)
+        # of which unproven claims on a uid held by a connection that proved it (``_role``)
+        self.claims_refused_total = 0
         self.sweeper_lag_s = 0.0
         # Packages (issue 14, ``packages.registry``): a record new to this instance gets the
         # offer its agent should have; reported PackageStatuses go to their writer.
@@ -186,7 +192,6 @@ class FleetHandler:
             )
         wall = self._wall()
         mono = self._mono()
-        transitions: list[StatusTransition] = []
         bound: AgentRecord | None = conn.record
         if bound is not None and bound.uid != uid:
             # The agent adopted a new uid on this socket (after agent_identification): the old
@@ -200,9 +205,13 @@ class FleetHandler:
         if created and self.on_new_record is not None:
             self.on_new_record(record)
         role, superseded = self._role(conn, record, mono)
-        if role is _Role.DUPLICATE:
-            return self._answer_duplicate(conn, record, msg, wall)
-        session = self._session(conn, record)
+        if role is not _Role.OWNER:
+            return self._answer_duplicate(conn, record, msg, wall, refused=role is _Role.REFUSED)
+        # A connection that proves the uid ends a session that did not (a new session starts).
+        replacing = superseded is not None or (
+            identity is not None and record.online and not record.proven
+        )
+        session = self._session(conn, record, fresh=replacing)
         reply = process_message(
             record.state,
             session,
@@ -212,68 +221,111 @@ class FleetHandler:
             new_uid=new_instance_uid,
             allow_new_uid=identity is None,
         )
-        if superseded is not None:
-            t = self.registry.mark_offline(record, wall=wall, reason=reasons.SUPERSEDED)
-            if t is not None:
-                transitions.append(t)
         disconnecting = msg.HasField("agent_disconnect")
-        if record.session is not session or not record.online:
-            if not (disconnecting and not record.online):
-                t = self.registry.mark_online(
-                    record,
-                    session=session,
-                    connection=conn if conn.transport is Transport.WS else None,
-                    transport=conn.transport or Transport.HTTP,
-                    remote_addr=conn.remote_addr,
-                    heartbeat_interval_s=self.policy.heartbeat_interval_s,
-                    mono=mono,
-                    wall=wall,
-                )
-                if t is not None:
-                    transitions.append(t)
-        else:
-            self.registry.refresh(record, mono=mono, wall=wall)
+        transitions = self._bind(conn, record, session, replacing, disconnecting, mono, wall)
         if conn.record is None and conn.transport is Transport.WS:
             self.admission.handshakes -= 1  # its first message is answered
         conn.record = record
         status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
         went_online = self._persist(record, transitions, status_changed)
-        if self.assigner is not None and not disconnecting and record.online:
-            if (went_online or "description" in status_changed) and self.assigner(record):
-                if record.state.packages_available is None and reply.response.HasField(
-                    "packages_available"
-                ):  # withdrawn while the agent was away: do not send the stale offer
-                    reply.response.ClearField("packages_available")
-                    session.offered_packages_hash = None
-                add_offers(reply.response, record.state, session, policy=self.policy)
-        if "package_statuses" in status_changed and self.on_package_statuses is not None:
-            statuses = record.state.package_statuses
-            if statuses is not None:
-                self.on_package_statuses(record.uid, statuses)
-        if reply.response.HasField("packages_available"):
-            self.package_offers_sent_total += 1
+        self._after_merge(
+            record, session, reply.response, status_changed, went_online, disconnecting
+        )
         if created and not record.online and record.state.remote_config is None:
             self.registry.forget(record)  # an unknown agent's goodbye: nothing to remember
         if superseded is not None:
             superseded.close(reasons.CLOSE_SUPERSEDED, reasons.SUPERSEDED)
         return reply.response
 
+    def _bind(
+        self,
+        conn: Connection,
+        record: AgentRecord,
+        session: Session,
+        replacing: bool,
+        disconnecting: bool,
+        mono: float,
+        wall: float,
+    ) -> list[StatusTransition]:
+        """Liveness of a message its connection may speak for: end the session it replaces,
+        bind the agent to this session (online) or refresh it. Returns the transitions."""
+        transitions: list[StatusTransition] = []
+        registry = self.registry
+        if replacing:
+            t = registry.mark_offline(record, wall=wall, reason=reasons.SUPERSEDED)
+            if t is not None:
+                transitions.append(t)
+        if record.session is session and record.online:
+            registry.refresh(record, mono=mono, wall=wall)
+            return transitions
+        if disconnecting and not record.online:
+            return transitions
+        t = registry.mark_online(
+            record,
+            session=session,
+            connection=conn if conn.transport is Transport.WS else None,
+            transport=conn.transport or Transport.HTTP,
+            remote_addr=conn.remote_addr,
+            heartbeat_interval_s=self.policy.heartbeat_interval_s,
+            mono=mono,
+            wall=wall,
+        )
+        record.proven = conn.identity is not None
+        if t is not None:
+            transitions.append(t)
+        return transitions
+
+    def _after_merge(
+        self,
+        record: AgentRecord,
+        session: Session,
+        response: pb.ServerToAgent,
+        status_changed: frozenset[str],
+        went_online: bool,
+        disconnecting: bool,
+    ) -> None:
+        """What a merged message leads to beyond the core's reply: the config and packages due
+        to an agent that came online or described itself anew (not in a goodbye), reported
+        package statuses."""
+        if self.assigner is not None and not disconnecting and record.online:
+            if (went_online or "description" in status_changed) and self.assigner(record):
+                if record.state.packages_available is None and response.HasField(
+                    "packages_available"
+                ):  # withdrawn while the agent was away: do not send the stale offer
+                    response.ClearField("packages_available")
+                    session.offered_packages_hash = None
+                add_offers(response, record.state, session, policy=self.policy)
+        if "package_statuses" in status_changed and self.on_package_statuses is not None:
+            statuses = record.state.package_statuses
+            if statuses is not None:
+                self.on_package_statuses(record.uid, statuses)
+        if response.HasField("packages_available"):
+            self.package_offers_sent_total += 1
+
     def _role(
         self, conn: Connection, record: AgentRecord, mono: float
     ) -> tuple[_Role, Connection | None]:
         """Whether ``conn`` may speak for ``record``: as its owner, by taking it over from an
-        older WebSocket (returned, to be closed), or not at all (a duplicate).
+        older WebSocket (returned, to be closed), or not at all (a duplicate, or a refused
+        claim).
 
-        A newer WebSocket takes over an older one for the same uid: the older is most likely
-        half-open after a network blip. A second takeover within one heartbeat interval means two
-        live agents share the uid (a cloned VM): the newcomer is a duplicate. Credentials bound
-        to the uid prove the newcomer is that agent: it always takes over. A plain-HTTP request
-        for a uid that is live on a WebSocket is a duplicate unless its credentials prove it.
+        Credentials bound to the uid prove the newcomer is that agent: it always takes over.
+        A connection that proved the uid is never displaced by one that did not: such a claim
+        is refused (here, or by another instance holding it that way, see ``refuse_claims``).
+        Otherwise a newer WebSocket takes over an older one for the same uid: the older is most
+        likely half-open after a network blip. A second takeover within one heartbeat interval
+        means two live agents share the uid (a cloned VM): the newcomer is a duplicate. A
+        plain-HTTP request for a uid that is live on a WebSocket is a duplicate unless its
+        credentials prove it.
         """
+        proven = conn.identity is not None  # on_message refused any other uid already
+        if not proven and (
+            (record.online and record.proven) or mono < record.proven_elsewhere_until
+        ):
+            return _Role.REFUSED, None
         owner = record.connection
         if owner is None or owner is conn or owner.closed:
             return _Role.OWNER, None
-        proven = conn.identity is not None and conn.identity == record.uid
         if conn.transport is not Transport.WS and not proven:
             return _Role.DUPLICATE, None
         if not proven and mono - record.last_takeover_mono < self.policy.heartbeat_interval_s:
@@ -281,19 +333,31 @@ class FleetHandler:
         record.last_takeover_mono = mono
         return _Role.OWNER, owner
 
-    def _session(self, conn: Connection, record: AgentRecord) -> Session:
+    def _session(self, conn: Connection, record: AgentRecord, *, fresh: bool) -> Session:
         if conn.transport is Transport.WS:
             assert conn.session is not None
             return conn.session
-        if record.online and record.transport is Transport.HTTP and record.session is not None:
+        if (
+            not fresh
+            and record.online
+            and record.transport is Transport.HTTP
+            and record.session is not None
+        ):
             return record.session  # an HTTP agent's session spans its polls
         return Session(Transport.HTTP)
 
     def _answer_duplicate(
-        self, conn: Connection, record: AgentRecord, msg: pb.AgentToServer, wall: float
+        self,
+        conn: Connection,
+        record: AgentRecord,
+        msg: pb.AgentToServer,
+        wall: float,
+        *,
+        refused: bool,
     ) -> pb.ServerToAgent:
         """Another live connection owns this uid: answer with a new uid to adopt, and let the
-        message touch nothing of the owner's (state, liveness, rows)."""
+        message touch nothing of the owner's (state, liveness, rows). ``refused``: the owner
+        proved the uid and this connection did not; counted, and logged once per session."""
         self.duplicates_total += 1
         scratch = AgentState(record.uid, record.state.wire_uid)
         session = conn.session if conn.transport is Transport.WS else None
@@ -306,6 +370,9 @@ class FleetHandler:
             new_uid=new_instance_uid,
             duplicate=True,
         )
+        if refused:
+            self._count_refusal(record, conn.remote_addr, "answered with a new uid")
+            return reply.response
         for event in reply.events:
             if isinstance(event, InstanceUidReassigned):
                 logger.info(
@@ -315,6 +382,20 @@ class FleetHandler:
                     event.new_uid.hex(),
                 )
         return reply.response
+
+    def _count_refusal(self, record: AgentRecord, remote_addr: str, outcome: str) -> None:
+        """An unproven claim on a uid held with proof: counted; logged once per session."""
+        self.claims_refused_total += 1
+        record.refused_claims += 1
+        if record.refused_claims == 1:
+            logger.warning(
+                "instance uid %s is held by a connection that proved its identity: refused an "
+                "unproven claim from %s (%s; further claims are counted in "
+                "opamp_fast_identity_claims_refused_total, not logged)",
+                format_instance_uid(record.uid),
+                remote_addr,
+                outcome,
+            )
 
     def _apply_events(
         self,
@@ -433,6 +514,23 @@ class FleetHandler:
         self._end(records, reason, reasons.CLOSE_SUPERSEDED, reason)
         return len(records)
 
+    def refuse_claims(self, uids: list[bytes]) -> int:
+        """Sessions here that did not prove their uid, refused by the database because another
+        instance holds the agent with a session that did (``batch_writer._FOREIGN``; their rows
+        were left alone): end them (close 4003), and for one agent timeout answer further
+        unproven claims for these uids as refused, without waiting for the database again.
+        Returns how many sessions ended."""
+        until = self._mono() + self.registry.agent_timeout_s(self.policy.heartbeat_interval_s)
+        ending = []
+        for record in map(self.registry.get, uids):
+            if record is None or record.proven:
+                continue  # a proven session here: the other instance's writer tells us
+            record.proven_elsewhere_until = until
+            if record.online:
+                self._count_refusal(record, record.remote_addr, "its session ended")
+                ending.append(record)
+        return self._end(ending, reasons.PROVEN_ELSEWHERE, reasons.CLOSE_REFUSED, "uid refused")
+
     def disconnect(self, uids: list[bytes], *, reason: str = reasons.OPERATOR) -> int:
         """An operator's disconnect: end these agents' sessions here and close their sockets.
         Returns how many were online here."""
@@ -505,4 +603,5 @@ def snapshot_of(record: AgentRecord) -> AgentSnapshot:
         effective_config=state.effective_config,
         remote_config_status=state.remote_config_status,
         transport=record.transport.value if record.transport else None,
+        proven=record.proven,
     )

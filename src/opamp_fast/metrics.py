@@ -207,6 +207,12 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "merged.",
         ),
         _spec(
+            "opamp_fast_identity_claims_refused_total",
+            "counter",
+            "Messages from connections without bound credentials claiming a uid held by a "
+            "connection that proved it: refused (answered with a new uid, or the claimant closed).",
+        ),
+        _spec(
             "opamp_fast_loop_lag_seconds",
             "gauge",
             "How late the event loop runs (a decaying maximum; admission sheds new WebSockets "
@@ -460,6 +466,7 @@ class MetricsSnapshot:
     history_deleted: int
     shed: dict[str, int]
     duplicates: int
+    claims_refused: int
     loop_lag_s: float
     records: list[AgentRecord]
     packages: PackageStatistics | None = None
@@ -604,6 +611,7 @@ class MetricsExporter:
             history_deleted=self.retention.deleted_total if self.retention is not None else 0,
             shed=dict(fleet.admission.shed_total) if fleet is not None else {},
             duplicates=fleet.duplicates_total if fleet is not None else 0,
+            claims_refused=fleet.claims_refused_total if fleet is not None else 0,
             loop_lag_s=self.loop_lag() if self.loop_lag is not None else 0.0,
             records=list(self.agents),
             packages=self.packages.statistics() if self.packages is not None else None,
@@ -731,6 +739,7 @@ class FleetCollector(Collector):
         for reason, n in sorted(snap.shed.items()):
             shed.add_metric([reason], n)
         f.counter("opamp_fast_duplicate_messages_total").add_metric([], snap.duplicates)
+        f.counter("opamp_fast_identity_claims_refused_total").add_metric([], snap.claims_refused)
         f.gauge("opamp_fast_loop_lag_seconds").add_metric([], snap.loop_lag_s)
         f.counter("opamp_fast_history_deleted_total").add_metric([], snap.history_deleted)
 

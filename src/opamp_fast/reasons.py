@@ -18,9 +18,12 @@ SERVER_SHUTDOWN: Final = "server shutdown"  # this server stopped (SIGTERM)
 SERVER_RESTART: Final = "server restart"  # this server was killed; closed at its next start
 SERVER_LOST: Final = "server lost"  # another instance died; closed by a survivor
 OPERATOR: Final = "disconnected by an operator"  # POST /api/agents/{id}/disconnect
+# an unproven claim, ended when the database showed the uid held with proof by another instance
+PROVEN_ELSEWHERE: Final = "instance uid held by a proven connection"
 
 # -- WebSocket close codes (RFC 6455 section 7.4: 4000-4999 are the application's) -------------
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down
 CLOSE_SUPERSEDED: Final = 4000  # a newer connection took over this agent
 CLOSE_TIMEOUT: Final = 4001  # no message within the heartbeat timeout
 CLOSE_ROUTED: Final = 4002  # an operator (or another instance) disconnected the agent
+CLOSE_REFUSED: Final = 4003  # the uid is held by a connection that proved it; this one did not

@@ -81,6 +81,9 @@ class AgentRecord:
         "handle",
         "last_seen",
         "last_takeover_mono",
+        "proven",
+        "proven_elsewhere_until",
+        "refused_claims",
         "remote_addr",
         "session",
         "state",
@@ -106,6 +109,12 @@ class AgentRecord:
         self.last_seen = 0.0
         self.timeout_s = 0.0
         self.last_takeover_mono = float("-inf")
+        # Identity: whether the connection (or HTTP session) holding the agent proved the uid
+        # with bound credentials; until when another instance is known to hold it that way
+        # (monotonic seconds); unproven claims refused since its last session began.
+        self.proven = False
+        self.proven_elsewhere_until = float("-inf")
+        self.refused_claims = 0
 
     @property
     def uid(self) -> bytes:
@@ -244,6 +253,7 @@ class Registry:
             return None
         from_state = "new" if record.disconnected_at is None else "offline"
         record.status = AgentStatus.ONLINE
+        record.refused_claims = 0
         record.connected_at = wall
         self._online += 1
         self._online_by_transport[transport] += 1
@@ -262,6 +272,7 @@ class Registry:
         record.disconnect_reason = reason
         record.connection = None
         record.session = None
+        record.proven = False
         self._wheel.cancel(record.handle)
         self._online -= 1
         if record.transport is not None:

@@ -32,6 +32,7 @@ from .metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
 from .protocol import DEFAULT_SERVER_CAPABILITIES, SERVER_OFFERS_PACKAGES, ServerPolicy
 from .protocol.codec import PartBounds
+from .redaction import ConfigRedactor, RedactionPolicy
 from .registry import Registry
 from .storage import Database, queries
 from .storage.batch_writer import BatchWriter
@@ -153,6 +154,7 @@ async def open_services(
         batch_max=settings.flush_batch_max,
         queue_max=settings.writer_queue_max,
         online_counts=lambda: (registry.online_ws, registry.online_http),
+        redactor=ConfigRedactor(RedactionPolicy.parse(settings.redact_keys)),
     )
     loop_lag = LoopLag()
     events = EventHub(
@@ -168,6 +170,7 @@ async def open_services(
         admission=admission_of(settings, overloaded=lambda: writer.overloaded, loop_lag=loop_lag),
         events=events,
     )
+    writer.on_refused = fleet.refuse_claims
     services = Services(
         settings=settings,
         db=db,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 
 from opamp_fast._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
+from opamp_fast.protocol import remote_config_hash
+from opamp_fast.redaction import ConfigRedactor, RedactionPolicy
 from opamp_fast.storage import Database, apply_migrations
 from opamp_fast.storage.batch_writer import BatchWriter
 from opamp_fast.storage.rows import AgentSnapshot
@@ -65,6 +68,15 @@ async def writer_factory(db: Database) -> AsyncIterator[Callable[..., Any]]:
             await writer.aclose()
 
 
+def sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+CONFIG_HASH = remote_config_hash(
+    {"main.yaml": (b"receivers: {}\n", "text/yaml"), "blob": (b"\xff\x00\x01", "")}
+).hex()
+
+
 def snapshot(n: int, version: int = 1) -> AgentSnapshot:
     description = opamp_pb2.AgentDescription(
         identifying_attributes=[
@@ -83,7 +95,9 @@ def snapshot(n: int, version: int = 1) -> AgentSnapshot:
     config = opamp_pb2.EffectiveConfig(
         config_map=opamp_pb2.AgentConfigMap(
             config_map={
-                "main.yaml": opamp_pb2.AgentConfigFile(body=b"receivers: {}\n", content_type="y"),
+                "main.yaml": opamp_pb2.AgentConfigFile(
+                    body=b"receivers: {}\n", content_type="text/yaml"
+                ),
                 "blob": opamp_pb2.AgentConfigFile(body=b"\xff\x00\x01"),
             }
         )
@@ -113,6 +127,38 @@ HISTORY_COLUMNS = """
     extract(epoch FROM disconnected_at)::float8, duration_s, disconnect_reason, remote_addr,
     transport, serving_instance
 """
+
+
+async def test_an_effective_config_is_redacted_and_written_once(
+    writer_factory: Any, database_url: str
+) -> None:
+    """A config stored already (same hash of what was reported, same redaction policy) is not
+    redacted and written again on a reconnect or a restart: one query per flush finds them. A
+    writer with another word list redoes it."""
+    writer: BatchWriter = await writer_factory()
+    writer.connected(uid(1), at=T0, remote_addr="a", transport="ws", snapshot=snapshot(1))
+    await writer.flush()
+
+    def mark() -> None:
+        with psycopg.connect(database_url) as conn:
+            conn.execute(
+                "UPDATE agents SET effective_config = jsonb_set(effective_config,"
+                " '{config_map,main.yaml,body}', '\"as stored\"')"
+            )
+
+    await anyio.to_thread.run_sync(mark)
+    body = (
+        "SELECT effective_config->'config_map'->'main.yaml'->>'body', health->>'status' FROM agents"
+    )
+    writer.connected(uid(1), at=T0 + 1, remote_addr="a", transport="ws", snapshot=snapshot(1, 2))
+    await writer.flush()
+    assert await aquery(database_url, body) == [("as stored", "v2")]
+    other = await writer_factory(
+        instance_id="node-b", redactor=ConfigRedactor(RedactionPolicy.parse("receivers"))
+    )
+    other.connected(uid(1), at=T0 + 2, remote_addr="a", transport="ws", snapshot=snapshot(1, 3))
+    await other.flush()
+    assert await aquery(database_url, body) == [("receivers: {}\n", "v3")]
 
 
 async def test_flush_writes_every_column(writer_factory, database_url) -> None:
@@ -153,9 +199,17 @@ async def test_flush_writes_every_column(writer_factory, database_url) -> None:
             },
             {
                 "config_map": {
-                    "main.yaml": {"body": "receivers: {}\n", "content_type": "y"},
-                    "blob": {"body": "/wAB", "encoding": "base64", "content_type": ""},
-                }
+                    "main.yaml": {
+                        "body": "receivers: {}\n", "content_type": "text/yaml",
+                        "sha256": sha256(b"receivers: {}\n"), "size": 14, "redacted": 0,
+                    },
+                    "blob": {
+                        "content_type": "", "sha256": sha256(b"\xff\x00\x01"), "size": 3,
+                        "withheld": "binary (not UTF-8 text)",
+                    },
+                },
+                "sha256": CONFIG_HASH,
+                "redaction": RedactionPolicy().fingerprint,
             },
             {"last_remote_config_hash": "01010101", "status": "APPLIED", "error_message": ""},
             {},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -14,10 +15,10 @@ import httpx
 import psycopg
 import pytest
 
-from opamp_fast.auth import load_key_material, mint_token
+from opamp_fast.auth import agent_token_key, load_key_material, mint_agent_token, mint_token
 from opamp_fast.protocol import format_instance_uid
-from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
-from tests.helpers.wsclient import ConnectionClosed
+from tests.helpers.agents import HTTPAgent, WSAgent, open_ws_agent, wait_for, ws_url
+from tests.helpers.wsclient import ConnectionClosed, open_ws
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -146,6 +147,60 @@ async def test_newer_session_on_another_instance_ends_the_older(
             async with api_client(a) as api:
                 summary = (await api.get("/api/agents/status/summary")).json()
             assert summary["online"] == 1
+
+
+async def test_an_unproven_claim_through_another_instance_never_displaces_a_proven_agent(
+    two: tuple[Any, Any], database_url: str
+) -> None:
+    """Instance b cannot know that the uid is held, with proof, by a: its database write is
+    refused instead (the stored row is a's, untouched), b ends the claimant's session and
+    answers the next claims with a new uid; a never lets its agent go. The agent itself coming
+    back through b with its credentials still takes over."""
+    a, b = two
+    key = agent_token_key(a.services.settings)
+    assert key is not None
+    uid = os.urandom(16)
+    token = mint_agent_token(key, instance_uid=str(uuid.UUID(bytes=uid)), ttl_s=600)
+    bearer = [("Authorization", f"Bearer {token}")]
+    agent_row = "SELECT status, serving_instance, agent_name FROM agents WHERE instance_uid = %s"
+    async with open_ws(ws_url(a.url), extra_headers=bearer) as ws:
+        owner = WSAgent(ws, uid)
+        await owner.full_state("the-owner")
+        await flush_all(a)
+        async with open_ws_agent(b.url, uid) as claimant:
+            await claimant.full_state("an-impostor")  # b cannot tell yet
+            await flush_all(b)  # refused by the database: b ends the claimant's session
+            with pytest.raises(ConnectionClosed) as info:
+                with anyio.fail_after(5):
+                    await claimant.ws.get_message()
+            assert info.value.reason.code == 4003
+        async with open_ws_agent(b.url, uid) as again:  # b knows now: a new uid, at once
+            reply = await again.full_state("an-impostor")
+            assert len(reply.agent_identification.new_instance_uid) == 16
+        await flush_all(a, b)
+        assert a.services.registry.get(uid).online
+        assert (await owner.heartbeat()).instance_uid == uid
+        rows = await aquery(database_url, agent_row, (uid,))
+        assert rows == [("online", "a", "the-owner")]
+        assert b.services.fleet.claims_refused_total == 2
+        history = await aquery(
+            database_url,
+            "SELECT serving_instance, disconnect_reason FROM agent_connection_history"
+            " WHERE instance_uid = %s ORDER BY id",
+            (uid,),
+        )
+        assert history == [("a", None), ("b", "instance uid held by a proven connection")]
+        # The agent itself, through b: it takes over from a.
+        async with open_ws(ws_url(b.url), extra_headers=bearer) as ws2:
+            back = WSAgent(ws2, uid)
+            assert not (await back.full_state("the-owner")).HasField("agent_identification")
+            await flush_all(b)
+            with pytest.raises(ConnectionClosed) as info:
+                with anyio.fail_after(5):
+                    await ws.get_message()
+            assert info.value.reason.code == 4000
+            await wait_for(lambda: not a.services.registry.get(uid).online)
+            assert await aquery(database_url, agent_row, (uid,)) == [("online", "b", "the-owner")]
 
 
 async def test_a_killed_instance_is_declared_lost_by_a_survivor(

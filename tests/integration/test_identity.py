@@ -4,6 +4,7 @@ client certificates bind a connection to one uid."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import pytest
 
 from opamp_fast.auth import agent_token_key, load_key_material, mint_agent_token, mint_token
 from opamp_fast.protocol import pb
-from tests.helpers.agents import HTTPAgent, WSAgent, description, new_uid, open_ws_agent
+from tests.helpers.agents import (
+    HTTPAgent,
+    WSAgent,
+    description,
+    new_uid,
+    open_ws_agent,
+    ws_url,
+)
 from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 from tests.helpers.certs import make_ca
 from tests.helpers.wsclient import ConnectionClosed, ConnectionRejected, open_ws
@@ -180,3 +188,104 @@ async def test_client_certificate_naming_the_uid_binds_the_connection(
         async with open_ws(url, ssl_context=ca.client_context(anonymous)):
             pass
     assert info.value.status_code == 401
+
+
+async def refused_claims(running: Any) -> float:
+    """``opamp_fast_identity_claims_refused_total`` as the server's /metrics shows it."""
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("opamp_fast_identity_claims_refused_total "):
+            return float(line.split()[1])
+    raise AssertionError("opamp_fast_identity_claims_refused_total is not exported")
+
+
+def refusal_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "proved its identity" in r.getMessage()]
+
+
+async def test_an_unproven_claim_never_displaces_a_proven_websocket(
+    server: Any, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without --require-agent-identity an anonymous socket claiming the uid of a connection
+    that proved it is answered with a new uid, never merged; the proven agent reconnecting with
+    its credentials still takes over its own old connection."""
+    registry = server.services.registry
+    uid = new_uid()
+    bearer = [("Authorization", f"Bearer {agent_token(server.services.settings, uid)}")]
+    caplog.set_level(logging.INFO, logger="opamp_fast.fleet")
+    async with open_ws(ws_url(server.url), extra_headers=bearer) as ws:
+        owner = WSAgent(ws, uid)
+        await owner.full_state("the-owner")
+        record = registry.get(uid)
+        async with open_ws_agent(server.url, uid) as claimant:
+            for _ in range(3):  # long after any takeover: the clone heuristic does not apply
+                reply = await claimant.full_state("an-impostor")
+                new = reply.agent_identification.new_instance_uid
+                assert len(new) == 16 and new != uid
+        assert record.online and record.connection is not None
+        name = record.state.description.identifying_attributes[0].value.string_value
+        assert name == "the-owner"
+        assert (await owner.heartbeat()).instance_uid == uid
+        assert await refused_claims(server) == 3
+        assert len(refusal_logs(caplog)) == 1  # once, not once per message
+        # The agent itself, on a new socket with the same credentials: it takes over.
+        async with open_ws(ws_url(server.url), extra_headers=bearer) as ws2:
+            again = WSAgent(ws2, uid)
+            assert not (await again.full_state("the-owner")).HasField("agent_identification")
+            with pytest.raises(ConnectionClosed) as info:
+                with anyio.fail_after(5):
+                    await ws.get_message()
+            assert info.value.reason.code == 4000
+            await server.services.writer.flush()
+            assert history(database_url, uid) == [
+                ("ws", "superseded by a new connection"),
+                ("ws", None),
+            ]
+
+
+async def test_unproven_plain_http_claims_never_displace_a_proven_agent(
+    server: Any, database_url: str
+) -> None:
+    registry = server.services.registry
+    settings = server.services.settings
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        owner = HTTPAgent(http)
+        proof = {"Authorization": f"Bearer {agent_token(settings, owner.uid)}"}
+        await owner.request(
+            owner.message(agent_description=description("the-owner")), headers=proof
+        )
+        record = registry.get(owner.uid)
+        impostor = HTTPAgent(http, owner.uid)
+        reply = await impostor.request(
+            impostor.message(agent_description=description("an-impostor"))
+        )
+        assert len(reply.agent_identification.new_instance_uid) == 16
+        async with open_ws_agent(server.url, owner.uid) as claimant:
+            reply = await claimant.full_state("an-impostor")
+            assert len(reply.agent_identification.new_instance_uid) == 16
+        name = record.state.description.identifying_attributes[0].value.string_value
+        assert name == "the-owner" and record.online and record.connection is None
+        polled = await owner.request(owner.message(), headers=proof)
+        assert polled.instance_uid == owner.uid
+        assert not polled.HasField("agent_identification")
+        assert await refused_claims(server) == 2
+
+        # An anonymous session is taken over by a proven poll for its uid (a new session),
+        # after which anonymous polls for it are refused.
+        anonymous = HTTPAgent(http)
+        await anonymous.full_state("anonymous")
+        proven = HTTPAgent(http, anonymous.uid)
+        proof = {"Authorization": f"Bearer {agent_token(settings, anonymous.uid)}"}
+        taken = await proven.request(
+            proven.message(agent_description=description("proven")), headers=proof
+        )
+        assert not taken.HasField("agent_identification")
+        refused = await anonymous.request(anonymous.message())
+        assert len(refused.agent_identification.new_instance_uid) == 16
+    await server.services.writer.flush()
+    assert history(database_url, owner.uid) == [("http", None)]
+    assert history(database_url, anonymous.uid) == [
+        ("http", "superseded by a new connection"),
+        ("http", None),
+    ]

@@ -47,12 +47,20 @@ def test_environment_then_overrides() -> None:
         ({"OPAMP_FAST_OPAMP_PATH": "v1/opamp"}, "must be an absolute URL path"),
         ({"OPAMP_FAST_LOG_LEVEL": "loud"}, "log_level: 'loud' must be one of"),
         ({"OPAMP_FAST_MAX_MESSAGE_BYTES": "10"}, "must be at least 1024"),
+        ({"OPAMP_FAST_REDACT_KEYS": "token,,key"}, "redact_keys: '' is not a word"),
+        ({"OPAMP_FAST_REDACT_KEYS": "pw"}, "redact_keys: 'pw' is not a word of at least 3"),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
         Settings.from_sources(environ=env)
     assert message in str(info.value)
+
+
+def test_the_secret_words_come_from_the_environment() -> None:
+    assert Settings().redact_keys.split(",")[:2] == ["password", "passwd"]
+    env = {"OPAMP_FAST_REDACT_KEYS": "password, x-api-key"}
+    assert Settings.from_sources(environ=env).redact_keys == "password, x-api-key"
 
 
 def test_secrets_are_redacted() -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from opamp_fast._proto.opamp.v1 import anyvalue_pb2 as av
 from opamp_fast._proto.opamp.v1 import opamp_pb2 as pb
+from opamp_fast.redaction import RedactionPolicy
 from opamp_fast.storage.rows import (
     AgentSnapshot,
     any_value_to_json,
     capabilities_to_bigint,
-    config_body_to_json,
+    effective_config_hash,
 )
 
 
@@ -95,17 +98,29 @@ def test_snapshot_from_messages() -> None:
     }
 
 
-def test_config_bodies_text_or_base64() -> None:
-    assert config_body_to_json("é: 1".encode(), "text/yaml") == {
-        "body": "é: 1",
-        "content_type": "text/yaml",
-    }
-    assert config_body_to_json(b"a\x00b", "") == {
-        "body": "YQBi",
-        "encoding": "base64",
-        "content_type": "",
-    }
-    assert config_body_to_json(b"\xff", "x")["encoding"] == "base64"
+def test_effective_configs_are_redacted_and_hashed() -> None:
+    body = b"exporters:\n  otlp:\n    headers:\n      api-key: s3cret\n"
+    config = pb.EffectiveConfig(
+        config_map=pb.AgentConfigMap(
+            config_map={
+                "c.yaml": pb.AgentConfigFile(body=body, content_type="text/yaml"),
+                "odd\x00name": pb.AgentConfigFile(body=b"\xff"),
+            }
+        )
+    )
+    shown = AgentSnapshot.from_messages(effective_config=config).row().effective_config
+    assert shown is not None
+    files = shown["config_map"]
+    assert files["c.yaml"]["body"] == body.decode().replace("s3cret", "<redacted>")
+    assert files["c.yaml"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert files["odd\ufffdname"]["withheld"] == "binary (not UTF-8 text)"
+    assert shown["sha256"] == effective_config_hash(config).hex()
+    assert shown["redaction"] == RedactionPolicy().fingerprint
+    assert (
+        AgentSnapshot.from_messages(effective_config=config).row(effective=False).effective_config
+        is None
+    )
+    msgspec.json.encode(shown)
 
 
 def test_capabilities_fit_bigint() -> None:

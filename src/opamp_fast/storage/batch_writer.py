@@ -41,8 +41,15 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from ..events import FleetEvent, encode_event_notices
+from ..redaction import ConfigRedactor
 from .notices import FLEET_CHANNEL, channel_for, encode_notices
-from .rows import AgentSnapshot, JSONObject, capabilities_to_bigint, clean_text
+from .rows import (
+    AgentSnapshot,
+    JSONObject,
+    capabilities_to_bigint,
+    clean_text,
+    effective_config_hash,
+)
 
 if TYPE_CHECKING:
     from .database import Database
@@ -124,7 +131,7 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "events", "online", "seen", "sessions", "waiters")
+    __slots__ = ("agents", "closes", "events", "online", "refused", "seen", "sessions", "waiters")
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -138,6 +145,8 @@ class _Batch:
         self.waiters: list[anyio.Event] = []
         # fleet events for the other instances, encoded and NOTIFYed in this batch's transaction
         self.events: list[FleetEvent] = []
+        # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
+        self.refused: list[bytes] = []
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
@@ -235,6 +244,7 @@ class BatchWriter:
         retry_initial_s: float = 0.5,
         drain_timeout_s: float = 10.0,
         online_counts: Callable[[], tuple[int, int]] | None = None,
+        redactor: ConfigRedactor | None = None,
     ) -> None:
         if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
             raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
@@ -247,6 +257,8 @@ class BatchWriter:
         self._retry_max = retry_max_s
         self._drain_timeout = drain_timeout_s
         self._online_counts = online_counts
+        # Secrets in reported effective configs are cut out in the flush thread (``redaction``).
+        self._redactor = redactor if redactor is not None else ConfigRedactor()
         self._pending = _Batch()
         self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
         self._inflight: _Batch | None = None
@@ -270,6 +282,9 @@ class BatchWriter:
         # fleet events (issue 15): called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
         self.event_outbox: Callable[[], list[FleetEvent]] | None = None
+        # identity: called on the event loop with the agents whose session here did not prove
+        # its uid while another instance holds it with proof; their rows were left untouched.
+        self.on_refused: Callable[[list[bytes]], object] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -431,7 +446,11 @@ class BatchWriter:
         try:
             rows = await self._db.run_writer(
                 partial(
-                    _write_batch, batch=batch, instance_id=self.instance_id, shutdown_at=shutdown_at
+                    _write_batch,
+                    batch=batch,
+                    instance_id=self.instance_id,
+                    shutdown_at=shutdown_at,
+                    redactor=self._redactor,
                 )
             )
             done = True
@@ -468,6 +487,8 @@ class BatchWriter:
             self._failed_attempts = 0
         if self.on_flush is not None:  # metrics (issue 6)
             self.on_flush(rows, elapsed)
+        if batch.refused and self.on_refused is not None:
+            self.on_refused(batch.refused)
         for waiter in batch.waiters:
             waiter.set()
         return True
@@ -550,7 +571,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
-    remote_config_status text
+    remote_config_status text, proven bool, keep_config bool
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -564,18 +585,27 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text",
+    "text", "text", "text", "text", "text", "bool", "bool",
 ]  # fmt: skip
+
+# A session here that did not prove the uid, while another instance holds the agent with a
+# session that did: nothing of it is written to the agent's row (the writer reports it as
+# refused, and the fleet handler ends it). The row is the proven session's.
+_FOREIGN = (
+    "(a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s AND NOT s.proven)"
+)
 
 # A transition applies only if it is not older than the last one stored (another instance may
 # hold the agent by now); equal times re-apply, which makes a retried batch idempotent. An offline
 # transition applies only from the instance that holds the agent: a late disconnect of an old
 # session elsewhere must not take an agent offline that has moved on.
 _APPLIES = (
-    "(s.status IS NOT NULL AND to_timestamp(s.status_at) >= "
+    f"(s.status IS NOT NULL AND NOT {_FOREIGN} AND to_timestamp(s.status_at) >= "
     "COALESCE(GREATEST(a.last_connected_at, a.last_disconnected_at), '-infinity') AND "
     "(s.status = 'online' OR a.serving_instance IS NULL OR a.serving_instance = %(instance)s))"
 )
+
+_SNAPSHOT = f"(s.has_snapshot AND NOT {_FOREIGN})"
 
 _UPDATE_AGENTS = f"""
 WITH upd AS (
@@ -584,25 +614,30 @@ UPDATE agents AS a SET
     serving_instance = CASE WHEN {_APPLIES}
         THEN (CASE WHEN s.status = 'online' THEN %(instance)s END) ELSE a.serving_instance END,
     transport = CASE WHEN {_APPLIES} THEN COALESCE(s.transport, a.transport) ELSE a.transport END,
-    last_connected_at = GREATEST(a.last_connected_at, to_timestamp(s.connected_at)),
+    last_connected_at = CASE WHEN {_FOREIGN} THEN a.last_connected_at
+        ELSE GREATEST(a.last_connected_at, to_timestamp(s.connected_at)) END,
     last_disconnected_at = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
         THEN GREATEST(a.last_disconnected_at, to_timestamp(s.disconnected_at))
         ELSE a.last_disconnected_at END,
     disconnect_reason = CASE WHEN {_APPLIES} AND s.disconnected_at IS NOT NULL
         THEN s.reason ELSE a.disconnect_reason END,
-    last_seen_at = GREATEST(a.last_seen_at, to_timestamp(s.last_seen)),
-    capabilities = CASE WHEN s.has_snapshot THEN s.capabilities ELSE a.capabilities END,
-    agent_name = CASE WHEN s.has_snapshot THEN s.agent_name ELSE a.agent_name END,
-    description = CASE WHEN s.has_snapshot THEN s.description::jsonb ELSE a.description END,
-    health = CASE WHEN s.has_snapshot THEN s.health::jsonb ELSE a.health END,
-    effective_config = CASE WHEN s.has_snapshot
+    last_seen_at = CASE WHEN {_FOREIGN} THEN a.last_seen_at
+        ELSE GREATEST(a.last_seen_at, to_timestamp(s.last_seen)) END,
+    capabilities = CASE WHEN {_SNAPSHOT} THEN s.capabilities ELSE a.capabilities END,
+    agent_name = CASE WHEN {_SNAPSHOT} THEN s.agent_name ELSE a.agent_name END,
+    description = CASE WHEN {_SNAPSHOT} THEN s.description::jsonb ELSE a.description END,
+    health = CASE WHEN {_SNAPSHOT} THEN s.health::jsonb ELSE a.health END,
+    effective_config = CASE WHEN {_SNAPSHOT} AND NOT s.keep_config
         THEN s.effective_config::jsonb ELSE a.effective_config END,
-    remote_config_status = CASE WHEN s.has_snapshot
+    remote_config_status = CASE WHEN {_SNAPSHOT}
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
+    proven = CASE WHEN {_APPLIES} THEN s.status = 'online' AND s.proven ELSE a.proven END,
     updated_at = now()
 FROM opamp_stage_agents AS s, agents AS old
 WHERE a.instance_uid = s.uid AND old.instance_uid = s.uid
-RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now
+RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now,
+    (s.status = 'online' AND NOT s.proven AND a.status = 'online' AND a.proven
+        AND a.serving_instance <> %(instance)s) AS refused
 )
 -- How many rows, and the agents this batch took over from another instance, by that instance:
 -- it is told (NOTIFY) so that it ends its side (the old socket is most likely half-open).
@@ -610,26 +645,37 @@ SELECT (SELECT count(*) FROM upd),
     (SELECT json_object_agg(was, uids) FROM (
         SELECT was, array_agg(encode(instance_uid, 'hex')) AS uids FROM upd
         WHERE was IS NOT NULL AND was <> %(instance)s AND now = %(instance)s
-        GROUP BY was) AS moved)
+        GROUP BY was) AS moved),
+    (SELECT array_agg(instance_uid) FROM upd WHERE refused)
 """
 
 _INSERT_AGENTS = """
 INSERT INTO agents (
     instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
     last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
-    health, effective_config, remote_config_status)
+    health, effective_config, remote_config_status, proven)
 SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
     s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
     to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
-    s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb
+    s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
+    s.proven AND COALESCE(s.status, 'online') = 'online'
 FROM opamp_stage_agents AS s
+"""
+
+# Agents whose stored effective config is the one in the batch (same hash of what was reported,
+# redacted by the same policy): it is not redacted and written again (a reconnect, a restart).
+_UNCHANGED_CONFIGS = """
+SELECT a.instance_uid FROM agents AS a
+JOIN unnest(%(uids)s::bytea[], %(hashes)s::text[]) AS c(uid, hash) ON a.instance_uid = c.uid
+WHERE a.effective_config->>'sha256' = c.hash AND a.effective_config->>'redaction' = %(policy)s
 """
 
 _UPDATE_SEEN = """
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
 FROM opamp_stage_seen AS s
 WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
+    AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
 """
 
 _INSERT_SESSIONS = """
@@ -713,12 +759,82 @@ def _json_text(value: JSONObject | None) -> str | None:
     return None if value is None else _json.encode(value).decode("utf-8")
 
 
+def _unchanged_configs(
+    cur: psycopg.Cursor[Any], agents: dict[bytes, _AgentChange], redactor: ConfigRedactor
+) -> set[bytes]:
+    """The agents of the batch whose effective config is stored already (one query)."""
+    uids, hashes = [], []
+    for uid, change in agents.items():
+        snap = change.snapshot
+        if snap is not None and snap.effective_config is not None:
+            uids.append(uid)
+            hashes.append(effective_config_hash(snap.effective_config).hex())
+    if not uids:
+        return set()
+    params = {"uids": uids, "hashes": hashes, "policy": redactor.fingerprint}
+    return {row[0] for row in cur.execute(_UNCHANGED_CONFIGS, params).fetchall()}
+
+
+def _write_agents(
+    cur: psycopg.Cursor[Any], batch: _Batch, instance_id: str, redactor: ConfigRedactor
+) -> int:
+    """The batch's agent rows: COPY to staging, one UPDATE, an INSERT for the new ones, the
+    takeover notices; refused agents are left on ``batch.refused``. Returns the rows written."""
+    params = {"instance": instance_id}
+    agents = batch.agents
+    seen = batch.seen
+    unchanged = _unchanged_configs(cur, agents, redactor)
+    with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_AGENT_TYPES)
+        write = copy.write_row
+        for uid, c in agents.items():
+            status_at = c.connected_at if c.status == "online" else c.disconnected_at
+            snap = c.snapshot
+            if snap is None:
+                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                       c.reason, c.transport, seen.get(uid), False, None, None, None,
+                       None, None, None, False, False))  # fmt: skip
+            else:
+                # protobuf -> JSON here, in the worker thread; redacted (see rows)
+                keep = uid in unchanged
+                row = snap.row(redactor, effective=not keep)
+                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
+                       c.reason, c.transport or snap.transport, seen.get(uid), True,
+                       capabilities_to_bigint(snap.capabilities), row.agent_name,
+                       _json_text(row.description), _json_text(row.health),
+                       _json_text(row.effective_config),
+                       _json_text(row.remote_config_status), snap.proven,
+                       keep))  # fmt: skip
+    cur.execute(_UPDATE_AGENTS, params)
+    updated, moved, refused = cur.fetchone() or (0, None, None)
+    batch.refused = refused or []
+    inserted = 0
+    if updated == 0:
+        # All new (the common first flush of a fleet): a plain INSERT, no speculative
+        # insertion. Another instance inserting one of them meanwhile raises a unique
+        # violation and the batch is retried, then updating that row.
+        cur.execute(_INSERT_AGENTS, params)
+        inserted = cur.rowcount
+    elif updated < len(agents):
+        cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
+        inserted = cur.rowcount
+    if updated + inserted != len(agents):
+        raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
+    if inserted:
+        cur.execute(_COUNT_NEW_AGENTS, (inserted,))
+    for previous, uids in (moved or {}).items():
+        for payload in encode_notices("takeover", instance_id, uids=uids):
+            cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
+    return updated + inserted
+
+
 def _write_batch(
     conn: psycopg.Connection[Any],
     *,
     batch: _Batch,
     instance_id: str,
     shutdown_at: float | None = None,
+    redactor: ConfigRedactor | None = None,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
@@ -732,46 +848,7 @@ def _write_batch(
         agents = batch.agents
         seen = batch.seen
         if agents:
-            with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_AGENT_TYPES)
-                write = copy.write_row
-                for uid, c in agents.items():
-                    status_at = c.connected_at if c.status == "online" else c.disconnected_at
-                    snap = c.snapshot
-                    if snap is None:
-                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                               c.reason, c.transport, seen.get(uid), False, None, None, None,
-                               None, None, None))  # fmt: skip
-                    else:
-                        row = snap.row()  # protobuf -> JSON here, in the worker thread
-                        write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                               c.reason, c.transport or snap.transport, seen.get(uid), True,
-                               capabilities_to_bigint(snap.capabilities), row.agent_name,
-                               _json_text(row.description), _json_text(row.health),
-                               _json_text(row.effective_config),
-                               _json_text(row.remote_config_status)))  # fmt: skip
-            cur.execute(_UPDATE_AGENTS, params)
-            updated, moved = cur.fetchone() or (0, None)
-            inserted = 0
-            if updated == 0:
-                # All new (the common first flush of a fleet): a plain INSERT, no speculative
-                # insertion. Another instance inserting one of them meanwhile raises a unique
-                # violation and the batch is retried, then updating that row.
-                cur.execute(_INSERT_AGENTS, params)
-                inserted = cur.rowcount
-            elif updated < len(agents):
-                cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
-                inserted = cur.rowcount
-            if updated + inserted != len(agents):
-                raise _LostRace(
-                    f"{len(agents) - updated - inserted} agent rows appeared concurrently"
-                )
-            rows += updated + inserted
-            if inserted:
-                cur.execute(_COUNT_NEW_AGENTS, (inserted,))
-            for previous, uids in (moved or {}).items():
-                for payload in encode_notices("takeover", instance_id, uids=uids):
-                    cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
+            rows += _write_agents(cur, batch, instance_id, redactor or ConfigRedactor())
         if batch.online is not None:
             ws, http = batch.online
             cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
@@ -795,7 +872,7 @@ def _write_batch(
                         write((uid, at))
                         staged += 1
             if staged:
-                cur.execute(_UPDATE_SEEN)
+                cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
         if batch.events:
             for payload in encode_event_notices(instance_id, [e.json for e in batch.events]):

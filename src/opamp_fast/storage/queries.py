@@ -284,6 +284,7 @@ FROM agents AS a
 LEFT JOIN LATERAL (
     SELECT remote_addr FROM agent_connection_history
     WHERE instance_uid = a.instance_uid AND a.status = 'online' AND disconnected_at IS NULL
+      AND serving_instance = a.serving_instance
     ORDER BY connected_at DESC, id DESC LIMIT 1
 ) AS h ON true
 WHERE a.instance_uid = %s

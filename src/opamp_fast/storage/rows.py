@@ -11,8 +11,10 @@ string safe for Postgres, which rejects NUL characters in ``text`` and ``\\u0000
 
 Conventions of the JSON shapes:
 - attributes (``repeated KeyValue``) become an object ``{key: value}`` (a later duplicate key wins);
-- ``bytes`` become ``{"base64": "..."}`` (AnyValue) or, for config bodies, text when they are valid
-  UTF-8 without NUL, else the base64 text with ``"encoding": "base64"``;
+- ``bytes`` become ``{"base64": "..."}`` (AnyValue);
+- effective config files are shown redacted (``redaction.ConfigRedactor``): the body with its
+  secrets replaced, or withheld, with the sha256 and size of what the agent reported; the whole
+  config gets the hash OpAMP uses for remote configs (``remote_config_hash``);
 - hashes become lowercase hex strings; enums their short name (``"APPLIED"``);
 - times stay as the protocol's integer UNIX nanoseconds.
 """
@@ -24,6 +26,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
+
+from ..protocol import remote_config_hash
+from ..redaction import ConfigRedactor
 
 if TYPE_CHECKING:
     from .._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
@@ -63,6 +68,7 @@ class AgentSnapshot:
     effective_config: opamp_pb2.EffectiveConfig | None = None
     remote_config_status: opamp_pb2.RemoteConfigStatus | None = None
     transport: str | None = None
+    proven: bool = False  # the session that reported it proved the uid (bound credentials)
 
     @classmethod
     def from_messages(
@@ -74,23 +80,32 @@ class AgentSnapshot:
         effective_config: opamp_pb2.EffectiveConfig | None = None,
         remote_config_status: opamp_pb2.RemoteConfigStatus | None = None,
         transport: str | None = None,
+        proven: bool = False,
     ) -> AgentSnapshot:
         """A snapshot of these messages (``None`` for a message not reported); the caller
         must not mutate them afterwards."""
         return cls(
-            capabilities, description, health, effective_config, remote_config_status, transport
+            capabilities,
+            description,
+            health,
+            effective_config,
+            remote_config_status,
+            transport,
+            proven,
         )
 
-    def row(self) -> SnapshotRow:
-        """Convert to the stored JSON shapes (costly for big descriptions: off the loop)."""
+    def row(self, redactor: ConfigRedactor | None = None, *, effective: bool = True) -> SnapshotRow:
+        """Convert to the stored JSON shapes (costly for big descriptions and configs: off the
+        loop). ``effective=False`` leaves the effective config out (None: the stored one is
+        already this one)."""
         description = self.description
         return SnapshotRow(
             agent_name=agent_name(description) if description is not None else None,
             description=description_to_json(description) if description is not None else None,
             health=health_to_json(self.health) if self.health is not None else None,
             effective_config=(
-                effective_config_to_json(self.effective_config)
-                if self.effective_config is not None
+                effective_config_to_json(self.effective_config, redactor or _DEFAULT_REDACTOR)
+                if self.effective_config is not None and effective
                 else None
             ),
             remote_config_status=(
@@ -171,27 +186,28 @@ def health_to_json(health: opamp_pb2.ComponentHealth) -> JSONObject:
     return out
 
 
-def config_body_to_json(body: bytes, content_type: str) -> JSONObject:
-    """A config file: UTF-8 text when it decodes (and has no NUL), else base64 with a marker."""
-    if b"\x00" not in body:
-        try:
-            return {"body": body.decode("utf-8"), "content_type": clean_text(content_type)}
-        except UnicodeDecodeError:
-            pass
-    return {
-        "body": base64.b64encode(body).decode("ascii"),
-        "encoding": "base64",
-        "content_type": clean_text(content_type),
-    }
+_DEFAULT_REDACTOR = ConfigRedactor()
 
 
-def effective_config_to_json(config: opamp_pb2.EffectiveConfig) -> JSONObject:
+def effective_config_hash(config: opamp_pb2.EffectiveConfig) -> bytes:
+    """The hash of what the agent reported, computed as OpAMP's remote config hash."""
+    files = config.config_map.config_map
+    return remote_config_hash({name: (f.body, f.content_type) for name, f in files.items()})
+
+
+def effective_config_to_json(
+    config: opamp_pb2.EffectiveConfig, redactor: ConfigRedactor
+) -> JSONObject:
+    """The reported files, redacted (see ``redaction``), each with the sha256 of its body; the
+    whole with :func:`effective_config_hash` and the redaction policy's fingerprint."""
     files = config.config_map.config_map
     return {
         "config_map": {
-            clean_text(name): config_body_to_json(f.body, f.content_type)
+            clean_text(name): redactor.file_json(f.body, f.content_type)
             for name, f in files.items()
-        }
+        },
+        "sha256": effective_config_hash(config).hex(),
+        "redaction": redactor.fingerprint,
     }
 
 

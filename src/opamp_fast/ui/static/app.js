@@ -500,8 +500,17 @@
       h("h3", {}, "Non-identifying"), kv(d.non_identifying_attributes)] : h("p", { class: "muted" }, "Not reported.");
     function configText(cfg) {
       if (!cfg || !cfg.config_map) return h("p", { class: "muted" }, "Not reported.");
-      return Object.entries(cfg.config_map).map(([name, f]) =>
-        [h("h3", {}, name || "(default)"), h("pre", {}, f.body === undefined ? JSON.stringify(f) : f.body)]);
+      // Stored redacted: secret values read <redacted>; a body that could not be parsed is
+      // withheld (only its hash). The sha256 is that of what the agent reported.
+      return Object.entries(cfg.config_map).map(([name, f]) => [
+        h("h3", {}, name || "(default)"),
+        h("p", { class: "muted" }, [f.content_type || "no content type",
+          f.size != null ? `${f.size} bytes` : null,
+          f.sha256 ? `sha256 ${f.sha256.slice(0, 12)}…` : null,
+          f.redacted ? `${f.redacted} secret value${f.redacted === 1 ? "" : "s"} redacted` : null,
+        ].filter(Boolean).join(" · ")),
+        f.body === undefined ? h("p", { class: "muted" }, `Withheld: ${f.withheld || "not stored"}.`)
+          : h("pre", {}, f.body)]);
     }
     function renderAgent(a) {
       head.replaceChildren(
