@@ -67,7 +67,8 @@ class RootFS:
     @property
     def tag(self) -> str:
         files = [(FILES / name).read_bytes() for name in self.copy_in]
-        recipe = _digest(" ".join(self.argv("-")), *self.changes, *files)
+        argv = " ".join(self.argv("-")).replace(str(FILES), "files")  # not where the tree is
+        recipe = _digest(argv, *self.changes, *files)
         return f"opamp-fast-test/{self.name}:{recipe}"
 
     def ensure(self, engine: Engine, workdir: Path) -> str:
