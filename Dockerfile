@@ -9,6 +9,15 @@
 # those wheels and nothing else: no compiler, no build tools, no source tree.
 # RUN --mount needs BuildKit, Docker's default builder since Engine 23.
 #
+# What the build needs from the machine arrives as optional BuildKit secrets, mounted only into
+# the steps that download and never written to a layer (docs/operations.md, "Build behind a
+# proxy or a private mirror"):
+#   --secret id=pip.conf,src=...   pip's configuration (a private index, its credentials)
+#   --secret id=ca.pem,src=...     a CA bundle, at /run/secrets/ca.pem (a proxy that intercepts TLS)
+#   --secret id=apt.conf,src=...   apt's configuration (a Debian mirror, a proxy)
+# and proxies as Docker's predefined build arguments (--build-arg HTTPS_PROXY=...), which stay
+# out of the image's history.
+#
 # Configuration is by OPAMP_FAST_* environment variables (README, "Configuration"), e.g.
 #   -e OPAMP_FAST_DATABASE_URL=postgresql://user:pass@db:5432/opamp
 # Without a database URL the server starts an embedded Postgres in OPAMP_FAST_DATA_DIR; mount a
@@ -21,18 +30,22 @@
 # so a low limit means fewer agents (503 + Retry-After), never a crash.
 #
 # The tag is not pinned to a digest: Debian and Python security fixes should reach rebuilds. It
-# names Debian bookworm because that is the release of the CI machine where
-# tests/integration/test_container.py runs these build steps; all stages use the same image, so
-# the extensions are compiled against the C library they run on.
+# names Debian bookworm because that is the release of the CI machine, where tests/container
+# builds this file on a bookworm image made from Debian's packages (no registry is reachable
+# there); all stages use the same image, so the extensions are compiled against the C library
+# they run on.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build-base
 
 # gcc and the C library headers compile the extensions (Python's headers come with the image).
 # Debian package versions are not pinned: the archive drops superseded versions, and bookworm's
-# updates are security fixes.
+# updates are security fixes. An apt.conf secret may point apt at a mirror or a proxy (and at
+# /run/secrets/ca.pem for its certificate: Acquire::https::CAInfo).
 # hadolint ignore=DL3008
-RUN apt-get update \
+RUN --mount=type=secret,id=apt.conf,target=/etc/apt/apt.conf.d/99build-secret.conf \
+    --mount=type=secret,id=ca.pem \
+    apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
@@ -46,6 +59,8 @@ WORKDIR /src
 FROM build-base AS dependencies
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.pem \
     mkdir /wheels \
     && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /wheels/requirements.txt \
     && pip wheel -w /wheels -r /wheels/requirements.txt
@@ -56,6 +71,8 @@ FROM build-base AS builder
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca.pem \
     pip wheel --no-deps -w /wheels .
 
 
@@ -71,11 +88,13 @@ LABEL org.opencontainers.image.title="opamp-fast" \
 # A fixed non-root uid (10001), so orchestrators can check runAsNonRoot and volumes can be
 # prepared for it. Postgres (initdb) needs the uid in /etc/passwd: with the embedded database run
 # the image as this user, not as an arbitrary --user. The home and data directory and the runtime
-# directory (pgserver keeps its lock there; /run/user/<uid> is not writable) belong to it.
+# directory (pgserver keeps its lock there; /run/user/<uid> is not writable) belong to it. The
+# runtime directory is under /tmp so that a read-only root file system needs only a tmpfs on /tmp
+# and the data volume (on a fresh tmpfs the lock's directory is created again).
 RUN groupadd --system --gid 10001 opamp \
     && useradd --system --uid 10001 --gid opamp --home-dir /var/lib/opamp-fast --no-create-home --shell /usr/sbin/nologin opamp \
     && install -d -o opamp -g opamp -m 0750 /var/lib/opamp-fast \
-    && install -d -o opamp -g opamp -m 0700 /run/opamp-fast
+    && install -d -o opamp -g opamp -m 0700 /tmp/opamp-fast
 
 # Only the wheels built above reach the image, through bind mounts that take no space in it;
 # --no-index sees nothing else. The dependencies go first, in a layer of their own: it does not
@@ -96,7 +115,7 @@ RUN --mount=type=bind,from=dependencies,source=/wheels,target=/wheels/dependenci
 # environment), so `-e OPAMP_FAST_HOST=...` still works.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    XDG_RUNTIME_DIR=/run/opamp-fast \
+    XDG_RUNTIME_DIR=/tmp/opamp-fast \
     OPAMP_FAST_HOST=0.0.0.0 \
     OPAMP_FAST_DATA_DIR=/var/lib/opamp-fast/postgres
 

@@ -108,12 +108,16 @@ def node_client() -> tuple[str, str | None]:
     """``(node path, install error or None)``, installing ``@elastic/opamp-client-node`` into
     ``tests/node`` once per session.
 
-    Skips only when node or npm is missing. An npm failure is not raised here (that would make
-    every test an *error*); ``node_agents`` fails each test with it instead."""
+    Fails (never skips) when node or npm is missing, with the command that installs them. An
+    npm failure is not raised here (that would make every test an *error*); ``node_agents``
+    fails each test with it instead."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         missing = " and ".join(n for n, p in (("node", node), ("npm", npm)) if p is None)
-        pytest.skip(f"Node interop needs node and npm on PATH ({missing} not found)")
+        pytest.fail(
+            f"Node interop needs node and npm on PATH ({missing} not found): "
+            "apt-get install -y nodejs npm (.ci/run does it)"
+        )
     return node, _npm_install(npm)
 
 
