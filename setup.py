@@ -25,20 +25,20 @@ macros = [("CYTHON_TRACE", "1")] if TRACE else []
 
 extensions = [
     Extension(
-        "opamp_fast._heartbeat",
-        ["src/opamp_fast/_heartbeat.pyx"],
+        "opamp_fast.native._heartbeat",
+        ["src/opamp_fast/native/_heartbeat.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
     ),
     Extension(
-        "opamp_fast._wsframe",
-        ["src/opamp_fast/_wsframe.pyx"],
+        "opamp_fast.native._wsframe",
+        ["src/opamp_fast/native/_wsframe.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
     ),
     Extension(
-        "opamp_fast._pbscan",
-        ["src/opamp_fast/_pbscan.pyx"],
+        "opamp_fast.native._pbscan",
+        ["src/opamp_fast/native/_pbscan.pyx"],
         define_macros=macros,
         extra_compile_args=["-O3"],
     ),

@@ -26,18 +26,18 @@ from typing import Any
 
 import pytest
 
-from opamp_fast import simulator
-from opamp_fast.config_service import ConfigService
-from opamp_fast.events import EventHub
-from opamp_fast.fleet import FleetHandler
+from opamp_fast.fleet.events import EventHub
+from opamp_fast.fleet.handler import FleetHandler
+from opamp_fast.fleet.registry import Registry
+from opamp_fast.native.wsframe import OP_BINARY, encode_client_frame
 from opamp_fast.packages import PackageRegistry, URLSigner
 from opamp_fast.packages.store import FilesystemStore
 from opamp_fast.protocol import ServerPolicy
-from opamp_fast.registry import Registry
+from opamp_fast.remote_config.service import ConfigService
 from opamp_fast.services import server_policy
+from opamp_fast.sim import simulator
 from opamp_fast.storage.batch_writer import BatchWriter
 from opamp_fast.transport import Limits, OpAMPConnection, TransportStats
-from opamp_fast.wsframe import OP_BINARY, encode_client_frame
 
 CAPS = 0x3907
 UPGRADE = (
@@ -59,7 +59,7 @@ class Server:
     """The handler and its hooks, wired as ``services.open_services`` wires them."""
 
     def __init__(self, root: Path, *, subscribed: bool = False) -> None:
-        from opamp_fast.config import Settings
+        from opamp_fast.settings import Settings
 
         settings = Settings()
         policy: ServerPolicy = server_policy(settings)
@@ -146,18 +146,18 @@ BREAKDOWN = (
     ("opamp_fast.transport.connection.OpAMPConnection", "_connecting"),
     ("opamp_fast.transport.connection", "decode_agent_to_server"),
     ("opamp_fast.transport.connection.OpAMPConnection", "send"),
-    ("opamp_fast.fleet.FleetHandler", "on_message"),
-    ("opamp_fast.fleet", "check_bounds"),
-    ("opamp_fast.fleet", "process_message"),
-    ("opamp_fast.registry.Registry", "ensure"),
-    ("opamp_fast.registry.Registry", "mark_online"),
-    ("opamp_fast.fleet.FleetHandler", "_apply_events"),
-    ("opamp_fast.fleet.FleetHandler", "_persist"),
-    ("opamp_fast.fleet", "snapshot_of"),
+    ("opamp_fast.fleet.handler.FleetHandler", "on_message"),
+    ("opamp_fast.fleet.handler", "check_bounds"),
+    ("opamp_fast.fleet.handler", "process_message"),
+    ("opamp_fast.fleet.registry.Registry", "ensure"),
+    ("opamp_fast.fleet.registry.Registry", "mark_online"),
+    ("opamp_fast.fleet.handler.FleetHandler", "_apply_events"),
+    ("opamp_fast.fleet.handler.FleetHandler", "_persist"),
+    ("opamp_fast.fleet.handler", "snapshot_of"),
     ("opamp_fast.storage.batch_writer.BatchWriter", "connected"),
-    ("opamp_fast.fleet", "announce_connected"),
-    ("opamp_fast.fleet.FleetHandler", "on_connection_close"),
-    ("opamp_fast.registry.Registry", "mark_offline"),
+    ("opamp_fast.fleet.handler", "announce_connected"),
+    ("opamp_fast.fleet.handler.FleetHandler", "on_connection_close"),
+    ("opamp_fast.fleet.registry.Registry", "mark_offline"),
 )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from opamp_fast._heartbeat_py import TimingWheel as PyWheel
+from opamp_fast.native._heartbeat_py import TimingWheel as PyWheel
 
 BATCH = 1000
 
@@ -63,9 +63,9 @@ def _cython_wheel() -> type:
     if os.environ.get("OPAMP_FAST_NO_EXTENSIONS"):
         pytest.skip("OPAMP_FAST_NO_EXTENSIONS is set")
     try:
-        return importlib.import_module("opamp_fast._heartbeat").TimingWheel  # type: ignore[no-any-return]
+        return importlib.import_module("opamp_fast.native._heartbeat").TimingWheel  # type: ignore[no-any-return]
     except ImportError as exc:
-        pytest.fail(f"compiled opamp_fast._heartbeat is not importable: {exc}")
+        pytest.fail(f"compiled opamp_fast.native._heartbeat is not importable: {exc}")
 
 
 IMPLS: dict[str, Callable[[], type]] = {

@@ -4,7 +4,7 @@ Run:
     python -m pytest benchmarks/bench_metrics.py --benchmark-only -q -p no:cacheprovider \
         --benchmark-columns=min,median,max,rounds
 
-A real :class:`~opamp_fast.registry.Registry` is filled through its public API (``ensure`` +
+A real :class:`~opamp_fast.fleet.registry.Registry` is filled through its public API (``ensure`` +
 ``mark_online``, then ``mark_offline`` for 10 %), with WebSocket and HTTP agents and last-seen
 times spread over two heartbeat intervals, so ``agents_stale`` has work to do. Timed:
 
@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 import pytest
 
-from opamp_fast.metrics import MetricsExporter
+from opamp_fast.fleet.registry import Registry
+from opamp_fast.observability.metrics import MetricsExporter
 from opamp_fast.protocol import Session, Transport
-from opamp_fast.registry import Registry
 
 WALL0 = 1_700_000_000.0
 INTERVAL = 30

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from opamp_fast.fleet import FleetHandler
+from opamp_fast.fleet.handler import FleetHandler
+from opamp_fast.fleet.registry import Registry
+from opamp_fast.native.wsframe import OP_BINARY, encode_client_frame
 from opamp_fast.protocol import ServerPolicy, pb
-from opamp_fast.registry import Registry
 from opamp_fast.storage.batch_writer import BatchWriter
 from opamp_fast.transport import Limits, OpAMPConnection, TransportStats
-from opamp_fast.wsframe import OP_BINARY, encode_client_frame
 
 CAPS = 0x3907
 UPGRADE = (

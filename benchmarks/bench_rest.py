@@ -47,9 +47,9 @@ from _machine import cpu_model  # benchmarks/ is on sys.path when run as a scrip
 from psycopg.types.json import Jsonb
 
 from opamp_fast.auth import load_key_material, mint_token
-from opamp_fast.config import Settings
 from opamp_fast.protocol.codec import format_instance_uid
 from opamp_fast.server import serve
+from opamp_fast.settings import Settings
 from opamp_fast.storage.migrations import migrate_sync
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -27,8 +27,8 @@ import wsproto
 import wsproto.events as wse
 from wsproto.frame_protocol import FrameProtocol
 
-from opamp_fast import _wsframe_py
-from opamp_fast._wsframe_py import encode_client_frame
+from opamp_fast.native import _wsframe_py
+from opamp_fast.native._wsframe_py import encode_client_frame
 
 MASK = b"\x9a\x3c\x51\xe7"
 HEARTBEAT = encode_client_frame(2, b"\x00" + bytes(range(1, 24)), mask=MASK)  # 30 bytes
@@ -74,9 +74,9 @@ def _cython() -> ModuleType:
     if os.environ.get("OPAMP_FAST_NO_EXTENSIONS"):
         pytest.skip("OPAMP_FAST_NO_EXTENSIONS is set")
     try:
-        return importlib.import_module("opamp_fast._wsframe")
+        return importlib.import_module("opamp_fast.native._wsframe")
     except ImportError as exc:
-        pytest.fail(f"compiled opamp_fast._wsframe is not importable: {exc}")
+        pytest.fail(f"compiled opamp_fast.native._wsframe is not importable: {exc}")
 
 
 CODECS: dict[str, Callable[[], ModuleType]] = {"cython": _cython, "python": lambda: _wsframe_py}

@@ -60,12 +60,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from procs import free_port, wait_ready  # noqa: E402  (sibling script, not a package)
 
-from opamp_fast.protocol import anyvalue_pb, pb  # noqa: E402
-from opamp_fast.wsframe import (  # noqa: E402
+from opamp_fast.native.wsframe import (  # noqa: E402
     OP_BINARY,
     OP_CONTINUATION,
     encode_client_frame,
 )
+from opamp_fast.protocol import anyvalue_pb, pb  # noqa: E402
 
 UPGRADE = (
     b"GET /v1/opamp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -456,7 +456,7 @@ class Prober(threading.Thread):
 
 def mint_tokens(secret: str) -> None:
     from opamp_fast.auth import load_key_material, mint_token
-    from opamp_fast.config import Settings
+    from opamp_fast.settings import Settings
 
     keys = load_key_material(Settings(api_jwt_secret=secret))
     for role in ("viewer", "operator"):

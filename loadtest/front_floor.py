@@ -28,11 +28,11 @@ from typing import Any
 import anyio
 from procs import floor_args
 
-from opamp_fast.gcpolicy import GrowthFreezer, freeze_after_startup
-from opamp_fast.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
+from opamp_fast.observability.gcpolicy import GrowthFreezer, freeze_after_startup
 from opamp_fast.protocol import ProtocolError, pb
 from opamp_fast.transport import Limits, TransportStats
 from opamp_fast.transport.asyncio_front import AsyncioFront
+from opamp_fast.transport.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
 
 
 class EchoHandler:

@@ -1,4 +1,4 @@
-"""Print the README's configuration table from ``opamp_fast.config.OPTIONS``.
+"""Print the README's configuration table from ``opamp_fast.settings.OPTIONS``.
 
 ``tests/unit/test_readme.py`` fails when README.md and this output drift apart; regenerate with
 ``python scripts/config_table.py --write`` (rewrites the table between the CONFIG-TABLE markers of
@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from opamp_fast.config import OPTIONS, Settings
+from opamp_fast.settings import OPTIONS, Settings
 
 START = "<!-- CONFIG-TABLE:START -->"
 END = "<!-- CONFIG-TABLE:END -->"

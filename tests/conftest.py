@@ -25,8 +25,8 @@ import anyio
 import psycopg
 import pytest
 
-from opamp_fast.config import Settings
 from opamp_fast.server import RunningServer, serve
+from opamp_fast.settings import Settings
 
 _counter = itertools.count()
 

@@ -2,11 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .config import Settings as Settings
 from .errors import ConfigError as ConfigError
 from .errors import OpAMPFastError as OpAMPFastError
 from .errors import StartupError as StartupError
 from .errors import StorageError as StorageError
+from .settings import Settings as Settings
 
 __all__ = [
     "ConfigError",

@@ -1,4 +1,5 @@
-"""Bearer-JWT authentication of the REST API, and the key material it shares with the CLI.
+"""Tokens: bearer JWTs of the REST API, per-agent OpAMP tokens, and the key material the server
+shares with the CLI. The ASGI middleware that applies them is ``api.auth``.
 
 Why it looks like this:
 
@@ -43,9 +44,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .api.responses import error_response
-from .config import Settings
 from .errors import ConfigError, StartupError
+from .settings import Settings
 from .strictint import parse_ascii_int
 
 logger = logging.getLogger(__name__)
@@ -447,45 +447,3 @@ class TokenVerifier:
             raise AuthError("token 'exp' claim is not a number")
         role_of_claims(claims)  # an unknown role is refused here, once per token
         return claims
-
-
-class BearerAuthMiddleware:
-    """ASGI middleware: every HTTP request under ``prefix`` needs a valid bearer token.
-
-    The verified claims are stored in ``scope["auth"]``, and the caller's ``sub`` and role in
-    ``request.state.subject`` / ``request.state.role`` (see :func:`principal_of`). Paths outside
-    the prefix (health, metrics, OpenAPI, docs) pass through untouched.
-    """
-
-    def __init__(self, app: Any, *, verifier: TokenVerifier, prefix: str = "/api") -> None:
-        self.app = app
-        self.verifier = verifier
-        self.prefix = prefix
-        self._prefix_slash = prefix.rstrip("/") + "/"
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self._protected(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
-        try:
-            claims = self.verifier.verify_header(authorization)
-            who = Principal(str(claims.get("sub", "")), role_of_claims(claims))
-        except AuthError as exc:
-            response = error_response(
-                401, "unauthorized", exc.message, headers={"WWW-Authenticate": exc.www_authenticate}
-            )
-            await response(scope, receive, send)
-            return
-        scope["auth"] = claims
-        state = scope.setdefault("state", {})
-        state["subject"] = who.subject
-        state["role"] = who.role
-        await self.app(scope, receive, send)
-
-    def _protected(self, path: str) -> bool:
-        return path == self.prefix or path.startswith(self._prefix_slash)

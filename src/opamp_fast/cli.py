@@ -21,10 +21,10 @@ import anyio
 from anyio import CancelScope
 
 from . import __version__
-from .config import OPTIONS, Option, Settings, parse_value
 from .errors import ConfigError, OpAMPFastError
-from .gcpolicy import freeze_after_startup
-from .metrics_share import WorkerSlot
+from .observability.gcpolicy import freeze_after_startup
+from .observability.metrics_share import WorkerSlot
+from .settings import OPTIONS, Option, Settings, parse_value
 
 logger = logging.getLogger("opamp_fast")
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             "log_level",
         ),
     )
-    from . import simulator
+    from .sim import simulator
 
     simulate = sub.add_parser(
         "simulate",
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opamp-fast {__version__}")
         return 0
     if args.command == "simulate":
-        from . import simulator
+        from .sim import simulator
 
         return simulator.run_from_args(args)
     settings = _settings(args)

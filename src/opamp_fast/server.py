@@ -27,10 +27,10 @@ from anyio.abc import TaskStatus
 
 from .api.app import build_app
 from .auth import load_key_material
-from .config import Settings
 from .errors import StartupError
-from .metrics_share import WorkerSlot
+from .observability.metrics_share import WorkerSlot
 from .services import Services, fd_limit, open_services
+from .settings import Settings
 from .storage import apply_migrations, open_database
 from .transport.tls import server_tls_context
 

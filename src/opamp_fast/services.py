@@ -18,23 +18,23 @@ from functools import partial
 import anyio
 
 from . import __version__
-from .admission import Admission, LoopLag
-from .audit_denials import DenialLog
 from .auth import AgentTokenVerifier, agent_token_key
-from .cluster import Cluster
-from .config import Settings
-from .config_service import ConfigService
-from .events import EventHub, OnlineHistory
-from .fleet import FleetHandler
-from .gcpolicy import GrowthFreezer
-from .metrics import MetricsExporter
-from .metrics_share import WorkerMetricsShare, WorkerSlot
+from .fleet.admission import Admission, LoopLag
+from .fleet.cluster import Cluster
+from .fleet.events import EventHub, OnlineHistory
+from .fleet.handler import FleetHandler
+from .fleet.registry import Registry
+from .observability.gcpolicy import GrowthFreezer
+from .observability.metrics import MetricsExporter
+from .observability.metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
 from .protocol import DEFAULT_SERVER_CAPABILITIES, SERVER_OFFERS_PACKAGES, ServerPolicy
 from .protocol.codec import PartBounds
 from .redaction import ConfigRedactor, RedactionPolicy
-from .registry import Registry
+from .remote_config.service import ConfigService
+from .settings import Settings
 from .storage import Database, queries
+from .storage.audit_denials import DenialLog
 from .storage.batch_writer import BatchWriter
 from .storage.retention import HistoryRetention
 from .transport import Limits, TransportStats
@@ -57,15 +57,15 @@ class Services:
     retention: HistoryRetention
     loop_lag: LoopLag
     cluster: Cluster
-    # Prometheus exporter (issue 6): one per server, with its own CollectorRegistry.
+    # Prometheus exporter: one per server, with its own CollectorRegistry.
     metrics: MetricsExporter | None = None
     metrics_share: WorkerMetricsShare | None = None  # with --workers: everyone's /metrics
-    # Fleet events for /api/events and the console (issue 15).
+    # Fleet events for /api/events and the console.
     events: EventHub | None = None
     online_history: OnlineHistory | None = None
-    # Remote configuration management (issue 13): directory, pushes, rollout driver.
+    # Remote configuration management: directory, pushes, rollout driver.
     configs: ConfigService | None = None
-    # Agent packages (issue 14): registry, offers, statuses.
+    # Agent packages: registry, offers, statuses.
     packages: PackageRegistry | None = None
     # Refused REST requests, aggregated into the audit log (audit_denials).
     denials: DenialLog | None = None
@@ -190,8 +190,8 @@ async def open_services(
     )
     services.packages = build_package_registry(settings, db=db, registry=registry, fleet=fleet)
     services.cluster.on_packages = services.packages.notice
-    # Built before the writer starts, so its on_flush hook sees every flush (issue 6).
-    services.metrics = MetricsExporter.for_services(services)
+    # Built before the writer starts, so its on_flush hook sees every flush.
+    services.metrics = metrics_exporter(services)
     if worker is not None:
         services.metrics_share = WorkerMetricsShare(worker, services.metrics.generate)
     logger.info(
@@ -271,3 +271,23 @@ async def _record_instance_stop(services: Services) -> None:
         await services.db.run(_update)
     except Exception:
         logger.warning("could not record instance stop", exc_info=True)
+
+
+def metrics_exporter(services: Services) -> MetricsExporter:
+    """The Prometheus exporter of one server, reading its services' statistics."""
+    settings = services.settings
+    exporter = MetricsExporter(
+        registry=services.registry,
+        fleet=services.fleet,
+        writer=services.writer,
+        transport=services.opamp.stats,
+        retention=services.retention,
+        loop_lag=services.loop_lag,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        agent_series_max=settings.metrics_agent_series_max,
+        writer_queue_max=settings.writer_queue_max,
+        version=services.version,
+    ).with_packages(services.packages)
+    exporter.events = services.events
+    exporter.budget = services.opamp.budget
+    return exporter

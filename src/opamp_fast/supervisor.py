@@ -37,9 +37,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from .config import OPTIONS, Settings
 from .errors import StartupError
 from .services import FD_RESERVE, fd_limit
+from .settings import OPTIONS, Settings
 
 __all__ = ["resolve_workers", "supervise"]
 

@@ -14,7 +14,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from opamp_fast.auth import load_key_material, mint_token
-from opamp_fast.config import Settings
+from opamp_fast.settings import Settings
 
 SECRET = "browser-tests-" + "s" * 40
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

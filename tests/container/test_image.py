@@ -98,8 +98,9 @@ def test_image_builds_without_compiler_or_build_secrets(
         "run", "--rm", "--network", "none", "--entrypoint", "sh", images.opamp_fast, "-c",
         "for c in gcc cc c++ g++ x86_64-linux-gnu-gcc-12 make; do"
         " if command -v $c; then exit 3; fi; done;"
-        " python -c 'import importlib.util as u, opamp_fast._heartbeat, opamp_fast._wsframe,"
-        " opamp_fast._pbscan; assert u.find_spec(\"Cython\") is None'",
+        " python -c 'import importlib.util as u, opamp_fast.native._heartbeat,"
+        " opamp_fast.native._wsframe, opamp_fast.native._pbscan;"
+        " assert u.find_spec(\"Cython\") is None'",
         check=False,
     )  # fmt: skip
     assert probe.returncode == 0, probe.stdout + probe.stderr

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 
 from opamp_fast.auth import load_key_material, mint_token
-from opamp_fast.config import Settings
 from opamp_fast.protocol.codec import format_instance_uid
+from opamp_fast.settings import Settings
 from tests.helpers.agents import wait_for
 
 YAML = "text/yaml"

@@ -93,7 +93,7 @@ def declared_metric_names() -> set[str]:
     """Sample names of METRICS, plus prometheus_client's process collector (``process_*``)."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    from opamp_fast.metrics import METRICS
+    from opamp_fast.observability.metrics import METRICS
 
     names = set().union(*(_sample_names(s.name, s.kind) for s in METRICS.values()))
     collector = ProcessCollector(registry=CollectorRegistry())

@@ -42,7 +42,7 @@ def test_version() -> None:
 
 
 def test_help_documents_every_option_with_default() -> None:
-    from opamp_fast.config import OPTIONS
+    from opamp_fast.settings import OPTIONS
 
     result = run("serve", "--help")
     assert result.returncode == 0

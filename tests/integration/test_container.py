@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from opamp_fast.config import OPTIONS, Settings
+from opamp_fast.settings import OPTIONS, Settings
 from tests.helpers.container_image import Instruction, Stage, parse_dockerfile, shell_segments
 from tests.helpers.container_tools import run_tool
 from tests.helpers.metric_names import declared_metric_names, queried_metric_names

@@ -17,8 +17,8 @@ import anyio
 import httpx
 import pytest
 
+from opamp_fast.native.wsframe import OP_BINARY, encode_client_frame
 from opamp_fast.protocol import pb
-from opamp_fast.wsframe import OP_BINARY, encode_client_frame
 from tests.helpers.agents import description, open_ws_agent
 from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 

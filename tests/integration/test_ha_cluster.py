@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from opamp_fast.config import OPTIONS
+from opamp_fast.settings import OPTIONS
 from tests.helpers.container_tools import run_tool
 
 pytestmark = pytest.mark.slow

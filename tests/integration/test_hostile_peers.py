@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
+from opamp_fast.native.wsframe import OP_BINARY, OP_CLOSE, OP_CONTINUATION, encode_client_frame
 from opamp_fast.protocol import Transport, pb
-from opamp_fast.wsframe import OP_BINARY, OP_CLOSE, OP_CONTINUATION, encode_client_frame
 from tests.helpers.agents import description, new_uid, open_ws_agent, wait_for
 from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 

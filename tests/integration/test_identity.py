@@ -213,7 +213,7 @@ async def test_an_unproven_claim_never_displaces_a_proven_websocket(
     registry = server.services.registry
     uid = new_uid()
     bearer = [("Authorization", f"Bearer {agent_token(server.services.settings, uid)}")]
-    caplog.set_level(logging.INFO, logger="opamp_fast.fleet")
+    caplog.set_level(logging.INFO, logger="opamp_fast.fleet.handler")
     async with open_ws(ws_url(server.url), extra_headers=bearer) as ws:
         owner = WSAgent(ws, uid)
         await owner.full_state("the-owner")

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from opamp_fast.metrics import agent_id
+from opamp_fast.observability.metrics import agent_id
 from tests.helpers.agents import HTTPAgent, description, open_ws_agent, wait_for
 
 pytestmark = pytest.mark.postgres

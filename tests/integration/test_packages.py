@@ -18,9 +18,9 @@ import boto3
 import httpx
 import pytest
 
-from opamp_fast.config import Settings
 from opamp_fast.protocol import pb
 from opamp_fast.protocol.codec import format_instance_uid
+from opamp_fast.settings import Settings
 from tests.helpers.agents import CAPS_PYTHON_CLIENT, HTTPAgent, open_ws_agent
 from tests.integration.test_rest_api import token_for
 

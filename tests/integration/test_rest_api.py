@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from opamp_fast.api.params import encode_agent_cursor, encode_history_cursor
 from opamp_fast.auth import load_key_material, mint_token, secret_file_path
-from opamp_fast.config import Settings
 from opamp_fast.protocol import pb
 from opamp_fast.protocol.codec import format_instance_uid
+from opamp_fast.settings import Settings
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
 
 pytestmark = pytest.mark.postgres

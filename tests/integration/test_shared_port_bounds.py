@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from opamp_fast.auth import load_key_material, mint_token
+from opamp_fast.native.wsframe import OP_BINARY
 from opamp_fast.protocol import Transport, pb
-from opamp_fast.wsframe import OP_BINARY
 from tests.helpers.agents import new_uid, open_ws_agent, wait_for
 from tests.helpers.backends import anyio_backend  # noqa: F401 - both backends
 from tests.integration.test_hostile_peers import (

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from opamp_fast.admission import Admission, LoopLag, cert_identity
 from opamp_fast.auth import AgentTokenVerifier, mint_agent_token
-from opamp_fast.handlers import ConnectingRequest
+from opamp_fast.fleet.admission import Admission, LoopLag, cert_identity
 from opamp_fast.protocol import Transport
+from opamp_fast.transport.handlers import ConnectingRequest
 
 KEY = "k" * 64
 UID = uuid.uuid4()

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from opamp_fast.api.auth import BearerAuthMiddleware
 from opamp_fast.auth import (
     AuthError,
-    BearerAuthMiddleware,
     KeyMaterial,
     TokenVerifier,
     load_key_material,
@@ -23,8 +23,8 @@ from opamp_fast.auth import (
     parse_ttl,
     secret_file_path,
 )
-from opamp_fast.config import Settings
 from opamp_fast.errors import ConfigError
+from opamp_fast.settings import Settings
 
 SECRET = "k" * 64
 

@@ -18,9 +18,19 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from opamp_fast.metrics import METRICS, STALE_AFTER_INTERVALS, MetricsExporter, agent_id
+from opamp_fast.fleet.registry import (
+    CONNECTION_DURATION_BOUNDS_S,
+    AgentRecord,
+    BucketCounts,
+    Registry,
+)
+from opamp_fast.observability.metrics import (
+    METRICS,
+    STALE_AFTER_INTERVALS,
+    MetricsExporter,
+    agent_id,
+)
 from opamp_fast.protocol import Session, Transport
-from opamp_fast.registry import CONNECTION_DURATION_BOUNDS_S, AgentRecord, BucketCounts, Registry
 from opamp_fast.storage.batch_writer import BatchWriter
 from opamp_fast.transport.stats import TransportStats
 
@@ -202,7 +212,7 @@ def test_agent_never_heard_from_has_no_last_seen_sample() -> None:
 
 
 def test_transport_and_fleet_counters() -> None:
-    from opamp_fast.fleet import FleetHandler
+    from opamp_fast.fleet.handler import FleetHandler
     from opamp_fast.protocol import ServerPolicy
 
     registry = make_registry()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from opamp_fast.handlers import ACCEPT
+from opamp_fast.native.wsframe import OP_BINARY, encode_client_frame
 from opamp_fast.protocol import (
     RemoteProtocolError,
     ServerPolicy,
@@ -19,7 +19,7 @@ from opamp_fast.protocol import (
 )
 from opamp_fast.protocol.codec import PartBounds, check_part_sizes
 from opamp_fast.transport import Limits, OpAMPConnection, TransportStats
-from opamp_fast.wsframe import OP_BINARY, encode_client_frame
+from opamp_fast.transport.handlers import ACCEPT
 
 BOUNDS = PartBounds(description_bytes=64 * 1024, part_bytes=1024 * 1024)
 POLICY = ServerPolicy(max_description_bytes=64 * 1024, max_status_part_bytes=1024 * 1024)

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opamp_fast import _pbscan_py, pbscan
+from opamp_fast.native import _pbscan_py, pbscan
 from opamp_fast.protocol import pb
 
 IMPLEMENTATIONS = [pytest.param(_pbscan_py.parse_heartbeat, id="python")]
 if pbscan.USING_EXTENSION:
-    from opamp_fast import _pbscan
+    from opamp_fast.native import _pbscan
 
     IMPLEMENTATIONS.append(pytest.param(_pbscan.parse_heartbeat, id="cython"))
 
@@ -37,7 +37,7 @@ def test_extension_loaded() -> None:
 
 
 def test_no_extensions_falls_back_to_python() -> None:
-    code = "from opamp_fast import pbscan, _pbscan_py\n"
+    code = "from opamp_fast.native import pbscan, _pbscan_py\n"
     code += "assert pbscan.parse_heartbeat is _pbscan_py.parse_heartbeat\n"
     env = {**os.environ, "OPAMP_FAST_NO_EXTENSIONS": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from opamp_fast.fleet.registry import AgentStatus, Registry
 from opamp_fast.protocol import Session, Transport
-from opamp_fast.registry import AgentStatus, Registry
 
 
 def make_registry(**kw: float) -> Registry:
@@ -118,7 +118,7 @@ def test_many_agents_expire_together() -> None:
 
 def test_default_settings_time_agents_out_after_60_seconds() -> None:
     """The seed's monitor times agents out after 60 s: so do the defaults (30 s heartbeat)."""
-    from opamp_fast.config import Settings
+    from opamp_fast.settings import Settings
 
     settings = Settings()
     registry = make_registry(

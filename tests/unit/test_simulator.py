@@ -8,7 +8,7 @@ import random
 import pytest
 
 from opamp_fast.protocol import REMOTE_CONFIG_APPLIED, SERVER_FLAG_REPORT_FULL_STATE, pb
-from opamp_fast.simulator import (
+from opamp_fast.sim.simulator import (
     DEFAULT_CAPABILITIES,
     LatencyHistogram,
     SimConfig,

@@ -12,7 +12,11 @@ import sys
 
 import pytest
 
-EXTENSIONS = ["opamp_fast._heartbeat", "opamp_fast._wsframe", "opamp_fast._pbscan"]
+EXTENSIONS = [
+    "opamp_fast.native._heartbeat",
+    "opamp_fast.native._wsframe",
+    "opamp_fast.native._pbscan",
+]
 
 
 @pytest.mark.skipif(

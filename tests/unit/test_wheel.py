@@ -12,16 +12,16 @@ from types import ModuleType
 
 import pytest
 
-from opamp_fast import _heartbeat_py, heartbeat
+from opamp_fast.native import _heartbeat_py, heartbeat
 
 NO_EXTENSIONS = bool(os.environ.get("OPAMP_FAST_NO_EXTENSIONS"))
 
 
 def _load_extension() -> ModuleType:
     try:
-        return importlib.import_module("opamp_fast._heartbeat")
+        return importlib.import_module("opamp_fast.native._heartbeat")
     except ImportError as exc:  # must fail, not skip: a missing build is a bug
-        pytest.fail(f"compiled opamp_fast._heartbeat is not importable: {exc}")
+        pytest.fail(f"compiled opamp_fast.native._heartbeat is not importable: {exc}")
 
 
 @pytest.fixture(params=["C", "Py"])
@@ -54,10 +54,10 @@ def _run_isolated(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_fallback_with_env_var() -> None:
     code = (
-        "import opamp_fast.heartbeat as h\n"
+        "import opamp_fast.native.heartbeat as h\n"
         "assert h.NO_EXTENSIONS is True\n"
         "assert h.USING_EXTENSION is False\n"
-        "assert h.TimingWheel.__module__ == 'opamp_fast._heartbeat_py'\n"
+        "assert h.TimingWheel.__module__ == 'opamp_fast.native._heartbeat_py'\n"
         "w = h.TimingWheel(); w.schedule(3, 1.0); assert w.advance(1.0) == [3]\n"
     )
     proc = _run_isolated(code, OPAMP_FAST_NO_EXTENSIONS="1")
@@ -70,12 +70,12 @@ def test_fallback_when_extension_missing() -> None:
         "logging.basicConfig()\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'opamp_fast._heartbeat':\n"
+        "        if name == 'opamp_fast.native._heartbeat':\n"
         "            raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import opamp_fast.heartbeat as h\n"
+        "import opamp_fast.native.heartbeat as h\n"
         "assert h.USING_EXTENSION is False\n"
-        "assert h.TimingWheel.__module__ == 'opamp_fast._heartbeat_py'\n"
+        "assert h.TimingWheel.__module__ == 'opamp_fast.native._heartbeat_py'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPAMP_FAST_NO_EXTENSIONS"}
     proc = subprocess.run(

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from opamp_fast._heartbeat_py import TimingWheel as PyWheel
+from opamp_fast.native._heartbeat_py import TimingWheel as PyWheel
 
 try:
     from tests.helpers.naive_wheel import NaiveWheel
@@ -29,7 +29,7 @@ if NO_EXTENSIONS:
     CWheel: Any = None
 else:
     try:
-        CWheel = importlib.import_module("opamp_fast._heartbeat").TimingWheel
+        CWheel = importlib.import_module("opamp_fast.native._heartbeat").TimingWheel
     except ImportError as exc:  # fail loudly below rather than skipping
         CWheel = None
         _IMPORT_ERROR: ImportError | None = exc
@@ -127,7 +127,7 @@ WheelComparison.TestCase.settings = settings(
 
 def test_extension_present_for_differential() -> None:
     if not NO_EXTENSIONS and CWheel is None:
-        pytest.fail(f"compiled opamp_fast._heartbeat is not importable: {_IMPORT_ERROR}")
+        pytest.fail(f"compiled opamp_fast.native._heartbeat is not importable: {_IMPORT_ERROR}")
 
 
 TestWheelComparison = WheelComparison.TestCase

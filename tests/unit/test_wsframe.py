@@ -16,8 +16,8 @@ import wsproto
 import wsproto.events as wse
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from opamp_fast import _wsframe_py, wsframe
-from opamp_fast._wsframe_py import FrameError, encode_client_frame
+from opamp_fast.native import _wsframe_py, wsframe
+from opamp_fast.native._wsframe_py import FrameError, encode_client_frame
 
 NO_EXTENSIONS = bool(os.environ.get("OPAMP_FAST_NO_EXTENSIONS"))
 
@@ -27,9 +27,9 @@ LIMIT = 1 << 20
 
 def _load_extension() -> ModuleType:
     try:
-        return importlib.import_module("opamp_fast._wsframe")
+        return importlib.import_module("opamp_fast.native._wsframe")
     except ImportError as exc:  # must fail, not skip: a missing build is a bug
-        pytest.fail(f"compiled opamp_fast._wsframe is not importable: {exc}")
+        pytest.fail(f"compiled opamp_fast.native._wsframe is not importable: {exc}")
 
 
 @pytest.fixture(params=["C", "Py"])
@@ -121,11 +121,11 @@ def _run_isolated(code: str, env: dict[str, str]) -> subprocess.CompletedProcess
 
 def test_fallback_with_env_var() -> None:
     code = (
-        "import opamp_fast.wsframe as w\n"
+        "import opamp_fast.native.wsframe as w\n"
         "assert w.NO_EXTENSIONS is True\n"
         "assert w.USING_EXTENSION is False\n"
-        "assert w.FrameReader.__module__ == 'opamp_fast._wsframe_py'\n"
-        "assert w.encode_opamp.__module__ == 'opamp_fast._wsframe_py'\n"
+        "assert w.FrameReader.__module__ == 'opamp_fast.native._wsframe_py'\n"
+        "assert w.encode_opamp.__module__ == 'opamp_fast.native._wsframe_py'\n"
         "f = w.encode_client_frame(2, b'hi', mask=b'abcd')\n"
         "assert w.FrameReader(10).feed(f) == [(2, b'hi')]\n"
     )
@@ -139,12 +139,12 @@ def test_fallback_when_extension_missing() -> None:
         "logging.basicConfig()\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'opamp_fast._wsframe':\n"
+        "        if name == 'opamp_fast.native._wsframe':\n"
         "            raise ImportError('blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import opamp_fast.wsframe as w\n"
+        "import opamp_fast.native.wsframe as w\n"
         "assert w.USING_EXTENSION is False\n"
-        "assert w.FrameReader.__module__ == 'opamp_fast._wsframe_py'\n"
+        "assert w.FrameReader.__module__ == 'opamp_fast.native._wsframe_py'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPAMP_FAST_NO_EXTENSIONS"}
     proc = _run_isolated(code, env)

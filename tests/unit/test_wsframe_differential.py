@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from opamp_fast._wsframe_py import FrameError, FrameReader, encode_client_frame, parse_close
+from opamp_fast.native._wsframe_py import FrameError, FrameReader, encode_client_frame, parse_close
 
 NO_EXTENSIONS = bool(os.environ.get("OPAMP_FAST_NO_EXTENSIONS"))
 
@@ -30,7 +30,7 @@ if NO_EXTENSIONS:
     CReader: Any = None
 else:
     try:
-        CReader = importlib.import_module("opamp_fast._wsframe").FrameReader
+        CReader = importlib.import_module("opamp_fast.native._wsframe").FrameReader
     except ImportError as exc:  # fail loudly below rather than skipping
         CReader = None
         _IMPORT_ERROR: ImportError | None = exc
@@ -313,4 +313,4 @@ def test_random_bytes_c_vs_py(raw: bytes, limit: int, data: st.DataObject) -> No
 
 def test_extension_present_for_differential() -> None:
     if not NO_EXTENSIONS and CReader is None:
-        pytest.fail(f"compiled opamp_fast._wsframe is not importable: {_IMPORT_ERROR}")
+        pytest.fail(f"compiled opamp_fast.native._wsframe is not importable: {_IMPORT_ERROR}")

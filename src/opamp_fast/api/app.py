@@ -3,7 +3,7 @@
 OpAMP is the hot path (every agent message) and never comes here: the front reads every
 request on the port and serves the OpAMP path natively, on any connection. Everything under
 ``/api`` needs a bearer JWT
-(``auth.BearerAuthMiddleware``); probes, metrics, ``/openapi.json`` and ``/docs`` do not.
+(``api.auth.BearerAuthMiddleware``); probes, metrics, ``/openapi.json`` and ``/docs`` do not.
 
 To add routes, add them to the ``routes`` list in :func:`build_starlette`; the OpenAPI document
 is generated from that list, so new routes are described automatically.
@@ -16,8 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from .. import metrics
-from ..auth import BearerAuthMiddleware, TokenVerifier
+from ..auth import TokenVerifier
 from ..services import Services
 from . import (
     agents,
@@ -31,6 +30,7 @@ from . import (
     packages,
     ui,
 )
+from .auth import BearerAuthMiddleware
 from .errors import EXCEPTION_HANDLERS
 
 ASGIApp = Any
@@ -50,7 +50,7 @@ def build_starlette(services: Services) -> Starlette:
         *events.routes(services),
         *ui.routes(services),
         *openapi.routes(services),
-        *metrics.routes(services),
+        *health.metrics_routes(services),
     ]
     openapi.settle_routes(routes)
     return Starlette(

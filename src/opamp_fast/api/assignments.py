@@ -14,7 +14,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import (
+from ..protocol.codec import format_instance_uid
+from ..remote_config.model import (
     MAX_LABELS,
     ConfigInputError,
     Directory,
@@ -22,7 +23,6 @@ from ..configs import (
     json_attributes,
     parse_labels,
 )
-from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage.config_queries import AgentOutcome, NotFound

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from ..configs import MAX_LABEL_CHARS, ConfigInputError
+from ..remote_config.model import MAX_LABEL_CHARS, ConfigInputError
 from ..strictint import parse_ascii_int
 from .errors import APIError
 from .params import text_schema
@@ -35,8 +35,8 @@ def body_integer(value: Any, what: str, lo: int, hi: int) -> int:
 
 
 def labels_schema(max_entries: int) -> dict[str, Any]:
-    """JSON Schema of a ``{key: value}`` map as :func:`~opamp_fast.configs.parse_labels` takes
-    it (labels, selectors)."""
+    """JSON Schema of a ``{key: value}`` map as
+    :func:`~opamp_fast.remote_config.model.parse_labels` takes it (labels, selectors)."""
     text = text_schema(MAX_LABEL_CHARS)
     return {
         "type": "object",

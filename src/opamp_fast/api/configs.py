@@ -17,7 +17,8 @@ import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import (
+from ..protocol import remote_config_hash
+from ..remote_config.model import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_FILE_NAME_CHARS,
     MAX_FILES,
@@ -27,7 +28,6 @@ from ..configs import (
     parse_files,
     parse_name,
 )
-from ..protocol import remote_config_hash
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage.config_queries import Conflict, NotFound, VersionRow

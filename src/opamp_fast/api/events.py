@@ -1,4 +1,4 @@
-"""``GET /api/events``: the fleet's events as Server-Sent Events (issue 15).
+"""``GET /api/events``: the fleet's events as Server-Sent Events.
 
 Why SSE and not a WebSocket: the stream goes one way, SSE resumes with ``Last-Event-ID`` by
 design, and it passes every proxy that passes HTTP. Browsers read it with ``fetch`` (which, unlike
@@ -25,7 +25,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..events import (
+from ..fleet.events import (
     EVENT_ID_PATTERN,
     EVENT_TYPES,
     FRAME_SCHEMA,

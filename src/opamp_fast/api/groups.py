@@ -17,8 +17,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..configs import MAX_SELECTOR_KEYS, ConfigInputError, config_name_or_none, parse_selector
 from ..packages.registry import Ref, q_group_packages, q_set_group_packages
+from ..remote_config.model import (
+    MAX_SELECTOR_KEYS,
+    ConfigInputError,
+    config_name_or_none,
+    parse_selector,
+)
 from ..services import Services
 from ..storage import config_queries as cq
 from ..storage import rollout_queries as rq

@@ -149,9 +149,9 @@ class AgentDetail(msgspec.Struct):
     disconnect_reason: str | None
     created_at: datetime | None
     updated_at: datetime | None
-    # The effective remote config assignment and the agent's outcome (issue 13).
+    # The effective remote config assignment and the agent's outcome.
     remote_config: RemoteConfigState | None = None
-    # Offered packages and the agent's last PackageStatuses report (issue 14).
+    # Offered packages and the agent's last PackageStatuses report.
     packages: AgentPackages | None = None
 
 

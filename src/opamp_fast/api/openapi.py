@@ -32,7 +32,7 @@ from .params import Param
 SCHEMA_REF = "#/components/schemas/{name}"
 SECURITY_SCHEME = "bearerAuth"
 # Swagger UI comes from the ``swagger-ui-py`` wheel (its static files only; the package is never
-# imported), so /docs works on a machine without internet access (issue 15).
+# imported), so /docs works on a machine without internet access.
 SWAGGER_UI_PACKAGE = "swagger_ui"
 SWAGGER_UI_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
 

@@ -1,4 +1,4 @@
-"""Response shapes of the package routes (issue 14), as msgspec Structs (see ``models.py``)."""
+"""Response shapes of the package routes, as msgspec Structs (see ``models.py``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``/api/packages...`` (the registry), ``/api/agents/{id}/packages`` (offers) and the download
-route ``/v1/packages/{name}/{version}/file`` (issue 14).
+route ``/v1/packages/{name}/{version}/file``.
 
 * **Upload** (``POST /api/packages``, multipart): parsed incrementally as the body arrives
   (python-multipart's push parser); the file part is spooled to a staging file in 1 MiB writes
@@ -496,7 +496,7 @@ def routes(services: Services) -> list[DocumentedRoute]:
     try:
         from ..storage.config_queries import AuditEntry, append_audit
         from .roles import client_addr, request_id, require_role
-    except ImportError:  # pragma: no cover - the audit log (issue 13) is not there
+    except ImportError:  # pragma: no cover - the audit log is not there
         append_audit = None  # type: ignore[assignment]
 
     def audit(

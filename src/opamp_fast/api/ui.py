@@ -1,4 +1,4 @@
-"""The web console at ``/ui`` (issue 15): static files shipped in the package, and the one
+"""The web console at ``/ui``: static files shipped in the package, and the one
 JSON endpoint only it needs, ``GET /api/ui/overview``.
 
 Why it looks like this: the console must work on a machine without internet access, so every

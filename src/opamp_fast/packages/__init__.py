@@ -1,4 +1,4 @@
-"""Agent packages (issue 14): registry, storage backends, signed URLs, semantic versions.
+"""Agent packages: registry, storage backends, signed URLs, semantic versions.
 
 See :mod:`.registry` for how offers reach agents and statuses come back, :mod:`.store` for the
 filesystem and S3 backends, ``api/packages.py`` for the REST and download routes.
@@ -22,9 +22,9 @@ from .store import StoreError as StoreError
 from .store import open_store as open_store
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..fleet import FleetHandler
-    from ..registry import Registry
+    from ..fleet.handler import FleetHandler
+    from ..fleet.registry import Registry
+    from ..settings import Settings
     from ..storage import Database
 
 __all__ = [

@@ -49,8 +49,8 @@ from .signing import URLSigner
 from .store import PackageStore
 
 if TYPE_CHECKING:
-    from ..fleet import FleetHandler
-    from ..registry import AgentRecord, Registry
+    from ..fleet.handler import FleetHandler
+    from ..fleet.registry import AgentRecord, Registry
     from ..storage import Database
 
 __all__ = [

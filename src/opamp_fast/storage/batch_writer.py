@@ -30,19 +30,18 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import msgspec
 import psycopg
 from anyio.abc import TaskStatus
 
-from ..events import FleetEvent, encode_event_notices
 from ..redaction import ConfigRedactor
-from .notices import FLEET_CHANNEL, channel_for, encode_notices
+from .notices import FLEET_CHANNEL, channel_for, encode_event_notices, encode_notices
 from .rows import (
     AgentSnapshot,
     JSONObject,
@@ -61,6 +60,14 @@ _EVENTS_KEPT: Final = 10_000  # fleet events kept for other instances through a 
 SHUTDOWN_REASON: Final = "server shutdown"
 RESTART_REASON: Final = "server restart"
 REPLACED_REASON: Final = "replaced by a new connection"
+
+
+class OutgoingEvent(Protocol):
+    """A fleet event for the other instances (``fleet.events.FleetEvent``): encoded when read,
+    here in the writer's thread."""
+
+    @property
+    def json(self) -> bytes: ...
 
 
 class _LostRace(Exception):
@@ -144,7 +151,7 @@ class _Batch:
         # flush() callers waiting for this batch to commit
         self.waiters: list[anyio.Event] = []
         # fleet events for the other instances, encoded and NOTIFYed in this batch's transaction
-        self.events: list[FleetEvent] = []
+        self.events: list[OutgoingEvent] = []
         # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
         self.refused: list[bytes] = []
 
@@ -276,12 +283,12 @@ class BatchWriter:
         self._errors = 0
         self._failed_attempts = 0
         self._backlog_since: float | None = None
-        # metrics (issue 6): called with (rows, seconds) after each committed flush, on the event
+        # metrics: called with (rows, seconds) after each committed flush, on the event
         # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
         self.on_flush: Callable[[int, float], None] | None = None
-        # fleet events (issue 15): called when a batch is taken; what it returns is sent to the
+        # fleet events: called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
-        self.event_outbox: Callable[[], list[FleetEvent]] | None = None
+        self.event_outbox: Callable[[], Sequence[OutgoingEvent]] | None = None
         # identity: called on the event loop with the agents whose session here did not prove
         # its uid while another instance holds it with proof; their rows were left untouched.
         self.on_refused: Callable[[list[bytes]], object] | None = None
@@ -485,7 +492,7 @@ class BatchWriter:
             )
             self._backlog_since = None
             self._failed_attempts = 0
-        if self.on_flush is not None:  # metrics (issue 6)
+        if self.on_flush is not None:  # metrics
             self.on_flush(rows, elapsed)
         if batch.refused and self.on_refused is not None:
             self.on_refused(batch.refused)

@@ -363,8 +363,8 @@ def delete_group(conn: Conn, name: str) -> bool:
 
 def selector_sql(selector: Mapping[str, str], prefix: str = "sel") -> tuple[str, dict[str, Any]]:
     """A WHERE fragment over ``agents AS a`` matching ``selector`` exactly like
-    :meth:`opamp_fast.configs.Selector.matches` (labels, then identifying, then non-identifying
-    attributes). ``TRUE`` for an empty selector."""
+    :meth:`opamp_fast.remote_config.model.Selector.matches` (labels, then identifying, then
+    non-identifying attributes). ``TRUE`` for an empty selector."""
     clauses = []
     params: dict[str, Any] = {}
     for i, (key, value) in enumerate(sorted(selector.items())):

@@ -21,11 +21,11 @@ import anyio
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..config import redact_url
 from ..errors import StorageError
+from ..settings import redact_url
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

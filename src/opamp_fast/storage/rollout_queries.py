@@ -4,8 +4,8 @@ A running rollout is advanced by whichever instance locks its row first
 (``FOR UPDATE SKIP LOCKED``), every ``ConfigService`` tick, in one transaction: the outcome of
 its admitted agents is read from ``agents`` (the reported remote-config status the batch
 writers store, and the last failure the ``agents_remote_config_outcome`` trigger keeps), the
-pure :func:`opamp_fast.configs.decide_rollout` says what to do, and a new batch, a pause or
-the completion is written with its audit row and the ``configs`` notice.
+pure :func:`opamp_fast.remote_config.model.decide_rollout` says what to do, and a new batch, a
+pause or the completion is written with its audit row and the ``configs`` notice.
 
 Eligible agents: online, reporting ``AcceptsRemoteConfig``, not pinned, and decided by this
 group (it wins the precedence over every other group matching them). Offline agents are never
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..configs import (
+from ..protocol import AGENT_ACCEPTS_REMOTE_CONFIG
+from ..remote_config.model import (
     GroupRule,
     RolloutCounts,
     RolloutStep,
@@ -28,7 +29,6 @@ from ..configs import (
     parse_selector,
     winning_group,
 )
-from ..protocol import AGENT_ACCEPTS_REMOTE_CONFIG
 from .config_queries import (
     ROLLOUT_COLUMNS,
     AuditEntry,

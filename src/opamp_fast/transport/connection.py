@@ -4,8 +4,8 @@
 the OpAMP path is served here (a WebSocket upgrade, or a plain-HTTP POST), any other becomes an
 :class:`~._exchange.Exchange` for the ASGI application that runs the REST API (state ``APP``),
 after which the connection reads the next request under the same bounds. It calls the
-:class:`~opamp_fast.handlers.AgentHandler` synchronously and is itself the
-:class:`~opamp_fast.handlers.Connection` the handler sees.
+:class:`~opamp_fast.transport.handlers.AgentHandler` synchronously and is itself the
+:class:`~opamp_fast.transport.handlers.Connection` the handler sees.
 
 It does no I/O and reads no clock: the driver feeds bytes and ``now`` in, and hands the object
 a ``write`` callable for its output. After every call the driver looks at ``state`` (close the
@@ -32,19 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from ..handlers import ConnectingRequest
-from ..pbscan import parse_heartbeat
-from ..protocol import (
-    ProtocolError,
-    RemoteProtocolError,
-    Session,
-    Transport,
-    decode_agent_to_server,
-    encode_server_to_agent,
-    error_response,
-    pb,
-)
-from ..wsframe import (
+from ..native.pbscan import parse_heartbeat
+from ..native.wsframe import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -55,6 +44,16 @@ from ..wsframe import (
     encode_frame,
     encode_opamp,
     parse_close,
+)
+from ..protocol import (
+    ProtocolError,
+    RemoteProtocolError,
+    Session,
+    Transport,
+    decode_agent_to_server,
+    encode_server_to_agent,
+    error_response,
+    pb,
 )
 from ._exchange import Exchange
 from ._http11 import (
@@ -69,10 +68,11 @@ from ._http11 import (
     websocket_accept,
 )
 from .budget import BufferBudget
+from .handlers import ConnectingRequest
 
 if TYPE_CHECKING:
-    from ..handlers import AgentHandler
     from ..protocol.codec import PartBounds
+    from .handlers import AgentHandler
     from .stats import TransportStats
 
 __all__ = [

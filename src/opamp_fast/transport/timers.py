@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from ..heartbeat import TimingWheel
+from ..native.heartbeat import TimingWheel
 
 __all__ = ["ConnectionTimers"]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..settings import Settings
 
 __all__ = ["server_tls_context"]
 

@@ -1,4 +1,4 @@
--- Remote configuration management (issue 13): config versions, groups, per-agent pins, rollouts,
+-- Remote configuration management: config versions, groups, per-agent pins, rollouts,
 -- the agents' remote-config outcome, and the append-only audit log. See docs/api.md.
 
 -- One row per immutable version of a named configuration. config_hash is the OpAMP config hash

@@ -1,4 +1,4 @@
--- Packages a group offers its members (issue 14; docs/api.md "Packages"): one version per
+-- Packages a group offers its members (docs/api.md "Packages"): one version per
 -- package name. An agent's own offer (package_offers) wins over its group's.
 --
 -- No foreign key to packages: on a new database this file runs before 0008 creates that table.

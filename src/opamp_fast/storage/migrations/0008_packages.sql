@@ -1,4 +1,4 @@
--- Agent packages (issue 14; see docs/api.md "Packages" and packages/registry.py).
+-- Agent packages (see docs/api.md "Packages" and packages/registry.py).
 
 -- One row per uploaded package version. The file itself is in the package store (a directory
 -- or an S3 bucket) under storage_key; sha256 is computed by the server while the upload streams.

@@ -1,4 +1,4 @@
-"""Pure-Python twin of :mod:`opamp_fast._wsframe`: the server side of RFC 6455 framing.
+"""Pure-Python twin of :mod:`opamp_fast.native._wsframe`: the server side of RFC 6455 framing.
 
 ``FrameReader`` turns bytes received from a WebSocket *client* into complete messages and
 control frames; ``encode_*`` build unmasked server frames.  The compiled module implements

@@ -1,4 +1,4 @@
-"""Type stub for the compiled :mod:`opamp_fast._pbscan` (mirrors ``_pbscan_py``)."""
+"""Type stub for the compiled :mod:`opamp_fast.native._pbscan` (mirrors ``_pbscan_py``)."""
 
 __all__ = ["parse_heartbeat"]
 

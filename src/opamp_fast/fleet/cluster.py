@@ -39,14 +39,13 @@ import anyio.lowlevel
 import psycopg
 from anyio.abc import TaskStatus
 
+from ..storage.notices import FLEET_CHANNEL, channel_for, encode_notices, event_notice_prefix
 from . import reasons
-from .events import event_notice_prefix
-from .storage.notices import FLEET_CHANNEL, channel_for, encode_notices
 
 if TYPE_CHECKING:
+    from ..storage import Database
     from .events import EventHub
-    from .fleet import FleetHandler
-    from .storage import Database
+    from .handler import FleetHandler
 
 __all__ = ["Cluster", "LostInstance"]
 
@@ -113,7 +112,7 @@ class Cluster:
         events: EventHub | None = None,
     ) -> None:
         self._db = db
-        self._events = events  # fleet events (issue 15): forwarded ones, and lost instances
+        self._events = events  # fleet events: forwarded ones, and lost instances
         self._fleet = fleet
         self.instance_id = instance_id
         self.lease_s = lease_s
@@ -127,9 +126,9 @@ class Cluster:
         self.peers = 0  # other live instances, as of the last renewal (or a ``hello``)
         self._hello_due = True  # tell the others at once that we are here (first renewal)
         self.listening = anyio.Event()  # set once LISTEN is in place (tests, readiness)
-        # ``configs`` notices (issue 13): the configuration directory changed; reload it.
+        # ``configs`` notices: the configuration directory changed; reload it.
         self.on_configs: Callable[[dict[str, Any]], None] | None = None
-        # ``packages`` notices (issue 14): these agents' package offers changed; reload them.
+        # ``packages`` notices: these agents' package offers changed; reload them.
         self.on_packages: Callable[[dict[str, Any]], None] | None = None
 
     # -- sending ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pure-Python twin of :mod:`opamp_fast._heartbeat` (same algorithm, lists not C arrays).
+"""Pure-Python twin of :mod:`opamp_fast.native._heartbeat` (same algorithm, lists not C arrays).
 
 Hierarchical timing wheel: ``LEVELS`` levels of ``SLOTS`` slots over integer
 ticks, plus a *due* list (ticks at or before the current tick) and an

@@ -57,7 +57,7 @@ import wsproto
 import wsproto.events as wse
 import wsproto.utilities
 
-from .protocol import (
+from ..protocol import (
     AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS,
     AGENT_ACCEPTS_REMOTE_CONFIG,
     AGENT_REPORTS_EFFECTIVE_CONFIG,

@@ -32,8 +32,8 @@ import psycopg
 from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
 
-from .storage import Database
-from .storage.config_queries import AuditEntry, append_audit
+from . import Database
+from .config_queries import AuditEntry, append_audit
 
 __all__ = ["DenialLog"]
 

@@ -1,19 +1,17 @@
 """Server side of RFC 6455 WebSocket framing: read client frames, encode server frames.
 
-Uses the compiled ``opamp_fast._wsframe`` extension when available and the pure-Python
-twin ``opamp_fast._wsframe_py`` otherwise (or when the ``OPAMP_FAST_NO_EXTENSIONS``
-environment variable is set to a non-empty value).  Both apply the same rules in the same
-order and raise the same ``FrameError`` class; the twin's docstring pins the semantics.
+The compiled ``_wsframe`` when built, else the twin ``_wsframe_py`` (``_select.pick``). Both
+apply the same rules in the same order and raise the same ``FrameError`` class; the twin's
+docstring pins the semantics.
 ``encode_client_frame`` (masked client frames, valid or not) is always the Python one: it
 is for tests and load generators, never the server.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import TYPE_CHECKING
 
+from ._select import NO_EXTENSIONS, pick
 from ._wsframe_py import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -59,23 +57,14 @@ __all__ = [
     "parse_close",
 ]
 
-NO_EXTENSIONS = bool(os.environ.get("OPAMP_FAST_NO_EXTENSIONS"))
-
 USING_EXTENSION: bool
 
-if TYPE_CHECKING or NO_EXTENSIONS:
+if TYPE_CHECKING:
     from ._wsframe_py import FrameReader, encode_close, encode_frame, encode_opamp, parse_close
-
-    USING_EXTENSION = False
 else:
-    try:
-        from ._wsframe import FrameReader, encode_close, encode_frame, encode_opamp, parse_close
-
-        USING_EXTENSION = True
-    except ImportError:  # pragma: no cover - depends on the build
-        logging.getLogger(__name__).warning(
-            "opamp_fast._wsframe extension not available; using the pure-Python frame codec"
-        )
-        from ._wsframe_py import FrameReader, encode_close, encode_frame, encode_opamp, parse_close
-
-        USING_EXTENSION = False
+    _impl, USING_EXTENSION = pick("_wsframe", "_wsframe_py", "frame codec")
+    FrameReader = _impl.FrameReader
+    encode_close = _impl.encode_close
+    encode_frame = _impl.encode_frame
+    encode_opamp = _impl.encode_opamp
+    parse_close = _impl.parse_close

@@ -45,23 +45,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from .protocol import Transport
-from .registry import AgentRecord, AgentStatus, BucketCounts, Registry, RegistryStatistics
+from ..fleet.registry import AgentRecord, AgentStatus, BucketCounts, Registry, RegistryStatistics
+from ..protocol import Transport
 
 if TYPE_CHECKING:
-    from .config_service import ConfigService, ConfigStatistics
-    from .events import EventHub, EventHubStatistics
-    from .fleet import FleetHandler
-    from .packages import PackageRegistry, PackageStatistics
-    from .services import Services
-    from .storage.batch_writer import BatchWriter, WriterStatistics
-    from .storage.retention import HistoryRetention
-    from .transport.budget import BufferBudget
-    from .transport.stats import TransportStats
+    from ..fleet.events import EventHub, EventHubStatistics
+    from ..fleet.handler import FleetHandler
+    from ..packages import PackageRegistry, PackageStatistics
+    from ..remote_config.service import ConfigService, ConfigStatistics
+    from ..storage.batch_writer import BatchWriter, WriterStatistics
+    from ..storage.retention import HistoryRetention
+    from ..transport.budget import BufferBudget
+    from ..transport.stats import TransportStats
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +314,7 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "implementation",
         ),
         _spec("opamp_fast_build", "info", "opamp-fast version.", "version"),
-        # -- packages (issue 14) ------------------------------------------------------------
+        # -- packages ------------------------------------------------------------
         _spec(
             "opamp_fast_package_offers_sent_total",
             "counter",
@@ -345,7 +341,7 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "counter",
             "Package bytes sent by this instance.",
         ),
-        # -- fleet events (issue 15) --------------------------------------------------------
+        # -- fleet events --------------------------------------------------------
         _spec(
             "opamp_fast_events_total",
             "counter",
@@ -373,7 +369,7 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "counter",
             "Events not forwarded to the other instances (their queue full in an outage).",
         ),
-        # -- remote configuration (issue 13) ------------------------------------------------
+        # -- remote configuration ------------------------------------------------
         _spec(
             "opamp_fast_remote_config_status",
             "gauge",
@@ -522,8 +518,8 @@ class MetricsExporter:
         self.writer_queue_max = writer_queue_max
         self.version = version
         self.packages: PackageRegistry | None = None
-        self.configs: ConfigService | None = None  # set once the service exists (issue 13)
-        self.events: EventHub | None = None  # fleet events (issue 15)
+        self.configs: ConfigService | None = None  # set once the service exists
+        self.events: EventHub | None = None  # fleet events
         self.budget: BufferBudget | None = None  # bytes held for partial input
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
@@ -542,28 +538,8 @@ class MetricsExporter:
         if process_metrics:
             ProcessCollector(registry=self.registry)
 
-    @classmethod
-    def for_services(cls, services: Services) -> MetricsExporter:
-        """The exporter of one server, from its services and settings."""
-        settings = services.settings
-        exporter = cls(
-            registry=services.registry,
-            fleet=services.fleet,
-            writer=services.writer,
-            transport=services.opamp.stats,
-            retention=services.retention,
-            loop_lag=services.loop_lag,
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-            agent_series_max=settings.metrics_agent_series_max,
-            writer_queue_max=settings.writer_queue_max,
-            version=services.version,
-        ).with_packages(services.packages)
-        exporter.events = services.events
-        exporter.budget = services.opamp.budget
-        return exporter
-
     def with_packages(self, packages: PackageRegistry | None) -> MetricsExporter:
-        """Export the package registry's counters too (issue 14)."""
+        """Export the package registry's counters too."""
         self.packages = packages
         return self
 
@@ -794,7 +770,7 @@ _ROLLOUT_KINDS = ("eligible", "admitted", "applied", "failed", "pending")
 
 
 def _config_families(f: _Families, c: ConfigStatistics | None) -> None:
-    """Remote-config status counts and rollout progress (issue 13)."""
+    """Remote-config status counts and rollout progress."""
     status = f.gauge("opamp_fast_remote_config_status")
     for name in _RC_STATUSES:
         status.add_metric([name], c.status_counts.get(name, 0) if c else 0)
@@ -814,7 +790,7 @@ def _config_families(f: _Families, c: ConfigStatistics | None) -> None:
 
 
 def _event_families(f: _Families, e: EventHubStatistics | None) -> None:
-    """The event hub's counters (issue 15)."""
+    """The event hub's counters."""
     total = f.counter("opamp_fast_events_total")
     total.add_metric(["local"], e.published_total if e else 0)
     total.add_metric(["peer"], e.ingested_total if e else 0)
@@ -871,21 +847,3 @@ def _empty_family(spec: MetricSpec) -> Metric:
 def _label_key(item: tuple[tuple[Transport, object], int]) -> tuple[str, str]:
     (transport, detail), _ = item
     return transport.value, str(detail)
-
-
-def routes(services: Services) -> list[Route]:
-    """``GET /metrics`` (unauthenticated, as Prometheus scrapes) for this server's exporter."""
-    exporter = services.metrics
-    if exporter is None:  # Services built by hand (e.g. API tests): give them their own
-        exporter = services.metrics = MetricsExporter.for_services(services)
-
-    share = services.metrics_share
-
-    async def metrics(request: Request) -> Response:
-        if share is not None:  # --workers: every worker's metrics, labelled
-            body = await anyio.to_thread.run_sync(share.merged)
-        else:
-            body = await exporter.render()
-        return Response(body, media_type=CONTENT_TYPE)
-
-    return [Route("/metrics", metrics, methods=["GET"])]

@@ -22,7 +22,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
-from opamp_fast._wsframe_py import FrameError
+from opamp_fast.native._wsframe_py import FrameError
 
 
 cdef extern from "Python.h":

@@ -23,16 +23,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from .heartbeat import USING_EXTENSION, TimingWheel
-from .protocol import AgentState, Session, Transport, pb
+from ..native.heartbeat import USING_EXTENSION, TimingWheel
+from ..protocol import AgentState, Session, Transport, pb
 
 if TYPE_CHECKING:
-    from .handlers import Connection
+    from ..transport.handlers import Connection
 
 logger = logging.getLogger(__name__)
 
 
-# -- metrics support (issue 6) -------------------------------------------------------------
+# -- metrics support -------------------------------------------------------------
 # Plain numbers only: ``metrics.py`` turns these into Prometheus samples at scrape time, so the
 # registry never imports prometheus_client and a disconnect costs one bisect and two adds.
 
@@ -177,7 +177,7 @@ class Registry:
         self._expired_total = 0
         # (from, to) -> count; "new" is the from-state of an agent's first connection.
         self._changes: dict[tuple[str, str], int] = {}
-        # metrics (issue 6): durations of connections that ended (online -> offline), seconds.
+        # metrics: durations of connections that ended (online -> offline), seconds.
         self.connection_durations = BucketCounts(CONNECTION_DURATION_BOUNDS_S)
 
     # -- lookup ---------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class Registry:
             self._online_by_transport[record.transport] -= 1
         self._count("online", "offline")
         self._offline.append((wall, record))
-        # metrics (issue 6): a WebSocket's lifetime, or an HTTP agent's first poll to its end.
+        # metrics: a WebSocket's lifetime, or an HTTP agent's first poll to its end.
         self.connection_durations.observe(max(0.0, wall - record.connected_at))
         return StatusTransition(record, AgentStatus.OFFLINE, wall, reason, connection)
 

@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``opamp_fast._pbscan``: recognise a heartbeat without decoding it.
+"""Pure-Python twin of ``opamp_fast.native._pbscan``: recognise a heartbeat without decoding it.
 
 A WebSocket heartbeat is an ``AgentToServer`` holding only ``instance_uid`` (field 1, 16
 bytes), ``sequence_num`` (field 2) and ``capabilities`` (field 4): about 25 bytes, most of

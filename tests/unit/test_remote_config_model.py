@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from opamp_fast.configs import (
+from opamp_fast.protocol import remote_config_hash
+from opamp_fast.remote_config.model import (
     ConfigInputError,
     Directory,
     GroupRule,
@@ -21,7 +22,6 @@ from opamp_fast.configs import (
     parse_name,
     parse_selector,
 )
-from opamp_fast.protocol import remote_config_hash
 from opamp_fast.storage.rows import description_to_json
 from tests.helpers.agents import description
 

@@ -28,9 +28,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from .auth import AgentTokenVerifier
-from .handlers import ACCEPT, ConnectingRequest, ConnectionResponse
-from .protocol import Transport, parse_instance_uid_text
+from ..auth import AgentTokenVerifier
+from ..protocol import Transport, parse_instance_uid_text
+from ..transport.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
 
 __all__ = ["Admission", "LoopLag", "cert_identity"]
 

@@ -1,4 +1,4 @@
-"""Type stub for the compiled :mod:`opamp_fast._wsframe` (mirrors ``_wsframe_py``)."""
+"""Type stub for the compiled :mod:`opamp_fast.native._wsframe` (mirrors ``_wsframe_py``)."""
 
 from typing import Final
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .protocol import ProtocolError, Session, Transport, pb
+    from ..protocol import ProtocolError, Session, Transport, pb
 
 
 @dataclass(frozen=True, slots=True)

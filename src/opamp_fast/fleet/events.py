@@ -29,13 +29,12 @@ Publishers call ``hub.publish(type, agent, data)``; ``type`` is one of :data:`EV
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -47,10 +46,10 @@ import psycopg
 from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
 
-from .protocol.codec import format_instance_uid
+from ..protocol.codec import format_instance_uid
 
 if TYPE_CHECKING:
-    from .protocol import pb
+    from ..protocol import pb
     from .registry import AgentRecord
 
 __all__ = [
@@ -63,8 +62,6 @@ __all__ = [
     "announce_changes",
     "announce_connected",
     "announce_disconnected",
-    "encode_event_notices",
-    "event_notice_prefix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,7 +112,6 @@ FRAME_SCHEMA: Final[Mapping[str, Any]] = {
         },
     },
 }
-_MAX_NOTICE: Final = 7000  # Postgres allows < 8000 bytes per NOTIFY payload
 _encoder = msgspec.json.Encoder()
 
 
@@ -441,30 +437,6 @@ class EventHub:
             forwarded_total=self._forwarded,
             forwarding=self.forwarding,
         )
-
-
-def event_notice_prefix(sender: str) -> str:
-    """How every events notice of ``sender`` starts: its own listener skips them unparsed."""
-    return '{"kind":"events","from":' + json.dumps(sender) + ","
-
-
-def encode_event_notices(sender: str, events: Iterable[bytes]) -> Iterator[str]:
-    """The notice payloads (``{"kind": "events", ...}``) that carry ``events`` (encoded event
-    objects) to the other instances, each under Postgres's 8,000-byte limit."""
-    head = event_notice_prefix(sender) + '"events":['
-    chunk: list[str] = []
-    size = len(head) + 2
-    for raw in events:
-        text = raw.decode("utf-8")
-        if len(text.encode()) + len(head) + 2 > _MAX_NOTICE:
-            continue  # cannot happen with clipped data; never send an oversized notice
-        if chunk and size + len(text.encode()) + 1 > _MAX_NOTICE:
-            yield head + ",".join(chunk) + "]}"
-            chunk, size = [], len(head) + 2
-        chunk.append(text)
-        size += len(text.encode()) + 1
-    if chunk:
-        yield head + ",".join(chunk) + "]}"
 
 
 class OnlineHistory:

@@ -38,11 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 from anyio.abc import TaskStatus
 
-from . import reasons
-from .admission import Admission
-from .events import announce_changes, announce_connected, announce_disconnected
-from .handlers import ConnectingRequest, ConnectionResponse
-from .protocol import (
+from ..protocol import (
     AgentDisconnected,
     AgentState,
     Event,
@@ -63,12 +59,16 @@ from .protocol import (
     process_heartbeat,
     process_message,
 )
+from ..storage.rows import AgentSnapshot
+from ..transport.handlers import ConnectingRequest, ConnectionResponse
+from . import reasons
+from .admission import Admission
+from .events import announce_changes, announce_connected, announce_disconnected
 from .registry import AgentRecord, AgentStatus, Registry, StatusTransition
-from .storage.rows import AgentSnapshot
 
 if TYPE_CHECKING:
+    from ..transport.handlers import Connection
     from .events import EventHub
-    from .handlers import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def new_instance_uid() -> bytes:
 
 class FleetHandler:
     """Implements ``AgentHandler`` for the whole fleet. Admission (credentials, capacity,
-    shedding) is delegated to :class:`~opamp_fast.admission.Admission`."""
+    shedding) is delegated to :class:`~opamp_fast.fleet.admission.Admission`."""
 
     def __init__(
         self,
@@ -130,7 +130,7 @@ class FleetHandler:
         self.sink = sink
         self.policy = policy
         self.admission = admission if admission is not None else Admission()
-        self.events = events  # fleet events for /api/events (issue 15); None: not announced
+        self.events = events  # fleet events for /api/events; None: not announced
         self._wall = wall_clock
         self._mono = mono_clock
         self.heartbeats_total = 0
@@ -138,12 +138,12 @@ class FleetHandler:
         # of which unproven claims on a uid held by a connection that proved it (``_role``)
         self.claims_refused_total = 0
         self.sweeper_lag_s = 0.0
-        # Packages (issue 14, ``packages.registry``): a record new to this instance gets the
+        # Packages (``packages.registry``): a record new to this instance gets the
         # offer its agent should have; reported PackageStatuses go to their writer.
         self.on_new_record: Callable[[AgentRecord], None] | None = None
         self.on_package_statuses: Callable[[bytes, pb.PackageStatuses], None] | None = None
         self.package_offers_sent_total = 0  # messages that carried packages_available
-        # Remote configuration (issue 13, ``config_service``): resolves the config an agent should
+        # Remote configuration (``config_service``): resolves the config an agent should
         # run when it comes online or its description changes; True when that changed.
         self.assigner: Callable[[AgentRecord], bool] | None = None
 
@@ -582,7 +582,7 @@ class FleetHandler:
         if snapshot is not None and online_at is None:  # changed, no connect to ride on
             sink.status(record.uid, snapshot)
         hub = self.events
-        if hub is not None:  # fleet events (issue 15): transitions first, then status parts
+        if hub is not None:  # fleet events: transitions first, then status parts
             for t in transitions:
                 if t.new is AgentStatus.ONLINE:
                     announce_connected(hub, record, t.at)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from opamp_fast.config import OPTIONS, Settings
 from opamp_fast.errors import ConfigError
+from opamp_fast.settings import OPTIONS, Settings
 
 
 def test_defaults_are_valid() -> None:

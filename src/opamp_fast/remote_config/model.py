@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import build_remote_config, pb
+from ..protocol import build_remote_config, pb
 
 __all__ = [
     "Assignment",

@@ -1,4 +1,4 @@
-"""Type stub for the compiled :mod:`opamp_fast._heartbeat` (mirrors ``_heartbeat_py``)."""
+"""Type stub for the compiled :mod:`opamp_fast.native._heartbeat` (mirrors ``_heartbeat_py``)."""
 
 from typing_extensions import disjoint_base
 

@@ -31,7 +31,9 @@ import psycopg
 from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
 
-from .configs import (
+from ..protocol import REMOTE_CONFIG_APPLIED, REMOTE_CONFIG_APPLYING, REMOTE_CONFIG_FAILED
+from ..storage import config_queries, rollout_queries
+from .model import (
     ACTIVE_ROLLOUT_STATES,
     Directory,
     GroupRule,
@@ -43,13 +45,11 @@ from .configs import (
     parse_selector,
     winning_group,
 )
-from .protocol import REMOTE_CONFIG_APPLIED, REMOTE_CONFIG_APPLYING, REMOTE_CONFIG_FAILED
-from .storage import config_queries, rollout_queries
 
 if TYPE_CHECKING:
-    from .fleet import FleetHandler
-    from .registry import AgentRecord
-    from .storage import Database
+    from ..fleet.handler import FleetHandler
+    from ..fleet.registry import AgentRecord
+    from ..storage import Database
 
 __all__ = ["ConfigService", "ConfigStatistics", "build_directory"]
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Cython twin of ``opamp_fast._pbscan_py`` (same semantics, documented there)."""
+"""Cython twin of ``opamp_fast.native._pbscan_py`` (same semantics, documented there)."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
