@@ -11,9 +11,10 @@ import contextlib
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -138,8 +139,33 @@ def server_policy(settings: Settings) -> ServerPolicy:
 async def open_services(
     settings: Settings, db: Database, shutdown: anyio.Event, *, worker: WorkerSlot | None = None
 ) -> AsyncIterator[Services]:
-    """Start the writer (after crash repair) and the sweeper; on exit stop the sweeper, then
-    drain the writer, in that order. Closing connections is the caller's (``server.serve``)."""
+    """Start the writer (after crash repair) and the background services; on exit stop them,
+    then drain the writer, in that order. Closing connections is the caller's (``server.serve``)."""
+    services = build_services(settings, db, shutdown, worker=worker)
+    writer = services.writer
+    await _record_instance_start(services)
+    repaired = await writer.repair_after_crash()
+    if repaired:
+        logger.info("closed %d connection(s) left open by a previous run", repaired)
+    async with anyio.create_task_group() as writer_group:
+        await writer_group.start(writer.run)
+        async with anyio.create_task_group() as group:
+            for run in _background(services):
+                await group.start(run)
+            try:
+                yield services
+            finally:
+                group.cancel_scope.cancel()
+        logger.info("sweeper stopped; draining the database writer")
+        writer.close()
+    with anyio.CancelScope(shield=True):
+        await _record_instance_stop(services)
+
+
+def build_services(
+    settings: Settings, db: Database, shutdown: anyio.Event, *, worker: WorkerSlot | None = None
+) -> Services:
+    """Every service of one server, built and wired, none started."""
     registry = Registry(
         timeout_s=settings.heartbeat_timeout_s,
         timeout_factor=settings.heartbeat_timeout_factor,
@@ -162,7 +188,6 @@ async def open_services(
         replay_max=settings.events_replay_max,
         queue_max=settings.events_queue_max,
     )
-    writer.event_outbox = events.take_outbox
     fleet = FleetHandler(
         registry=registry,
         sink=writer,
@@ -170,7 +195,6 @@ async def open_services(
         admission=admission_of(settings, overloaded=lambda: writer.overloaded, loop_lag=loop_lag),
         events=events,
     )
-    writer.on_refused = fleet.refuse_claims
     services = Services(
         settings=settings,
         db=db,
@@ -185,11 +209,12 @@ async def open_services(
             db, fleet, instance_id=settings.instance_id, lease_s=settings.lease_s, events=events
         ),
         events=events,
-        online_history=(online_history := OnlineHistory(_online_sampler(db))),
-        denials=(denials := DenialLog(db, window_s=settings.audit_denial_window_s)),
+        online_history=OnlineHistory(_online_sampler(db)),
+        denials=DenialLog(db, window_s=settings.audit_denial_window_s),
+        packages=build_package_registry(settings, db=db, registry=registry, fleet=fleet),
+        configs=ConfigService(db, fleet, instance_id=settings.instance_id),
     )
-    services.packages = build_package_registry(settings, db=db, registry=registry, fleet=fleet)
-    services.cluster.on_packages = services.packages.notice
+    _wire(services)
     # Built before the writer starts, so its on_flush hook sees every flush.
     services.metrics = metrics_exporter(services)
     if worker is not None:
@@ -198,39 +223,41 @@ async def open_services(
         "heartbeat wheel: %s implementation",
         "Cython" if registry.statistics().using_extension else "pure-Python",
     )
-    await _record_instance_start(services)
-    repaired = await writer.repair_after_crash()
-    if repaired:
-        logger.info("closed %d connection(s) left open by a previous run", repaired)
-    async with anyio.create_task_group() as writer_group:
-        await writer_group.start(writer.run)
-        async with anyio.create_task_group() as group:
-            await group.start(partial(fleet.run_sweeper, tick_s=settings.heartbeat_tick_s))
-            await group.start(GrowthFreezer(lambda: registry.online_count).run)
-            await group.start(loop_lag.run)
-            await group.start(services.retention.run)
-            await group.start(services.cluster.run)
-            await group.start(services.packages.run)
-            services.configs = ConfigService(db, fleet, instance_id=settings.instance_id)
-            services.configs.also_assign = services.packages.assign
-            services.configs.before_apply = services.packages.load_groups
-            services.packages.group_of = services.configs.deciding_group
-            services.cluster.on_configs = services.configs.on_notice
-            if services.metrics is not None:
-                services.metrics.configs = services.configs
-            await group.start(services.configs.run)
-            await group.start(online_history.run)
-            await group.start(denials.run)
-            if services.metrics_share is not None:
-                await group.start(services.metrics_share.run)
-            try:
-                yield services
-            finally:
-                group.cancel_scope.cancel()
-        logger.info("sweeper stopped; draining the database writer")
-        writer.close()
-    with anyio.CancelScope(shield=True):
-        await _record_instance_stop(services)
+    return services
+
+
+def _wire(services: Services) -> None:
+    """The hooks by which the services hear of each other (none imports another's room)."""
+    writer, fleet, events = services.writer, services.fleet, services.events
+    configs, packages, cluster = services.configs, services.packages, services.cluster
+    assert events is not None and configs is not None and packages is not None
+    writer.event_outbox = events.take_outbox
+    writer.on_refused = fleet.refuse_claims
+    cluster.on_packages = packages.notice
+    cluster.on_configs = configs.on_notice
+    configs.also_assign = packages.assign
+    configs.before_apply = packages.load_groups
+    packages.group_of = configs.deciding_group
+
+
+def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, Any]]]:
+    """The background services' ``run`` methods, in the order they start."""
+    assert services.packages is not None and services.configs is not None
+    assert services.online_history is not None and services.denials is not None
+    runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
+        partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
+        GrowthFreezer(lambda: services.registry.online_count).run,
+        services.loop_lag.run,
+        services.retention.run,
+        services.cluster.run,
+        services.packages.run,
+        services.configs.run,
+        services.online_history.run,
+        services.denials.run,
+    ]
+    if services.metrics_share is not None:
+        runs.append(services.metrics_share.run)
+    return runs
 
 
 def _online_sampler(db: Database) -> Callable[[], Awaitable[int]]:
@@ -289,5 +316,6 @@ def metrics_exporter(services: Services) -> MetricsExporter:
         version=services.version,
     ).with_packages(services.packages)
     exporter.events = services.events
+    exporter.configs = services.configs
     exporter.budget = services.opamp.budget
     return exporter

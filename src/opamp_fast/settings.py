@@ -122,179 +122,12 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.data_dir, Path):  # accept str from programmatic callers
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
-        _check(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
-        _check(self.host != "", "host", self.host, "must not be empty")
-        _check(
-            self.opamp_path.startswith("/") and " " not in self.opamp_path,
-            "opamp_path",
-            self.opamp_path,
-            "must be an absolute URL path such as /v1/opamp",
-        )
-        if self.database_url is not None:
-            _check_database_url(self.database_url)
-        _check(
-            self.max_message_bytes >= 1024,
-            "max_message_bytes",
-            self.max_message_bytes,
-            "must be at least 1024",
-        )
-        _check(
-            self.heartbeat_interval_s >= 1,
-            "heartbeat_interval_s",
-            self.heartbeat_interval_s,
-            "must be at least 1 second",
-        )
-        _positive("heartbeat_tick_s", self.heartbeat_tick_s)
-        _check(self.lease_s >= 1, "lease_s", self.lease_s, "must be at least 1 second")
-        _check(
-            self.heartbeat_timeout_s >= self.heartbeat_tick_s,
-            "heartbeat_timeout_s",
-            self.heartbeat_timeout_s,
-            "must be at least one tick (heartbeat_tick_s)",
-        )
-        _check(
-            self.offline_retention_s >= 0,
-            "offline_retention_s",
-            self.offline_retention_s,
-            "must be >= 0",
-        )
-        for name in (
-            "max_description_bytes",
-            "max_description_attributes",
-            "max_status_part_bytes",
-        ):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(
-            self.heartbeat_timeout_factor >= 1.0,
-            "heartbeat_timeout_factor",
-            self.heartbeat_timeout_factor,
-            "must be at least 1",
-        )
-        _check(
-            self.ws_ping_interval_s >= 0,
-            "ws_ping_interval_s",
-            self.ws_ping_interval_s,
-            "must be >= 0 (0 disables pings)",
-        )
-        _check(
-            self.tcp_keepalive_s >= 0,
-            "tcp_keepalive_s",
-            self.tcp_keepalive_s,
-            "must be >= 0 (0 disables TCP keepalive)",
-        )
-        for name in ("handshake_timeout_s", "message_timeout_s", "close_timeout_s"):
-            _positive(name, getattr(self, name))
-        _positive("flush_interval_s", self.flush_interval_s)
-        _check(self.flush_batch_max >= 1, "flush_batch_max", self.flush_batch_max, "must be >= 1")
-        _check(
-            self.writer_queue_max >= 1, "writer_queue_max", self.writer_queue_max, "must be >= 1"
-        )
-        _check(self.db_pool_size >= 1, "db_pool_size", self.db_pool_size, "must be >= 1")
-        _check(
-            self.graceful_timeout_s >= 0,
-            "graceful_timeout_s",
-            self.graceful_timeout_s,
-            "must be >= 0",
-        )
-        _check(self.backlog >= 1, "backlog", self.backlog, "must be >= 1")
-        _check(self.max_connections >= 1, "max_connections", self.max_connections, "must be >= 1")
-        _check(self.max_handshakes >= 1, "max_handshakes", self.max_handshakes, "must be >= 1")
-        _check(
-            self.max_agent_messages_per_s >= 0,
-            "max_agent_messages_per_s",
-            self.max_agent_messages_per_s,
-            "must be >= 0",
-        )
-        _positive("max_loop_lag_s", self.max_loop_lag_s)
-        _check(
-            self.max_buffered_bytes >= self.max_message_bytes,
-            "max_buffered_bytes",
-            self.max_buffered_bytes,
-            "must be >= max_message_bytes (one whole message must fit)",
-        )
-        _check(
-            self.min_body_bytes_per_s >= 0,
-            "min_body_bytes_per_s",
-            self.min_body_bytes_per_s,
-            "must be >= 0",
-        )
-        _check(self.instance_id != "", "instance_id", self.instance_id, "must not be empty")
-        algorithms = ("HS256", "HS384", "HS512", "RS256", "ES256")
-        _check(
-            self.api_jwt_algorithm in algorithms,
-            "api_jwt_algorithm",
-            self.api_jwt_algorithm,
-            f"must be one of {algorithms}",
-        )
-        if self.api_jwt_public_key_file is not None and not isinstance(
-            self.api_jwt_public_key_file, Path
-        ):
-            object.__setattr__(self, "api_jwt_public_key_file", Path(self.api_jwt_public_key_file))
-        _check(
-            self.api_max_page_size >= 1, "api_max_page_size", self.api_max_page_size, "must be >= 1"
-        )
-        _check(
-            self.metrics_agent_series_max >= 0,
-            "metrics_agent_series_max",
-            self.metrics_agent_series_max,
-            "must be >= 0 (0 disables per-agent series)",
-        )
-        for name in ("events_replay_max", "events_queue_max"):
-            value = getattr(self, name)
-            _check(1 <= value <= 1_000_000, name, value, "must be between 1 and 1000000")
-        _positive("events_keepalive_s", self.events_keepalive_s)
-        _check(
-            0 < self.audit_denial_window_s <= 86400,
-            "audit_denial_window_s",
-            self.audit_denial_window_s,
-            "must be more than 0 and at most 86400",
-        )
-        _check(
-            self.package_max_bytes >= 1, "package_max_bytes", self.package_max_bytes, "must be >= 1"
-        )
-        _check(
-            60 <= self.package_url_ttl_s <= 7 * 86400,
-            "package_url_ttl_s",
-            self.package_url_ttl_s,
-            "must be between 60 seconds and 7 days",
-        )
-        if self.public_url is not None:
-            _check(
-                urlsplit(self.public_url).scheme in ("http", "https")
-                and bool(urlsplit(self.public_url).netloc),
-                "public_url",
-                self.public_url,
-                "must be an http:// or https:// URL such as https://opamp.example.com",
-            )
-        if self.package_store is not None and "://" in self.package_store:
-            _check(
-                self.package_store.split("://", 1)[0] in ("s3", "file"),
-                "package_store",
-                self.package_store,
-                "must be a directory, file:///path or s3://bucket/prefix",
-            )
-        _check(self.backend in BACKENDS, "backend", self.backend, f"must be one of {BACKENDS}")
-        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        for name in _PATHS:  # accept str from programmatic callers
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        _check(
-            (self.tls_cert_file is None) == (self.tls_key_file is None),
-            "tls_cert_file",
-            self.tls_cert_file,
-            "and tls_key_file must be given together",
-        )
-        _check(
-            self.tls_client_ca_file is None or self.tls_cert_file is not None,
-            "tls_client_ca_file",
-            self.tls_client_ca_file,
-            "needs tls_cert_file and tls_key_file (client certificates need TLS)",
-        )
-        levels = ("debug", "info", "warning", "error")
-        _check(self.log_level in levels, "log_level", self.log_level, f"must be one of {levels}")
-        _check_words("redact_keys", self.redact_keys)
+        for validate in _VALIDATORS:
+            validate(self)
 
     @classmethod
     def from_sources(
@@ -496,6 +329,160 @@ def parse_value(opt: Option, raw: str, *, source: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{source}: {raw!r} is not a finite number")
     return value
+
+
+# -- validation: one small function per concern -------------------------------------------
+_PATHS = (
+    "data_dir",
+    "api_jwt_public_key_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+)
+
+#: Plain lower bounds: name -> (lowest value allowed, what the error says).
+_AT_LEAST: dict[str, tuple[float, str]] = {
+    "max_message_bytes": (1024, "must be at least 1024"),
+    "heartbeat_interval_s": (1, "must be at least 1 second"),
+    "lease_s": (1, "must be at least 1 second"),
+    "offline_retention_s": (0, "must be >= 0"),
+    "max_description_bytes": (1, "must be >= 1"),
+    "max_description_attributes": (1, "must be >= 1"),
+    "max_status_part_bytes": (1, "must be >= 1"),
+    "heartbeat_timeout_factor": (1.0, "must be at least 1"),
+    "ws_ping_interval_s": (0, "must be >= 0 (0 disables pings)"),
+    "tcp_keepalive_s": (0, "must be >= 0 (0 disables TCP keepalive)"),
+    "flush_batch_max": (1, "must be >= 1"),
+    "writer_queue_max": (1, "must be >= 1"),
+    "db_pool_size": (1, "must be >= 1"),
+    "graceful_timeout_s": (0, "must be >= 0"),
+    "backlog": (1, "must be >= 1"),
+    "max_connections": (1, "must be >= 1"),
+    "max_handshakes": (1, "must be >= 1"),
+    "max_agent_messages_per_s": (0, "must be >= 0"),
+    "min_body_bytes_per_s": (0, "must be >= 0"),
+    "api_max_page_size": (1, "must be >= 1"),
+    "metrics_agent_series_max": (0, "must be >= 0 (0 disables per-agent series)"),
+    "package_max_bytes": (1, "must be >= 1"),
+}
+#: Durations that must be positive and finite.
+_POSITIVE = (
+    "heartbeat_tick_s",
+    "handshake_timeout_s",
+    "message_timeout_s",
+    "close_timeout_s",
+    "flush_interval_s",
+    "max_loop_lag_s",
+    "events_keepalive_s",
+)
+#: Closed ranges: name -> (lowest, highest, what the error says).
+_WITHIN: dict[str, tuple[float, float, str]] = {
+    "events_replay_max": (1, 1_000_000, "must be between 1 and 1000000"),
+    "events_queue_max": (1, 1_000_000, "must be between 1 and 1000000"),
+    "package_url_ttl_s": (60, 7 * 86400, "must be between 60 seconds and 7 days"),
+}
+#: Choices: name -> the values allowed.
+_ONE_OF: dict[str, tuple[str, ...]] = {
+    "api_jwt_algorithm": ("HS256", "HS384", "HS512", "RS256", "ES256"),
+    "backend": BACKENDS,
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def _check_bounds(s: Settings) -> None:
+    for name, (lowest, why) in _AT_LEAST.items():
+        _check(getattr(s, name) >= lowest, name, getattr(s, name), why)
+    for name in _POSITIVE:
+        _positive(name, getattr(s, name))
+    for name, (lowest, highest, why) in _WITHIN.items():
+        value = getattr(s, name)
+        _check(lowest <= value <= highest, name, value, why)
+    for name, allowed in _ONE_OF.items():
+        _check(getattr(s, name) in allowed, name, getattr(s, name), f"must be one of {allowed}")
+    window = s.audit_denial_window_s
+    _check(
+        0 < window <= 86400,
+        "audit_denial_window_s",
+        window,
+        "must be more than 0 and at most 86400",
+    )
+
+
+def _check_listener(s: Settings) -> None:
+    _check(1 <= s.port <= 65535, "port", s.port, "must be between 1 and 65535")
+    _check(s.host != "", "host", s.host, "must not be empty")
+    _check(
+        s.opamp_path.startswith("/") and " " not in s.opamp_path,
+        "opamp_path",
+        s.opamp_path,
+        "must be an absolute URL path such as /v1/opamp",
+    )
+    _check(s.instance_id != "", "instance_id", s.instance_id, "must not be empty")
+    if s.database_url is not None:
+        _check_database_url(s.database_url)
+
+
+def _check_relations(s: Settings) -> None:
+    """Settings that bound each other."""
+    _check(
+        s.heartbeat_timeout_s >= s.heartbeat_tick_s,
+        "heartbeat_timeout_s",
+        s.heartbeat_timeout_s,
+        "must be at least one tick (heartbeat_tick_s)",
+    )
+    _check(
+        s.max_buffered_bytes >= s.max_message_bytes,
+        "max_buffered_bytes",
+        s.max_buffered_bytes,
+        "must be >= max_message_bytes (one whole message must fit)",
+    )
+
+
+def _check_urls(s: Settings) -> None:
+    if s.public_url is not None:
+        parts = urlsplit(s.public_url)
+        _check(
+            parts.scheme in ("http", "https") and bool(parts.netloc),
+            "public_url",
+            s.public_url,
+            "must be an http:// or https:// URL such as https://opamp.example.com",
+        )
+    if s.package_store is not None and "://" in s.package_store:
+        _check(
+            s.package_store.split("://", 1)[0] in ("s3", "file"),
+            "package_store",
+            s.package_store,
+            "must be a directory, file:///path or s3://bucket/prefix",
+        )
+
+
+def _check_tls(s: Settings) -> None:
+    _check(
+        (s.tls_cert_file is None) == (s.tls_key_file is None),
+        "tls_cert_file",
+        s.tls_cert_file,
+        "and tls_key_file must be given together",
+    )
+    _check(
+        s.tls_client_ca_file is None or s.tls_cert_file is not None,
+        "tls_client_ca_file",
+        s.tls_client_ca_file,
+        "needs tls_cert_file and tls_key_file (client certificates need TLS)",
+    )
+
+
+def _check_redaction(s: Settings) -> None:
+    _check_words("redact_keys", s.redact_keys)
+
+
+_VALIDATORS: tuple[Callable[[Settings], None], ...] = (
+    _check_listener,
+    _check_bounds,
+    _check_relations,
+    _check_urls,
+    _check_tls,
+    _check_redaction,
+)
 
 
 def _check(ok: bool, name: str, value: object, why: str) -> None:

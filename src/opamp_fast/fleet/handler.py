@@ -111,6 +111,16 @@ def new_instance_uid() -> bytes:
     return bytes(raw)
 
 
+def _log_new_uid(event: InstanceUidReassigned, remote_addr: str, why: str) -> None:
+    logger.info(
+        "instance uid %s on %s %s: offered %s",
+        event.old_uid.hex(),
+        remote_addr,
+        why,
+        event.new_uid.hex(),
+    )
+
+
 class FleetHandler:
     """Implements ``AgentHandler`` for the whole fleet. Admission (credentials, capacity,
     shedding) is delegated to :class:`~opamp_fast.fleet.admission.Admission`."""
@@ -375,12 +385,7 @@ class FleetHandler:
             return reply.response
         for event in reply.events:
             if isinstance(event, InstanceUidReassigned):
-                logger.info(
-                    "duplicate instance uid %s on %s: offered %s",
-                    event.old_uid.hex(),
-                    conn.remote_addr,
-                    event.new_uid.hex(),
-                )
+                _log_new_uid(event, conn.remote_addr, "is a duplicate")
         return reply.response
 
     def _count_refusal(self, record: AgentRecord, remote_addr: str, outcome: str) -> None:
@@ -419,12 +424,7 @@ class FleetHandler:
                 if t is not None:
                     transitions.append(t)
             elif isinstance(event, InstanceUidReassigned):
-                logger.info(
-                    "instance uid %s on %s asked for a new one: offered %s",
-                    event.old_uid.hex(),
-                    conn.remote_addr,
-                    event.new_uid.hex(),
-                )
+                _log_new_uid(event, conn.remote_addr, "asked for a new one")
             # AgentConnected is not used: liveness is decided from the registry's view, which
             # also knows about plain-HTTP sessions that span polls.
         return status_changed

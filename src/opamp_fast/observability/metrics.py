@@ -639,130 +639,139 @@ class FleetCollector(Collector):
     def families(self, snap: MetricsSnapshot) -> Iterator[Metric]:
         """Pure: the families of one snapshot (unit tests call it with hand-made snapshots)."""
         exporter = self._exporter
-        reg = snap.registry
         f = _Families()
-
-        # -- fleet ---------------------------------------------------------------------------
-        by_status = f.gauge("agents_by_status")
-        by_status.add_metric([AgentStatus.ONLINE.value], reg.online)
-        by_status.add_metric([AgentStatus.OFFLINE.value], reg.offline)
-
-        changes = f.counter("agent_status_changes_total")
-        for (src, dst), n in sorted(
-            {**dict.fromkeys(_KNOWN_CHANGES, 0), **reg.status_changes}.items()
-        ):
-            changes.add_metric([src, dst], n)
-
-        f.counter("agent_heartbeats_total").add_metric([], snap.heartbeats_total)
-
-        stale_before = snap.at - STALE_AFTER_INTERVALS * exporter.heartbeat_interval_s
-        records = snap.records
-        online = AgentStatus.ONLINE
-        stale = sum(1 for r in records if r.status is online and r.last_seen < stale_before)
-        f.gauge("agents_stale").add_metric([], stale)
-
-        cap = exporter.agent_series_max
-        suppressed = cap == 0 or len(records) > cap
-        if not suppressed:
-            last_seen = f.gauge("agent_last_seen_seconds")
-            add = last_seen.add_metric
-            for r in records:
-                seen = r.last_seen
-                if seen > 0:  # known but never heard from (e.g. config assigned ahead): no sample
-                    add([agent_id(r.uid)], seen)
-        f.gauge("opamp_fast_agent_series_suppressed").add_metric([], 1 if suppressed else 0)
-
-        f.histogram("agent_connection_duration_seconds", snap.connection_durations)
-
-        online_by = f.gauge("opamp_fast_agents_online")
-        online_by.add_metric([Transport.WS.value], reg.online_ws)
-        online_by.add_metric([Transport.HTTP.value], reg.online_http)
-        f.counter("opamp_fast_agent_heartbeat_timeouts_total").add_metric([], reg.expired_total)
-
-        # -- transports ----------------------------------------------------------------------
-        for name, values in (
-            ("opamp_fast_received_messages_total", snap.messages_in),
-            ("opamp_fast_sent_messages_total", snap.messages_out),
-            ("opamp_fast_received_bytes_total", snap.bytes_in),
-            ("opamp_fast_sent_bytes_total", snap.bytes_out),
-        ):
-            family = f.counter(name)
-            for transport in _TRANSPORTS:
-                family.add_metric([transport.value], values.get(transport, 0))
-        open_conns = f.gauge("opamp_fast_open_connections")
-        for transport in _TRANSPORTS:
-            open_conns.add_metric([transport.value], snap.open_connections.get(transport, 0))
-        errors = f.counter("opamp_fast_protocol_errors_total")
-        for (transport, kind), n in sorted(snap.errors.items(), key=_label_key):
-            errors.add_metric([transport.value, kind], n)
-        rejections = f.counter("opamp_fast_rejected_connections_total")
-        for (transport, status), n in sorted(snap.rejections.items(), key=_label_key):
-            rejections.add_metric([transport.value, str(status)], n)
-        sockets = snap.sockets
-        f.gauge("opamp_fast_tcp_open").add_metric([], sockets.get("open", 0))
-        f.counter("opamp_fast_tcp_refused_total").add_metric([], sockets.get("refused", 0))
-        f.counter("opamp_fast_tcp_evicted_total").add_metric([], sockets.get("evicted", 0))
-        f.counter("opamp_fast_handed_off_total").add_metric([], sockets.get("handed_off", 0))
-        f.counter("opamp_fast_upgrades_evicted_total").add_metric(
-            [], sockets.get("upgrades_evicted", 0)
-        )
-        f.gauge("opamp_fast_buffered_bytes").add_metric([], sockets.get("buffered_bytes", 0))
-        f.counter("opamp_fast_buffer_shed_total").add_metric([], sockets.get("buffer_shed", 0))
-        timeouts = f.counter("opamp_fast_connection_timeouts_total")
-        for phase, n in sorted(snap.timeouts.items()):
-            timeouts.add_metric([phase], n)
-        shed = f.counter("opamp_fast_admission_shed_total")
-        for reason, n in sorted(snap.shed.items()):
-            shed.add_metric([reason], n)
-        f.counter("opamp_fast_duplicate_messages_total").add_metric([], snap.duplicates)
-        f.counter("opamp_fast_identity_claims_refused_total").add_metric([], snap.claims_refused)
-        f.gauge("opamp_fast_loop_lag_seconds").add_metric([], snap.loop_lag_s)
-        f.counter("opamp_fast_history_deleted_total").add_metric([], snap.history_deleted)
-
-        # -- persistence ---------------------------------------------------------------------
-        f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)
-        f.histogram("opamp_fast_writer_flush_duration_seconds", snap.flush_seconds)
-        w = snap.writer
-        f.counter("opamp_fast_writer_flushes_total").add_metric([], w.flushes_total if w else 0)
-        f.counter("opamp_fast_writer_rows_written_total").add_metric(
-            [], w.rows_written_total if w else 0
-        )
-        f.gauge("opamp_fast_writer_pending_agents").add_metric([], w.pending_agents if w else 0)
-        f.gauge("opamp_fast_writer_pending_sessions").add_metric([], w.pending_sessions if w else 0)
-        f.gauge("opamp_fast_writer_queue_length").add_metric([], w.queued if w else 0)
-        f.gauge("opamp_fast_writer_queue_capacity").add_metric([], exporter.writer_queue_max)
-        f.counter("opamp_fast_db_errors_total").add_metric([], w.db_errors_total if w else 0)
-        backlog = 0.0
-        if w is not None and w.backlog_since is not None:
-            backlog = max(0.0, snap.at - w.backlog_since)
-        f.gauge("opamp_fast_db_backlog_seconds").add_metric([], backlog)
-
-        # -- runtime -------------------------------------------------------------------------
-        f.gauge("opamp_fast_sweeper_lag_seconds").add_metric([], snap.sweeper_lag_s)
-        f.info(
-            "opamp_fast_heartbeat_wheel",
-            {"implementation": "cython" if reg.using_extension else "python"},
-        )
-        f.info("opamp_fast_build", {"version": exporter.version})
-
-        # -- packages ------------------------------------------------------------------------
-        p = snap.packages
-        f.counter("opamp_fast_package_offers_sent_total").add_metric(
-            [], p.offers_sent_total if p else 0
-        )
-        f.gauge("opamp_fast_package_agents_offered").add_metric([], p.agents_offered if p else 0)
-        installs = f.counter("opamp_fast_package_installs_total")
-        installs.add_metric(["installed"], p.installed_total if p else 0)
-        installs.add_metric(["failed"], p.failed_total if p else 0)
-        f.counter("opamp_fast_package_downloads_total").add_metric(
-            [], p.downloads_total if p else 0
-        )
-        f.counter("opamp_fast_package_download_bytes_total").add_metric(
-            [], p.download_bytes_total if p else 0
-        )
+        _fleet_families(f, snap, exporter)
+        _transport_families(f, snap)
+        _writer_families(f, snap, exporter.writer_queue_max)
+        _runtime_families(f, snap, exporter.version)
+        _package_families(f, snap.packages)
         _config_families(f, snap.configs)
         _event_families(f, snap.events)
         return iter(f.families)
+
+
+def _fleet_families(f: _Families, snap: MetricsSnapshot, exporter: MetricsExporter) -> None:
+    """Agents by status, their changes, heartbeats, staleness, last-seen series, durations."""
+    reg = snap.registry
+    by_status = f.gauge("agents_by_status")
+    by_status.add_metric([AgentStatus.ONLINE.value], reg.online)
+    by_status.add_metric([AgentStatus.OFFLINE.value], reg.offline)
+
+    changes = f.counter("agent_status_changes_total")
+    for (src, dst), n in sorted({**dict.fromkeys(_KNOWN_CHANGES, 0), **reg.status_changes}.items()):
+        changes.add_metric([src, dst], n)
+
+    f.counter("agent_heartbeats_total").add_metric([], snap.heartbeats_total)
+
+    stale_before = snap.at - STALE_AFTER_INTERVALS * exporter.heartbeat_interval_s
+    records = snap.records
+    online = AgentStatus.ONLINE
+    stale = sum(1 for r in records if r.status is online and r.last_seen < stale_before)
+    f.gauge("agents_stale").add_metric([], stale)
+
+    cap = exporter.agent_series_max
+    suppressed = cap == 0 or len(records) > cap
+    if not suppressed:
+        last_seen = f.gauge("agent_last_seen_seconds")
+        add = last_seen.add_metric
+        for r in records:
+            seen = r.last_seen
+            if seen > 0:  # known but never heard from (e.g. config assigned ahead): no sample
+                add([agent_id(r.uid)], seen)
+    f.gauge("opamp_fast_agent_series_suppressed").add_metric([], 1 if suppressed else 0)
+
+    f.histogram("agent_connection_duration_seconds", snap.connection_durations)
+
+    online_by = f.gauge("opamp_fast_agents_online")
+    online_by.add_metric([Transport.WS.value], reg.online_ws)
+    online_by.add_metric([Transport.HTTP.value], reg.online_http)
+    f.counter("opamp_fast_agent_heartbeat_timeouts_total").add_metric([], reg.expired_total)
+
+
+def _transport_families(f: _Families, snap: MetricsSnapshot) -> None:
+    """Messages, bytes, connections, errors, refusals, sockets, timeouts and shedding."""
+    for name, values in (
+        ("opamp_fast_received_messages_total", snap.messages_in),
+        ("opamp_fast_sent_messages_total", snap.messages_out),
+        ("opamp_fast_received_bytes_total", snap.bytes_in),
+        ("opamp_fast_sent_bytes_total", snap.bytes_out),
+    ):
+        family = f.counter(name)
+        for transport in _TRANSPORTS:
+            family.add_metric([transport.value], values.get(transport, 0))
+    open_conns = f.gauge("opamp_fast_open_connections")
+    for transport in _TRANSPORTS:
+        open_conns.add_metric([transport.value], snap.open_connections.get(transport, 0))
+    errors = f.counter("opamp_fast_protocol_errors_total")
+    for (transport, kind), n in sorted(snap.errors.items(), key=_label_key):
+        errors.add_metric([transport.value, kind], n)
+    rejections = f.counter("opamp_fast_rejected_connections_total")
+    for (transport, status), n in sorted(snap.rejections.items(), key=_label_key):
+        rejections.add_metric([transport.value, str(status)], n)
+    sockets = snap.sockets
+    f.gauge("opamp_fast_tcp_open").add_metric([], sockets.get("open", 0))
+    f.counter("opamp_fast_tcp_refused_total").add_metric([], sockets.get("refused", 0))
+    f.counter("opamp_fast_tcp_evicted_total").add_metric([], sockets.get("evicted", 0))
+    f.counter("opamp_fast_handed_off_total").add_metric([], sockets.get("handed_off", 0))
+    f.counter("opamp_fast_upgrades_evicted_total").add_metric(
+        [], sockets.get("upgrades_evicted", 0)
+    )
+    f.gauge("opamp_fast_buffered_bytes").add_metric([], sockets.get("buffered_bytes", 0))
+    f.counter("opamp_fast_buffer_shed_total").add_metric([], sockets.get("buffer_shed", 0))
+    timeouts = f.counter("opamp_fast_connection_timeouts_total")
+    for phase, n in sorted(snap.timeouts.items()):
+        timeouts.add_metric([phase], n)
+    shed = f.counter("opamp_fast_admission_shed_total")
+    for reason, n in sorted(snap.shed.items()):
+        shed.add_metric([reason], n)
+    f.counter("opamp_fast_duplicate_messages_total").add_metric([], snap.duplicates)
+    f.counter("opamp_fast_identity_claims_refused_total").add_metric([], snap.claims_refused)
+    f.gauge("opamp_fast_loop_lag_seconds").add_metric([], snap.loop_lag_s)
+    f.counter("opamp_fast_history_deleted_total").add_metric([], snap.history_deleted)
+
+
+def _writer_families(f: _Families, snap: MetricsSnapshot, queue_max: int) -> None:
+    """The batch writer: flushes, rows, what is pending, database errors and backlog."""
+    f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)
+    f.histogram("opamp_fast_writer_flush_duration_seconds", snap.flush_seconds)
+    w = snap.writer
+    f.counter("opamp_fast_writer_flushes_total").add_metric([], w.flushes_total if w else 0)
+    f.counter("opamp_fast_writer_rows_written_total").add_metric(
+        [], w.rows_written_total if w else 0
+    )
+    f.gauge("opamp_fast_writer_pending_agents").add_metric([], w.pending_agents if w else 0)
+    f.gauge("opamp_fast_writer_pending_sessions").add_metric([], w.pending_sessions if w else 0)
+    f.gauge("opamp_fast_writer_queue_length").add_metric([], w.queued if w else 0)
+    f.gauge("opamp_fast_writer_queue_capacity").add_metric([], queue_max)
+    f.counter("opamp_fast_db_errors_total").add_metric([], w.db_errors_total if w else 0)
+    backlog = 0.0
+    if w is not None and w.backlog_since is not None:
+        backlog = max(0.0, snap.at - w.backlog_since)
+    f.gauge("opamp_fast_db_backlog_seconds").add_metric([], backlog)
+
+
+def _runtime_families(f: _Families, snap: MetricsSnapshot, version: str) -> None:
+    f.gauge("opamp_fast_sweeper_lag_seconds").add_metric([], snap.sweeper_lag_s)
+    f.info(
+        "opamp_fast_heartbeat_wheel",
+        {"implementation": "cython" if snap.registry.using_extension else "python"},
+    )
+    f.info("opamp_fast_build", {"version": version})
+
+
+def _package_families(f: _Families, p: PackageStatistics | None) -> None:
+    """Package offers, installs and downloads."""
+    f.counter("opamp_fast_package_offers_sent_total").add_metric(
+        [], p.offers_sent_total if p else 0
+    )
+    f.gauge("opamp_fast_package_agents_offered").add_metric([], p.agents_offered if p else 0)
+    installs = f.counter("opamp_fast_package_installs_total")
+    installs.add_metric(["installed"], p.installed_total if p else 0)
+    installs.add_metric(["failed"], p.failed_total if p else 0)
+    f.counter("opamp_fast_package_downloads_total").add_metric([], p.downloads_total if p else 0)
+    f.counter("opamp_fast_package_download_bytes_total").add_metric(
+        [], p.download_bytes_total if p else 0
+    )
 
 
 _RC_STATUSES = ("applied", "applying", "failed", "unset")

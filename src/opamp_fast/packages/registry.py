@@ -248,13 +248,7 @@ def q_set_offers(
     conn: psycopg.Connection[Any], uid: bytes, refs: Sequence[Ref], sender: str
 ) -> None:
     """Replace ``uid``'s offers and tell every instance, in one transaction."""
-    conn.execute("DELETE FROM package_offers WHERE instance_uid = %s", (uid,))
-    if refs:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO package_offers (instance_uid, name, version) VALUES (%s, %s, %s)",
-                [(uid, n, v) for n, v in refs],
-            )
+    _replace_offers(conn, "package_offers", "instance_uid", uid, refs)
     for payload in encode_notices("packages", sender, uids=[uid.hex()]):
         conn.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
 
@@ -294,12 +288,19 @@ def q_group_packages(
 
 def q_set_group_packages(conn: psycopg.Connection[Any], group: str, refs: Sequence[Ref]) -> None:
     """Replace ``group``'s offers (the caller locked the versions and notifies the fleet)."""
-    conn.execute("DELETE FROM group_packages WHERE group_name = %s", (group,))
+    _replace_offers(conn, "group_packages", "group_name", group, refs)
+
+
+def _replace_offers(
+    conn: psycopg.Connection[Any], table: str, column: str, key: object, refs: Sequence[Ref]
+) -> None:
+    """The offers of one agent or group (``table`` and ``column`` are ours, never input)."""
+    conn.execute(f"DELETE FROM {table} WHERE {column} = %s", (key,))
     if refs:
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO group_packages (group_name, name, version) VALUES (%s, %s, %s)",
-                [(group, n, v) for n, v in refs],
+                f"INSERT INTO {table} ({column}, name, version) VALUES (%s, %s, %s)",
+                [(key, n, v) for n, v in refs],
             )
 
 

@@ -169,7 +169,6 @@ def process_message(
     http = session.transport is _HTTP
     resp = _ServerToAgent()
     resp.instance_uid = agent.wire_uid
-    has = msg.HasField
     events: list[Event] = []
     if first:
         events.append(AgentConnected(uid, session.transport, now))
@@ -181,108 +180,13 @@ def process_message(
             )
         resp.agent_identification.new_instance_uid = fresh
         events.append(InstanceUidReassigned(uid, fresh, now))
-
-    # --- merge status compression ---------------------------------------------------
     changed: list[str] = []
-    rcs_event: RemoteConfigStatusChanged | None = None
-    flags = 0
-    caps = msg.capabilities
-    if caps != agent.capabilities:
-        agent.capabilities = caps
-        changed.append("capabilities")
-    has_description = has("agent_description")
-    if has_description:
-        new_description = msg.agent_description
-        if agent.description is None or agent.description != new_description:
-            agent.description = _copy(new_description)
-            changed.append("description")
-        agent.full_state_pending = False
-    if has("health"):
-        health = msg.health
-        if agent.health is None or agent.health != health:
-            agent.health = _copy(health)
-            changed.append("health")
-    if has("effective_config"):
-        effective = msg.effective_config
-        if agent.effective_config is None or agent.effective_config != effective:
-            agent.effective_config = _copy(effective)
-            changed.append("effective_config")
-    if has("remote_config_status"):
-        rcs = msg.remote_config_status
-        if agent.remote_config_status is None or agent.remote_config_status != rcs:
-            stored_rcs = agent.remote_config_status = _copy(rcs)
-            changed.append("remote_config_status")
-            rcs_event = RemoteConfigStatusChanged(
-                uid,
-                now,
-                stored_rcs.last_remote_config_hash,
-                stored_rcs.status,
-                stored_rcs.error_message,
-            )
-        desired = agent._remote_config_hash
-        if desired is not None and rcs.last_remote_config_hash != desired:
-            # The agent does not run what we want: allow one more offer.
-            session.offered_config_hash = None
-    if has("package_statuses"):
-        packages = msg.package_statuses
-        if agent.package_statuses is None or agent.package_statuses != packages:
-            agent.package_statuses = _copy(packages)
-            changed.append("package_statuses")
-        wanted = agent._packages_hash
-        if wanted is not None and packages.server_provided_all_packages_hash != wanted:
-            # The agent reports an older offer: allow one more (as for remote config).
-            session.offered_packages_hash = None
-    if has("custom_capabilities"):
-        agent_custom = msg.custom_capabilities
-        if agent.custom_capabilities is None or agent.custom_capabilities != agent_custom:
-            agent.custom_capabilities = _copy(agent_custom)
-            changed.append("custom_capabilities")
-    if has("available_components"):
-        available = msg.available_components
-        known = agent.available_components
-        if len(available.components):
-            if known is None or known != available:
-                agent.available_components = _copy(available)
-                changed.append("available_components")
-        elif (known is None or known.hash != available.hash) and (
-            caps & AGENT_REPORTS_AVAILABLE_COMPONENTS
-        ):
-            # Hash only, and not the one we hold: ask for the full list.
-            flags |= SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS
-    if has("connection_settings_status"):
-        css = msg.connection_settings_status
-        if agent.connection_settings_status is None or agent.connection_settings_status != css:
-            agent.connection_settings_status = _copy(css)
-            changed.append("connection_settings_status")
-
-    # --- sequence numbers and full state -------------------------------------------
-    seq = msg.sequence_num
-    prev = agent.sequence_num
-    disconnect = has("agent_disconnect")
-    full_state_reason: str | None = None
-    if not has_description and not disconnect:
-        if agent.full_state_pending:
-            # Asked already; ask again only if that answer may have been lost: the agent
-            # retried the very message we flagged, or it reconnected (new session).
-            if first or seq == agent.full_state_seq:
-                full_state_reason = "unknown_agent" if agent.description is None else "sequence_gap"
-        elif agent.description is None:
-            full_state_reason = "unknown_agent"
-        elif prev is not None and seq > prev + 1:
-            full_state_reason = "sequence_gap"
+    flags = _merge_status(agent, session, msg, changed)
+    disconnect = msg.HasField("agent_disconnect")
+    silent = not disconnect and not msg.HasField("agent_description")
+    full_state_reason = _check_sequence(agent, session, msg.sequence_num, first, http, silent)
     if full_state_reason is not None:
         flags |= SERVER_FLAG_REPORT_FULL_STATE
-        agent.full_state_pending = True
-        agent.full_state_seq = seq
-    if http and not first and prev is not None and seq == prev:
-        # A plain-HTTP retry (same seq): our previous response may never have arrived,
-        # so whatever it offered is offered again.
-        session.offered_config_hash = None
-        session.offered_packages_hash = None
-        session.offered_settings_hash = None
-    agent.sequence_num = seq
-
-    # --- the response ----------------------------------------------------------------
     if flags:
         if disconnect:
             flags &= ~SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS
@@ -295,17 +199,204 @@ def process_message(
     session.settled_epoch = -1 if offered or disconnect or http else agent.offers_epoch
 
     merged = frozenset(changed) if changed else _EMPTY
-    events.append(MessageMerged(uid, seq, now, merged))
+    events.append(MessageMerged(uid, msg.sequence_num, now, merged))
     if changed:
         events.append(StatusChanged(uid, now, merged))
-    if rcs_event is not None:
-        events.append(rcs_event)
+        rcs = agent.remote_config_status
+        if rcs is not None and "remote_config_status" in merged:
+            events.append(
+                RemoteConfigStatusChanged(
+                    uid, now, rcs.last_remote_config_hash, rcs.status, rcs.error_message
+                )
+            )
     if full_state_reason is not None:
         events.append(FullStateRequested(uid, now, full_state_reason))
     if disconnect:
         events.append(AgentDisconnected(uid, now, "agent_disconnect"))
     session.first_response_sent = True
     return Reply(resp, tuple(events))
+
+
+# -- offers: what the server sends once per session, and again while the agent lacks it --
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """Something the server offers an agent once per session, and again only while the agent
+    reports an older one: a remote config, a set of packages."""
+
+    agent_capability: int
+    server_capability: int
+    desired: Callable[[AgentState], bytes | None]  # the hash to offer, None: nothing
+    reported: Callable[[AgentState], bytes | None]  # the hash the agent says it has
+    offered: str  # the Session attribute remembering the hash offered on this session
+    field: str  # the ServerToAgent field that carries it
+    message: Callable[[AgentState], object]
+
+    def add(self, resp: pb.ServerToAgent, agent: AgentState, session: Session, caps: int) -> bool:
+        desired = self.desired(agent)
+        if (
+            desired is None
+            or not agent.capabilities & self.agent_capability
+            or not caps & self.server_capability
+            or getattr(session, self.offered) == desired
+            or self.reported(agent) == desired  # the agent has it (even when FAILED): never resend
+        ):
+            return False
+        getattr(resp, self.field).CopyFrom(self.message(agent))
+        setattr(session, self.offered, desired)
+        return True
+
+
+def _reported_config(agent: AgentState) -> bytes | None:
+    status = agent.remote_config_status
+    return None if status is None else status.last_remote_config_hash
+
+
+def _reported_packages(agent: AgentState) -> bytes | None:
+    statuses = agent.package_statuses
+    return None if statuses is None else statuses.server_provided_all_packages_hash
+
+
+_REMOTE_CONFIG_OFFER = _Offer(
+    AGENT_ACCEPTS_REMOTE_CONFIG,
+    SERVER_OFFERS_REMOTE_CONFIG,
+    lambda agent: agent._remote_config_hash,
+    _reported_config,
+    "offered_config_hash",
+    "remote_config",
+    lambda agent: agent._remote_config,
+)
+_PACKAGES_OFFER = _Offer(
+    AGENT_ACCEPTS_PACKAGES,
+    SERVER_OFFERS_PACKAGES,
+    lambda agent: agent._packages_hash,
+    _reported_packages,
+    "offered_packages_hash",
+    "packages_available",
+    lambda agent: agent._packages_available,
+)
+_OFFERS = (_REMOTE_CONFIG_OFFER, _PACKAGES_OFFER)
+
+
+# -- status compression: what an agent omits is unchanged -----------------------------------
+#: A merge takes the agent, its session, the part as sent and the list of changed part names
+#: to append to; it returns server flags to set in the reply.
+_Merge = Callable[[AgentState, Session, object, list[str]], int]
+
+
+def _merge_status(
+    agent: AgentState, session: Session, msg: pb.AgentToServer, changed: list[str]
+) -> int:
+    """Merge every status part the message carries (capabilities always); the reply's flags."""
+    caps = msg.capabilities
+    if caps != agent.capabilities:
+        agent.capabilities = caps
+        changed.append("capabilities")
+    flags = 0
+    has = msg.HasField
+    for name, merge in _MERGES:
+        if has(name):
+            flags |= merge(agent, session, getattr(msg, name), changed)
+    return flags
+
+
+def _replace(name: str) -> _Merge:
+    """The merge of a part that is simply kept as last reported."""
+
+    def merge(agent: AgentState, session: Session, part: object, changed: list[str]) -> int:
+        current = getattr(agent, name)
+        if current is None or current != part:
+            setattr(agent, name, _copy(part))
+            changed.append(name)
+        return 0
+
+    return merge
+
+
+def _merge_description(
+    agent: AgentState, session: Session, part: object, changed: list[str]
+) -> int:
+    _replace_description(agent, session, part, changed)
+    agent.full_state_pending = False  # a description is the full state we may have asked for
+    return 0
+
+
+def _merge_offered(name: str, offer: _Offer) -> _Merge:
+    """The merge of a part that reports which of our offers the agent has (remote config
+    status, package statuses): while it reports another than the one we want it to have, the
+    session may offer it once more."""
+    replace = _replace(name)
+
+    def merge(agent: AgentState, session: Session, part: object, changed: list[str]) -> int:
+        replace(agent, session, part, changed)
+        desired = offer.desired(agent)
+        if desired is not None and offer.reported(agent) != desired:
+            setattr(session, offer.offered, None)
+        return 0
+
+    return merge
+
+
+def _merge_available_components(
+    agent: AgentState, session: Session, part: object, changed: list[str]
+) -> int:
+    available: pb.AvailableComponents = part  # type: ignore[assignment]
+    if len(available.components):
+        _replace_available_components(agent, session, part, changed)
+        return 0
+    known = agent.available_components
+    if (known is None or known.hash != available.hash) and (
+        agent.capabilities & AGENT_REPORTS_AVAILABLE_COMPONENTS
+    ):
+        return SERVER_FLAG_REPORT_AVAILABLE_COMPONENTS  # a hash we do not hold: ask for the list
+    return 0
+
+
+_replace_description = _replace("description")
+_replace_available_components = _replace("available_components")
+
+#: Every status part an AgentToServer may carry, in the order they are merged.
+_MERGES: tuple[tuple[str, _Merge], ...] = (
+    ("agent_description", _merge_description),
+    ("health", _replace("health")),
+    ("effective_config", _replace("effective_config")),
+    ("remote_config_status", _merge_offered("remote_config_status", _REMOTE_CONFIG_OFFER)),
+    ("package_statuses", _merge_offered("package_statuses", _PACKAGES_OFFER)),
+    ("custom_capabilities", _replace("custom_capabilities")),
+    ("available_components", _merge_available_components),
+    ("connection_settings_status", _replace("connection_settings_status")),
+)
+
+
+def _check_sequence(
+    agent: AgentState, session: Session, seq: int, first: bool, http: bool, silent: bool
+) -> str | None:
+    """Track ``sequence_num``; why the full state must be asked for (None: it need not be).
+    ``silent``: the message carries neither a description nor a goodbye.
+
+    Asked once per gap or unknown agent, not in a loop: asked again only when that request may
+    have been lost (the agent retried the very message we flagged, or reconnected).
+    """
+    prev = agent.sequence_num
+    reason: str | None = None
+    if silent:
+        if agent.full_state_pending:
+            if first or seq == agent.full_state_seq:
+                reason = "unknown_agent" if agent.description is None else "sequence_gap"
+        elif agent.description is None:
+            reason = "unknown_agent"
+        elif prev is not None and seq > prev + 1:
+            reason = "sequence_gap"
+    if reason is not None:
+        agent.full_state_pending = True
+        agent.full_state_seq = seq
+    if http and not first and prev is not None and seq == prev:
+        # A plain-HTTP retry (same seq): our previous response may never have arrived,
+        # so whatever it offered is offered again.
+        session.offered_config_hash = None
+        session.offered_packages_hash = None
+        session.offered_settings_hash = None
+    agent.sequence_num = seq
+    return reason
 
 
 def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
@@ -384,39 +475,12 @@ def _add_custom_capabilities(
 def _add_offers(
     resp: pb.ServerToAgent, agent: AgentState, session: Session, policy: ServerPolicy
 ) -> bool:
-    """Add the pending remote config, packages and connection settings the agent can take.
-
-    ``packages_available`` goes only to agents reporting AcceptsPackages (0x8), and only when
-    the server's capabilities include OffersPackages."""
-    added = False
-    caps = agent.capabilities
+    """Add the pending remote config, packages and connection settings the agent can take."""
     server_caps = policy.capabilities
-    desired = agent._remote_config_hash
-    if (
-        desired is not None
-        and caps & AGENT_ACCEPTS_REMOTE_CONFIG
-        and server_caps & SERVER_OFFERS_REMOTE_CONFIG
-        and session.offered_config_hash != desired
-    ):
-        reported = agent.remote_config_status
-        # Reported hash == desired: never resend, even when the agent reports FAILED.
-        if reported is None or reported.last_remote_config_hash != desired:
-            resp.remote_config.CopyFrom(agent._remote_config)
-            session.offered_config_hash = desired
-            added = True
-    wanted = agent._packages_hash
-    if (
-        wanted is not None
-        and caps & AGENT_ACCEPTS_PACKAGES
-        and server_caps & SERVER_OFFERS_PACKAGES
-        and session.offered_packages_hash != wanted
-    ):
-        statuses = agent.package_statuses
-        # Reported hash == ours: the agent has this offer; never resend it.
-        if statuses is None or statuses.server_provided_all_packages_hash != wanted:
-            resp.packages_available.CopyFrom(agent._packages_available)
-            session.offered_packages_hash = wanted
-            added = True
+    added = False
+    for offer in _OFFERS:
+        added = offer.add(resp, agent, session, server_caps) or added
+    caps = agent.capabilities
     if caps & AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS and (
         server_caps & SERVER_OFFERS_CONNECTION_SETTINGS
     ):

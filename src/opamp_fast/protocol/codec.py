@@ -172,13 +172,7 @@ def encode_server_to_agent(msg: pb.ServerToAgent, *, max_bytes: int) -> bytes:
         LocalProtocolError: ``kind="too_large"`` when the encoding exceeds ``max_bytes``;
             the message MUST NOT be sent.
     """
-    data: bytes = msg.SerializeToString()
-    if len(data) > max_bytes:
-        raise LocalProtocolError(
-            f"ServerToAgent of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
-            kind="too_large",
-        )
-    return data
+    return _encode(msg, max_bytes)
 
 
 def encode_agent_to_server(
@@ -189,10 +183,14 @@ def encode_agent_to_server(
     Raises:
         LocalProtocolError: ``kind="too_large"`` over ``max_bytes``.
     """
+    return _encode(msg, max_bytes)
+
+
+def _encode(msg: pb.ServerToAgent | pb.AgentToServer, max_bytes: int) -> bytes:
     data: bytes = msg.SerializeToString()
     if len(data) > max_bytes:
         raise LocalProtocolError(
-            f"AgentToServer of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
+            f"{type(msg).__name__} of {len(data)} bytes exceeds the limit of {max_bytes} bytes",
             kind="too_large",
         )
     return data

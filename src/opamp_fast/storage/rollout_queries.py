@@ -14,6 +14,7 @@ counted (they caused spurious progress for peers), but admitted ones keep their 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -193,27 +194,14 @@ def _to_hash(conn: Conn, rollout: RolloutRow) -> str:
 def advance(conn: Conn, rollout: RolloutRow, *, sender: str) -> RolloutRow | None:
     """One evaluation of a running rollout (its row locked by the caller). Returns the new row
     when it admitted a batch or changed state, else None (counts are refreshed either way)."""
-    to_hash = _to_hash(conn, rollout)
-    admitted: set[bytes] = set()
-    applied = failed = pending = 0
-    for uid, status, reported_hash, reported, failed_hash in conn.execute(
-        _ADMITTED, (rollout.id,)
-    ).fetchall():
-        admitted.add(bytes(uid))
-        if reported_hash == to_hash and reported == "APPLIED":
-            applied += 1
-        elif failed_hash == to_hash or (reported_hash == to_hash and reported == "FAILED"):
-            failed += 1
-        elif status == "online":
-            pending += 1
-    eligible = _eligible(conn, rollout.group_name)
-    waiting = sorted(eligible - admitted)
+    admitted, counts = _count(conn, rollout)
+    waiting = sorted(_eligible(conn, rollout.group_name) - admitted)
     counts = RolloutCounts(
-        eligible=len(eligible | admitted),
+        eligible=len(admitted) + len(waiting),
         admitted=len(admitted),
-        applied=applied,
-        failed=failed,
-        pending=pending,
+        applied=counts.applied,
+        failed=counts.failed,
+        pending=counts.pending,
         waiting=len(waiting),
     )
     decision = decide_rollout(
@@ -225,44 +213,19 @@ def advance(conn: Conn, rollout: RolloutRow, *, sender: str) -> RolloutRow | Non
     if decision.step is RolloutStep.NEXT_BATCH:
         batches += 1
         chosen = waiting[: decision.admit]
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO rollout_agents (rollout_id, instance_uid, batch) VALUES (%s, %s, %s)",
-                [(rollout.id, uid, batches) for uid in chosen],
-            )
-        counts = RolloutCounts(
-            counts.eligible,
-            counts.admitted + len(chosen),
-            applied,
-            failed,
-            pending + len(chosen),
-            counts.waiting - len(chosen),
+        _admit(conn, rollout.id, chosen, batches)
+        counts = dataclasses.replace(
+            counts,
+            admitted=counts.admitted + len(chosen),
+            pending=counts.pending + len(chosen),
+            waiting=counts.waiting - len(chosen),
         )
         action = "rollout.batch"
     elif decision.step is RolloutStep.PAUSE:
         state, reason, action = "paused", decision.reason, "rollout.pause"
     elif decision.step is RolloutStep.COMPLETE:
         state, action = "completed", "rollout.complete"
-    row = conn.execute(
-        f"""UPDATE rollouts SET state = %s, reason = %s, batches = %s, eligible = %s,
-            admitted = %s, applied = %s, failed = %s, pending = %s,
-            updated_at = CASE WHEN %s THEN now() ELSE updated_at END
-        WHERE id = %s RETURNING {ROLLOUT_COLUMNS}""",
-        (
-            state,
-            reason,
-            batches,
-            counts.eligible,
-            counts.admitted,
-            counts.applied,
-            counts.failed,
-            counts.pending,
-            action is not None,
-            rollout.id,
-        ),
-    ).fetchone()
-    assert row is not None
-    after = RolloutRow(*row)
+    after = _store(conn, rollout.id, state, reason, batches, counts, touched=action is not None)
     if action is None:
         return None
     append_audit(
@@ -278,3 +241,62 @@ def advance(conn: Conn, rollout: RolloutRow, *, sender: str) -> RolloutRow | Non
     )
     notify_changed(conn, sender)
     return after
+
+
+def _count(conn: Conn, rollout: RolloutRow) -> tuple[set[bytes], RolloutCounts]:
+    """The agents admitted so far, and how many of them applied, failed or are pending."""
+    to_hash = _to_hash(conn, rollout)
+    admitted: set[bytes] = set()
+    applied = failed = pending = 0
+    for uid, status, reported_hash, reported, failed_hash in conn.execute(
+        _ADMITTED, (rollout.id,)
+    ).fetchall():
+        admitted.add(bytes(uid))
+        if reported_hash == to_hash and reported == "APPLIED":
+            applied += 1
+        elif failed_hash == to_hash or (reported_hash == to_hash and reported == "FAILED"):
+            failed += 1
+        elif status == "online":
+            pending += 1
+    return admitted, RolloutCounts(0, len(admitted), applied, failed, pending, 0)
+
+
+def _admit(conn: Conn, rollout_id: int, uids: list[bytes], batch: int) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO rollout_agents (rollout_id, instance_uid, batch) VALUES (%s, %s, %s)",
+            [(rollout_id, uid, batch) for uid in uids],
+        )
+
+
+def _store(
+    conn: Conn,
+    rollout_id: int,
+    state: str,
+    reason: str | None,
+    batches: int,
+    counts: RolloutCounts,
+    *,
+    touched: bool,
+) -> RolloutRow:
+    """Write the rollout's state and counts (``updated_at`` only when ``touched``)."""
+    row = conn.execute(
+        f"""UPDATE rollouts SET state = %s, reason = %s, batches = %s, eligible = %s,
+            admitted = %s, applied = %s, failed = %s, pending = %s,
+            updated_at = CASE WHEN %s THEN now() ELSE updated_at END
+        WHERE id = %s RETURNING {ROLLOUT_COLUMNS}""",
+        (
+            state,
+            reason,
+            batches,
+            counts.eligible,
+            counts.admitted,
+            counts.applied,
+            counts.failed,
+            counts.pending,
+            touched,
+            rollout_id,
+        ),
+    ).fetchone()
+    assert row is not None
+    return RolloutRow(*row)

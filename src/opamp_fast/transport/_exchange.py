@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import unquote
 
-from ._http11 import HTTPError, RequestHead, reason_phrase
+from ._http11 import RequestHead, feed_chunked, reason_phrase
 
 __all__ = ["QUEUE_HIGH_WATER", "Exchange"]
 
@@ -97,15 +97,8 @@ class Exchange:
 
     def _feed_chunked(self, data: bytes) -> bytes:
         head = self.head
-        parser = head.parser
-        assert parser is not None
-        try:
-            parser.feed_data(data)
-        except Exception as exc:  # httptools' parser errors
-            raise HTTPError(400, f"malformed chunked body: {exc}") from None
-        for chunk in head.chunks:
+        for chunk in feed_chunked(head, data):
             self._enqueue(chunk)
-        head.chunks.clear()
         if head.complete:
             self.body_done = True
             # Where the next request starts after a chunked body is not known: the

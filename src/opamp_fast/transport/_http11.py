@@ -24,6 +24,8 @@ __all__ = [
     "HTTPError",
     "RequestHead",
     "accepts_gzip",
+    "check_websocket_key",
+    "feed_chunked",
     "parse_head",
     "plain_response",
     "reason_phrase",
@@ -145,6 +147,20 @@ def parse_head(raw: bytes, *, max_message_bytes: int) -> RequestHead:
             raise HTTPError(400, "invalid Content-Length", kind="bad_request")
         head.content_length = int(declared)
     return head
+
+
+def feed_chunked(head: RequestHead, data: bytes) -> list[bytes]:
+    """Bytes of a chunked body, through the parser that read its head: the body data they
+    carried (``head.complete`` once the last chunk is in). Raises :class:`HTTPError` 400."""
+    parser = head.parser
+    assert parser is not None
+    try:
+        parser.feed_data(data)
+    except Exception as exc:  # httptools' parser errors
+        raise HTTPError(400, f"malformed chunked body: {exc}") from None
+    chunks = head.chunks
+    head.chunks = []
+    return chunks
 
 
 class BodyReader:

@@ -27,17 +27,9 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..protocol import Transport
-from .asgi import not_found, serve_exchange
-from .connection import (
-    APP,
-    CLOSED,
-    HEAD,
-    LINGER_BYTES,
-    SILENT_UPGRADE_GRACE_S,
-    WS,
-    Limits,
-    OpAMPConnection,
-)
+from ._front import FrontBase
+from .asgi import serve_exchange
+from .connection import APP, CLOSED, HEAD, LINGER_BYTES, WS, Limits, OpAMPConnection
 from .timers import ConnectionTimers
 
 __all__ = ["AsyncioConnection", "AsyncioFront"]
@@ -294,13 +286,20 @@ class AsyncioConnection(OpAMPConnection, asyncio.Protocol):
         if self._linger_left < 0:  # a peer that keeps sending after our answer: not waited for
             self.linger_over()
 
+    def drop(self) -> None:
+        """At once: abort the socket and forget the connection (``front.evict_*``)."""
+        now = self._front.clock()
+        self._finish(abort=True)
+        self._close_socket(now)
+        self.connection_lost_at(now)
+
     def linger_over(self) -> None:
         """Closed, and the peer did not take our last bytes or close in time: drop it."""
         if self._tp is not None:
             self._tp.abort()
 
 
-class AsyncioFront:
+class AsyncioFront(FrontBase[AsyncioConnection]):
     """The listener side on asyncio: creates connections, runs their timers, drains them."""
 
     def __init__(
@@ -314,23 +313,11 @@ class AsyncioFront:
         tick_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.limits = limits
-        self.app = app if app is not None else not_found
-        limits.scheme = "https" if tls is not None else "http"
-        self.tls = tls
+        super().__init__(limits, app, tls=tls, max_sockets=max_sockets, clock=clock)
         self.backlog = backlog
-        self.max_sockets = max_sockets
-        self.clock = clock
         self.timers: ConnectionTimers[AsyncioConnection] = ConnectionTimers(
             tick_s=tick_s, start=clock()
         )
-        self.connections: set[AsyncioConnection] = set()
-        # Connected, nothing requested yet, oldest first: what gives way when descriptors run
-        # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
-        self.pending: dict[AsyncioConnection, None] = {}
-        # WebSockets upgraded and waiting for their first message, oldest first, with the time
-        # of the upgrade: what gives way when every handshake slot is taken.
-        self.upgrading: dict[AsyncioConnection, float] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._tg: TaskGroup | None = None
 
@@ -338,35 +325,6 @@ class AsyncioFront:
         """Run the application for one request, in the front's task group."""
         assert self._tg is not None
         self._tg.start_soon(serve_exchange, self.app, conn, exchange)
-
-    def sockets_open(self) -> int:
-        return len(self.connections)
-
-    def evict_silent_upgrade(self) -> bool:
-        """Drop the oldest WebSocket that upgraded at least ``SILENT_UPGRADE_GRACE_S`` ago and
-        has not completed its first message; False if there is none."""
-        if not self.upgrading:
-            return False
-        oldest, since = next(iter(self.upgrading.items()))
-        now = self.clock()
-        if now - since < SILENT_UPGRADE_GRACE_S:
-            return False
-        self.limits.stats.upgrades_evicted += 1
-        oldest._finish(abort=True)
-        oldest._sync(now)
-        oldest.connection_lost_at(now)
-        return True
-
-    def evict_pending(self) -> bool:
-        """Drop the oldest connection that has not sent a request yet; False if none."""
-        if not self.pending:
-            return False
-        oldest = next(iter(self.pending))
-        self.limits.stats.tcp_evicted += 1
-        oldest._finish(abort=True)
-        oldest._close_socket()
-        oldest.connection_lost_at(self.clock())
-        return True
 
     async def run(
         self, listeners: list[socket.socket], *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
@@ -406,22 +364,6 @@ class AsyncioFront:
     def stop_accepting(self) -> None:
         for server in self._servers:
             server.close()
-
-    async def drain(self, timeout_s: float) -> int:
-        """Close every connection (1001 for WebSockets, idle HTTP at once), wait for them
-        within ``timeout_s``, then drop the rest. Returns how many had to be dropped."""
-        self.stop_accepting()
-        for conn in list(self.connections):
-            conn.close(1001, "server shutting down")  # REST: close once the response is out
-        with anyio.move_on_after(timeout_s):
-            while self.connections:  # noqa: ASYNC110 - connections signal nothing when they end
-                await anyio.sleep(0.05)
-        dropped = len(self.connections)
-        for conn in list(self.connections):
-            conn._finish(abort=True)
-            conn._close_socket()
-        await anyio.lowlevel.checkpoint()  # let the aborts deliver connection_lost
-        return dropped
 
     async def aclose(self) -> None:
         """After :meth:`drain`: stop the listeners for good; requests still running in the

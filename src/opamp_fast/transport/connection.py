@@ -62,6 +62,7 @@ from ._http11 import (
     RequestHead,
     accepts_gzip,
     check_websocket_key,
+    feed_chunked,
     parse_head,
     plain_response,
     response_head,
@@ -552,15 +553,8 @@ class OpAMPConnection:
         assert head is not None and body is not None
         try:
             if head.chunked:
-                parser = head.parser
-                assert parser is not None
-                try:
-                    parser.feed_data(data)
-                except Exception as exc:  # httptools' parser errors
-                    raise HTTPError(400, f"malformed chunked body: {exc}") from None
-                for chunk in head.chunks:
+                for chunk in feed_chunked(head, data):
                     body.feed(chunk)
-                head.chunks.clear()
                 if head.complete:
                     self._finish_post(now)  # bytes after a chunked body: see _finish_post
                 else:

@@ -22,13 +22,13 @@ from typing import Any
 
 import trio
 
-from .asgi import not_found, serve_exchange
+from ._front import FrontBase
+from .asgi import serve_exchange
 from .connection import (
     APP,
     CLOSED,
     HEAD,
     LINGER_BYTES,
-    SILENT_UPGRADE_GRACE_S,
     WS,
     Limits,
     OpAMPConnection,
@@ -91,6 +91,11 @@ class TrioConnection(OpAMPConnection):
 
     def shed_buffer(self) -> None:
         OpAMPConnection.shed_buffer(self)
+        self._interrupt()
+
+    def drop(self) -> None:
+        """At once: abort (``front.evict_*``); the reader sees it and ends the connection."""
+        self._finish(abort=True)
         self._interrupt()
 
     async def run(self) -> None:
@@ -271,7 +276,7 @@ class TrioConnection(OpAMPConnection):
                 await flushed.wait()
 
 
-class TrioFront:
+class TrioFront(FrontBase[TrioConnection]):
     """The listener side on trio: accepts, runs each connection as a task, drains them."""
 
     def __init__(
@@ -285,18 +290,7 @@ class TrioFront:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         del tick_s  # each connection waits on its own deadline here
-        self.limits = limits
-        self.app = app if app is not None else not_found
-        limits.scheme = "https" if tls is not None else "http"
-        self.tls = tls
-        self.max_sockets = max_sockets
-        self.clock = clock
-        self.connections: set[TrioConnection] = set()
-        # Connected, nothing requested yet, oldest first: what gives way when descriptors run
-        # out, so that a flood of idle sockets cannot lock out probes, operators or agents.
-        self.pending: dict[TrioConnection, None] = {}
-        # WebSockets waiting for their first message, oldest first (asyncio_front.upgrading).
-        self.upgrading: dict[TrioConnection, float] = {}
+        super().__init__(limits, app, tls=tls, max_sockets=max_sockets, clock=clock)
         self._nursery: trio.Nursery | None = None
         self._accepting: trio.CancelScope | None = None
 
@@ -331,33 +325,6 @@ class TrioFront:
                 continue
             nursery.start_soon(self._serve, stream)
 
-    def sockets_open(self) -> int:
-        return len(self.connections)
-
-    def evict_silent_upgrade(self) -> bool:
-        """As ``AsyncioFront.evict_silent_upgrade``."""
-        if not self.upgrading:
-            return False
-        oldest, since = next(iter(self.upgrading.items()))
-        if self.clock() - since < SILENT_UPGRADE_GRACE_S:
-            return False
-        del self.upgrading[oldest]
-        self.limits.stats.upgrades_evicted += 1
-        oldest._finish(abort=True)
-        oldest._interrupt()
-        return True
-
-    def evict_pending(self) -> bool:
-        """Drop the oldest connection that has not sent a request yet; False if none."""
-        if not self.pending:
-            return False
-        oldest = next(iter(self.pending))
-        del self.pending[oldest]
-        self.limits.stats.tcp_evicted += 1
-        oldest._finish(abort=True)
-        oldest._interrupt()
-        return True
-
     async def _serve(self, stream: trio.SocketStream) -> None:
         peer = stream.socket.getpeername()
         remote = f"{peer[0]}:{peer[1]}"
@@ -385,19 +352,6 @@ class TrioFront:
     def stop_accepting(self) -> None:
         if self._accepting is not None:
             self._accepting.cancel()
-
-    async def drain(self, timeout_s: float) -> int:
-        self.stop_accepting()
-        for conn in list(self.connections):
-            conn.close(1001, "server shutting down")  # REST: close once the response is out
-        with trio.move_on_after(timeout_s):
-            while self.connections:  # noqa: ASYNC110 - connections signal nothing when they end
-                await trio.sleep(0.05)
-        dropped = len(self.connections)
-        for conn in list(self.connections):
-            conn._finish(abort=True)
-            conn._interrupt()
-        return dropped
 
     async def aclose(self) -> None:
         """Nothing left to close: each connection's nursery owned its requests."""
