@@ -46,6 +46,15 @@ export function banner(text) {
 
 export const pill = (status) => h("span", { class: "pill " + status, "data-status": status }, status);
 
+// The previous/next buttons of a list paged by cursor: `cursors` holds the cursor of each page
+// visited, the last one shown; `nextCursor` is the list's, null on the last page.
+export function pager(prev, next, cursors, nextCursor, refresh) {
+  prev.disabled = cursors.length < 2;
+  next.disabled = !nextCursor;
+  next.onclick = () => { cursors.push(nextCursor); refresh(); };
+  prev.onclick = () => { cursors.pop(); refresh(); };
+}
+
 export function table(id, headers, rows, empty) {
   return h("div", { class: "scroll" }, h("table", { id },
     h("thead", {}, h("tr", {}, ...headers.map((c) => h("th", { scope: "col" }, c)))),

@@ -54,6 +54,17 @@ export function actionForm(id, title, fields, submitLabel, act, ...buttons) {
   return form;
 }
 
+// A filter form: submitting it puts its non-empty `values()` ({key: value}) into the address
+// after `base`, and the router loads the page from there (so a filtered page can be bookmarked).
+export function filterOnSubmit(form, base, values) {
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    for (const [k, v] of Object.entries(values())) if (v) p.set(k, v);
+    location.hash = base + (p.toString() ? "?" + p : "");
+  });
+}
+
 // Deleting takes two presses of the same button (no modal dialog; keyboard friendly).
 export function confirmButton(label, msg, act, attrs) {
   const b = h("button", { type: "button", class: "danger", ...(attrs || {}) }, label);

@@ -1,9 +1,10 @@
 // The agent list (#/agents?q=&status=&label=): filters kept in the address, pages by cursor.
 // Live: a row changes status when its agent connects or disconnects, an agent that connects
 // and belongs on the first page is inserted in order; a debounced reload then checks it all.
-import { debounce, h, page, pill } from "./dom.js";
+import { debounce, h, page, pager, pill } from "./dom.js";
 import { api, showError } from "./api.js";
 import { fmtTime } from "./format.js";
+import { filterOnSubmit } from "./forms.js";
 
 const PAGE_SIZE = 25;
 const FILTERS = ["q", "status", "label"];
@@ -39,7 +40,6 @@ function layout(params) {
   return ui;
 }
 
-// The filter form; applying it changes the address, which loads the page anew.
 function filters(params) {
   const q = h("input", { id: "search", type: "search", value: params.get("q") || "",
     placeholder: "name prefix" });
@@ -53,14 +53,7 @@ function filters(params) {
     h("div", {}, h("label", { for: "status-filter" }, "Status"), status),
     h("div", {}, h("label", { for: "label-filter" }, "Label"), label),
     h("button", { type: "submit" }, "Apply"));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const p = new URLSearchParams();
-    if (q.value) p.set("q", q.value);
-    if (status.value) p.set("status", status.value);
-    if (label.value) p.set("label", label.value);
-    location.hash = "#/agents" + (p.toString() ? "?" + p : "");
-  });
+  filterOnSubmit(form, "#/agents", () => ({ q: q.value, status: status.value, label: label.value }));
   return form;
 }
 
@@ -86,10 +79,7 @@ async function load(state, refresh) {
     ui.body.replaceChildren(...state.rows.map((a) => row(a, false)));
     if (!state.rows.length) ui.body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No agents match.")));
     ui.info.textContent = `${data.total} agents`;
-    ui.prev.disabled = cursors.length < 2;
-    ui.next.disabled = !state.hasNext;
-    ui.next.onclick = () => { cursors.push(data.next_cursor); refresh(); };
-    ui.prev.onclick = () => { cursors.pop(); refresh(); };
+    pager(ui.prev, ui.next, cursors, data.next_cursor, refresh);
   } catch (err) {
     showError(err);
   }

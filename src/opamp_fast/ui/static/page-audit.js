@@ -1,10 +1,10 @@
 // The audit log (#/x/audit?actor=&action=&target=, operator and up): every change made through
 // the API, newest first, filtered from the address and paged by cursor. Not live: an audit
 // entry has no event of its own.
-import { h, page, table } from "./dom.js";
+import { h, page, pager, table } from "./dom.js";
 import { api, describeError, showError } from "./api.js";
 import { fmtTime } from "./format.js";
-import { message, say } from "./forms.js";
+import { filterOnSubmit, message, say } from "./forms.js";
 
 const FILTERS = ["actor", "action", "target"];
 const EXAMPLES = { actor: "token subject", action: "group.put", target: "group:prod" };
@@ -26,10 +26,7 @@ export function auditPage(args, params) {
       say(ui.msg, "", "");
       ui.list.replaceChildren(table("audit-rows", ["When", "Actor", "Action", "Target", "Outcome",
         "Change", "Request"], data.entries.map(row), "No entries match."));
-      ui.prev.disabled = cursors.length < 2;
-      ui.next.disabled = !data.next_cursor;
-      ui.next.onclick = () => { cursors.push(data.next_cursor); refresh(); };
-      ui.prev.onclick = () => { cursors.pop(); refresh(); };
+      pager(ui.prev, ui.next, cursors, data.next_cursor, refresh);
     } catch (err) {
       ui.list.replaceChildren();
       say(ui.msg, "error", describeError(err));
@@ -39,7 +36,6 @@ export function auditPage(args, params) {
   return { refresh, onEvent() {} };
 }
 
-// The filter form; applying it changes the address, which loads the page anew.
 function filters(params) {
   const inputs = {};
   const fields = FILTERS.map((k) => {
@@ -50,12 +46,8 @@ function filters(params) {
   });
   const form = h("form", { class: "filters card", role: "search", id: "audit-filters" }, ...fields,
     h("button", { type: "submit" }, "Apply"));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const p = new URLSearchParams();
-    for (const [k, el] of Object.entries(inputs)) if (el.value.trim()) p.set(k, el.value.trim());
-    location.hash = "#/x/audit" + (p.toString() ? "?" + p : "");
-  });
+  filterOnSubmit(form, "#/x/audit", () =>
+    Object.fromEntries(Object.entries(inputs).map(([k, el]) => [k, el.value.trim()])));
   return form;
 }
 
