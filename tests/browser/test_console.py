@@ -329,10 +329,10 @@ def test_console_operator_actions_and_viewer_refusal(
 def test_console_packages_audit_and_filters(
     launch: Any, driver: Any, tmp_path: Path, artifacts: Path
 ) -> None:
-    """The pages the other tests do not visit, as an operator: an agent filter with nothing to
-    show, a package uploaded from its form (progress over XMLHttpRequest), its versions page and
-    a two-press delete, a config's detail page, and the audit log filtered; no console error on
-    any of them."""
+    """What the other tests do not visit, as an operator: an agent filter with nothing to show,
+    a package uploaded from its form (progress over XMLHttpRequest), its versions page and a
+    two-press delete, a config's detail page, pinning and unpinning an agent, a group loaded
+    into its form by Edit, and the audit log filtered; no console error on any of them."""
     server = launch(api_jwt_secret=SECRET, package_store=str(tmp_path / "packages"))
     anyio.run(server.ready)
     base = server.url
@@ -343,8 +343,20 @@ def test_console_packages_audit_and_filters(
         base + "/api/configs", headers=headers, json={"name": "web", "files": files}
     )
     assert created.status_code in (200, 201), created.text
+    group = {"selector": {"env": "prod"}, "config": "web"}
+    saved = httpx.put(base + "/api/groups/prod-web", headers=headers, json=group)
+    assert saved.status_code == 200, saved.text
+
+    async def poll() -> str:
+        async with httpx.AsyncClient(base_url=base) as client:
+            agent = HTTPAgent(client)
+            await agent.full_state("poller")
+            return format_instance_uid(agent.uid)
+
+    agent_id = anyio.run(poll)
+    flushed_count(base, 1)
     sign_in(driver, base, api_token(role="operator"))
-    wait(driver).until(lambda d: text_of(d, "#count-total") == "0")
+    wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
 
     # Agents: a filter from the form goes into the address; nothing matches.
     driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=agents]").click()
@@ -385,6 +397,23 @@ def test_console_packages_audit_and_filters(
     )
     assert "otlp" in driver.find_element(By.ID, "config-body").get_attribute("value")
     driver.save_screenshot(str(artifacts / "console-config.png"))
+
+    # An agent's page: pin it to the config, then unpin it.
+    driver.get(f"{base}/ui#/agents/{agent_id}")
+    wait(driver).until(lambda d: "poller" in text_of(d, "#agent-head"))
+    fill(driver, "pin-config", "web")
+    driver.find_element(By.ID, "pin-form-submit").click()
+    wait(driver).until(lambda d: "Pinned to web v1." in text_of(d, "#pin-form-msg"))
+    driver.find_element(By.ID, "pin-form-unpin").click()
+    wait(driver).until(lambda d: "Unpinned" in text_of(d, "#pin-form-msg"))
+
+    # Groups: Edit loads a group into the form.
+    driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/groups']").click()
+    edit = (By.CSS_SELECTOR, "tr[data-group=prod-web] button")  # the row may be redrawn
+    wait(driver).until(lambda d: d.find_element(*edit).click() is None)
+    assert driver.find_element(By.ID, "group-name").get_attribute("value") == "prod-web"
+    assert driver.find_element(By.ID, "group-selector").get_attribute("value") == "env=prod"
+    assert driver.find_element(By.ID, "group-config").get_attribute("value") == "web"
 
     # The audit log: every change above, then a filter that matches nothing.
     driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/audit']").click()
