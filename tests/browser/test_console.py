@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
@@ -21,7 +22,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from opamp_fast.protocol import format_instance_uid, pb
-from tests.browser.conftest import api_token
+from tests.browser.conftest import SECRET, api_token
 from tests.helpers.agents import HTTPAgent, open_ws_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -323,3 +324,107 @@ def test_console_operator_actions_and_viewer_refusal(
         wait(driver).until(ec.presence_of_element_located((By.ID, "config-delete")))
         assert not driver.find_element(By.ID, "config-delete").is_enabled()
         assert console_errors(driver) == []
+
+
+def test_console_packages_audit_and_filters(
+    launch: Any, driver: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """What the other tests do not visit, as an operator: an agent filter with nothing to show,
+    a package uploaded from its form (progress over XMLHttpRequest), its versions page and a
+    two-press delete, a config's detail page, pinning and unpinning an agent, a group loaded
+    into its form by Edit, and the audit log filtered; no console error on any of them."""
+    server = launch(api_jwt_secret=SECRET, package_store=str(tmp_path / "packages"))
+    anyio.run(server.ready)
+    base = server.url
+    requests = Requests(driver)
+    headers = {"Authorization": f"Bearer {api_token(role='operator')}"}
+    files = {"collector.yaml": {"body": "receivers: {otlp: {}}\n", "content_type": "text/yaml"}}
+    created = httpx.post(
+        base + "/api/configs", headers=headers, json={"name": "web", "files": files}
+    )
+    assert created.status_code in (200, 201), created.text
+    group = {"selector": {"env": "prod"}, "config": "web"}
+    saved = httpx.put(base + "/api/groups/prod-web", headers=headers, json=group)
+    assert saved.status_code == 200, saved.text
+
+    async def poll() -> str:
+        async with httpx.AsyncClient(base_url=base) as client:
+            agent = HTTPAgent(client)
+            await agent.full_state("poller")
+            return format_instance_uid(agent.uid)
+
+    agent_id = anyio.run(poll)
+    flushed_count(base, 1)
+    sign_in(driver, base, api_token(role="operator"))
+    wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
+
+    # Agents: a filter from the form goes into the address; nothing matches.
+    driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=agents]").click()
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "search")))
+    fill(driver, "search", "nobody" + Keys.ENTER)
+    wait(driver).until(lambda d: "q=nobody" in d.current_url)
+    wait(driver).until(lambda d: "No agents match." in text_of(d, "#agent-rows"))
+    assert text_of(driver, "#agent-total") == "0 agents"
+
+    # Packages: upload a version from the form, then its own page.
+    artifact = tmp_path / "collector.tar.gz"
+    artifact.write_bytes(b"\x1f\x8b" + b"x" * 4096)
+    driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/packages']").click()
+    wait(driver).until(ec.visibility_of_element_located((By.ID, "package-name")))
+    fill(driver, "package-name", "collector")
+    fill(driver, "package-version", "1.0.0")
+    driver.find_element(By.ID, "package-file").send_keys(str(artifact))
+    driver.find_element(By.ID, "package-form-submit").click()
+    wait(driver).until(lambda d: "Uploaded collector 1.0.0" in text_of(d, "#package-form-msg"))
+    wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-package=collector]"))
+    driver.find_element(By.CSS_SELECTOR, "tr[data-package=collector] a").click()
+    row = wait(driver).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-version='1.0.0']"))
+    )
+    assert "top_level" in row.text
+    driver.save_screenshot(str(artifacts / "console-package.png"))
+    delete = row.find_element(By.TAG_NAME, "button")
+    delete.click()
+    assert "Press again" in delete.text
+    delete.click()
+    wait(driver).until(lambda d: "Deleted collector 1.0.0." in text_of(d, "#package-versions-msg"))
+
+    # A config's page: its versions, and the form prefilled from the latest files.
+    driver.get(base + "/ui#/x/configs/web")
+    wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-version='1']"))
+    wait(driver).until(
+        lambda d: d.find_element(By.ID, "config-file").get_attribute("value") == "collector.yaml"
+    )
+    assert "otlp" in driver.find_element(By.ID, "config-body").get_attribute("value")
+    driver.save_screenshot(str(artifacts / "console-config.png"))
+
+    # An agent's page: pin it to the config, then unpin it.
+    driver.get(f"{base}/ui#/agents/{agent_id}")
+    wait(driver).until(lambda d: "poller" in text_of(d, "#agent-head"))
+    fill(driver, "pin-config", "web")
+    driver.find_element(By.ID, "pin-form-submit").click()
+    wait(driver).until(lambda d: "Pinned to web v1." in text_of(d, "#pin-form-msg"))
+    driver.find_element(By.ID, "pin-form-unpin").click()
+    wait(driver).until(lambda d: "Unpinned" in text_of(d, "#pin-form-msg"))
+
+    # Groups: Edit loads a group into the form.
+    driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/groups']").click()
+    edit = (By.CSS_SELECTOR, "tr[data-group=prod-web] button")  # the row may be redrawn
+    wait(driver).until(lambda d: d.find_element(*edit).click() is None)
+    assert driver.find_element(By.ID, "group-name").get_attribute("value") == "prod-web"
+    assert driver.find_element(By.ID, "group-selector").get_attribute("value") == "env=prod"
+    assert driver.find_element(By.ID, "group-config").get_attribute("value") == "web"
+
+    # The audit log: every change above, then a filter that matches nothing.
+    driver.find_element(By.CSS_SELECTOR, "#nav a[data-page='x/audit']").click()
+    wait(driver).until(lambda d: "package.delete" in text_of(d, "#audit-rows"))
+    assert "config.create" in text_of(driver, "#audit-rows")
+    driver.save_screenshot(str(artifacts / "console-audit.png"))
+    fill(driver, "audit-actor", "nobody" + Keys.ENTER)
+    wait(driver).until(lambda d: "No entries match." in text_of(d, "#audit-rows"))
+    assert not driver.find_element(By.ID, "audit-next").is_enabled()
+
+    assert requests.external() == []
+    # The package went with its last version: its page asks again and is told 404.
+    errors = [e for e in console_errors(driver) if "/api/packages/collector " not in e["message"]]
+    assert errors == []
