@@ -37,7 +37,6 @@ import errno
 import gc
 import ipaddress
 import json
-import logging
 import math
 import os
 import random
@@ -83,8 +82,6 @@ __all__ = [
     "run_from_args",
     "run_simulation",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: ReportsStatus | AcceptsRemoteConfig | ReportsEffectiveConfig | AcceptsOpAMPConnectionSettings
 #: | ReportsHealth | ReportsRemoteConfig | ReportsHeartbeat = 0x3907: a Collector's set (0x3007,
@@ -586,11 +583,9 @@ class _Simulation:
         self.sampler = _ProcessSampler(config.server_pid) if config.server_pid else None
         self.timeline: list[dict[str, Any]] = []
         self.server_cpu_at_steady: float | None = None
-        self.sent_at_steady = 0
         self.received_at_steady = 0
         self.sim_cpu_at_steady = 0.0
         self.rss_at_steady: int | None = None
-        self.last_rss: int | None = None
         self.steady_sim_cpu = 0.0
         self.steady_server_cpu: float | None = None
         self.steady_rss: int | None = None
@@ -988,7 +983,6 @@ class _Simulation:
             if self.sampler is not None:
                 measured = self.sampler.sample()
                 if measured is not None:
-                    self.last_rss = measured[0]
                     sample["server_rss_mb"] = round(measured[0] / 2**20, 1)
                     sample["server_cpu_pct"] = round(measured[1], 1)
             if (
@@ -1019,7 +1013,6 @@ class _Simulation:
     def _mark_steady(self, now: float) -> None:
         self.steady_at = now
         self.stats.steady_on = True
-        self.sent_at_steady = self.stats.messages_sent
         self.received_at_steady = self.stats.messages_received
         self.sim_cpu_at_steady = _own_cpu_seconds()
         if self.sampler is not None:
