@@ -1,0 +1,154 @@
+"""What a run reports: once a second a progress line on stderr and a timeline sample (with the
+server's RSS and CPU when sampled), at the end the JSON summary."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import trio
+
+from .measure import LatencyHistogram
+from .run import Simulation
+
+
+async def monitor(sim: Simulation) -> None:
+    """Once a second: a progress line, a timeline sample, steady-state and storm marks."""
+    stats = sim.stats
+    config = sim.config
+    last_sent = last_recv = 0
+    next_at = sim.start + 1.0
+    while True:
+        await trio.sleep_until(next_at)
+        next_at += 1.0
+        now = trio.current_time()
+        t = now - sim.start
+        sample: dict[str, Any] = {
+            "t": round(t, 1),
+            "connected": stats.connected,
+            "sent_per_s": stats.messages_sent - last_sent,
+            "received_per_s": stats.messages_received - last_recv,
+            "p50_ms": round(stats.window.percentile(50) * 1000, 3),
+            "p99_ms": round(stats.window.percentile(99) * 1000, 3),
+            "max_ms": round(stats.window.max_s * 1000, 3),
+            "errors": sum(stats.errors.values()),
+            "reconnects": stats.reconnects,
+        }
+        last_sent, last_recv = stats.messages_sent, stats.messages_received
+        stats.window = LatencyHistogram()
+        if sim.sampler is not None:
+            measured = sim.sampler.sample()
+            if measured is not None:
+                sample["server_rss_mb"] = round(measured[0] / 2**20, 1)
+                sample["server_cpu_pct"] = round(measured[1], 1)
+        if (
+            sim.steady_at is None
+            and sim.launched_all
+            and now < sim.storm_at
+            and (stats.connected >= config.agents or t >= config.ramp_s + 10.0)
+        ):
+            sim.mark_steady(now)
+        if now < sim.storm_at:
+            sim.storm_connected_before = stats.connected
+        sim.timeline.append(sample)
+        if config.progress:
+            extra = ""
+            if "server_rss_mb" in sample:
+                extra = (
+                    f" server_rss_mb={sample['server_rss_mb']}"
+                    f" server_cpu_pct={sample['server_cpu_pct']}"
+                )
+            sys.stderr.write(
+                f"[simulate] t={t:.0f}s connected={stats.connected}/{config.agents}"
+                f" sent_per_s={sample['sent_per_s']} p50_ms={sample['p50_ms']}"
+                f" p99_ms={sample['p99_ms']} errors={sample['errors']}"
+                f" reconnects={stats.reconnects}{extra}\n"
+            )
+            sys.stderr.flush()
+
+
+def summary(sim: Simulation, steady_end: float, connected_at_end: int) -> dict[str, Any]:
+    stats = sim.stats
+    config = sim.config
+    out: dict[str, Any] = {
+        "agents_target": config.agents,
+        "agents_connected": connected_at_end,
+        "agents_connected_max": stats.connected_max,
+        "ws_agents": round(config.agents * config.ws_fraction),
+        "http_agents": config.agents - round(config.agents * config.ws_fraction),
+        "messages_sent": stats.messages_sent,
+        "messages_received": stats.messages_received,
+        "heartbeats_sent": stats.heartbeats_sent,
+        "goodbyes_sent": stats.goodbyes_sent,
+        "config_reports_sent": stats.config_reports_sent,
+        "full_states_sent": stats.full_states_sent,
+        "full_state_requests": stats.full_state_requests,
+        "remote_configs_applied": stats.remote_configs_applied,
+        "uid_reassignments": stats.uid_reassignments,
+        "sessions_opened": stats.sessions_opened,
+        "reconnects": stats.reconnects,
+        "churned": stats.churned,
+        "errors": dict(sorted(stats.errors.items())),
+        "errors_total": sum(stats.errors.values()),
+        "latency_ms": stats.latency.summary_ms(),
+    }
+    steady: dict[str, Any] | None = None
+    if sim.steady_at is not None:
+        duration = max(steady_end - sim.steady_at, 1e-9)
+        messages = sim.received_at_end - sim.received_at_steady
+        steady = {
+            "started_at_s": round(sim.steady_at - sim.start, 1),
+            "duration_s": round(duration, 1),
+            "messages": messages,
+            "messages_per_s": round(messages / duration, 1),
+            "latency_ms": stats.steady.summary_ms(),
+            "simulator_cpu_percent": round(
+                100 * (sim.steady_sim_cpu - sim.sim_cpu_at_steady) / duration, 1
+            ),
+        }
+        if sim.server_cpu_at_steady is not None and sim.steady_server_cpu is not None:
+            cpu = sim.steady_server_cpu - sim.server_cpu_at_steady
+            steady["server_cpu_percent"] = round(100 * cpu / duration, 1)
+            steady["server_cpu_us_per_message"] = round(1e6 * cpu / max(messages, 1), 1)
+    out["steady"] = steady
+    if sim.sampler is not None:
+        server: dict[str, Any] = {
+            "pid": sim.sampler.pid,
+            "rss_start_bytes": sim.sampler.rss_start,
+            "rss_max_bytes": sim.sampler.rss_max,
+            "rss_steady_bytes": sim.rss_at_steady,
+            "rss_at_end_of_hold_bytes": sim.steady_rss,
+        }
+        if sim.steady_rss is not None and connected_at_end:
+            server["rss_per_agent_bytes"] = round(
+                (sim.steady_rss - sim.sampler.rss_start) / connected_at_end
+            )
+        cpu_samples = [s["server_cpu_pct"] for s in sim.timeline if "server_cpu_pct" in s]
+        if cpu_samples:
+            server["cpu_percent_avg"] = round(sum(cpu_samples) / len(cpu_samples), 1)
+            server["cpu_percent_max"] = round(max(cpu_samples), 1)
+        out["server"] = server
+    if sim.storm_at < math.inf:
+        out["storm"] = {
+            "at_s": round(sim.storm_at - sim.start, 1),
+            "dropped": stats.storm_dropped,
+            "connected_before": sim.storm_connected_before,
+            "recovered_after_s": (
+                None
+                if sim.storm_recovered_at is None
+                else round(sim.storm_recovered_at - sim.storm_at, 2)
+            ),
+        }
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["simulator"] = {
+        "pid": os.getpid(),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "max_rss_bytes": usage.ru_maxrss * 1024,
+    }
+    out["config"] = {k: v for k, v in asdict(config).items() if k != "auth_token"}
+    out["timeline"] = sim.timeline
+    return out
