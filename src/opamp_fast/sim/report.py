@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from .measure import LatencyHistogram
+from .measure import LatencyHistogram, ProcessSampler
 from .run import Simulation
 
 
@@ -72,9 +72,29 @@ async def monitor(sim: Simulation) -> None:
 
 
 def summary(sim: Simulation, steady_end: float, connected_at_end: int) -> dict[str, Any]:
+    """The JSON summary: counts over the whole run, the steady window, the server's figures when
+    it was sampled, the storm, the simulator's own cost, the config and the timeline."""
+    out = _counts(sim, connected_at_end)
+    out["steady"] = _steady(sim, steady_end)
+    if sim.sampler is not None:
+        out["server"] = _server(sim, sim.sampler, connected_at_end)
+    if sim.storm_at < math.inf:
+        out["storm"] = _storm(sim)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["simulator"] = {
+        "pid": os.getpid(),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "max_rss_bytes": usage.ru_maxrss * 1024,
+    }
+    out["config"] = {k: v for k, v in asdict(sim.config).items() if k != "auth_token"}
+    out["timeline"] = sim.timeline
+    return out
+
+
+def _counts(sim: Simulation, connected_at_end: int) -> dict[str, Any]:
     stats = sim.stats
     config = sim.config
-    out: dict[str, Any] = {
+    return {
         "agents_target": config.agents,
         "agents_connected": connected_at_end,
         "agents_connected_max": stats.connected_max,
@@ -96,59 +116,58 @@ def summary(sim: Simulation, steady_end: float, connected_at_end: int) -> dict[s
         "errors_total": sum(stats.errors.values()),
         "latency_ms": stats.latency.summary_ms(),
     }
-    steady: dict[str, Any] | None = None
-    if sim.steady_at is not None:
-        duration = max(steady_end - sim.steady_at, 1e-9)
-        messages = sim.received_at_end - sim.received_at_steady
-        steady = {
-            "started_at_s": round(sim.steady_at - sim.start, 1),
-            "duration_s": round(duration, 1),
-            "messages": messages,
-            "messages_per_s": round(messages / duration, 1),
-            "latency_ms": stats.steady.summary_ms(),
-            "simulator_cpu_percent": round(
-                100 * (sim.steady_sim_cpu - sim.sim_cpu_at_steady) / duration, 1
-            ),
-        }
-        if sim.server_cpu_at_steady is not None and sim.steady_server_cpu is not None:
-            cpu = sim.steady_server_cpu - sim.server_cpu_at_steady
-            steady["server_cpu_percent"] = round(100 * cpu / duration, 1)
-            steady["server_cpu_us_per_message"] = round(1e6 * cpu / max(messages, 1), 1)
-    out["steady"] = steady
-    if sim.sampler is not None:
-        server: dict[str, Any] = {
-            "pid": sim.sampler.pid,
-            "rss_start_bytes": sim.sampler.rss_start,
-            "rss_max_bytes": sim.sampler.rss_max,
-            "rss_steady_bytes": sim.rss_at_steady,
-            "rss_at_end_of_hold_bytes": sim.steady_rss,
-        }
-        if sim.steady_rss is not None and connected_at_end:
-            server["rss_per_agent_bytes"] = round(
-                (sim.steady_rss - sim.sampler.rss_start) / connected_at_end
-            )
-        cpu_samples = [s["server_cpu_pct"] for s in sim.timeline if "server_cpu_pct" in s]
-        if cpu_samples:
-            server["cpu_percent_avg"] = round(sum(cpu_samples) / len(cpu_samples), 1)
-            server["cpu_percent_max"] = round(max(cpu_samples), 1)
-        out["server"] = server
-    if sim.storm_at < math.inf:
-        out["storm"] = {
-            "at_s": round(sim.storm_at - sim.start, 1),
-            "dropped": stats.storm_dropped,
-            "connected_before": sim.storm_connected_before,
-            "recovered_after_s": (
-                None
-                if sim.storm_recovered_at is None
-                else round(sim.storm_recovered_at - sim.storm_at, 2)
-            ),
-        }
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out["simulator"] = {
-        "pid": os.getpid(),
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-        "max_rss_bytes": usage.ru_maxrss * 1024,
+
+
+def _steady(sim: Simulation, steady_end: float) -> dict[str, Any] | None:
+    """From the whole fleet connected to just before the goodbyes: the rates and costs of a
+    fleet holding still, without the ramp's handshakes."""
+    if sim.steady_at is None:
+        return None
+    duration = max(steady_end - sim.steady_at, 1e-9)
+    messages = sim.received_at_end - sim.received_at_steady
+    steady: dict[str, Any] = {
+        "started_at_s": round(sim.steady_at - sim.start, 1),
+        "duration_s": round(duration, 1),
+        "messages": messages,
+        "messages_per_s": round(messages / duration, 1),
+        "latency_ms": sim.stats.steady.summary_ms(),
+        "simulator_cpu_percent": round(
+            100 * (sim.steady_sim_cpu - sim.sim_cpu_at_steady) / duration, 1
+        ),
     }
-    out["config"] = {k: v for k, v in asdict(config).items() if k != "auth_token"}
-    out["timeline"] = sim.timeline
-    return out
+    if sim.server_cpu_at_steady is not None and sim.steady_server_cpu is not None:
+        cpu = sim.steady_server_cpu - sim.server_cpu_at_steady
+        steady["server_cpu_percent"] = round(100 * cpu / duration, 1)
+        steady["server_cpu_us_per_message"] = round(1e6 * cpu / max(messages, 1), 1)
+    return steady
+
+
+def _server(sim: Simulation, sampler: ProcessSampler, connected_at_end: int) -> dict[str, Any]:
+    server: dict[str, Any] = {
+        "pid": sampler.pid,
+        "rss_start_bytes": sampler.rss_start,
+        "rss_max_bytes": sampler.rss_max,
+        "rss_steady_bytes": sim.rss_at_steady,
+        "rss_at_end_of_hold_bytes": sim.steady_rss,
+    }
+    if sim.steady_rss is not None and connected_at_end:
+        server["rss_per_agent_bytes"] = round(
+            (sim.steady_rss - sampler.rss_start) / connected_at_end
+        )
+    cpu_samples = [s["server_cpu_pct"] for s in sim.timeline if "server_cpu_pct" in s]
+    if cpu_samples:
+        server["cpu_percent_avg"] = round(sum(cpu_samples) / len(cpu_samples), 1)
+        server["cpu_percent_max"] = round(max(cpu_samples), 1)
+    return server
+
+
+def _storm(sim: Simulation) -> dict[str, Any]:
+    recovered_at = sim.storm_recovered_at
+    return {
+        "at_s": round(sim.storm_at - sim.start, 1),
+        "dropped": sim.stats.storm_dropped,
+        "connected_before": sim.storm_connected_before,
+        "recovered_after_s": None
+        if recovered_at is None
+        else round(recovered_at - sim.storm_at, 2),
+    }
