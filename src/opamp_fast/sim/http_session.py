@@ -8,34 +8,21 @@ import trio
 
 from ..protocol import pb
 from .agent import Agent
-from .net import (
-    NETWORK_ERRORS,
-    RECV_BYTES,
-    Closed,
-    End,
-    abort,
-    open_stream,
-    os_error_kind,
-    retry_after,
-)
+from .net import RECV_BYTES, Closed, End, connection, retry_after
 from .run import Simulation
 
 
 async def http_connection(sim: Simulation, agent: Agent) -> None:
     """One keep-alive HTTP connection carrying polls until it fails or the run ends."""
-    stream = await open_stream(sim.target, sim.config.connect_timeout_s, sim.local_address())
-    try:
-        conn = h11.Connection(h11.CLIENT)
-        try:
-            await _polls(sim, agent, stream, conn)
-        except trio.TooSlowError:
-            raise Closed("response_timeout") from None
-        except NETWORK_ERRORS as exc:
-            raise Closed(os_error_kind("http", exc)) from None
-        except h11.ProtocolError:
-            raise Closed("http_protocol_error") from None
-    finally:
-        await abort(stream)
+    async with connection(
+        sim.target,
+        sim.config.connect_timeout_s,
+        sim.local_address(),
+        kind="http",
+        timeout_kind="response_timeout",
+        protocol_errors=(h11.ProtocolError,),
+    ) as stream:
+        await _polls(sim, agent, stream, h11.Connection(h11.CLIENT))
 
 
 async def _polls(

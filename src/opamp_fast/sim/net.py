@@ -4,7 +4,8 @@ handling both transports share: connect, abort, naming a failure for the error c
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
@@ -35,16 +36,39 @@ class End(Exception):
 NETWORK_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-async def open_stream(
-    target: Target, timeout_s: float, local_address: str | None
-) -> trio.SocketStream:
+@asynccontextmanager
+async def connection(
+    target: Target,
+    timeout_s: float,
+    local_address: str | None,
+    *,
+    kind: str,
+    timeout_kind: str,
+    protocol_errors: tuple[type[Exception], ...],
+) -> AsyncIterator[trio.SocketStream]:
+    """One session's TCP connection, aborted when the session ends however it ends. A failure
+    inside becomes :class:`Closed`, counted under the transport's ``kind``: a ``trio`` timeout
+    as ``timeout_kind``, a socket error by its errno, one of ``protocol_errors`` as a protocol
+    error."""
     try:
         with trio.fail_after(timeout_s):
-            return await trio.open_tcp_stream(target.host, target.port, local_address=local_address)
+            stream = await trio.open_tcp_stream(
+                target.host, target.port, local_address=local_address
+            )
     except trio.TooSlowError:
         raise Closed("connect_timeout") from None
     except OSError as exc:
         raise Closed(os_error_kind("connect", exc)) from None
+    try:
+        yield stream
+    except trio.TooSlowError:
+        raise Closed(timeout_kind) from None
+    except NETWORK_ERRORS as exc:
+        raise Closed(os_error_kind(kind, exc)) from None
+    except protocol_errors:
+        raise Closed(f"{kind}_protocol_error") from None
+    finally:
+        await abort(stream)
 
 
 async def abort(stream: trio.SocketStream) -> None:

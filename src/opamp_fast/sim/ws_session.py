@@ -17,42 +17,32 @@ import wsproto.utilities
 
 from ..protocol import decode_ws_payload, encode_ws_frame, pb
 from .agent import Agent
-from .net import (
-    NETWORK_ERRORS,
-    RECV_BYTES,
-    Closed,
-    End,
-    Storm,
-    abort,
-    open_stream,
-    os_error_kind,
-    retry_after,
-)
+from .net import RECV_BYTES, Closed, End, Storm, connection, retry_after
 from .run import Simulation
 
 
 async def ws_connection(sim: Simulation, agent: Agent) -> None:
     """One WebSocket session, from TCP connect to close. Raises Closed/Storm/End."""
-    stream = await open_stream(sim.target, sim.config.connect_timeout_s, sim.local_address())
-    try:
+    target = sim.target
+    async with connection(
+        target,
+        sim.config.connect_timeout_s,
+        sim.local_address(),
+        kind="ws",
+        timeout_kind="handshake_timeout",  # the session itself waits with move_on_at
+        protocol_errors=(
+            wsproto.utilities.LocalProtocolError,
+            wsproto.utilities.RemoteProtocolError,
+        ),
+    ) as stream:
         ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        target = sim.target
-        try:
-            request = wse.Request(
-                host=target.host_header, target=target.path, extra_headers=sim.headers
-            )
-            await stream.send_all(ws.send(request))
-            with trio.fail_after(sim.config.connect_timeout_s):
-                await _handshake(stream, ws)
-            await _Session(sim, agent, stream, ws).run()
-        except trio.TooSlowError:
-            raise Closed("handshake_timeout") from None
-        except NETWORK_ERRORS as exc:
-            raise Closed(os_error_kind("ws", exc)) from None
-        except (wsproto.utilities.LocalProtocolError, wsproto.utilities.RemoteProtocolError):
-            raise Closed("ws_protocol_error") from None
-    finally:
-        await abort(stream)
+        request = wse.Request(
+            host=target.host_header, target=target.path, extra_headers=sim.headers
+        )
+        await stream.send_all(ws.send(request))
+        with trio.fail_after(sim.config.connect_timeout_s):
+            await _handshake(stream, ws)
+        await _Session(sim, agent, stream, ws).run()
 
 
 async def _handshake(stream: trio.SocketStream, ws: wsproto.WSConnection) -> None:
