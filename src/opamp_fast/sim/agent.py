@@ -3,6 +3,7 @@ it sends and how it reacts to what the server sends. No sockets: the sessions ca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from ..protocol import (
@@ -31,28 +32,23 @@ EFFECTIVE_CONFIG: Final = (
 )
 
 
+@dataclass(slots=True, eq=False)
 class Agent:
     """Identity and protocol state of one agent; survives reconnects."""
 
-    __slots__ = (
-        "attempts", "caps", "config_hash", "effective_body", "full_state_due", "index",
-        "interval_s", "report_due", "seq", "service", "stormed", "uid", "ws",
-    )  # fmt: skip
-
-    def __init__(self, index: int, uid: bytes, ws: bool, caps: int, service: str) -> None:
-        self.index = index
-        self.uid = uid
-        self.ws = ws
-        self.caps = caps
-        self.service = service
-        self.seq = 0
-        self.interval_s = 0.0
-        self.full_state_due = True
-        self.report_due = False  # a remote config was applied: report APPLIED next
-        self.config_hash = b""
-        self.effective_body = EFFECTIVE_CONFIG
-        self.attempts = 0  # consecutive failed connection attempts (backoff exponent)
-        self.stormed = False  # each agent takes part in the storm once
+    index: int
+    uid: bytes
+    ws: bool
+    caps: int
+    service: str
+    seq: int = 0
+    interval_s: float = 0.0  # the heartbeat interval the server offered (0: none yet)
+    full_state_due: bool = True
+    report_due: bool = False  # a remote config was applied: report APPLIED next
+    config_hash: bytes = b""
+    effective_body: bytes = EFFECTIVE_CONFIG
+    attempts: int = 0  # consecutive failed connection attempts (backoff exponent)
+    stormed: bool = False  # each agent takes part in the storm once
 
     def _base(self) -> pb.AgentToServer:
         msg = pb.AgentToServer(instance_uid=self.uid, sequence_num=self.seq, capabilities=self.caps)

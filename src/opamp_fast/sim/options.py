@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 import trio
 
@@ -73,28 +74,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Every flag is named after the :class:`SimConfig` field it sets; four are not taken as
+    given (the ramp fits in the run, addresses are parsed, an empty token is none, --quiet)."""
+    names = (field.name for field in fields(SimConfig) if field.name != "progress")
+    given = {name: getattr(args, name) for name in names}
     return SimConfig(
-        url=args.url,
-        agents=args.agents,
-        duration_s=args.duration_s,
-        ramp_s=min(args.ramp_s, args.duration_s),
-        ws_fraction=args.ws_fraction,
-        heartbeat_s=args.heartbeat_s,
-        override_heartbeat=args.override_heartbeat,
-        spread_heartbeats=args.spread_heartbeats,
-        capabilities=args.capabilities,
-        source_addrs=parse_source_addrs(args.source_addrs),
-        server_pid=args.server_pid,
-        storm_at_s=args.storm_at_s,
-        churn_per_min=args.churn_per_min,
-        auth_token=args.auth_token or None,
-        connect_timeout_s=args.connect_timeout_s,
-        response_timeout_s=args.response_timeout_s,
-        backoff_initial_s=args.backoff_initial_s,
-        backoff_max_s=args.backoff_max_s,
-        close_timeout_s=args.close_timeout_s,
-        seed=args.seed,
-        progress=not args.quiet,
+        **{
+            **given,
+            "ramp_s": min(args.ramp_s, args.duration_s),
+            "source_addrs": parse_source_addrs(args.source_addrs),
+            "auth_token": args.auth_token or None,
+            "progress": not args.quiet,
+        }
     )
 
 
