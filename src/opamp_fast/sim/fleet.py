@@ -90,7 +90,7 @@ def raise_fd_limit(needed: int) -> int:
 async def run_simulation(
     config: SimConfig, *, clock: Callable[[], float] = trio.current_time
 ) -> dict[str, Any]:
-    """Run the fleet for ``config.duration_s`` and return the summary (see module docs).
+    """Run the fleet for ``config.duration_s`` and return the summary (``report.summary``).
 
     Resource handling: every socket is closed before this returns; agents still connected at
     the end say goodbye (bounded by ``close_timeout_s``), then everything is cancelled after a

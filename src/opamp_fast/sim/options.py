@@ -93,7 +93,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run a simulation from parsed flags: 0 on success, 2 for a refused configuration."""
     try:
         config = config_from_args(args)
-        quiet_gc()
+        _quiet_gc()
         summary = trio.run(run_simulation, config)
     except SimulatorError as exc:
         sys.stderr.write(f"opamp-fast simulate: error: {exc}\n")
@@ -107,7 +107,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_gc() -> None:
+def _quiet_gc() -> None:
     """Keep the cyclic GC from pausing the whole fleet (process entry points only).
 
     With 10k+ agents the simulator holds hundreds of thousands of tracked objects (sockets,

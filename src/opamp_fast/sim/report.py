@@ -45,6 +45,8 @@ async def monitor(sim: Simulation) -> None:
             if measured is not None:
                 sample["server_rss_mb"] = round(measured[0] / 2**20, 1)
                 sample["server_cpu_pct"] = round(measured[1], 1)
+        # Steady once the whole fleet is on, or 10 s after the ramp: agents the server keeps
+        # refusing must not leave a run without a steady window.
         if (
             sim.steady_at is None
             and sim.launched_all
@@ -56,19 +58,22 @@ async def monitor(sim: Simulation) -> None:
             sim.storm_connected_before = stats.connected
         sim.timeline.append(sample)
         if config.progress:
-            extra = ""
-            if "server_rss_mb" in sample:
-                extra = (
-                    f" server_rss_mb={sample['server_rss_mb']}"
-                    f" server_cpu_pct={sample['server_cpu_pct']}"
-                )
-            sys.stderr.write(
-                f"[simulate] t={t:.0f}s connected={stats.connected}/{config.agents}"
-                f" sent_per_s={sample['sent_per_s']} p50_ms={sample['p50_ms']}"
-                f" p99_ms={sample['p99_ms']} errors={sample['errors']}"
-                f" reconnects={stats.reconnects}{extra}\n"
-            )
-            sys.stderr.flush()
+            _progress(sample, t, config.agents)
+
+
+def _progress(sample: dict[str, Any], t: float, agents: int) -> None:
+    extra = ""
+    if "server_rss_mb" in sample:
+        extra = (
+            f" server_rss_mb={sample['server_rss_mb']} server_cpu_pct={sample['server_cpu_pct']}"
+        )
+    sys.stderr.write(
+        f"[simulate] t={t:.0f}s connected={sample['connected']}/{agents}"
+        f" sent_per_s={sample['sent_per_s']} p50_ms={sample['p50_ms']}"
+        f" p99_ms={sample['p99_ms']} errors={sample['errors']}"
+        f" reconnects={sample['reconnects']}{extra}\n"
+    )
+    sys.stderr.flush()
 
 
 def summary(sim: Simulation, steady_end: float, connected_at_end: int) -> dict[str, Any]:

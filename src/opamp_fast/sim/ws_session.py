@@ -75,7 +75,8 @@ class _Session:
         self.agent = agent
         self.stream = stream
         self.ws = ws
-        self.sent_at: float | None = None  # when the outstanding request left; None: nothing
+        # When the message awaiting its answer left; None while none does (one at a time).
+        self.sent_at: float | None = None
         self.next_beat = math.inf
         self.online = False
         self.buffer: list[bytes] = []  # the fragments of a server message still arriving
