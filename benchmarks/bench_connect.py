@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from opamp_fast import sim as simulator
 from opamp_fast.fleet.events import EventHub
 from opamp_fast.fleet.handler import FleetHandler
 from opamp_fast.fleet.registry import Registry
@@ -35,7 +36,6 @@ from opamp_fast.packages.store import FilesystemStore
 from opamp_fast.protocol import ServerPolicy
 from opamp_fast.remote_config.service import ConfigService
 from opamp_fast.services import server_policy
-from opamp_fast.sim import simulator
 from opamp_fast.storage.batch_writer import BatchWriter
 from opamp_fast.transport import Limits, OpAMPConnection, TransportStats
 

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             "log_level",
         ),
     )
-    from .sim import simulator
+    from . import sim
 
     simulate = sub.add_parser(
         "simulate",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hold N simulated OpAMP agents (WebSocket and/or HTTP) against a loopback "
         "server for a bounded time, then print a JSON summary.",
     )
-    simulator.add_arguments(simulate)
+    sim.add_arguments(simulate)
     return parser
 
 
@@ -179,9 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opamp-fast {__version__}")
         return 0
     if args.command == "simulate":
-        from .sim import simulator
+        from . import sim
 
-        return simulator.run_from_args(args)
+        return sim.run_from_args(args)
     settings = _settings(args)
     if args.command == "token":
         return _token(args, settings)

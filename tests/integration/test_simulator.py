@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from opamp_fast.protocol import REMOTE_CONFIG_APPLIED, Transport
-from opamp_fast.sim.simulator import SimConfig, run_simulation
+from opamp_fast.sim import SimConfig, run_simulation
 from tests.helpers.agents import wait_for
 
 pytestmark = pytest.mark.postgres

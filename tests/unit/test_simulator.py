@@ -8,18 +8,18 @@ import random
 import pytest
 
 from opamp_fast.protocol import REMOTE_CONFIG_APPLIED, SERVER_FLAG_REPORT_FULL_STATE, pb
-from opamp_fast.sim.simulator import (
+from opamp_fast.sim import (
     DEFAULT_CAPABILITIES,
     LatencyHistogram,
     SimConfig,
     SimulatorError,
-    _Agent,
-    _Simulation,
-    _Stats,
     add_arguments,
     config_from_args,
     parse_source_addrs,
 )
+from opamp_fast.sim.agent import Agent
+from opamp_fast.sim.measure import Stats
+from opamp_fast.sim.run import Simulation
 
 
 def test_histogram_percentiles_within_two_percent() -> None:
@@ -95,19 +95,19 @@ def test_cli_flags_build_a_config() -> None:
 
 
 def test_fleet_split_and_identities() -> None:
-    sim = _Simulation(SimConfig(agents=100, ws_fraction=0.9))
+    sim = Simulation(SimConfig(agents=100, ws_fraction=0.9))
     agents = sim.make_agents()
     assert sum(a.ws for a in agents) == 90
     assert len({a.uid for a in agents}) == 100
     assert all(a.caps == DEFAULT_CAPABILITIES == 0x3907 for a in agents)
-    assert [a.uid for a in _Simulation(SimConfig(agents=100)).make_agents()] == [
+    assert [a.uid for a in Simulation(SimConfig(agents=100)).make_agents()] == [
         a.uid for a in agents
     ]  # the seed makes fleets reproducible
 
 
 def test_full_state_then_heartbeats() -> None:
-    stats = _Stats()
-    agent = _Agent(7, bytes(range(16)), True, DEFAULT_CAPABILITIES, "checkout")
+    stats = Stats()
+    agent = Agent(7, bytes(range(16)), True, DEFAULT_CAPABILITIES, "checkout")
     first = pb.AgentToServer.FromString(agent.next_message(stats))
     attrs = {kv.key: kv.value.string_value for kv in first.agent_description.identifying_attributes}
     other = {kv.key for kv in first.agent_description.non_identifying_attributes}
@@ -124,56 +124,56 @@ def test_full_state_then_heartbeats() -> None:
 
 
 def test_reactions_to_the_server() -> None:
-    sim = _Simulation(SimConfig())
+    sim = Simulation(SimConfig())
     stats = sim.stats
-    agent = _Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
+    agent = Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
     agent.next_message(stats)
 
     offer = pb.ServerToAgent(instance_uid=agent.uid, capabilities=0x37)
     offer.connection_settings.opamp.heartbeat_interval_seconds = 7
-    assert not agent.handle(offer, sim)
+    assert not agent.handle(offer, stats, sim.config)
     assert agent.interval_s == 7.0
 
     ask = pb.ServerToAgent(instance_uid=agent.uid, flags=SERVER_FLAG_REPORT_FULL_STATE)
-    assert agent.handle(ask, sim)
+    assert agent.handle(ask, stats, sim.config)
     assert pb.AgentToServer.FromString(agent.next_message(stats)).HasField("agent_description")
 
     push = pb.ServerToAgent(instance_uid=agent.uid)
     push.remote_config.config_hash = b"h" * 32
     push.remote_config.config.config_map["a.yaml"].body = b"exporters: {}\n"
-    assert agent.handle(push, sim)
+    assert agent.handle(push, stats, sim.config)
     report = pb.AgentToServer.FromString(agent.next_message(stats))
     assert report.remote_config_status.last_remote_config_hash == b"h" * 32
     assert report.remote_config_status.status == REMOTE_CONFIG_APPLIED
     assert report.effective_config.config_map.config_map[""].body == b"exporters: {}\n"
-    assert not agent.handle(push, sim)  # the same config again: nothing to apply
+    assert not agent.handle(push, stats, sim.config)  # the same config again: nothing to apply
     assert stats.remote_configs_applied == 1
 
     renamed = pb.ServerToAgent(instance_uid=agent.uid)
     renamed.agent_identification.new_instance_uid = b"n" * 16
-    assert agent.handle(renamed, sim)
+    assert agent.handle(renamed, stats, sim.config)
     assert agent.uid == b"n" * 16
 
     refused = pb.ServerToAgent(instance_uid=agent.uid)
     refused.error_response.type = pb.ServerErrorResponseType_Unavailable
     refused.error_response.retry_info.retry_after_nanoseconds = 3_000_000_000
     with pytest.raises(Exception, match="error_response_2") as info:
-        agent.handle(refused, sim)
+        agent.handle(refused, stats, sim.config)
     assert info.value.retry_after_s == 3.0  # type: ignore[attr-defined]
 
 
 def test_override_ignores_the_offer() -> None:
-    sim = _Simulation(SimConfig(heartbeat_s=1.0, override_heartbeat=True))
-    agent = _Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
+    sim = Simulation(SimConfig(heartbeat_s=1.0, override_heartbeat=True))
+    agent = Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
     offer = pb.ServerToAgent()
     offer.connection_settings.opamp.heartbeat_interval_seconds = 30
-    agent.handle(offer, sim)
+    agent.handle(offer, sim.stats, sim.config)
     assert agent.interval_s == 0.0  # falls back to heartbeat_s
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:
-    sim = _Simulation(SimConfig(backoff_initial_s=0.5, backoff_max_s=4.0))
-    agent = _Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
+    sim = Simulation(SimConfig(backoff_initial_s=0.5, backoff_max_s=4.0))
+    agent = Agent(0, b"u" * 16, True, DEFAULT_CAPABILITIES, "cart")
     for attempts, cap in ((0, 0.5), (1, 1.0), (3, 4.0), (500, 4.0)):
         agent.attempts = attempts
         delays = [sim.backoff_s(agent, None) for _ in range(200)]
