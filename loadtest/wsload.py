@@ -1,6 +1,6 @@
 """wsload: a cheap WebSocket OpAMP load generator (asyncio + uvloop, several processes).
 
-Why it exists: the trio simulator (``opamp_fast.sim.simulator``) spends ~215 us of CPU per round
+Why it exists: the trio simulator (``opamp_fast.sim``) spends ~215 us of CPU per round
 trip, which on a shared 2-core machine swamps a server that should cost ~25 us per message.
 This generator does the minimum per message, so the server's figure is not drowned in its own:
 

@@ -396,6 +396,8 @@ def test_console_packages_audit_and_filters(
         lambda d: d.find_element(By.ID, "config-file").get_attribute("value") == "collector.yaml"
     )
     assert "otlp" in driver.find_element(By.ID, "config-body").get_attribute("value")
+    files = text_of(driver, "#config-files")  # the latest files, rendered (not "[object ...]")
+    assert "collector.yaml" in files and "otlp" in files and "[object" not in files, files
     driver.save_screenshot(str(artifacts / "console-config.png"))
 
     # An agent's page: pin it to the config, then unpin it.

@@ -80,7 +80,7 @@ function assigned(rc) {
 // (only its hash). The sha256 is that of what the agent reported.
 function configText(cfg) {
   if (!cfg || !cfg.config_map) return notReported();
-  return Object.entries(cfg.config_map).map(([name, f]) => [
+  return Object.entries(cfg.config_map).flatMap(([name, f]) => [
     h("h3", {}, name || "(default)"),
     h("p", { class: "muted" }, [f.content_type || "no content type",
       f.size != null ? `${f.size} bytes` : null,

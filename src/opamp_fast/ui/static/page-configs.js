@@ -117,7 +117,7 @@ function renderVersions(ui, detail, status) {
 // The latest version's files, and the form prefilled with its first file unless touched.
 function renderLatest(ui, latest, touched) {
   const entries = Object.entries(latest.files);
-  ui.files.replaceChildren(...entries.map(([fname, f]) => [h("h3", {}, fname || "(default)",
+  ui.files.replaceChildren(...entries.flatMap(([fname, f]) => [h("h3", {}, fname || "(default)",
     " ", h("span", { class: "muted" }, f.content_type)), h("pre", {}, f.body)]));
   if (!touched && entries.length) {
     const [fname, f] = entries[0];
