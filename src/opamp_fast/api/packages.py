@@ -2,9 +2,9 @@
 route ``/v1/packages/{name}/{version}/file``.
 
 * **Upload** (``POST /api/packages``, multipart): parsed incrementally as the body arrives
-  (python-multipart's push parser); the file part is spooled to a staging file in 1 MiB writes
-  and hashed (SHA-256) in the same worker-thread call, so a 1 GiB package is never in memory
-  and the event loop never hashes. Beyond ``package_max_bytes``: 413 at once (from
+  (python-multipart's push parser, ``uploads.py``); the file part is spooled to a staging file
+  in 1 MiB writes and hashed (SHA-256) in the same worker-thread call, so a 1 GiB package is
+  never in memory and the event loop never hashes. Beyond ``package_max_bytes``: 413 at once (from
   ``Content-Length`` when declared). A declared ``sha256`` that does not match: 400
   ``hash_mismatch``, and nothing is stored. Only a complete, verified file is handed to the
   store, then recorded.
@@ -19,20 +19,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import hmac
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncIterator, Generator
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import psycopg
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -62,7 +57,7 @@ from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import queries
 from ..strictint import parse_ascii_int
-from .body import declared_length, read_object
+from .body import read_object
 from .errors import APIError, invalid_parameter
 from .openapi import DocumentedRoute, Operation, links
 from .package_models import (
@@ -78,13 +73,10 @@ from .package_models import (
 )
 from .params import AGENT_ID_PARAM, Param, parse_agent_id
 from .responses import JSONResponse
+from .uploads import MAX_SIGNATURE_BYTES, receive_upload
 
 logger = logging.getLogger(__name__)
 
-FLUSH_BYTES = 1024 * 1024
-MAX_FIELD_BYTES = 1024
-MAX_SIGNATURE_BYTES = 64 * 1024
-MULTIPART_OVERHEAD = 256 * 1024  # fields, part headers and a signature beside the file
 SHA256_PATTERN = "^[0-9a-fA-F]{64}$"
 _HEX64 = re.compile(SHA256_PATTERN)
 _TAGS = ("packages",)
@@ -276,173 +268,6 @@ def _not_found(name: str, version: str | None = None) -> APIError:
     return APIError(404, "package_not_found", f"no package {what}")
 
 
-# ------------------------------------------------------------------------------- upload
-
-
-class _Upload:
-    """What one multipart upload carried: text fields, a signature, and the spooled file."""
-
-    def __init__(self, staging: Path, max_bytes: int) -> None:
-        self.staging = staging
-        self.max_bytes = max_bytes
-        self.fields: dict[str, str] = {}
-        self.signature: bytes | None = None
-        self.path: Path | None = None
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self._file: IO[bytes] | None = None
-        self._buffer = bytearray()
-        self._part: str | None = None
-        self._part_bytes = bytearray()
-        self._in_file = False
-
-    async def start(self, name: str, has_filename: bool) -> None:
-        if name not in UPLOAD_BODY["properties"]:
-            expected = ", ".join(UPLOAD_BODY["properties"])
-            raise APIError(
-                400, "invalid_upload", f"unknown part {name[:40]!r}; expected {expected}"
-            )
-        self._part = name
-        self._part_bytes.clear()
-        if name == "file":
-            if self.path is not None:
-                raise APIError(400, "invalid_upload", "more than one 'file' part")
-            fd, tmp = tempfile.mkstemp(prefix="upload-", dir=self.staging)
-            self.path = Path(tmp)
-            self._file = os.fdopen(fd, "wb")
-            self._in_file = True
-
-    async def data(self, chunk: bytes) -> None:
-        if self._in_file:
-            self.size += len(chunk)
-            if self.size > self.max_bytes:
-                raise APIError(
-                    413, "too_large", f"the package is larger than {self.max_bytes} bytes"
-                )
-            self._buffer += chunk
-            if len(self._buffer) >= FLUSH_BYTES:
-                await self._flush()
-            return
-        limit = MAX_SIGNATURE_BYTES if self._part == "signature" else MAX_FIELD_BYTES
-        self._part_bytes += chunk
-        if len(self._part_bytes) > limit:
-            raise APIError(413, "too_large", f"field {self._part!r} is longer than {limit} bytes")
-
-    async def end(self) -> None:
-        if self._in_file:
-            await self._flush()
-            file, self._file = self._file, None
-            assert file is not None
-            await anyio.to_thread.run_sync(file.close)
-            self._in_file = False
-        elif self._part == "signature":
-            self.signature = bytes(self._part_bytes)
-        elif self._part is not None:
-            try:
-                self.fields[self._part] = self._part_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                raise invalid_parameter(self._part, "is not UTF-8 text") from None
-        self._part = None
-
-    async def _flush(self) -> None:
-        if not self._buffer:
-            return
-        data, self._buffer = bytes(self._buffer), bytearray()
-        file = self._file
-        assert file is not None
-        sha = self.sha256
-
-        def write() -> None:  # hashlib releases the GIL on large buffers
-            sha.update(data)
-            file.write(data)
-
-        await anyio.to_thread.run_sync(write)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-async def receive_upload(request: Request, staging: Path, max_bytes: int) -> _Upload:
-    """Parse the multipart body as it arrives; see the module docstring."""
-    kind, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise APIError(
-            400, "invalid_upload", "the body must be multipart/form-data with a boundary"
-        )
-    declared = declared_length(request)
-    if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD:
-        raise APIError(413, "too_large", f"the package is larger than {max_bytes} bytes")
-    upload = _Upload(staging, max_bytes)
-    events: list[tuple[str, Any]] = []
-    header: dict[str, bytearray] = {"field": bytearray(), "value": bytearray()}
-    headers: dict[bytes, bytes] = {}
-
-    def on_part_begin() -> None:
-        headers.clear()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        headers[bytes(header["field"]).lower()] = bytes(header["value"])
-        header["field"].clear()
-        header["value"].clear()
-
-    def on_headers_finished() -> None:
-        _, params = parse_options_header(headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        events.append(("start", (name, b"filename" in params)))
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        events.append(("data", bytes(data[start:end])))
-
-    def on_part_end() -> None:
-        events.append(("end", None))
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    try:
-        async for chunk in request.stream():
-            try:
-                parser.write(chunk)
-            except Exception as exc:  # python-multipart's MultipartParseError and friends
-                raise APIError(400, "invalid_upload", f"malformed multipart body: {exc}") from None
-            for kind_, value in events:
-                if kind_ == "start":
-                    await upload.start(*value)
-                elif kind_ == "data":
-                    await upload.data(value)
-                else:
-                    await upload.end()
-            events.clear()
-        parser.finalize()
-        if upload._part is not None or upload._in_file:
-            raise APIError(
-                400, "invalid_upload", "the multipart body ended in the middle of a part"
-            )
-    except BaseException:
-        upload.discard()
-        raise
-    return upload
-
-
 # ------------------------------------------------------------------------------- download
 
 
@@ -528,7 +353,8 @@ def routes(services: Services) -> list[DocumentedRoute]:
     async def upload(request: Request) -> Response:
         allow(request, "package.upload", "package")
         staging = await anyio.to_thread.run_sync(store.staging_dir)
-        received = await receive_upload(request, staging, registry.max_bytes)
+        parts = UPLOAD_BODY["properties"]
+        received = await receive_upload(request, staging, registry.max_bytes, parts)
         path = received.path
         try:
             fields = received.fields
