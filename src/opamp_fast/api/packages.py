@@ -56,7 +56,9 @@ from ..packages.store import StoreError
 from ..protocol.codec import format_instance_uid
 from ..services import Services
 from ..storage import queries
+from ..storage.config_queries import append_audit
 from ..strictint import parse_ascii_int
+from .audit import entry as audit_entry
 from .body import read_object
 from .errors import APIError, invalid_parameter
 from .openapi import DocumentedRoute, Operation, links
@@ -73,6 +75,7 @@ from .package_models import (
 )
 from .params import AGENT_ID_PARAM, Param, parse_agent_id
 from .responses import JSONResponse
+from .roles import require_role
 from .uploads import MAX_SIGNATURE_BYTES, receive_upload
 
 logger = logging.getLogger(__name__)
@@ -318,36 +321,15 @@ def routes(services: Services) -> list[DocumentedRoute]:
     key = agent_token_key(settings)
     agent_tokens = AgentTokenVerifier(key) if key is not None else None
 
-    try:
-        from ..storage.config_queries import AuditEntry, append_audit
-        from .roles import client_addr, request_id, require_role
-    except ImportError:  # pragma: no cover - the audit log is not there
-        append_audit = None  # type: ignore[assignment]
-
     def audit(
         request: Request, action: str, target: str, before: Any = None, after: Any = None
     ) -> Any:
         """A function writing the audit row of this change (in the change's transaction)."""
-        if append_audit is None:
-            return lambda conn: None
-        from ..auth import principal_of
-
-        who = principal_of(request.scope)
-        entry = AuditEntry(
-            actor=who.subject,
-            role=who.role,
-            action=action,
-            target=target,
-            before=before,
-            after=after,
-            request_id=request_id(request),
-            client_addr=client_addr(request),
-        )
-        return lambda conn: append_audit(conn, entry)
+        row = audit_entry(request, action, target, before=before, after=after)
+        return lambda conn: append_audit(conn, row)
 
     def allow(request: Request, action: str, target: str) -> None:
-        if append_audit is not None:
-            require_role(request, "operator", action=action, target=target)
+        require_role(request, "operator", action=action, target=target)
 
     # -- registry ----------------------------------------------------------------------
     async def upload(request: Request) -> Response:
