@@ -112,6 +112,18 @@ def page_param(max_page_size: int, cursor_pattern: str, filters: tuple[Param, ..
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PageParam:
+    """A list's :func:`page_param`, declared before the server's page size is known: the
+    document is built with ``api_max_page_size`` of the server that serves it."""
+
+    cursor_pattern: str
+    filters: tuple[Param, ...] = ()
+
+    def resolve(self, max_page_size: int) -> Param:
+        return page_param(max_page_size, self.cursor_pattern, self.filters)
+
+
 AGENT_ID_PARAM = Param(
     "id",
     "path",
