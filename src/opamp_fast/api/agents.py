@@ -62,11 +62,11 @@ from .params import (
     decode_history_cursor,
     encode_agent_cursor,
     encode_history_cursor,
-    parse_agent_id,
     parse_labels,
     parse_page,
     parse_q,
     parse_status,
+    path_agent_id,
 )
 from .responses import JSONResponse, encode_json
 from .roles import require_role
@@ -211,10 +211,6 @@ TO_AGENT = links(AGENT_OPERATIONS, id="$response.body#/agents/0/id")
 ID_ERRORS = (400, 404, 503)
 
 
-def _agent_id(request: Request) -> bytes:
-    return parse_agent_id(request.path_params["id"])
-
-
 async def _active(request: Request, uid: bytes, status: int) -> queries.ActiveRow:
     """The agent's live connection; 404 for an unknown agent, else ``status`` (a 404 or a 409)
     ``not_connected`` when it is not connected."""
@@ -337,7 +333,7 @@ async def list_agents(request: Request) -> Response:
     ),
 )
 async def get_agent(request: Request) -> Response:
-    uid = _agent_id(request)
+    uid = path_agent_id(request)
     services = services_of(request)
     row = await services.db.run(lambda conn: queries.agent_detail(conn, uid))
     if row is None:
@@ -366,7 +362,7 @@ async def get_agent(request: Request) -> Response:
     ),
 )
 async def agent_active_connection(request: Request) -> Response:
-    uid = _agent_id(request)
+    uid = path_agent_id(request)
     active = await _active(request, uid, 404)
     connected = _utc(active.connected_at)
     assert connected is not None
@@ -395,7 +391,7 @@ async def agent_active_connection(request: Request) -> Response:
     ),
 )
 async def agent_connection_history(request: Request) -> Response:
-    uid = _agent_id(request)
+    uid = path_agent_id(request)
     services = services_of(request)
     page = parse_page(request.query_params, services.settings.api_max_page_size)
     after: tuple[datetime, int] | None = None
@@ -431,7 +427,7 @@ async def agent_connection_history(request: Request) -> Response:
     ),
 )
 async def disconnect_agent(request: Request) -> Response:
-    uid = _agent_id(request)
+    uid = path_agent_id(request)
     target = f"agent:{format_instance_uid(uid)}"
     require_role(request, "admin", action="agent.disconnect", target=target)
     active = await _active(request, uid, 409)

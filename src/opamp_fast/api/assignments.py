@@ -9,6 +9,8 @@ same on every instance once its reload is done) and what the agent reported for 
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,7 +31,7 @@ from .body import body_integer, input_error, labels_schema, nullable, only_keys,
 from .config_models import AgentAssignment, AgentLabels, ConfigRef, RemoteConfigState
 from .configs import NAME_SCHEMA, VERSION_SCHEMA, refresh_configs, run_db
 from .errors import APIError
-from .params import AGENT_ID_PARAM, parse_agent_id
+from .params import AGENT_ID_PARAM, path_agent_id
 from .responses import JSONResponse
 from .roles import require_role
 from .routing import Operation, Router, links
@@ -113,6 +115,18 @@ def _assignment(
     )
 
 
+async def _agent_change(
+    request: Request, action: str, keys: set[str]
+) -> tuple[bytes, dict[str, Any]]:
+    """The agent of the path and the body (with only ``keys``), once the caller may change it."""
+    uid = path_agent_id(request)
+    target = f"agent:{format_instance_uid(uid)}"
+    require_role(request, "operator", action=action, target=target)
+    body = await read_object(request, MAX_BODY_BYTES)
+    only_keys(body, keys)
+    return uid, body
+
+
 router = Router()
 
 WRITE_ERRORS = (400, 403, 404, 413, 503)
@@ -133,11 +147,8 @@ WRITE_ERRORS = (400, 403, 404, 413, 503)
     ),
 )
 async def put_agent_labels(request: Request) -> Response:
-    uid = parse_agent_id(request.path_params["id"])
+    uid, body = await _agent_change(request, "agent.labels", {"labels"})
     text_id = format_instance_uid(uid)
-    require_role(request, "operator", action="agent.labels", target=f"agent:{text_id}")
-    body = await read_object(request, MAX_BODY_BYTES)
-    only_keys(body, {"labels"})
     try:
         labels = parse_labels(body.get("labels"))
     except ConfigInputError as exc:
@@ -170,7 +181,7 @@ async def put_agent_labels(request: Request) -> Response:
     ),
 )
 async def get_agent_config(request: Request) -> Response:
-    uid = parse_agent_id(request.path_params["id"])
+    uid = path_agent_id(request)
 
     def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
         outcome = cq.agent_outcome(conn, uid)
@@ -202,11 +213,8 @@ def _pin_text(pin: tuple[str, int] | None) -> str | None:
     ),
 )
 async def put_agent_config(request: Request) -> Response:
-    uid = parse_agent_id(request.path_params["id"])
+    uid, body = await _agent_change(request, "agent.config", {"config", "version"})
     text_id = format_instance_uid(uid)
-    require_role(request, "operator", action="agent.config", target=f"agent:{text_id}")
-    body = await read_object(request, MAX_BODY_BYTES)
-    only_keys(body, {"config", "version"})
     if "config" not in body:
         raise APIError(400, "invalid_body", "config: required (a config name, or null to unpin)")
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..auth import Principal
 from ..packages.registry import Ref, q_group_packages, q_set_group_packages
 from ..remote_config.model import (
     MAX_SELECTOR_KEYS,
@@ -295,6 +296,12 @@ def _rollback(conn: cq.Conn, request: Request, name: str, me: str) -> GroupInfo:
     return group_info(conn, group)
 
 
+def _writable_group(request: Request, action: str) -> tuple[str, Principal]:
+    """The group of the path, and the caller once it may ``action`` it."""
+    name = path_name(request)
+    return name, require_role(request, "operator", action=action, target=f"group:{name}")
+
+
 router = Router(tags=("groups",))
 
 WRITE_ERRORS = (400, 403, 404, 409, 413, 503)
@@ -357,8 +364,7 @@ async def get_group(request: Request) -> Response:
     ),
 )
 async def put_group(request: Request) -> Response:
-    name = path_name(request)
-    who = require_role(request, "operator", action="group.put", target=f"group:{name}")
+    name, who = _writable_group(request, "group.put")
     services = services_of(request)
     body = await read_object(request, MAX_BODY_BYTES)
     change = _group_change(body, packages_enabled=services.packages is not None)
@@ -380,8 +386,7 @@ async def put_group(request: Request) -> Response:
     ),
 )
 async def delete_group(request: Request) -> Response:
-    name = path_name(request)
-    require_role(request, "operator", action="group.delete", target=f"group:{name}")
+    name, _ = _writable_group(request, "group.delete")
     services = services_of(request)
 
     def work(conn: cq.Conn) -> None:
@@ -409,8 +414,7 @@ async def delete_group(request: Request) -> Response:
     ),
 )
 async def rollback_group(request: Request) -> Response:
-    name = path_name(request)
-    require_role(request, "operator", action="group.rollback", target=f"group:{name}")
+    name, _ = _writable_group(request, "group.rollback")
     services = services_of(request)
     me = services.settings.instance_id
     info = await run_db(services, lambda conn: _rollback(conn, request, name, me))

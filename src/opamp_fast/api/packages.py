@@ -71,7 +71,7 @@ from .package_models import (
     PackageVersionList,
     PackageVersionStatus,
 )
-from .params import AGENT_ID_PARAM, Param, parse_agent_id
+from .params import AGENT_ID_PARAM, Param, path_agent_id
 from .responses import JSONResponse
 from .roles import require_role
 from .routing import Operation, Router, links
@@ -390,6 +390,15 @@ async def _store_upload(request: Request, received: Upload) -> PackageInfo:
         raise _exists(name, version) from None
 
 
+async def _versions(request: Request) -> tuple[str, list[PackageInfo]]:
+    """The package of the path and its versions, newest first; 404 when it has none."""
+    name = _path_name(request)
+    infos = await services_of(request).db.run(lambda conn: q_versions(conn, name))
+    if not infos:
+        raise _not_found(name)
+    return name, infos
+
+
 router = Router(tags=("packages",))
 
 PACKAGE_ERRORS = (400, 404, 503)
@@ -464,10 +473,7 @@ async def list_packages(request: Request) -> Response:
     ),
 )
 async def package_versions(request: Request) -> Response:
-    name = _path_name(request)
-    infos = await services_of(request).db.run(lambda conn: q_versions(conn, name))
-    if not infos:
-        raise _not_found(name)
+    name, infos = await _versions(request)
     return JSONResponse(PackageVersionList(name, [version_model(i) for i in infos]))
 
 
@@ -482,10 +488,9 @@ async def package_versions(request: Request) -> Response:
     ),
 )
 async def latest_package(request: Request) -> Response:
-    name = _path_name(request)
-    info = latest_of(await services_of(request).db.run(lambda conn: q_versions(conn, name)))
-    if info is None:
-        raise _not_found(name)
+    _, infos = await _versions(request)
+    info = latest_of(infos)
+    assert info is not None
     return JSONResponse(version_model(info))
 
 
@@ -618,7 +623,7 @@ async def delete_package_version(request: Request) -> Response:
     ),
 )
 async def get_agent_packages(request: Request) -> Response:
-    uid = parse_agent_id(request.path_params["id"])
+    uid = path_agent_id(request)
     shown = await load_agent_packages(_registry(request), uid)
     if not shown.offered and shown.reported_at is None:
         if not await services_of(request).db.run(lambda conn: queries.agent_exists(conn, uid)):
@@ -643,7 +648,7 @@ async def get_agent_packages(request: Request) -> Response:
     ),
 )
 async def set_agent_packages(request: Request) -> Response:
-    uid = parse_agent_id(request.path_params["id"])
+    uid = path_agent_id(request)
     target = f"agent:{format_instance_uid(uid)}"
     require_role(request, "operator", action="agent.packages.set", target=target)
     body = await read_object(request, 64 * 1024)
