@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -130,8 +130,8 @@ def path_version(request: Request) -> int:
     return version
 
 
-def version_info(row: VersionRow) -> ConfigVersionInfo:
-    return ConfigVersionInfo(
+def _version_fields(row: VersionRow) -> tuple[str, int, str, int, datetime, str]:
+    return (
         row.name,
         row.version,
         row.config_hash.hex(),
@@ -141,20 +141,15 @@ def version_info(row: VersionRow) -> ConfigVersionInfo:
     )
 
 
+def version_info(row: VersionRow) -> ConfigVersionInfo:
+    return ConfigVersionInfo(*_version_fields(row))
+
+
 def version_detail(row: VersionRow) -> ConfigVersionDetail:
     files = {
         name: ConfigFile(f["body"], f["content_type"]) for name, f in (row.files or {}).items()
     }
-    info = version_info(row)
-    return ConfigVersionDetail(
-        info.name,
-        info.version,
-        info.hash,
-        info.size_bytes,
-        info.created_at,
-        info.created_by,
-        files,
-    )
+    return ConfigVersionDetail(*_version_fields(row), files)
 
 
 def _versions(conn: cq.Conn, name: str) -> list[VersionRow]:
