@@ -222,7 +222,8 @@ async def _matching(db: Database, labels: list[tuple[str, str]]) -> frozenset[st
 def _refresher(
     db: Database, labels: list[tuple[str, str]], agents: frozenset[str] | None
 ) -> Callable[[Subscriber], Awaitable[None]]:
-    """The stream's task re-resolving its label filter (agents come and go, labels change)."""
+    """The stream's task re-resolving its label filter every LABEL_REFRESH_S; what it finds is
+    kept within ``agents``, the set the stream opened with."""
 
     async def refresh(sub: Subscriber) -> None:
         while True:

@@ -133,7 +133,8 @@ class Router:
         return self._declare(path, operation, "DELETE")
 
     def page(self, path: str) -> Callable[[Endpoint], Endpoint]:
-        """A GET route left out of the OpenAPI document (what a browser opens)."""
+        """A GET route left out of the OpenAPI document: the console's and Swagger UI's pages
+        and files, and the document itself."""
         return self._declare(path, None, "GET")
 
     def _declare(
