@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from openapi_spec_validator import validate
 from starlette.routing import Route
 
 from opamp_fast.api.models import RESPONSE_STRUCTS
+from scripts.openapi_snapshot import SNAPSHOT, served_bytes, snapshot_text
 from tests.helpers.agents import HTTPAgent, open_ws_agent
 from tests.helpers.config_api import api_client, create_config
 from tests.integration.test_rest_api import insert_agents, insert_history, run_sql, token_for
@@ -131,6 +133,28 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
     for path, method in writes:  # every write says what it takes
         assert ("requestBody" in spec["paths"][path][method]) != ((path, method) in bodiless)
     assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+async def test_document_matches_snapshot(server) -> None:
+    """The served document is the committed snapshot, byte for byte: every route in its order,
+    operation ids, tags, parameters, links and schemas. When an API change is intended,
+    regenerate it with ``python scripts/openapi_snapshot.py --write`` and commit the file with
+    the change (its diff is the change to the document)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        served = (await client.get("/openapi.json")).content
+    recorded = SNAPSHOT.read_bytes()
+    if served != served_bytes(recorded):
+        diff = difflib.unified_diff(
+            recorded.decode().splitlines(),
+            snapshot_text(served).decode().splitlines(),
+            "openapi.snapshot.json",
+            "served /openapi.json",
+            lineterm="",
+        )
+        pytest.fail(
+            "the OpenAPI document changed; if that is intended, run "
+            "`python scripts/openapi_snapshot.py --write`:\n" + "\n".join(list(diff)[:80])
+        )
 
 
 async def test_405_lists_every_method_of_the_path(server) -> None:

@@ -32,11 +32,10 @@ from starlette.responses import Response
 
 from ..protocol import pb
 from ..protocol.codec import format_instance_uid
-from ..services import Services
 from ..storage import config_queries, queries
 from .assignments import remote_config_state
 from .audit import entry as audit_entry
-from .errors import APIError
+from .errors import APIError, agent_not_found
 from .models import (
     ActiveConnection,
     AgentDetail,
@@ -49,7 +48,6 @@ from .models import (
     StatusSummary,
     TransportCounts,
 )
-from .openapi import DocumentedRoute, Operation, links
 from .packages import load_agent_packages
 from .params import (
     AGENT_CURSOR_PATTERN,
@@ -59,19 +57,21 @@ from .params import (
     Q_PARAM,
     STATUS_PARAM,
     Page,
+    PageParam,
     decode_agent_cursor,
     decode_history_cursor,
     encode_agent_cursor,
     encode_history_cursor,
-    page_param,
-    parse_agent_id,
     parse_labels,
     parse_page,
     parse_q,
     parse_status,
+    path_agent_id,
 )
 from .responses import JSONResponse, encode_json
 from .roles import require_role
+from .routing import Operation, Router, links
+from .state import services_of, shared_of
 
 logger = logging.getLogger(__name__)
 
@@ -186,283 +186,259 @@ def _agent_page(rows: list[queries.AgentRow], total: int, page: Page) -> AgentLi
     )
 
 
+def _history_page(
+    uid: bytes, rows: list[queries.HistoryRow], total: int, page: Page
+) -> ConnectionHistoryPage:
+    next_cursor = None
+    if len(rows) > page.limit:
+        rows = rows[: page.limit]
+        next_cursor = encode_history_cursor(rows[-1].connected_at, rows[-1].id, total)
+    text_id = format_instance_uid(uid)
+    return ConnectionHistoryPage(
+        histories=[_history_item(text_id, r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+        next_cursor=next_cursor,
+    )
+
+
 # ---------------------------------------------------------------------------------- routes
 
+router = Router()
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    """The ``/api/agents`` routes."""
-    db = services.db
-    settings = services.settings
-    max_page = settings.api_max_page_size
-    list_page_param = page_param(max_page, AGENT_CURSOR_PATTERN)
-    to_agent = links(AGENT_OPERATIONS, id="$response.body#/agents/0/id")
-    filters = (STATUS_PARAM, LABEL_PARAM, Q_PARAM)
+TO_AGENT = links(AGENT_OPERATIONS, id="$response.body#/agents/0/id")
+ID_ERRORS = (400, 404, 503)
 
-    def agent_id(request: Request) -> bytes:
-        return parse_agent_id(request.path_params["id"])
 
-    def not_found(uid: bytes) -> APIError:
-        return APIError(404, "agent_not_found", f"no agent {format_instance_uid(uid)}")
+async def _active(request: Request, uid: bytes, status: int) -> queries.ActiveRow:
+    """The agent's live connection; 404 for an unknown agent, else ``status`` (a 404 or a 409)
+    ``not_connected`` when it is not connected."""
+    db = services_of(request).db
+    active = await db.run(lambda conn: queries.active_connection(conn, uid))
+    if active is not None:
+        return active
+    if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
+        raise agent_not_found(uid)
+    raise APIError(status, "not_connected", f"agent {format_instance_uid(uid)} is not connected")
 
-    last_counts: list[queries.FleetCounts] = []
 
-    async def summary(request: Request) -> Response:
-        try:
-            counts = await db.run(queries.fleet_counts)
-        except (psycopg.Error, PoolTimeout):
-            if not last_counts:
-                raise
-            counts = last_counts[0]  # the database is away: the last counts, with their time
-        else:
-            last_counts[:] = [counts]
-        return JSONResponse(
-            StatusSummary(
-                total=counts.total,
-                online=counts.online,
-                offline=counts.offline,
-                status_counts=StatusCounts(online=counts.online, offline=counts.offline),
-                online_by_transport=TransportCounts(ws=counts.online_ws, http=counts.online_http),
-                counts_as_of=_utc(counts.as_of),
-                instances=counts.instances,
-            )
+@router.get(
+    "/api/agents/status/summary",
+    Operation(
+        "Fleet status counts",
+        "The same from every instance, as of the last committed flushes (at most "
+        "`flush_interval_s` old): `total` is kept by the writers, `online` is the sum of "
+        "what each running instance published. O(instances), whatever the fleet size.",
+        response=StatusSummary,
+        errors=(503,),
+    ),
+)
+async def agent_status_summary(request: Request) -> Response:
+    shared = shared_of(request)
+    try:
+        counts = await services_of(request).db.run(queries.fleet_counts)
+    except (psycopg.Error, PoolTimeout):
+        if shared.last_counts is None:
+            raise
+        counts = shared.last_counts  # the database is away: the last counts, with their time
+    else:
+        shared.last_counts = counts
+    return JSONResponse(
+        StatusSummary(
+            total=counts.total,
+            online=counts.online,
+            offline=counts.offline,
+            status_counts=StatusCounts(online=counts.online, offline=counts.offline),
+            online_by_transport=TransportCounts(ws=counts.online_ws, http=counts.online_http),
+            counts_as_of=_utc(counts.as_of),
+            instances=counts.instances,
+        )
+    )
+
+
+async def _list_page(request: Request, flt: queries.AgentFilter) -> Response:
+    services = services_of(request)
+    page = parse_page(request.query_params, services.settings.api_max_page_size)
+    after: str | None = None
+    total: int | None = None
+    if page.cursor is not None:
+        after, total = decode_agent_cursor(page.cursor)
+    elif flt.only_status:
+        counts = await services.db.run(queries.fleet_counts)
+        total = {"online": counts.online, "offline": counts.offline}.get(
+            flt.status or "", counts.total
         )
 
-    async def list_page(request: Request, flt: queries.AgentFilter) -> Response:
-        page = parse_page(request.query_params, max_page)
-        after: str | None = None
-        total: int | None = None
-        if page.cursor is not None:
-            after, total = decode_agent_cursor(page.cursor)
-        elif flt.only_status:
-            counts = await db.run(queries.fleet_counts)
-            total = {"online": counts.online, "offline": counts.offline}.get(
-                flt.status or "", counts.total
-            )
-
-        def fetch(conn: queries.Conn) -> tuple[list[queries.AgentRow], int | None]:
-            return queries.list_agents(
-                conn, flt, limit=page.limit, offset=page.offset, after=after, count=total is None
-            )
-
-        rows, counted = await db.run(fetch)
-        return JSONResponse(_agent_page(rows, total if total is not None else counted or 0, page))
-
-    async def online(request: Request) -> Response:
-        return await list_page(request, queries.AgentFilter(status="online"))
-
-    async def offline(request: Request) -> Response:
-        return await list_page(request, queries.AgentFilter(status="offline"))
-
-    async def agents(request: Request) -> Response:
-        params = request.query_params
-        flt = queries.AgentFilter(
-            status=parse_status(params),
-            labels=tuple(parse_labels(params)),
-            name_prefix=parse_q(params),
-        )
-        return await list_page(request, flt)
-
-    async def agent(request: Request) -> Response:
-        uid = agent_id(request)
-        row = await db.run(lambda conn: queries.agent_detail(conn, uid))
-        if row is None:
-            raise not_found(uid)
-        # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
-        # worker thread, never on the event loop.
-        outcome = await db.run(lambda conn: config_queries.agent_outcome(conn, uid))
-        shown = detail(row)
-        if outcome is not None and services.configs is not None:
-            shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
-        if services.packages is not None:
-            shown.packages = await load_agent_packages(services.packages, uid)
-        body = await anyio.to_thread.run_sync(lambda: encode_json(shown))
-        return Response(body, media_type="application/json")
-
-    async def active_connection(request: Request) -> Response:
-        uid = agent_id(request)
-        active = await db.run(lambda conn: queries.active_connection(conn, uid))
-        if active is not None:
-            connected = _utc(active.connected_at)
-            assert connected is not None
-            return JSONResponse(
-                ActiveConnection(
-                    agent_id=format_instance_uid(uid),
-                    connected_at=connected,
-                    transport=active.transport,  # type: ignore[arg-type]
-                    remote_addr=active.remote_addr or "",
-                    last_seen_at=_utc(active.last_seen_at) or connected,
-                    duration_seconds=max(0.0, (datetime.now(UTC) - connected).total_seconds()),
-                    serving_instance=active.serving_instance,
-                )
-            )
-        if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
-            raise not_found(uid)
-        raise APIError(404, "not_connected", f"agent {format_instance_uid(uid)} is not connected")
-
-    async def disconnect(request: Request) -> Response:
-        uid = agent_id(request)
-        target = f"agent:{format_instance_uid(uid)}"
-        require_role(request, "admin", action="agent.disconnect", target=target)
-        active = await db.run(lambda conn: queries.active_connection(conn, uid))
-        if active is None:
-            if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
-                raise not_found(uid)
-            message = f"agent {format_instance_uid(uid)} is not connected"
-            raise APIError(409, "not_connected", message)
-        owner = active.serving_instance
-        if owner == settings.instance_id:
-            services.fleet.disconnect([uid])
-        else:
-            await services.cluster.notify(owner, "disconnect", uids=[uid.hex()])
-        row = audit_entry(request, "agent.disconnect", target, after={"serving_instance": owner})
-        await db.run(lambda conn: config_queries.append_audit(conn, row))
-        return JSONResponse(
-            DisconnectAccepted(agent_id=format_instance_uid(uid), serving_instance=owner), 202
+    def fetch(conn: queries.Conn) -> tuple[list[queries.AgentRow], int | None]:
+        return queries.list_agents(
+            conn, flt, limit=page.limit, offset=page.offset, after=after, count=total is None
         )
 
-    async def history(request: Request) -> Response:
-        uid = agent_id(request)
-        page = parse_page(request.query_params, max_page)
-        after: tuple[datetime, int] | None = None
-        carried: int | None = None
-        if page.cursor is not None:
-            at, row_id, carried = decode_history_cursor(page.cursor)
-            after = (at, row_id)
+    rows, counted = await services.db.run(fetch)
+    return JSONResponse(_agent_page(rows, total if total is not None else counted or 0, page))
 
-        def fetch(conn: queries.Conn) -> queries.HistoryPage:
-            return queries.history_page(
-                conn, uid, limit=page.limit, offset=page.offset, after=after, count=after is None
-            )
 
-        result = await db.run(fetch)
-        if not result.agent_known:
-            raise not_found(uid)
-        total = result.total if result.total is not None else carried or 0
-        rows = result.rows
-        next_cursor = None
-        if len(rows) > page.limit:
-            rows = rows[: page.limit]
-            next_cursor = encode_history_cursor(rows[-1].connected_at, rows[-1].id, total)
-        text_id = format_instance_uid(uid)
-        return JSONResponse(
-            ConnectionHistoryPage(
-                histories=[_history_item(text_id, r) for r in rows],
-                total=total,
-                limit=page.limit,
-                offset=page.offset,
-                next_cursor=next_cursor,
-            )
+def _status_list(summary: str) -> Operation:
+    return Operation(
+        summary,
+        "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
+        params=(PageParam(AGENT_CURSOR_PATTERN),),
+        response=AgentList,
+        errors=(400, 503),
+        links=TO_AGENT,
+    )
+
+
+@router.get("/api/agents/online", _status_list("Online agents"))
+async def online_agents(request: Request) -> Response:
+    return await _list_page(request, queries.AgentFilter(status="online"))
+
+
+@router.get("/api/agents/offline", _status_list("Offline agents"))
+async def offline_agents(request: Request) -> Response:
+    return await _list_page(request, queries.AgentFilter(status="offline"))
+
+
+@router.get(
+    "/api/agents",
+    Operation(
+        "List agents",
+        "All agents stored in Postgres, sorted by id, filtered by status, labels and name prefix.",
+        params=(PageParam(AGENT_CURSOR_PATTERN, (STATUS_PARAM, LABEL_PARAM, Q_PARAM)),),
+        response=AgentList,
+        errors=(400, 503),
+        links=TO_AGENT,
+    ),
+)
+async def list_agents(request: Request) -> Response:
+    params = request.query_params
+    flt = queries.AgentFilter(
+        status=parse_status(params),
+        labels=tuple(parse_labels(params)),
+        name_prefix=parse_q(params),
+    )
+    return await _list_page(request, flt)
+
+
+@router.get(
+    "/api/agents/{id}",
+    Operation(
+        "Agent detail",
+        "The agent's stored state (up to one writer flush behind), the same from every "
+        "instance; `serving_instance` holds its connection.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentDetail,
+        errors=ID_ERRORS,
+    ),
+)
+async def get_agent(request: Request) -> Response:
+    uid = path_agent_id(request)
+    services = services_of(request)
+    row = await services.db.run(lambda conn: queries.agent_detail(conn, uid))
+    if row is None:
+        raise agent_not_found(uid)
+    outcome = await services.db.run(lambda conn: config_queries.agent_outcome(conn, uid))
+    shown = detail(row)
+    if outcome is not None and services.configs is not None:
+        shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
+    if services.packages is not None:
+        shown.packages = await load_agent_packages(services.packages, uid)
+    # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
+    # worker thread, never on the event loop.
+    body = await anyio.to_thread.run_sync(lambda: encode_json(shown))
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/api/agents/{id}/active-connection",
+    Operation(
+        "The agent's live connection",
+        "Wherever it is connected (`serving_instance`); 404 `not_connected` when it is "
+        "not connected.",
+        params=(AGENT_ID_PARAM,),
+        response=ActiveConnection,
+        errors=ID_ERRORS,
+    ),
+)
+async def agent_active_connection(request: Request) -> Response:
+    uid = path_agent_id(request)
+    active = await _active(request, uid, 404)
+    connected = _utc(active.connected_at)
+    assert connected is not None
+    return JSONResponse(
+        ActiveConnection(
+            agent_id=format_instance_uid(uid),
+            connected_at=connected,
+            transport=active.transport,  # type: ignore[arg-type]
+            remote_addr=active.remote_addr or "",
+            last_seen_at=_utc(active.last_seen_at) or connected,
+            duration_seconds=max(0.0, (datetime.now(UTC) - connected).total_seconds()),
+            serving_instance=active.serving_instance,
+        )
+    )
+
+
+@router.get(
+    "/api/agents/{id}/connection-history",
+    Operation(
+        "The agent's connection history",
+        "Newest first (connected_at, id descending). Page with limit/offset, or follow "
+        "`next_cursor` (keyset, constant cost per page).",
+        params=(AGENT_ID_PARAM, PageParam(HISTORY_CURSOR_PATTERN)),
+        response=ConnectionHistoryPage,
+        errors=ID_ERRORS,
+    ),
+)
+async def agent_connection_history(request: Request) -> Response:
+    uid = path_agent_id(request)
+    services = services_of(request)
+    page = parse_page(request.query_params, services.settings.api_max_page_size)
+    after: tuple[datetime, int] | None = None
+    carried: int | None = None
+    if page.cursor is not None:
+        at, row_id, carried = decode_history_cursor(page.cursor)
+        after = (at, row_id)
+
+    def fetch(conn: queries.Conn) -> queries.HistoryPage:
+        return queries.history_page(
+            conn, uid, limit=page.limit, offset=page.offset, after=after, count=after is None
         )
 
-    id_errors = (400, 404, 503)
-    return [
-        DocumentedRoute(
-            "/api/agents/status/summary",
-            summary,
-            Operation(
-                "Fleet status counts",
-                "The same from every instance, as of the last committed flushes (at most "
-                "`flush_interval_s` old): `total` is kept by the writers, `online` is the sum of "
-                "what each running instance published. O(instances), whatever the fleet size.",
-                response=StatusSummary,
-                errors=(503,),
-            ),
-            name="agent_status_summary",
-        ),
-        DocumentedRoute(
-            "/api/agents/online",
-            online,
-            Operation(
-                "Online agents",
-                "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
-                params=(list_page_param,),
-                response=AgentList,
-                errors=(400, 503),
-                links=to_agent,
-            ),
-            name="online_agents",
-        ),
-        DocumentedRoute(
-            "/api/agents/offline",
-            offline,
-            Operation(
-                "Offline agents",
-                "Fleet-wide, from Postgres (up to one writer flush behind), sorted by agent id.",
-                params=(list_page_param,),
-                response=AgentList,
-                errors=(400, 503),
-                links=to_agent,
-            ),
-            name="offline_agents",
-        ),
-        DocumentedRoute(
-            "/api/agents",
-            agents,
-            Operation(
-                "List agents",
-                "All agents stored in Postgres, sorted by id, filtered by status, labels "
-                "and name prefix.",
-                params=(page_param(max_page, AGENT_CURSOR_PATTERN, filters),),
-                response=AgentList,
-                errors=(400, 503),
-                links=to_agent,
-            ),
-            name="list_agents",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}",
-            agent,
-            Operation(
-                "Agent detail",
-                "The agent's stored state (up to one writer flush behind), the same from every "
-                "instance; `serving_instance` holds its connection.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentDetail,
-                errors=id_errors,
-            ),
-            name="get_agent",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/active-connection",
-            active_connection,
-            Operation(
-                "The agent's live connection",
-                "Wherever it is connected (`serving_instance`); 404 `not_connected` when it is "
-                "not connected.",
-                params=(AGENT_ID_PARAM,),
-                response=ActiveConnection,
-                errors=id_errors,
-            ),
-            name="agent_active_connection",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/connection-history",
-            history,
-            Operation(
-                "The agent's connection history",
-                "Newest first (connected_at, id descending). Page with limit/offset, or follow "
-                "`next_cursor` (keyset, constant cost per page).",
-                params=(AGENT_ID_PARAM, page_param(max_page, HISTORY_CURSOR_PATTERN)),
-                response=ConnectionHistoryPage,
-                errors=id_errors,
-            ),
-            name="agent_connection_history",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/disconnect",
-            disconnect,
-            Operation(
-                "Disconnect an agent",
-                "Closes the agent's connection on the instance that holds it (routed there "
-                'over Postgres LISTEN/NOTIFY) and ends its session ("disconnected by an '
-                'operator"); the agent may reconnect. 202 once the instance is told; 409 '
-                "`not_connected` when it is not connected.",
-                params=(AGENT_ID_PARAM,),
-                response=DisconnectAccepted,
-                errors=(400, 404, 409, 503),
-                method="POST",
-                status=202,
-            ),
-            name="disconnect_agent",
-        ),
-    ]
+    result = await services.db.run(fetch)
+    if not result.agent_known:
+        raise agent_not_found(uid)
+    total = result.total if result.total is not None else carried or 0
+    return JSONResponse(_history_page(uid, result.rows, total, page))
+
+
+@router.post(
+    "/api/agents/{id}/disconnect",
+    Operation(
+        "Disconnect an agent",
+        "Closes the agent's connection on the instance that holds it (routed there "
+        'over Postgres LISTEN/NOTIFY) and ends its session ("disconnected by an '
+        'operator"); the agent may reconnect. 202 once the instance is told; 409 '
+        "`not_connected` when it is not connected.",
+        params=(AGENT_ID_PARAM,),
+        response=DisconnectAccepted,
+        errors=(400, 404, 409, 503),
+        status=202,
+    ),
+)
+async def disconnect_agent(request: Request) -> Response:
+    uid = path_agent_id(request)
+    target = f"agent:{format_instance_uid(uid)}"
+    require_role(request, "admin", action="agent.disconnect", target=target)
+    active = await _active(request, uid, 409)
+    services = services_of(request)
+    owner = active.serving_instance
+    if owner == services.settings.instance_id:
+        services.fleet.disconnect([uid])
+    else:
+        await services.cluster.notify(owner, "disconnect", uids=[uid.hex()])
+    row = audit_entry(request, "agent.disconnect", target, after={"serving_instance": owner})
+    await services.db.run(lambda conn: config_queries.append_audit(conn, row))
+    return JSONResponse(
+        DisconnectAccepted(agent_id=format_instance_uid(uid), serving_instance=owner), 202
+    )

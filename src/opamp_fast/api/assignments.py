@@ -29,12 +29,13 @@ from ..storage.config_queries import AgentOutcome, NotFound
 from . import audit
 from .body import body_integer, input_error, labels_schema, nullable, only_keys, read_object
 from .config_models import AgentAssignment, AgentLabels, ConfigRef, RemoteConfigState
-from .configs import NAME_SCHEMA, VERSION_SCHEMA, run_db
+from .configs import NAME_SCHEMA, VERSION_SCHEMA, refresh_configs, run_db
 from .errors import APIError
-from .openapi import DocumentedRoute, Operation, links
-from .params import AGENT_ID_PARAM, parse_agent_id
+from .params import AGENT_ID_PARAM, path_agent_id
 from .responses import JSONResponse
 from .roles import require_role
+from .routing import Operation, Router, links
+from .state import services_of
 
 MAX_BODY_BYTES = 64 * 1024
 LABELS_BODY = {
@@ -99,161 +100,156 @@ def remote_config_state(
     )
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    me = services.settings.instance_id
-
-    def directory() -> Directory:
-        return services.configs.directory if services.configs is not None else Directory()
-
-    async def refresh() -> None:
-        if services.configs is not None:
-            await services.configs.refresh()
-
-    async def put_labels(request: Request) -> Response:
-        uid = parse_agent_id(request.path_params["id"])
-        text_id = format_instance_uid(uid)
-        require_role(request, "operator", action="agent.labels", target=f"agent:{text_id}")
-        body = await read_object(request, MAX_BODY_BYTES)
-        only_keys(body, {"labels"})
-        try:
-            labels = parse_labels(body.get("labels"))
-        except ConfigInputError as exc:
-            raise input_error(exc) from None
-
-        def work(conn: cq.Conn) -> None:
-            before = cq.set_labels(conn, uid, labels)
-            if before is None:
-                raise NotFound("agent_not_found", f"no agent {text_id}")
-            entry = audit.entry(
-                request, "agent.labels", f"agent:{text_id}", before=before, after=labels
-            )
-            cq.append_audit(conn, entry)
-            cq.notify_changed(conn, me)
-
-        await run_db(services, work)
-        await refresh()
-        return JSONResponse(AgentLabels(text_id, labels))
-
-    async def get_config(request: Request) -> Response:
-        uid = parse_agent_id(request.path_params["id"])
-        text_id = format_instance_uid(uid)
-
-        def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
-            outcome = cq.agent_outcome(conn, uid)
-            if outcome is None:
-                raise NotFound("agent_not_found", f"no agent {text_id}")
-            return outcome, cq.get_pin(conn, uid)
-
-        outcome, pin = await run_db(services, work)
-        return JSONResponse(
-            AgentAssignment(
-                agent_id=text_id,
-                pinned=None if pin is None else ConfigRef(*pin),
-                remote_config=remote_config_state(directory(), uid, outcome),
-            )
+def _assignment(
+    services: Services, uid: bytes, outcome: AgentOutcome, pin: tuple[str, int] | None
+) -> Response:
+    configs = services.configs
+    return JSONResponse(
+        AgentAssignment(
+            agent_id=format_instance_uid(uid),
+            pinned=None if pin is None else ConfigRef(*pin),
+            remote_config=remote_config_state(
+                configs.directory if configs is not None else Directory(), uid, outcome
+            ),
         )
+    )
 
-    async def put_config(request: Request) -> Response:
-        uid = parse_agent_id(request.path_params["id"])
-        text_id = format_instance_uid(uid)
-        require_role(request, "operator", action="agent.config", target=f"agent:{text_id}")
-        body = await read_object(request, MAX_BODY_BYTES)
-        only_keys(body, {"config", "version"})
-        if "config" not in body:
-            raise APIError(
-                400, "invalid_body", "config: required (a config name, or null to unpin)"
-            )
-        try:
-            config = config_name_or_none(body["config"])
-        except ConfigInputError as exc:
-            raise input_error(exc) from None
-        version = body.get("version")
-        if version is not None:
-            version = body_integer(version, "version", 1, 2**31 - 1)
 
-        def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
-            if not cq.agent_known(conn, uid):
-                raise NotFound("agent_not_found", f"no agent {text_id}")
-            before = cq.get_pin(conn, uid)
-            pin: tuple[str, int] | None = None
-            if config is None:
-                cq.clear_pin(conn, uid)
-            else:
-                row = cq.require_version(conn, config, version)
-                pin = (row.name, row.version)
-                cq.set_pin(conn, uid, *pin)
-            show: Any = lambda p: None if p is None else f"{p[0]}@{p[1]}"  # noqa: E731
-            cq.append_audit(
-                conn,
-                audit.entry(
-                    request,
-                    "agent.config",
-                    f"agent:{text_id}",
-                    before={"pin": show(before)},
-                    after={"pin": show(pin)},
-                ),
-            )
-            cq.notify_changed(conn, me)
-            outcome = cq.agent_outcome(conn, uid)
-            assert outcome is not None
-            return outcome, pin
+async def _agent_change(
+    request: Request, action: str, keys: set[str]
+) -> tuple[bytes, dict[str, Any]]:
+    """The agent of the path and the body (with only ``keys``), once the caller may change it."""
+    uid = path_agent_id(request)
+    target = f"agent:{format_instance_uid(uid)}"
+    require_role(request, "operator", action=action, target=target)
+    body = await read_object(request, MAX_BODY_BYTES)
+    only_keys(body, keys)
+    return uid, body
 
-        outcome, pin = await run_db(services, work)
-        await refresh()
-        return JSONResponse(
-            AgentAssignment(
-                agent_id=text_id,
-                pinned=None if pin is None else ConfigRef(*pin),
-                remote_config=remote_config_state(directory(), uid, outcome),
-            )
+
+router = Router()
+
+WRITE_ERRORS = (400, 403, 404, 413, 503)
+
+
+@router.put(
+    "/api/agents/{id}/labels",
+    Operation(
+        "Set an agent's operator labels",
+        'Body: `{"labels": {"env": "prod"}}` (replaces them). Groups select on them, '
+        "and on the agent's own attributes; `?label=` filters the lists. Needs the "
+        "operator role.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentLabels,
+        errors=WRITE_ERRORS,
+        body=LABELS_BODY,
+        links=links(["get_agent"], id="$request.path.id"),
+    ),
+)
+async def put_agent_labels(request: Request) -> Response:
+    uid, body = await _agent_change(request, "agent.labels", {"labels"})
+    text_id = format_instance_uid(uid)
+    try:
+        labels = parse_labels(body.get("labels"))
+    except ConfigInputError as exc:
+        raise input_error(exc) from None
+    services = services_of(request)
+
+    def work(conn: cq.Conn) -> None:
+        before = cq.set_labels(conn, uid, labels)
+        if before is None:
+            raise NotFound("agent_not_found", f"no agent {text_id}")
+        entry = audit.entry(
+            request, "agent.labels", f"agent:{text_id}", before=before, after=labels
         )
+        cq.append_audit(conn, entry)
+        cq.notify_changed(conn, services.settings.instance_id)
 
-    write_errors = (400, 403, 404, 413, 503)
-    return [
-        DocumentedRoute(
-            "/api/agents/{id}/labels",
-            put_labels,
-            Operation(
-                "Set an agent's operator labels",
-                'Body: `{"labels": {"env": "prod"}}` (replaces them). Groups select on them, '
-                "and on the agent's own attributes; `?label=` filters the lists. Needs the "
-                "operator role.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentLabels,
-                errors=write_errors,
-                method="PUT",
-                body=LABELS_BODY,
-                links=links(["get_agent"], id="$request.path.id"),
-            ),
-            name="put_agent_labels",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/config",
-            get_config,
-            Operation(
-                "An agent's config assignment",
-                "Its pin, if any, and the effective assignment with the agent's outcome.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentAssignment,
-                errors=(400, 404, 503),
-            ),
-            name="get_agent_config",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/config",
-            put_config,
-            Operation(
-                "Pin an agent to a config version",
-                'Body: `{"config": "<name>", "version": n}` (`version` defaults to the latest); '
-                '`{"config": null}` removes the pin. A pin wins over every group. Needs the '
-                "operator role.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentAssignment,
-                errors=write_errors,
-                method="PUT",
-                body=PIN_BODY,
-                links=links(["get_agent_config"], id="$request.path.id"),
-            ),
-            name="put_agent_config",
-        ),
-    ]
+    await run_db(services, work)
+    await refresh_configs(services)
+    return JSONResponse(AgentLabels(text_id, labels))
+
+
+@router.get(
+    "/api/agents/{id}/config",
+    Operation(
+        "An agent's config assignment",
+        "Its pin, if any, and the effective assignment with the agent's outcome.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentAssignment,
+        errors=(400, 404, 503),
+    ),
+)
+async def get_agent_config(request: Request) -> Response:
+    uid = path_agent_id(request)
+
+    def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
+        outcome = cq.agent_outcome(conn, uid)
+        if outcome is None:
+            raise NotFound("agent_not_found", f"no agent {format_instance_uid(uid)}")
+        return outcome, cq.get_pin(conn, uid)
+
+    services = services_of(request)
+    outcome, pin = await run_db(services, work)
+    return _assignment(services, uid, outcome, pin)
+
+
+def _pin_text(pin: tuple[str, int] | None) -> str | None:
+    return None if pin is None else f"{pin[0]}@{pin[1]}"
+
+
+@router.put(
+    "/api/agents/{id}/config",
+    Operation(
+        "Pin an agent to a config version",
+        'Body: `{"config": "<name>", "version": n}` (`version` defaults to the latest); '
+        '`{"config": null}` removes the pin. A pin wins over every group. Needs the '
+        "operator role.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentAssignment,
+        errors=WRITE_ERRORS,
+        body=PIN_BODY,
+        links=links(["get_agent_config"], id="$request.path.id"),
+    ),
+)
+async def put_agent_config(request: Request) -> Response:
+    uid, body = await _agent_change(request, "agent.config", {"config", "version"})
+    text_id = format_instance_uid(uid)
+    if "config" not in body:
+        raise APIError(400, "invalid_body", "config: required (a config name, or null to unpin)")
+    try:
+        config = config_name_or_none(body["config"])
+    except ConfigInputError as exc:
+        raise input_error(exc) from None
+    version = body.get("version")
+    if version is not None:
+        version = body_integer(version, "version", 1, 2**31 - 1)
+    services = services_of(request)
+
+    def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
+        if not cq.agent_known(conn, uid):
+            raise NotFound("agent_not_found", f"no agent {text_id}")
+        before = cq.get_pin(conn, uid)
+        pin: tuple[str, int] | None = None
+        if config is None:
+            cq.clear_pin(conn, uid)
+        else:
+            row = cq.require_version(conn, config, version)
+            pin = (row.name, row.version)
+            cq.set_pin(conn, uid, *pin)
+        entry = audit.entry(
+            request,
+            "agent.config",
+            f"agent:{text_id}",
+            before={"pin": _pin_text(before)},
+            after={"pin": _pin_text(pin)},
+        )
+        cq.append_audit(conn, entry)
+        cq.notify_changed(conn, services.settings.instance_id)
+        outcome = cq.agent_outcome(conn, uid)
+        assert outcome is not None
+        return outcome, pin
+
+    outcome, pin = await run_db(services, work)
+    await refresh_configs(services)
+    return _assignment(services, uid, outcome, pin)

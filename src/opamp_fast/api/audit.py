@@ -16,11 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth import principal_of
-from ..services import Services
 from ..storage.config_queries import AuditEntry, AuditFilter, append_audit, audit_page
 from .config_models import AuditPage, AuditRecord
 from .errors import invalid_parameter
-from .openapi import DocumentedRoute, Operation
 from .params import (
     EPOCH,
     MAX_TEXT_CHARS,
@@ -33,8 +31,10 @@ from .params import (
 )
 from .responses import JSONResponse, error_response
 from .roles import Forbidden, client_addr, request_id, require_role
+from .routing import Operation, Router
+from .state import services_of
 
-__all__ = ["entry", "exception_handlers", "routes"]
+__all__ = ["EXCEPTION_HANDLERS", "entry", "router"]
 
 AUDIT_CURSOR_PATTERN = r"^l\.-?[0-9]{1,16}\.[0-9]{1,18}$"  # the last row's time (micros), id
 DEFAULT_LIMIT = 100
@@ -58,32 +58,32 @@ def entry(
     )
 
 
-def exception_handlers(services: Services) -> dict[type[Exception], Any]:
+async def forbidden(request: Request, exc: Exception) -> Response:
     """The 403 handler: audit the refusal, then answer with the JSON error."""
+    assert isinstance(exc, Forbidden)
+    row = AuditEntry(
+        exc.who.subject,
+        exc.who.role,
+        exc.action,
+        _printable(exc.target),
+        outcome="denied",
+        after={
+            "needs": exc.minimum,
+            "method": request.method,
+            "path": _printable(request.url.path),
+        },
+        request_id=request_id(request),
+        client_addr=client_addr(request),
+    )
+    services = services_of(request)
+    if services.denials is not None:
+        await services.denials.record(row)
+    else:
+        await services.db.run(lambda conn: append_audit(conn, row))
+    return error_response(exc.status, exc.code, exc.message)
 
-    async def forbidden(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, Forbidden)
-        row = AuditEntry(
-            exc.who.subject,
-            exc.who.role,
-            exc.action,
-            _printable(exc.target),
-            outcome="denied",
-            after={
-                "needs": exc.minimum,
-                "method": request.method,
-                "path": _printable(request.url.path),
-            },
-            request_id=request_id(request),
-            client_addr=client_addr(request),
-        )
-        if services.denials is not None:
-            await services.denials.record(row)
-        else:
-            await services.db.run(lambda conn: append_audit(conn, row))
-        return error_response(exc.status, exc.code, exc.message)
 
-    return {Forbidden: forbidden}
+EXCEPTION_HANDLERS = {Forbidden: forbidden}
 
 
 def _printable(text: str) -> str:
@@ -148,42 +148,38 @@ _FILTER_PARAMS = (
 )
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    db = services.db
+router = Router(tags=("audit",))
 
-    async def audit(request: Request) -> Response:
-        require_role(request, "operator", action="audit.read", target="audit")
-        flt = AuditFilter(
-            actor=_text(request, "actor"),
-            target=_text(request, "target"),
-            action=_text(request, "action"),
-            since=_time(request, "since"),
-            until=_time(request, "until"),
-        )
-        limit = query_integer(request.query_params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        after = _cursor(request)
-        rows = await db.run(lambda conn: audit_page(conn, flt, limit=limit, after=after))
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = _encode_cursor(rows[-1][1], rows[-1][0])
-        entries = [AuditRecord(r[0], r[1].astimezone(UTC), *r[2:]) for r in rows]
-        return JSONResponse(AuditPage(entries=entries, limit=limit, next_cursor=next_cursor))
 
-    return [
-        DocumentedRoute(
-            "/api/audit",
-            audit,
-            Operation(
-                "Audit log",
-                "Every change made through the API (and token minting by the CLI), refused "
-                "ones included (`outcome: denied`), newest first, keyset-paginated. "
-                "Needs the operator role. Append-only, enforced by the database.",
-                params=_FILTER_PARAMS,
-                response=AuditPage,
-                errors=(400, 403, 503),
-                tags=("audit",),
-            ),
-            name="audit_log",
-        )
-    ]
+@router.get(
+    "/api/audit",
+    Operation(
+        "Audit log",
+        "Every change made through the API (and token minting by the CLI), refused "
+        "ones included (`outcome: denied`), newest first, keyset-paginated. "
+        "Needs the operator role. Append-only, enforced by the database.",
+        params=_FILTER_PARAMS,
+        response=AuditPage,
+        errors=(400, 403, 503),
+    ),
+)
+async def audit_log(request: Request) -> Response:
+    require_role(request, "operator", action="audit.read", target="audit")
+    flt = AuditFilter(
+        actor=_text(request, "actor"),
+        target=_text(request, "target"),
+        action=_text(request, "action"),
+        since=_time(request, "since"),
+        until=_time(request, "until"),
+    )
+    limit = query_integer(request.query_params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = _cursor(request)
+    rows = await services_of(request).db.run(
+        lambda conn: audit_page(conn, flt, limit=limit, after=after)
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1][1], rows[-1][0])
+    entries = [AuditRecord(r[0], r[1].astimezone(UTC), *r[2:]) for r in rows]
+    return JSONResponse(AuditPage(entries=entries, limit=limit, next_cursor=next_cursor))

@@ -31,15 +31,9 @@ class ConfigVersionInfo(msgspec.Struct):
     created_by: str
 
 
-class ConfigVersionDetail(msgspec.Struct):
+class ConfigVersionDetail(ConfigVersionInfo):
     """A version of a config with its files."""
 
-    name: str
-    version: int
-    hash: str
-    size_bytes: int
-    created_at: datetime
-    created_by: str
     files: dict[str, ConfigFile]
 
 

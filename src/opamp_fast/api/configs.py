@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -48,10 +48,12 @@ from .config_models import (
     VersionStatus,
 )
 from .errors import APIError, invalid_parameter
-from .openapi import DocumentedRoute, Operation, json_response, links
+from .openapi import json_response
 from .params import NO_NUL_PATTERN, Param, text_schema
 from .responses import JSONResponse
 from .roles import require_role
+from .routing import Operation, Router, links
+from .state import services_of
 
 T = TypeVar("T")
 ENVELOPE_BYTES = 1024  # room for the rest of the ServerToAgent message around the files
@@ -106,6 +108,13 @@ async def run_db(services: Services, fn: Callable[[cq.Conn], T]) -> T:
         raise APIError(409, "conflict", f"conflicting change: {exc.diag.message_primary}") from None
 
 
+async def refresh_configs(services: Services) -> None:
+    """Reload this instance's directory before answering, so that the answer and this
+    instance's agents see the change at once (the other instances reload on its notice)."""
+    if services.configs is not None:
+        await services.configs.refresh()
+
+
 def path_name(request: Request, key: str = "name", what: str = "name") -> str:
     try:
         return parse_name(request.path_params[key], what)
@@ -121,8 +130,8 @@ def path_version(request: Request) -> int:
     return version
 
 
-def version_info(row: VersionRow) -> ConfigVersionInfo:
-    return ConfigVersionInfo(
+def _version_fields(row: VersionRow) -> tuple[str, int, str, int, datetime, str]:
+    return (
         row.name,
         row.version,
         row.config_hash.hex(),
@@ -132,217 +141,196 @@ def version_info(row: VersionRow) -> ConfigVersionInfo:
     )
 
 
+def version_info(row: VersionRow) -> ConfigVersionInfo:
+    return ConfigVersionInfo(*_version_fields(row))
+
+
 def version_detail(row: VersionRow) -> ConfigVersionDetail:
     files = {
         name: ConfigFile(f["body"], f["content_type"]) for name, f in (row.files or {}).items()
     }
-    info = version_info(row)
-    return ConfigVersionDetail(
-        info.name,
-        info.version,
-        info.hash,
-        info.size_bytes,
-        info.created_at,
-        info.created_by,
-        files,
+    return ConfigVersionDetail(*_version_fields(row), files)
+
+
+def _versions(conn: cq.Conn, name: str) -> list[VersionRow]:
+    """The versions of config ``name``, newest first, or a 404 ``config_not_found``."""
+    versions = cq.versions_of(conn, name)
+    if not versions:
+        raise NotFound("config_not_found", f"no config {name!r}")
+    return versions
+
+
+router = Router(tags=("configs",))
+
+ERRORS = (400, 404, 503)
+
+
+@router.post(
+    "/api/configs",
+    Operation(
+        "Create a config version",
+        'Body: `{"name", "files": {"<file>": {"body", "content_type"}}}`. A new version '
+        "when the content is new (201), the existing one when an identical version "
+        "exists (200). The hash is the OpAMP config hash. Needs the operator role; "
+        "bodies beyond `max_message_bytes` get 413.",
+        response=ConfigCreated,
+        errors=(400, 403, 409, 413, 503),
+        status=201,
+        extra_responses={
+            "200": json_response("An identical version exists: it is returned.", ConfigCreated)
+        },
+        body=CONFIG_BODY,
+        links={
+            **links(["get_config", "config_status", "delete_config"], name=CREATED_NAME),
+            **links(["get_config_version"], name=CREATED_NAME, version=CREATED_VERSION),
+        },
+    ),
+)
+async def create_config(request: Request) -> Response:
+    services = services_of(request)
+    max_bytes = services.settings.max_message_bytes
+    body = await read_object(request, max_bytes)
+    raw = body.get("name")
+    target = f"config:{raw}"[:200] if isinstance(raw, str) else "config"
+    who = require_role(request, "operator", action="config.create", target=target)
+    try:
+        only_keys(body, {"name", "files"})
+        name = parse_name(raw)
+        files = parse_files(body.get("files"), max_bytes=max_bytes - ENVELOPE_BYTES)
+    except ConfigInputError as exc:
+        raise input_error(exc) from None
+    stored = files_to_json(files)
+    config_hash = remote_config_hash(files)
+    size = sum(len(b) for b, _ in files.values())
+
+    def work(conn: cq.Conn) -> tuple[VersionRow, bool]:
+        row, created = cq.create_version(conn, name, stored, config_hash, size, who.subject)
+        if created:
+            after = {"version": row.version, "hash": config_hash.hex(), "files": sorted(files)}
+            cq.append_audit(
+                conn, audit.entry(request, "config.create", f"config:{name}", after=after)
+            )
+        return row, created
+
+    row, created = await run_db(services, work)
+    detail = version_detail(dataclasses.replace(row, files=stored))
+    return JSONResponse(ConfigCreated(created, detail), 201 if created else 200)
+
+
+@router.get(
+    "/api/configs",
+    Operation(
+        "List configs",
+        "Every config with its latest version.",
+        response=ConfigList,
+        errors=(503,),
+    ),
+)
+async def list_configs(request: Request) -> Response:
+    rows = await run_db(services_of(request), cq.list_configs)
+    return JSONResponse(
+        ConfigList(
+            [
+                ConfigSummary(n, v, int(c), bytes(h).hex(), t.astimezone(UTC))
+                for n, v, c, h, t in rows
+            ]
+        )
     )
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    settings = services.settings
-    max_bytes = settings.max_message_bytes
+@router.get(
+    "/api/configs/{name}",
+    Operation(
+        "A config's versions",
+        "Newest first.",
+        params=(NAME_PARAM,),
+        response=ConfigDetail,
+        errors=ERRORS,
+    ),
+)
+async def get_config(request: Request) -> Response:
+    name = path_name(request)
+    rows = await run_db(services_of(request), lambda conn: _versions(conn, name))
+    return JSONResponse(ConfigDetail(name, [version_info(r) for r in rows]))
 
-    async def create(request: Request) -> Response:
-        body = await read_object(request, max_bytes)
-        raw = body.get("name")
-        target = f"config:{raw}"[:200] if isinstance(raw, str) else "config"
-        who = require_role(request, "operator", action="config.create", target=target)
-        try:
-            only_keys(body, {"name", "files"})
-            name = parse_name(raw)
-            files = parse_files(body.get("files"), max_bytes=max_bytes - ENVELOPE_BYTES)
-        except ConfigInputError as exc:
-            raise input_error(exc) from None
-        stored = files_to_json(files)
-        config_hash = remote_config_hash(files)
-        size = sum(len(b) for b, _ in files.values())
 
-        def work(conn: cq.Conn) -> tuple[VersionRow, bool]:
-            row, created = cq.create_version(conn, name, stored, config_hash, size, who.subject)
-            if created:
-                after = {"version": row.version, "hash": config_hash.hex(), "files": sorted(files)}
-                cq.append_audit(
-                    conn, audit.entry(request, "config.create", f"config:{name}", after=after)
-                )
-            return row, created
+@router.delete(
+    "/api/configs/{name}",
+    Operation(
+        "Delete a config",
+        "Every version goes; 409 `config_in_use` while a group, a pin or an active "
+        "rollout uses any of them. Needs the operator role.",
+        params=(NAME_PARAM,),
+        response=ConfigDeleted,
+        errors=(400, 403, 404, 409, 503),
+    ),
+)
+async def delete_config(request: Request) -> Response:
+    name = path_name(request)
+    require_role(request, "operator", action="config.delete", target=f"config:{name}")
 
-        row, created = await run_db(services, work)
-        detail = version_detail(dataclasses.replace(row, files=stored))
-        return JSONResponse(ConfigCreated(created, detail), 201 if created else 200)
-
-    async def list_all(request: Request) -> Response:
-        rows = await run_db(services, cq.list_configs)
-        return JSONResponse(
-            ConfigList(
-                [
-                    ConfigSummary(n, v, int(c), bytes(h).hex(), t.astimezone(UTC))
-                    for n, v, c, h, t in rows
-                ]
-            )
+    def work(conn: cq.Conn) -> int:
+        versions = _versions(conn, name)
+        deleted = cq.delete_config(conn, name)
+        before = {"versions": [v.version for v in versions]}
+        cq.append_audit(
+            conn, audit.entry(request, "config.delete", f"config:{name}", before=before)
         )
+        return deleted
 
-    async def get_config(request: Request) -> Response:
-        name = path_name(request)
-        rows = await run_db(services, lambda conn: cq.versions_of(conn, name))
-        if not rows:
-            raise APIError(404, "config_not_found", f"no config {name!r}")
-        return JSONResponse(ConfigDetail(name, [version_info(r) for r in rows]))
+    deleted = await run_db(services_of(request), work)
+    return JSONResponse(ConfigDeleted(name, deleted))
 
-    async def get_version(request: Request) -> Response:
-        name = path_name(request)
-        version = path_version(request)
-        row = await run_db(services, lambda conn: cq.require_version(conn, name, version))
-        return JSONResponse(version_detail(row))
 
-    async def delete(request: Request) -> Response:
-        name = path_name(request)
-        require_role(request, "operator", action="config.delete", target=f"config:{name}")
+@router.get(
+    "/api/configs/{name}/versions/{version}",
+    Operation(
+        "A config version with its files",
+        params=(NAME_PARAM, VERSION_PARAM),
+        response=ConfigVersionDetail,
+        errors=ERRORS,
+    ),
+)
+async def get_config_version(request: Request) -> Response:
+    name = path_name(request)
+    version = path_version(request)
+    row = await run_db(services_of(request), lambda conn: cq.require_version(conn, name, version))
+    return JSONResponse(version_detail(row))
 
-        def work(conn: cq.Conn) -> int:
-            versions = cq.versions_of(conn, name)
-            if not versions:
-                raise NotFound("config_not_found", f"no config {name!r}")
-            deleted = cq.delete_config(conn, name)
-            before = {"versions": [v.version for v in versions]}
-            cq.append_audit(
-                conn, audit.entry(request, "config.delete", f"config:{name}", before=before)
-            )
-            return deleted
 
-        deleted = await run_db(services, work)
-        return JSONResponse(ConfigDeleted(name, deleted))
+@router.get(
+    "/api/configs/{name}/status",
+    Operation(
+        "Agents by version and status",
+        "Agents whose last report names a version of this config, by status "
+        "(applied, applying, failed), plus agents that failed a version and fell back "
+        "(counted failed), and the failure messages grouped by text.",
+        params=(NAME_PARAM,),
+        response=ConfigStatus,
+        errors=ERRORS,
+    ),
+)
+async def config_status(request: Request) -> Response:
+    name = path_name(request)
 
-    async def status(request: Request) -> Response:
-        name = path_name(request)
+    def work(conn: cq.Conn) -> tuple[list[VersionRow], Any, Any]:
+        versions = _versions(conn, name)
+        by_status, errors = cq.config_status(conn, name)
+        return versions, by_status, errors
 
-        def work(conn: cq.Conn) -> tuple[list[VersionRow], Any, Any]:
-            versions = cq.versions_of(conn, name)
-            if not versions:
-                raise NotFound("config_not_found", f"no config {name!r}")
-            by_status, errors = cq.config_status(conn, name)
-            return versions, by_status, errors
-
-        versions, by_status, errors = await run_db(services, work)
-        per = {v.version: VersionStatus(v.version, v.config_hash.hex()) for v in versions}
-        totals = {"applied": 0, "applying": 0, "failed": 0, "unset": 0}
-        for version, state, count in by_status:
-            key = state if state in totals else "unset"
-            item = per[version]
-            setattr(item, key, getattr(item, key) + int(count))
-            totals[key] += int(count)
-        return JSONResponse(
-            ConfigStatus(
-                name=name,
-                totals=totals,
-                versions=list(per.values()),
-                errors=[FailureSignature(v, e or "", int(c)) for v, e, c in errors],
-            )
+    versions, by_status, errors = await run_db(services_of(request), work)
+    per = {v.version: VersionStatus(v.version, v.config_hash.hex()) for v in versions}
+    totals = {"applied": 0, "applying": 0, "failed": 0, "unset": 0}
+    for version, state, count in by_status:
+        key = state if state in totals else "unset"
+        item = per[version]
+        setattr(item, key, getattr(item, key) + int(count))
+        totals[key] += int(count)
+    return JSONResponse(
+        ConfigStatus(
+            name=name,
+            totals=totals,
+            versions=list(per.values()),
+            errors=[FailureSignature(v, e or "", int(c)) for v, e, c in errors],
         )
-
-    errors = (400, 404, 503)
-    return [
-        DocumentedRoute(
-            "/api/configs",
-            create,
-            Operation(
-                "Create a config version",
-                'Body: `{"name", "files": {"<file>": {"body", "content_type"}}}`. A new version '
-                "when the content is new (201), the existing one when an identical version "
-                "exists (200). The hash is the OpAMP config hash. Needs the operator role; "
-                "bodies beyond `max_message_bytes` get 413.",
-                response=ConfigCreated,
-                errors=(400, 403, 409, 413, 503),
-                tags=("configs",),
-                method="POST",
-                status=201,
-                extra_responses={
-                    "200": json_response(
-                        "An identical version exists: it is returned.", ConfigCreated
-                    )
-                },
-                body=CONFIG_BODY,
-                links={
-                    **links(["get_config", "config_status", "delete_config"], name=CREATED_NAME),
-                    **links(["get_config_version"], name=CREATED_NAME, version=CREATED_VERSION),
-                },
-            ),
-            name="create_config",
-        ),
-        DocumentedRoute(
-            "/api/configs",
-            list_all,
-            Operation(
-                "List configs",
-                "Every config with its latest version.",
-                response=ConfigList,
-                errors=(503,),
-                tags=("configs",),
-            ),
-            name="list_configs",
-        ),
-        DocumentedRoute(
-            "/api/configs/{name}",
-            get_config,
-            Operation(
-                "A config's versions",
-                "Newest first.",
-                params=(NAME_PARAM,),
-                response=ConfigDetail,
-                errors=errors,
-                tags=("configs",),
-            ),
-            name="get_config",
-        ),
-        DocumentedRoute(
-            "/api/configs/{name}",
-            delete,
-            Operation(
-                "Delete a config",
-                "Every version goes; 409 `config_in_use` while a group, a pin or an active "
-                "rollout uses any of them. Needs the operator role.",
-                params=(NAME_PARAM,),
-                response=ConfigDeleted,
-                errors=(400, 403, 404, 409, 503),
-                tags=("configs",),
-                method="DELETE",
-            ),
-            name="delete_config",
-        ),
-        DocumentedRoute(
-            "/api/configs/{name}/versions/{version}",
-            get_version,
-            Operation(
-                "A config version with its files",
-                params=(NAME_PARAM, VERSION_PARAM),
-                response=ConfigVersionDetail,
-                errors=errors,
-                tags=("configs",),
-            ),
-            name="get_config_version",
-        ),
-        DocumentedRoute(
-            "/api/configs/{name}/status",
-            status,
-            Operation(
-                "Agents by version and status",
-                "Agents whose last report names a version of this config, by status "
-                "(applied, applying, failed), plus agents that failed a version and fell back "
-                "(counted failed), and the failure messages grouped by text.",
-                params=(NAME_PARAM,),
-                response=ConfigStatus,
-                errors=errors,
-                tags=("configs",),
-            ),
-            name="config_status",
-        ),
-    ]
+    )

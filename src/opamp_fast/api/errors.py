@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..protocol.codec import format_instance_uid
 from .responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class APIError(Exception):
 def invalid_parameter(name: str, why: str) -> APIError:
     """400 ``invalid_parameter`` whose message starts with the parameter's name."""
     return APIError(400, "invalid_parameter", f"{name}: {why}")
+
+
+def agent_not_found(uid: bytes) -> APIError:
+    """404 ``agent_not_found``: no such agent in the registry or in Postgres."""
+    return APIError(404, "agent_not_found", f"no agent {format_instance_uid(uid)}")
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

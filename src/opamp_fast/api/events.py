@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -34,10 +34,11 @@ from ..fleet.events import (
     Subscriber,
 )
 from ..protocol.codec import format_instance_uid
-from ..services import Services
+from ..storage import Database
 from .errors import invalid_parameter
-from .openapi import DocumentedRoute, Operation
 from .params import LABEL_PARAM, UID_PATTERN, Param, parse_agent_id, parse_labels
+from .routing import Operation, Router
+from .state import services_of
 
 logger = logging.getLogger(__name__)
 
@@ -202,81 +203,97 @@ class EventStream(Response):
                 return False
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
+async def _matching(db: Database, labels: list[tuple[str, str]]) -> frozenset[str]:
+    """The agents (canonical uids) carrying every label; a 400 beyond MAX_LABEL_MATCHES."""
+    selector = msgspec.json.encode(dict(labels)).decode()
+
+    def fetch(conn: Any) -> list[tuple[str]]:
+        rows: list[tuple[str]] = conn.execute(
+            _MATCHING, (selector, MAX_LABEL_MATCHES + 1)
+        ).fetchall()
+        return rows
+
+    rows = await db.run(fetch)
+    if len(rows) > MAX_LABEL_MATCHES:
+        raise invalid_parameter("label", f"matches more than {MAX_LABEL_MATCHES} agents")
+    return frozenset(r[0] for r in rows)
+
+
+def _refresher(
+    db: Database, labels: list[tuple[str, str]], agents: frozenset[str] | None
+) -> Callable[[Subscriber], Awaitable[None]]:
+    """The stream's task re-resolving its label filter every LABEL_REFRESH_S; what it finds is
+    kept within ``agents``, the set the stream opened with."""
+
+    async def refresh(sub: Subscriber) -> None:
+        while True:
+            await anyio.sleep(LABEL_REFRESH_S)
+            found = await _matching(db, labels)
+            sub.agents = found if agents is None else found & agents
+
+    return refresh
+
+
+async def _prologue(hub: EventHub, replay: list[FleetEvent], resync: str | None) -> bytes:
+    """What the stream starts with: the retry delay, the stream's name, a ``resync`` when the
+    missed events are gone, then the replayed ones."""
+    prologue = f"retry: {RETRY_MS}\n: stream {hub.stream}\n\n".encode()
+    if resync is not None:
+        prologue += hub.resync_frame(resync)
+    for start in range(0, len(replay), REPLAY_CHUNK):  # encoded now, if never before
+        prologue += b"".join(e.frame for e in replay[start : start + REPLAY_CHUNK])
+        await anyio.lowlevel.checkpoint()  # a deep replay does not stall the agents
+    return prologue
+
+
+router = Router(tags=("events",))
+
+
+@router.get(
+    "/api/events",
+    Operation(
+        "Fleet event stream (Server-Sent Events)",
+        "Agent connects, disconnects and status changes, and lost instances, fleet-wide, "
+        "as `text/event-stream`. Each event's id is `<stream>-<seq>`; reconnect with "
+        "`Last-Event-ID` to resume without gaps, or get a `resync` event when the "
+        "missed events left the replay buffer. A client that falls "
+        "`events_queue_max` events behind gets `resync` and the stream ends. "
+        "See docs/api.md for the event types.",
+        params=(TYPE_PARAM, AGENT_PARAM, STREAM_LABEL_PARAM, LAST_ID_PARAM),
+        errors=(400, 503),
+        extra_responses={
+            "200": {
+                "description": "The stream (never ends by itself).",
+                "content": {"text/event-stream": {"schema": FRAME_SCHEMA}},
+            }
+        },
+    ),
+)
+async def fleet_events(request: Request) -> Response:
+    services = services_of(request)
     hub = services.events
-    assert hub is not None
-    keepalive_s = services.settings.events_keepalive_s
-    db = services.db
-
-    async def resolve(labels: list[tuple[str, str]]) -> frozenset[str]:
-        selector = msgspec.json.encode(dict(labels)).decode()
-
-        def fetch(conn: Any) -> list[tuple[str]]:
-            rows: list[tuple[str]] = conn.execute(
-                _MATCHING, (selector, MAX_LABEL_MATCHES + 1)
-            ).fetchall()
-            return rows
-
-        rows = await db.run(fetch)
-        if len(rows) > MAX_LABEL_MATCHES:
-            raise invalid_parameter("label", f"matches more than {MAX_LABEL_MATCHES} agents")
-        return frozenset(r[0] for r in rows)
-
-    async def events(request: Request) -> Response:
-        params = request.query_params
-        types = parse_types(params)
-        agents = parse_agents(params)
-        labels = parse_labels(params)
-        last_id = parse_last_id(hub, request)
-        refresh = None
-        if labels:
-            matching = await resolve(labels)
-            agents = matching if agents is None else agents & matching
-
-            async def refresh(sub: Subscriber) -> None:
-                while True:
-                    await anyio.sleep(LABEL_REFRESH_S)
-                    found = await resolve(labels)
-                    sub.agents = found if agents is None else found & agents
-
-        claims: Mapping[str, Any] = request.scope.get("auth") or {}
-        expires_at = float(claims.get("exp", math.inf))
-        sub, replay, resync = hub.subscribe(types=types, agents=agents, last_id=last_id)
-        prologue = f"retry: {RETRY_MS}\n: stream {hub.stream}\n\n".encode()
-        if resync is not None:
-            prologue += hub.resync_frame(resync)
-        for start in range(0, len(replay), REPLAY_CHUNK):  # encoded now, if never before
-            prologue += b"".join(e.frame for e in replay[start : start + REPLAY_CHUNK])
-            await anyio.lowlevel.checkpoint()  # a deep replay does not stall the agents
-        return EventStream(
-            hub, sub, prologue, keepalive_s=keepalive_s, expires_at=expires_at, refresh=refresh
-        )
-
-    return [
-        DocumentedRoute(
-            "/api/events",
-            events,
-            Operation(
-                "Fleet event stream (Server-Sent Events)",
-                "Agent connects, disconnects and status changes, and lost instances, fleet-wide, "
-                "as `text/event-stream`. Each event's id is `<stream>-<seq>`; reconnect with "
-                "`Last-Event-ID` to resume without gaps, or get a `resync` event when the "
-                "missed events left the replay buffer. A client that falls "
-                "`events_queue_max` events behind gets `resync` and the stream ends. "
-                "See docs/api.md for the event types.",
-                params=(TYPE_PARAM, AGENT_PARAM, STREAM_LABEL_PARAM, LAST_ID_PARAM),
-                errors=(400, 503),
-                tags=("events",),
-                extra_responses={
-                    "200": {
-                        "description": "The stream (never ends by itself).",
-                        "content": {"text/event-stream": {"schema": FRAME_SCHEMA}},
-                    }
-                },
-            ),
-            name="fleet_events",
-        )
-    ]
+    assert hub is not None  # open_services always makes one
+    params = request.query_params
+    types = parse_types(params)
+    agents = parse_agents(params)
+    labels = parse_labels(params)
+    last_id = parse_last_id(hub, request)
+    refresh = None
+    if labels:
+        matching = await _matching(services.db, labels)
+        agents = matching if agents is None else agents & matching
+        refresh = _refresher(services.db, labels, agents)
+    claims: Mapping[str, Any] = request.scope.get("auth") or {}
+    expires_at = float(claims.get("exp", math.inf))
+    sub, replay, resync = hub.subscribe(types=types, agents=agents, last_id=last_id)
+    return EventStream(
+        hub,
+        sub,
+        await _prologue(hub, replay, resync),
+        keepalive_s=services.settings.events_keepalive_s,
+        expires_at=expires_at,
+        refresh=refresh,
+    )
 
 
-__all__ = ["EventStream", "FleetEvent", "routes"]
+__all__ = ["EventStream", "FleetEvent", "router"]

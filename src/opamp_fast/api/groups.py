@@ -11,12 +11,14 @@ next ones by the rollout driver as batches report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..auth import Principal
 from ..packages.registry import Ref, q_group_packages, q_set_group_packages
 from ..remote_config.model import (
     MAX_SELECTOR_KEYS,
@@ -24,7 +26,6 @@ from ..remote_config.model import (
     config_name_or_none,
     parse_selector,
 )
-from ..services import Services
 from ..storage import config_queries as cq
 from ..storage import rollout_queries as rq
 from ..storage.config_queries import Conflict, GroupRow, NotFound
@@ -45,13 +46,14 @@ from .config_models import (
     GroupPackage,
     RolloutInfo,
 )
-from .configs import NAME_SCHEMA, VERSION_SCHEMA, path_name, run_db
+from .configs import NAME_SCHEMA, VERSION_SCHEMA, path_name, refresh_configs, run_db
 from .errors import APIError
-from .openapi import DocumentedRoute, Operation, links
 from .packages import PACKAGES_SCHEMA, parse_wanted, resolve_wanted
 from .params import Param
 from .responses import JSONResponse
 from .roles import require_role
+from .routing import Operation, Router, links
+from .state import services_of
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -175,243 +177,246 @@ def _packages_spec(value: Any) -> list[tuple[str, str]]:
     return parse_wanted(value)
 
 
-def _rollout_spec(value: Any) -> tuple[int, int] | None:
+def _rollout_spec(value: Any) -> dict[str, int] | None:
+    """The body's ``rollout`` (absent or null: none), with its defaults."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise APIError(400, "invalid_body", "rollout: must be an object")
     only_keys(value, {"batch_percent", "max_failed_percent"})
-    return (
-        body_integer(value.get("batch_percent", 10), "rollout.batch_percent", 1, 100),
-        body_integer(value.get("max_failed_percent", 0), "rollout.max_failed_percent", 0, 100),
-    )
+    return {
+        "batch_percent": body_integer(
+            value.get("batch_percent", 10), "rollout.batch_percent", 1, 100
+        ),
+        "max_failed_percent": body_integer(
+            value.get("max_failed_percent", 0), "rollout.max_failed_percent", 0, 100
+        ),
+    }
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    me = services.settings.instance_id
+def _config_of(group: GroupRow | None) -> tuple[str, int] | None:
+    """The version the group assigns, if any."""
+    if group is None or group.config_name is None or group.config_version is None:
+        return None
+    return group.config_name, group.config_version
 
-    async def refresh() -> None:
-        if services.configs is not None:
-            await services.configs.refresh()
 
-    async def list_all(request: Request) -> Response:
-        def work(conn: cq.Conn) -> list[GroupInfo]:
-            packages = q_group_packages(conn)
-            return [group_info(conn, g, packages.get(g.name, [])) for g in cq.list_groups(conn)]
+@dataclass(frozen=True, slots=True)
+class _GroupChange:
+    """A ``PUT /api/groups/{name}`` body, checked."""
 
-        return JSONResponse(GroupList(await run_db(services, work)))
+    selector: dict[str, str]
+    config: str | None
+    version: int | None
+    rollout: dict[str, int] | None  # batch_percent, max_failed_percent
+    packages: list[tuple[str, str]]  # (name, version | "latest")
 
-    async def get_group(request: Request) -> Response:
-        name = path_name(request)
 
-        def work(conn: cq.Conn) -> GroupInfo:
-            group = _existing(conn, name)
-            return group_info(conn, group)
+def _group_change(body: dict[str, Any], *, packages_enabled: bool) -> _GroupChange:
+    only_keys(body, {"selector", "config", "version", "rollout", "packages"})
+    wanted = _packages_spec(body.get("packages"))
+    if wanted and not packages_enabled:
+        raise APIError(400, "invalid_body", "packages: package management is not enabled")
+    try:
+        selector = parse_selector(body.get("selector", {})).as_dict()
+        config = config_name_or_none(body.get("config"))
+    except ConfigInputError as exc:
+        raise input_error(exc) from None
+    version = body.get("version")
+    if version is not None:
+        version = body_integer(version, "version", 1, 2**31 - 1)
+        if config is None:
+            raise APIError(400, "invalid_body", "version: needs 'config'")
+    rollout = _rollout_spec(body.get("rollout"))
+    if rollout is not None and config is None:
+        raise APIError(400, "invalid_body", "rollout: needs 'config'")
+    return _GroupChange(selector, config, version, rollout, wanted)
 
-        return JSONResponse(await run_db(services, work))
 
-    async def put_group(request: Request) -> Response:
-        name = path_name(request)
-        who = require_role(request, "operator", action="group.put", target=f"group:{name}")
-        body = await read_object(request, MAX_BODY_BYTES)
-        only_keys(body, {"selector", "config", "version", "rollout", "packages"})
-        wanted = _packages_spec(body.get("packages"))
-        if wanted and services.packages is None:
-            raise APIError(400, "invalid_body", "packages: package management is not enabled")
-        try:
-            selector = parse_selector(body.get("selector", {})).as_dict()
-            config = config_name_or_none(body.get("config"))
-        except ConfigInputError as exc:
-            raise input_error(exc) from None
-        version = body.get("version")
-        if version is not None:
-            version = body_integer(version, "version", 1, 2**31 - 1)
-            if config is None:
-                raise APIError(400, "invalid_body", "version: needs 'config'")
-        spec = _rollout_spec(body.get("rollout"))
-        if spec is not None and config is None:
-            raise APIError(400, "invalid_body", "rollout: needs 'config'")
-
-        def work(conn: cq.Conn) -> GroupInfo:
-            old = cq.get_group(conn, name, lock=True)
-            target = None
-            if config is not None:
-                row = cq.require_version(conn, config, version)
-                target = (row.name, row.version)
-            old_target = None
-            if old is not None and old.config_name is not None and old.config_version is not None:
-                old_target = (old.config_name, old.config_version)
-            previous = old_target
-            if target == old_target and old is not None and old.previous_name is not None:
-                previous = (old.previous_name, old.previous_version or 0)
-            group = cq.upsert_group(conn, name, selector, target, previous)
-            old_packages = q_group_packages(conn, name).get(name, [])
-            packages = [(i.name, i.version) for i in resolve_wanted(conn, wanted, lock=True)]
-            q_set_group_packages(conn, name, packages)
-            started = None
-            if target != old_target:
-                rq.stop_active(conn, name, "superseded")
-                if spec is not None and target is not None:
-                    started = rq.start_rollout(
-                        conn,
-                        name,
-                        old_target,
-                        target,
-                        batch_percent=spec[0],
-                        max_failed_percent=spec[1],
-                        actor=who.subject,
-                    )
-            after: dict[str, Any] = {**(_summary(group, packages) or {})}
-            if started is not None:
-                after["rollout"] = {"batch_percent": spec[0], "max_failed_percent": spec[1]}  # type: ignore[index]
-            before = _summary(old, old_packages)
-            cq.append_audit(
-                conn, audit.entry(request, "group.put", f"group:{name}", before=before, after=after)
-            )
-            if started is not None:
-                rq.advance(conn, started, sender=me)  # the first batch, now
-            cq.notify_changed(conn, me)
-            return group_info(conn, group, packages)
-
-        info = await run_db(services, work)
-        await refresh()
-        return JSONResponse(info)
-
-    async def delete_group(request: Request) -> Response:
-        name = path_name(request)
-        require_role(request, "operator", action="group.delete", target=f"group:{name}")
-
-        def work(conn: cq.Conn) -> None:
-            old = _existing(conn, name, lock=True)
-            before = _summary(old, q_group_packages(conn, name).get(name, []))
-            cq.delete_group(conn, name)  # its group_packages rows go with it
-            cq.append_audit(
-                conn, audit.entry(request, "group.delete", f"group:{name}", before=before)
-            )
-            cq.notify_changed(conn, me)
-
-        await run_db(services, work)
-        await refresh()
-        return JSONResponse(GroupDeleted(name))
-
-    async def rollback(request: Request) -> Response:
-        name = path_name(request)
-        require_role(request, "operator", action="group.rollback", target=f"group:{name}")
-
-        def work(conn: cq.Conn) -> GroupInfo:
-            old = _existing(conn, name, lock=True)
-            if old.previous_name is None or old.previous_version is None:
-                raise Conflict("no_previous_version", f"group {name!r} has no previous version")
-            stopped = rq.stop_active(conn, name, "rolled_back")
-            current = None
-            if old.config_name is not None and old.config_version is not None:
-                current = (old.config_name, old.config_version)
-            group = cq.upsert_group(
-                conn, name, old.selector, (old.previous_name, old.previous_version), current
-            )
-            before: dict[str, Any] = {**(_summary(old) or {})}
-            if stopped is not None:
-                before["rollout"] = stopped.summary()
-            cq.append_audit(
+def _put(
+    conn: cq.Conn, request: Request, name: str, change: _GroupChange, actor: str, me: str
+) -> GroupInfo:
+    """Create or replace the group in one transaction: its row, packages, rollout and audit."""
+    old = cq.get_group(conn, name, lock=True)
+    target = None
+    if change.config is not None:
+        row = cq.require_version(conn, change.config, change.version)
+        target = (row.name, row.version)
+    old_target = previous = _config_of(old)
+    if target == old_target and old is not None and old.previous_name is not None:
+        previous = (old.previous_name, old.previous_version or 0)
+    group = cq.upsert_group(conn, name, change.selector, target, previous)
+    old_packages = q_group_packages(conn, name).get(name, [])
+    packages = [(i.name, i.version) for i in resolve_wanted(conn, change.packages, lock=True)]
+    q_set_group_packages(conn, name, packages)
+    started = None
+    if target != old_target:
+        rq.stop_active(conn, name, "superseded")
+        if change.rollout is not None and target is not None:
+            started = rq.start_rollout(
                 conn,
-                audit.entry(
-                    request, "group.rollback", f"group:{name}", before=before, after=_summary(group)
-                ),
+                name,
+                old_target,
+                target,
+                batch_percent=change.rollout["batch_percent"],
+                max_failed_percent=change.rollout["max_failed_percent"],
+                actor=actor,
             )
-            cq.notify_changed(conn, me)
-            return group_info(conn, group)
+    after: dict[str, Any] = {**(_summary(group, packages) or {})}
+    if started is not None:
+        after["rollout"] = change.rollout
+    before = _summary(old, old_packages)
+    cq.append_audit(
+        conn, audit.entry(request, "group.put", f"group:{name}", before=before, after=after)
+    )
+    if started is not None:
+        rq.advance(conn, started, sender=me)  # the first batch, now
+    cq.notify_changed(conn, me)
+    return group_info(conn, group, packages)
 
-        info = await run_db(services, work)
-        await refresh()
-        return JSONResponse(info)
 
-    errors = (400, 404, 503)
-    write_errors = (400, 403, 404, 409, 413, 503)
-    tags = ("groups",)
-    return [
-        DocumentedRoute(
-            "/api/groups",
-            list_all,
-            Operation(
-                "List groups",
-                "Every group with its member counts and latest rollout.",
-                response=GroupList,
-                errors=(503,),
-                tags=tags,
-            ),
-            name="list_groups",
+def _rollback(conn: cq.Conn, request: Request, name: str, me: str) -> GroupInfo:
+    old = _existing(conn, name, lock=True)
+    if old.previous_name is None or old.previous_version is None:
+        raise Conflict("no_previous_version", f"group {name!r} has no previous version")
+    stopped = rq.stop_active(conn, name, "rolled_back")
+    group = cq.upsert_group(
+        conn, name, old.selector, (old.previous_name, old.previous_version), _config_of(old)
+    )
+    before: dict[str, Any] = {**(_summary(old) or {})}
+    if stopped is not None:
+        before["rollout"] = stopped.summary()
+    cq.append_audit(
+        conn,
+        audit.entry(
+            request, "group.rollback", f"group:{name}", before=before, after=_summary(group)
         ),
-        DocumentedRoute(
-            "/api/groups/{name}",
-            get_group,
-            Operation(
-                "A group",
-                "Selector, version, previous version, the packages it offers, member counts "
-                "(agents matching the selector, fleet-wide) and the latest rollout with its "
-                "progress.",
-                params=(GROUP_PARAM,),
-                response=GroupInfo,
-                errors=errors,
-                tags=tags,
-            ),
-            name="get_group",
-        ),
-        DocumentedRoute(
-            "/api/groups/{name}",
-            put_group,
-            Operation(
-                "Create or replace a group",
-                'Body: `{"selector": {"env": "prod"}, "config": "<name>", "version": n, '
-                '"rollout": {"batch_percent": 10, "max_failed_percent": 5}, "packages": '
-                '[{"name": "<package>", "version": "<semver>"}]}`. `version` '
-                "defaults to the config's latest; `config: null` assigns nothing. A changed "
-                "version supersedes an active rollout; with `rollout` it goes out batch by "
-                "batch, otherwise to every member at once. `packages` (a package `version` "
-                'defaults to `"latest"`, resolved now; absent, `null` or `[]`: none) is offered '
-                "to the members this group decides (the configs' precedence) that have no offer "
-                "of their own, at once over WebSocket. 404 `package_not_found`. Needs the "
-                "operator role.",
-                params=(GROUP_PARAM,),
-                response=GroupInfo,
-                errors=write_errors,
-                tags=tags,
-                method="PUT",
-                body=GROUP_BODY,
-                links=links(
-                    ["get_group", "rollback_group", "delete_group"], name="$request.path.name"
-                ),
-            ),
-            name="put_group",
-        ),
-        DocumentedRoute(
-            "/api/groups/{name}",
-            delete_group,
-            Operation(
-                "Delete a group",
-                "Its members fall to the next matching group (its package offer goes with "
-                "it; agents keep what they installed).",
-                params=(GROUP_PARAM,),
-                response=GroupDeleted,
-                errors=write_errors,
-                tags=tags,
-                method="DELETE",
-            ),
-            name="delete_group",
-        ),
-        DocumentedRoute(
-            "/api/groups/{name}/rollback",
-            rollback,
-            Operation(
-                "Roll a group back",
-                "Returns the group to its previous version at once (the active rollout, if any, "
-                "ends as `rolled_back`); 409 `no_previous_version` when there is none. Needs the "
-                "operator role.",
-                params=(GROUP_PARAM,),
-                response=GroupInfo,
-                errors=write_errors,
-                tags=tags,
-                method="POST",
-            ),
-            name="rollback_group",
-        ),
-    ]
+    )
+    cq.notify_changed(conn, me)
+    return group_info(conn, group)
+
+
+def _writable_group(request: Request, action: str) -> tuple[str, Principal]:
+    """The group of the path, and the caller once it may ``action`` it."""
+    name = path_name(request)
+    return name, require_role(request, "operator", action=action, target=f"group:{name}")
+
+
+router = Router(tags=("groups",))
+
+WRITE_ERRORS = (400, 403, 404, 409, 413, 503)
+
+
+@router.get(
+    "/api/groups",
+    Operation(
+        "List groups",
+        "Every group with its member counts and latest rollout.",
+        response=GroupList,
+        errors=(503,),
+    ),
+)
+async def list_groups(request: Request) -> Response:
+    def work(conn: cq.Conn) -> list[GroupInfo]:
+        packages = q_group_packages(conn)
+        return [group_info(conn, g, packages.get(g.name, [])) for g in cq.list_groups(conn)]
+
+    return JSONResponse(GroupList(await run_db(services_of(request), work)))
+
+
+@router.get(
+    "/api/groups/{name}",
+    Operation(
+        "A group",
+        "Selector, version, previous version, the packages it offers, member counts "
+        "(agents matching the selector, fleet-wide) and the latest rollout with its "
+        "progress.",
+        params=(GROUP_PARAM,),
+        response=GroupInfo,
+        errors=(400, 404, 503),
+    ),
+)
+async def get_group(request: Request) -> Response:
+    name = path_name(request)
+    info = await run_db(services_of(request), lambda conn: group_info(conn, _existing(conn, name)))
+    return JSONResponse(info)
+
+
+@router.put(
+    "/api/groups/{name}",
+    Operation(
+        "Create or replace a group",
+        'Body: `{"selector": {"env": "prod"}, "config": "<name>", "version": n, '
+        '"rollout": {"batch_percent": 10, "max_failed_percent": 5}, "packages": '
+        '[{"name": "<package>", "version": "<semver>"}]}`. `version` '
+        "defaults to the config's latest; `config: null` assigns nothing. A changed "
+        "version supersedes an active rollout; with `rollout` it goes out batch by "
+        "batch, otherwise to every member at once. `packages` (a package `version` "
+        'defaults to `"latest"`, resolved now; absent, `null` or `[]`: none) is offered '
+        "to the members this group decides (the configs' precedence) that have no offer "
+        "of their own, at once over WebSocket. 404 `package_not_found`. Needs the "
+        "operator role.",
+        params=(GROUP_PARAM,),
+        response=GroupInfo,
+        errors=WRITE_ERRORS,
+        body=GROUP_BODY,
+        links=links(["get_group", "rollback_group", "delete_group"], name="$request.path.name"),
+    ),
+)
+async def put_group(request: Request) -> Response:
+    name, who = _writable_group(request, "group.put")
+    services = services_of(request)
+    body = await read_object(request, MAX_BODY_BYTES)
+    change = _group_change(body, packages_enabled=services.packages is not None)
+    me = services.settings.instance_id
+    info = await run_db(services, lambda conn: _put(conn, request, name, change, who.subject, me))
+    await refresh_configs(services)
+    return JSONResponse(info)
+
+
+@router.delete(
+    "/api/groups/{name}",
+    Operation(
+        "Delete a group",
+        "Its members fall to the next matching group (its package offer goes with "
+        "it; agents keep what they installed).",
+        params=(GROUP_PARAM,),
+        response=GroupDeleted,
+        errors=WRITE_ERRORS,
+    ),
+)
+async def delete_group(request: Request) -> Response:
+    name, _ = _writable_group(request, "group.delete")
+    services = services_of(request)
+
+    def work(conn: cq.Conn) -> None:
+        old = _existing(conn, name, lock=True)
+        before = _summary(old, q_group_packages(conn, name).get(name, []))
+        cq.delete_group(conn, name)  # its group_packages rows go with it
+        cq.append_audit(conn, audit.entry(request, "group.delete", f"group:{name}", before=before))
+        cq.notify_changed(conn, services.settings.instance_id)
+
+    await run_db(services, work)
+    await refresh_configs(services)
+    return JSONResponse(GroupDeleted(name))
+
+
+@router.post(
+    "/api/groups/{name}/rollback",
+    Operation(
+        "Roll a group back",
+        "Returns the group to its previous version at once (the active rollout, if any, "
+        "ends as `rolled_back`); 409 `no_previous_version` when there is none. Needs the "
+        "operator role.",
+        params=(GROUP_PARAM,),
+        response=GroupInfo,
+        errors=WRITE_ERRORS,
+    ),
+)
+async def rollback_group(request: Request) -> Response:
+    name, _ = _writable_group(request, "group.rollback")
+    services = services_of(request)
+    me = services.settings.instance_id
+    info = await run_db(services, lambda conn: _rollback(conn, request, name, me))
+    await refresh_configs(services)
+    return JSONResponse(info)

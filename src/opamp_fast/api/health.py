@@ -7,44 +7,92 @@ import anyio
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from ..observability.metrics import CONTENT_TYPE
+from ..observability.metrics import CONTENT_TYPE, MetricsExporter
 from ..services import Services, metrics_exporter
 from .responses import JSONResponse
+from .routing import Operation, Router
+from .state import services_of
+
+# The probes are matched first and /metrics last (it is listed last in the document too).
+router = Router(tags=("health",))
+metrics_router = Router(tags=("health",))
+
+_ALIVE = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+    "required": ["status", "version"],
+}
 
 
-def routes(services: Services) -> list[Route]:
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": services.version})
-
-    async def readyz(request: Request) -> Response:
-        problems = []
-        if services.shutdown.is_set():
-            problems.append("shutting down")
-        if not services.db.migrated:
-            problems.append("migrations not applied")
-        elif not await services.db.ping():
-            problems.append("database unreachable")
-        if problems:
-            return JSONResponse({"status": "unavailable", "problems": problems}, 503)
-        return JSONResponse({"status": "ready"})
-
-    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+@router.get(
+    "/healthz",
+    Operation(
+        "Liveness probe",
+        "200 while the process runs. No authentication.",
+        secured=False,
+        extra_responses={
+            "200": {"description": "Alive.", "content": {"application/json": {"schema": _ALIVE}}}
+        },
+    ),
+)
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": services_of(request).version})
 
 
-def metrics_routes(services: Services) -> list[Route]:
-    """``GET /metrics`` for this server's exporter (every worker's, labelled, with --workers)."""
-    exporter = services.metrics
-    if exporter is None:  # Services built by hand (e.g. API tests): give them their own
-        exporter = services.metrics = metrics_exporter(services)
-    share = services.metrics_share
+@router.get(
+    "/readyz",
+    Operation(
+        "Readiness probe",
+        "200 when the database is reachable and migrated, else 503 with the problems.",
+        secured=False,
+        extra_responses={
+            "200": {"description": "Ready.", "content": {"application/json": {"schema": {}}}},
+            "503": {"description": "Not ready.", "content": {"application/json": {"schema": {}}}},
+        },
+    ),
+)
+async def readyz(request: Request) -> Response:
+    services = services_of(request)
+    problems = []
+    if services.shutdown.is_set():
+        problems.append("shutting down")
+    if not services.db.migrated:
+        problems.append("migrations not applied")
+    elif not await services.db.ping():
+        problems.append("database unreachable")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, 503)
+    return JSONResponse({"status": "ready"})
 
-    async def metrics(request: Request) -> Response:
-        if share is not None:
-            body = await anyio.to_thread.run_sync(share.merged)
-        else:
-            body = await exporter.render()
-        return Response(body, media_type=CONTENT_TYPE)
 
-    return [Route("/metrics", metrics, methods=["GET"])]
+def exporter_of(services: Services) -> MetricsExporter:
+    """This server's exporter. Services built by hand (e.g. API tests) get their own, made by
+    ``build_starlette`` so that it sees everything from the app's start."""
+    if services.metrics is None:
+        services.metrics = metrics_exporter(services)
+    return services.metrics
+
+
+@metrics_router.get(
+    "/metrics",
+    Operation(
+        "Prometheus metrics",
+        "Prometheus text exposition format. No authentication.",
+        secured=False,
+        extra_responses={
+            "200": {
+                "description": "Metrics.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    ),
+)
+async def metrics(request: Request) -> Response:
+    """This server's exporter (every worker's, labelled, with --workers)."""
+    services = services_of(request)
+    if services.metrics_share is not None:
+        body = await anyio.to_thread.run_sync(services.metrics_share.merged)
+    else:
+        body = await exporter_of(services).render()
+    return Response(body, media_type=CONTENT_TYPE)

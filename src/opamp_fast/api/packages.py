@@ -2,9 +2,9 @@
 route ``/v1/packages/{name}/{version}/file``.
 
 * **Upload** (``POST /api/packages``, multipart): parsed incrementally as the body arrives
-  (python-multipart's push parser); the file part is spooled to a staging file in 1 MiB writes
-  and hashed (SHA-256) in the same worker-thread call, so a 1 GiB package is never in memory
-  and the event loop never hashes. Beyond ``package_max_bytes``: 413 at once (from
+  (python-multipart's push parser, ``uploads.py``); the file part is spooled to a staging file
+  in 1 MiB writes and hashed (SHA-256) in the same worker-thread call, so a 1 GiB package is
+  never in memory and the event loop never hashes. Beyond ``package_max_bytes``: 413 at once (from
   ``Content-Length`` when declared). A declared ``sha256`` that does not match: 400
   ``hash_mismatch``, and nothing is stored. Only a complete, verified file is handed to the
   store, then recorded.
@@ -19,25 +19,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import hmac
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import AsyncIterator, Generator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import psycopg
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..auth import AgentTokenVerifier, agent_token_key
 from ..packages.registry import (
     MAX_NAME_CHARS,
     NAME_PATTERN,
@@ -59,12 +54,12 @@ from ..packages.registry import (
 from ..packages.semver import MAX_VERSION_CHARS, SEMVER_PATTERN, parse_semver
 from ..packages.store import StoreError
 from ..protocol.codec import format_instance_uid
-from ..services import Services
 from ..storage import queries
+from ..storage.config_queries import append_audit
 from ..strictint import parse_ascii_int
-from .body import declared_length, read_object
-from .errors import APIError, invalid_parameter
-from .openapi import DocumentedRoute, Operation, links
+from .audit import entry as audit_entry
+from .body import read_object
+from .errors import APIError, agent_not_found, invalid_parameter
 from .package_models import (
     AgentPackages,
     AgentPackageStatus,
@@ -76,18 +71,17 @@ from .package_models import (
     PackageVersionList,
     PackageVersionStatus,
 )
-from .params import AGENT_ID_PARAM, Param, parse_agent_id
+from .params import AGENT_ID_PARAM, Param, path_agent_id
 from .responses import JSONResponse
+from .roles import require_role
+from .routing import Operation, Router, links
+from .state import services_of, shared_of
+from .uploads import MAX_SIGNATURE_BYTES, Upload, receive_upload
 
 logger = logging.getLogger(__name__)
 
-FLUSH_BYTES = 1024 * 1024
-MAX_FIELD_BYTES = 1024
-MAX_SIGNATURE_BYTES = 64 * 1024
-MULTIPART_OVERHEAD = 256 * 1024  # fields, part headers and a signature beside the file
 SHA256_PATTERN = "^[0-9a-fA-F]{64}$"
 _HEX64 = re.compile(SHA256_PATTERN)
-_TAGS = ("packages",)
 SIGNATURE_PATTERN = "^[0-9a-f]{64}$"  # an HMAC-SHA256 in hex, as URLSigner writes it
 _SIGNATURE = re.compile(SIGNATURE_PATTERN)
 MAX_EXPIRES_DIGITS = 12
@@ -242,16 +236,28 @@ def resolve_wanted(
     return infos
 
 
-def _path_name_version(request: Request) -> tuple[str, str]:
-    name = request.path_params["name"]
-    version = request.path_params["version"]
+def _checked_name(name: str) -> str:
     why = validate_name(name)
     if why is not None:
         raise invalid_parameter("name", why)
+    return name
+
+
+def _checked_version(version: str) -> str:
     why = validate_version(version)
     if why is not None:
         raise invalid_parameter("version", why)
-    return name, version
+    return version
+
+
+def _path_name(request: Request) -> str:
+    return _checked_name(request.path_params["name"])
+
+
+def _path_name_version(request: Request) -> tuple[str, str]:
+    name = request.path_params["name"]
+    version = request.path_params["version"]
+    return _checked_name(name), _checked_version(version)
 
 
 def signed_url_params(params: QueryParams) -> tuple[int, str]:
@@ -274,173 +280,6 @@ def signed_url_params(params: QueryParams) -> tuple[int, str]:
 def _not_found(name: str, version: str | None = None) -> APIError:
     what = name if version is None else f"{name} {version}"
     return APIError(404, "package_not_found", f"no package {what}")
-
-
-# ------------------------------------------------------------------------------- upload
-
-
-class _Upload:
-    """What one multipart upload carried: text fields, a signature, and the spooled file."""
-
-    def __init__(self, staging: Path, max_bytes: int) -> None:
-        self.staging = staging
-        self.max_bytes = max_bytes
-        self.fields: dict[str, str] = {}
-        self.signature: bytes | None = None
-        self.path: Path | None = None
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self._file: IO[bytes] | None = None
-        self._buffer = bytearray()
-        self._part: str | None = None
-        self._part_bytes = bytearray()
-        self._in_file = False
-
-    async def start(self, name: str, has_filename: bool) -> None:
-        if name not in UPLOAD_BODY["properties"]:
-            expected = ", ".join(UPLOAD_BODY["properties"])
-            raise APIError(
-                400, "invalid_upload", f"unknown part {name[:40]!r}; expected {expected}"
-            )
-        self._part = name
-        self._part_bytes.clear()
-        if name == "file":
-            if self.path is not None:
-                raise APIError(400, "invalid_upload", "more than one 'file' part")
-            fd, tmp = tempfile.mkstemp(prefix="upload-", dir=self.staging)
-            self.path = Path(tmp)
-            self._file = os.fdopen(fd, "wb")
-            self._in_file = True
-
-    async def data(self, chunk: bytes) -> None:
-        if self._in_file:
-            self.size += len(chunk)
-            if self.size > self.max_bytes:
-                raise APIError(
-                    413, "too_large", f"the package is larger than {self.max_bytes} bytes"
-                )
-            self._buffer += chunk
-            if len(self._buffer) >= FLUSH_BYTES:
-                await self._flush()
-            return
-        limit = MAX_SIGNATURE_BYTES if self._part == "signature" else MAX_FIELD_BYTES
-        self._part_bytes += chunk
-        if len(self._part_bytes) > limit:
-            raise APIError(413, "too_large", f"field {self._part!r} is longer than {limit} bytes")
-
-    async def end(self) -> None:
-        if self._in_file:
-            await self._flush()
-            file, self._file = self._file, None
-            assert file is not None
-            await anyio.to_thread.run_sync(file.close)
-            self._in_file = False
-        elif self._part == "signature":
-            self.signature = bytes(self._part_bytes)
-        elif self._part is not None:
-            try:
-                self.fields[self._part] = self._part_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                raise invalid_parameter(self._part, "is not UTF-8 text") from None
-        self._part = None
-
-    async def _flush(self) -> None:
-        if not self._buffer:
-            return
-        data, self._buffer = bytes(self._buffer), bytearray()
-        file = self._file
-        assert file is not None
-        sha = self.sha256
-
-        def write() -> None:  # hashlib releases the GIL on large buffers
-            sha.update(data)
-            file.write(data)
-
-        await anyio.to_thread.run_sync(write)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-async def receive_upload(request: Request, staging: Path, max_bytes: int) -> _Upload:
-    """Parse the multipart body as it arrives; see the module docstring."""
-    kind, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise APIError(
-            400, "invalid_upload", "the body must be multipart/form-data with a boundary"
-        )
-    declared = declared_length(request)
-    if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD:
-        raise APIError(413, "too_large", f"the package is larger than {max_bytes} bytes")
-    upload = _Upload(staging, max_bytes)
-    events: list[tuple[str, Any]] = []
-    header: dict[str, bytearray] = {"field": bytearray(), "value": bytearray()}
-    headers: dict[bytes, bytes] = {}
-
-    def on_part_begin() -> None:
-        headers.clear()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        headers[bytes(header["field"]).lower()] = bytes(header["value"])
-        header["field"].clear()
-        header["value"].clear()
-
-    def on_headers_finished() -> None:
-        _, params = parse_options_header(headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        events.append(("start", (name, b"filename" in params)))
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        events.append(("data", bytes(data[start:end])))
-
-    def on_part_end() -> None:
-        events.append(("end", None))
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    try:
-        async for chunk in request.stream():
-            try:
-                parser.write(chunk)
-            except Exception as exc:  # python-multipart's MultipartParseError and friends
-                raise APIError(400, "invalid_upload", f"malformed multipart body: {exc}") from None
-            for kind_, value in events:
-                if kind_ == "start":
-                    await upload.start(*value)
-                elif kind_ == "data":
-                    await upload.data(value)
-                else:
-                    await upload.end()
-            events.clear()
-        parser.finalize()
-        if upload._part is not None or upload._in_file:
-            raise APIError(
-                400, "invalid_upload", "the multipart body ended in the middle of a part"
-            )
-    except BaseException:
-        upload.discard()
-        raise
-    return upload
 
 
 # ------------------------------------------------------------------------------- download
@@ -482,509 +321,463 @@ def _content_disposition(info: PackageInfo) -> str:
 # ------------------------------------------------------------------------------- routes
 
 
-def routes(services: Services) -> list[DocumentedRoute]:
-    registry = services.packages
-    if registry is None:
-        return []
-    db = services.db
-    settings = services.settings
-    store = registry.store
-    shared = f"Bearer {settings.agent_auth_token}".encode() if settings.agent_auth_token else None
-    key = agent_token_key(settings)
-    agent_tokens = AgentTokenVerifier(key) if key is not None else None
+def _registry(request: Request) -> PackageRegistry:
+    registry = services_of(request).packages
+    assert registry is not None  # without one, build_starlette leaves these routes out
+    return registry
 
-    try:
-        from ..storage.config_queries import AuditEntry, append_audit
-        from .roles import client_addr, request_id, require_role
-    except ImportError:  # pragma: no cover - the audit log is not there
-        append_audit = None  # type: ignore[assignment]
 
-    def audit(
-        request: Request, action: str, target: str, before: Any = None, after: Any = None
-    ) -> Any:
-        """A function writing the audit row of this change (in the change's transaction)."""
-        if append_audit is None:
-            return lambda conn: None
-        from ..auth import principal_of
+def _exists(name: str, version: str) -> APIError:
+    return APIError(409, "package_exists", f"package {name} {version} already exists")
 
-        who = principal_of(request.scope)
-        entry = AuditEntry(
-            actor=who.subject,
-            role=who.role,
-            action=action,
-            target=target,
-            before=before,
-            after=after,
-            request_id=request_id(request),
-            client_addr=client_addr(request),
-        )
-        return lambda conn: append_audit(conn, entry)
 
-    def allow(request: Request, action: str, target: str) -> None:
-        if append_audit is not None:
-            require_role(request, "operator", action=action, target=target)
-
-    # -- registry ----------------------------------------------------------------------
-    async def upload(request: Request) -> Response:
-        allow(request, "package.upload", "package")
-        staging = await anyio.to_thread.run_sync(store.staging_dir)
-        received = await receive_upload(request, staging, registry.max_bytes)
-        path = received.path
-        try:
-            fields = received.fields
-            name = fields.get("name", "")
-            version = fields.get("version", "")
-            kind = fields.get("type", "top_level")
-            for field, value in (("name", name), ("version", version)):
-                if not value:
-                    raise invalid_parameter(field, "is required")
-            why = validate_name(name)
-            if why is not None:
-                raise invalid_parameter("name", why)
-            why = validate_version(version)
-            if why is not None:
-                raise invalid_parameter("version", why)
-            if kind not in ("top_level", "addon"):
-                raise invalid_parameter("type", "must be top_level or addon")
-            if path is None:
-                raise invalid_parameter("file", "is required (a file part named 'file')")
-            digest = received.sha256.digest()
-            declared = fields.get("sha256")
-            if declared is not None:
-                if not _HEX64.fullmatch(declared):
-                    raise invalid_parameter("sha256", "must be 64 hex digits")
-                if not hmac.compare_digest(bytes.fromhex(declared), digest):
-                    raise APIError(
-                        400,
-                        "hash_mismatch",
-                        f"the file's SHA-256 is {digest.hex()}, not the declared {declared.lower()}"
-                        "; nothing was stored",
-                    )
-            if await db.run(lambda conn: q_get(conn, name, version)) is not None:
-                raise APIError(409, "package_exists", f"package {name} {version} already exists")
-            info = PackageInfo(
-                name,
-                version,
-                kind,
-                received.size,
-                digest,
-                received.signature or None,
-                f"{name}/{version}/{digest.hex()}",
-            )
-            try:
-                await anyio.to_thread.run_sync(store.put, info.storage_key, path)
-            except StoreError as exc:
-                logger.warning("package store refused %s %s: %s", name, version, exc)
-                raise APIError(503, "store_unavailable", str(exc)) from None
-            record = audit(request, "package.upload", f"package:{name}@{version}", after={
-                "type": kind, "size_bytes": received.size, "sha256": digest.hex()
-            })  # fmt: skip
-
-            def insert(conn: psycopg.Connection[Any]) -> PackageInfo:
-                stored = q_insert(conn, info)
-                record(conn)
-                return stored
-
-            try:
-                stored = await db.run(insert)
-            except psycopg.errors.UniqueViolation:
-                raise APIError(
-                    409, "package_exists", f"package {name} {version} already exists"
-                ) from None
-        finally:
-            received.discard()
-        logger.info("package %s %s uploaded (%d bytes)", name, version, stored.size_bytes)
-        return JSONResponse(version_model(stored), 201)
-
-    async def list_packages(request: Request) -> Response:
-        infos = await db.run(q_all)
-        by_name: dict[str, list[PackageInfo]] = {}
-        for info in infos:
-            by_name.setdefault(info.name, []).append(info)
-        out = []
-        for name in sorted(by_name):
-            latest = latest_of(by_name[name])
-            assert latest is not None
-            out.append(PackageSummary(name, latest.version, len(by_name[name])))
-        return JSONResponse(PackageList(out))
-
-    def name_of(request: Request) -> str:
-        name: str = request.path_params["name"]
-        why = validate_name(name)
-        if why is not None:
-            raise invalid_parameter("name", why)
-        return name
-
-    async def versions(request: Request) -> Response:
-        name = name_of(request)
-        infos = await db.run(lambda conn: q_versions(conn, name))
-        if not infos:
-            raise _not_found(name)
-        return JSONResponse(PackageVersionList(name, [version_model(i) for i in infos]))
-
-    async def latest(request: Request) -> Response:
-        name = name_of(request)
-        info = latest_of(await db.run(lambda conn: q_versions(conn, name)))
-        if info is None:
-            raise _not_found(name)
-        return JSONResponse(version_model(info))
-
-    async def get_version(request: Request) -> Response:
-        name, version = _path_name_version(request)
-        info = await db.run(lambda conn: q_get(conn, name, version))
-        if info is None:
-            raise _not_found(name, version)
-        return JSONResponse(version_model(info))
-
-    async def delete_version(request: Request) -> Response:
-        name, version = _path_name_version(request)
-        allow(request, "package.delete", f"package:{name}@{version}")
-        record = audit(request, "package.delete", f"package:{name}@{version}")
-
-        def delete(conn: psycopg.Connection[Any]) -> tuple[PackageInfo | None, int, list[str]]:
-            # Locked first: a group assigning it (FOR KEY SHARE) commits before we look.
-            q_get(conn, name, version, lock="FOR UPDATE")
-            offered = q_offered_count(conn, name, version)
-            groups = q_offering_groups(conn, name, version)
-            if offered or groups:
-                return None, offered, groups
-            info = q_delete(conn, name, version)
-            if info is not None:
-                record(conn)
-            return info, 0, []
-
-        try:
-            info, offered, groups = await db.run(delete)
-        except psycopg.errors.ForeignKeyViolation:  # offered between our check and the delete
-            info, offered, groups = None, 1, []
-        if offered or groups:
-            by = [f"{offered} agent(s)"] if offered else []
-            if groups:
-                by.append("group(s) " + ", ".join(groups))
-            raise APIError(
-                409,
-                "package_offered",
-                f"package {name} {version} is offered to {' and '.join(by)}; withdraw the "
-                "offers first",
-            )
-        if info is None:
-            raise _not_found(name, version)
-        try:
-            await anyio.to_thread.run_sync(store.delete, info.storage_key)
-        except Exception:  # the row is gone; a leftover object is only space
-            logger.warning("could not delete %s from the package store", info.storage_key)
-        return Response(status_code=204)
-
-    async def package_status(request: Request) -> Response:
-        name = name_of(request)
-
-        def fetch(conn: psycopg.Connection[Any]) -> tuple[list[PackageInfo], dict[str, Any]]:
-            return q_versions(conn, name), q_package_status(conn, name)
-
-        infos, raw = await db.run(fetch)
-        if not infos and not raw["counts"]:
-            raise _not_found(name)
-        known = [i.version for i in infos]
-        extra = [v for v in (*raw["offered"], *raw["counts"]) if v not in known and v]
-        rows = []
-        for version in [*known, *sorted(set(extra))]:
-            rows.append(
-                PackageVersionStatus(
-                    version=version,
-                    offered=int(raw["offered"].get(version, 0)),
-                    counts=raw["counts"].get(version, {}),
-                )
-            )
-        failures = [
-            PackageFailure(
-                agent_id=uid_text or format_instance_uid(bytes(uid)),
-                version=version,
-                error_message=message,
-                updated_at=at,
-            )
-            for uid_text, uid, version, message, at in raw["failures"]
-        ]
-        return JSONResponse(PackageStatusSummary(name, rows, failures))
-
-    # -- offers ------------------------------------------------------------------------
-    async def get_agent_packages(request: Request) -> Response:
-        uid = parse_agent_id(request.path_params["id"])
-        shown = await load_agent_packages(registry, uid)
-        if not shown.offered and shown.reported_at is None:
-            if not await db.run(lambda conn: queries.agent_exists(conn, uid)):
-                raise APIError(404, "agent_not_found", f"no agent {format_instance_uid(uid)}")
-        return JSONResponse(shown)
-
-    async def put_agent_packages(request: Request) -> Response:
-        uid = parse_agent_id(request.path_params["id"])
-        target = f"agent:{format_instance_uid(uid)}"
-        allow(request, "agent.packages.set", target)
-        body = await read_object(request, 64 * 1024)
-        unknown = set(body) - {"packages"}
-        if unknown or not isinstance(body.get("packages"), list):
+def _checked_upload(received: Upload) -> tuple[PackageInfo, Path]:
+    """The package version an upload describes, and its spooled file; else a 400."""
+    fields = received.fields
+    name = fields.get("name", "")
+    version = fields.get("version", "")
+    kind = fields.get("type", "top_level")
+    for field, value in (("name", name), ("version", version)):
+        if not value:
+            raise invalid_parameter(field, "is required")
+    _checked_name(name)
+    _checked_version(version)
+    if kind not in ("top_level", "addon"):
+        raise invalid_parameter("type", "must be top_level or addon")
+    if received.path is None:
+        raise invalid_parameter("file", "is required (a file part named 'file')")
+    digest = received.sha256.digest()
+    declared = fields.get("sha256")
+    if declared is not None:
+        if not _HEX64.fullmatch(declared):
+            raise invalid_parameter("sha256", "must be 64 hex digits")
+        if not hmac.compare_digest(bytes.fromhex(declared), digest):
             raise APIError(
                 400,
-                "invalid_body",
-                'expected {"packages": [{"name": ..., "version": ... | "latest"}, ...]}',
+                "hash_mismatch",
+                f"the file's SHA-256 is {digest.hex()}, not the declared {declared.lower()}"
+                "; nothing was stored",
             )
-        wanted = parse_wanted(body["packages"])
-        infos = await db.run(lambda conn: resolve_wanted(conn, wanted))
-        before = await db.run(lambda conn: q_agent_statuses(conn, uid))
-        record = audit(
-            request,
-            "agent.packages.set",
-            target,
-            before=before["offered"],
-            after=[{"name": i.name, "version": i.version} for i in infos],
-        )
-        try:
-            await registry.set_offers(uid, [(i.name, i.version) for i in infos], record)
-        except psycopg.errors.ForeignKeyViolation:
-            raise APIError(409, "package_not_found", "a package was deleted meanwhile") from None
-        return JSONResponse(await load_agent_packages(registry, uid))
+    storage_key = f"{name}/{version}/{digest.hex()}"
+    signature = received.signature or None
+    info = PackageInfo(name, version, kind, received.size, digest, signature, storage_key)
+    return info, received.path
 
-    # -- download ----------------------------------------------------------------------
-    def authorised(request: Request, name: str, version: str) -> None:
-        params = request.query_params
-        if "signature" in params:
-            expires, signature = signed_url_params(params)
-            why = registry.signer.verify(name, version, expires, signature, now=time.time())
-            if why is None:
-                return
-            raise APIError(403, "forbidden", why)
-        given = request.headers.get("authorization", "")
-        if given:
-            if shared is not None and hmac.compare_digest(given.encode(), shared):
-                return
-            scheme, _, token = given.partition(" ")
-            if (
-                scheme.lower() == "bearer"
-                and agent_tokens is not None
-                and agent_tokens.uid_of(token.strip()) is not None
-            ):
-                return
-            raise APIError(401, "unauthorized", "invalid agent credentials")
+
+async def _store_upload(request: Request, received: Upload) -> PackageInfo:
+    """Put a checked upload in the store, then record it (with its audit row)."""
+    info, path = _checked_upload(received)
+    name, version = info.name, info.version
+    db = services_of(request).db
+    if await db.run(lambda conn: q_get(conn, name, version)) is not None:
+        raise _exists(name, version)
+    try:
+        await anyio.to_thread.run_sync(_registry(request).store.put, info.storage_key, path)
+    except StoreError as exc:
+        logger.warning("package store refused %s %s: %s", name, version, exc)
+        raise APIError(503, "store_unavailable", str(exc)) from None
+    after = {"type": info.type, "size_bytes": info.size_bytes, "sha256": info.sha256.hex()}
+    entry = audit_entry(request, "package.upload", f"package:{name}@{version}", after=after)
+
+    def insert(conn: psycopg.Connection[Any]) -> PackageInfo:
+        stored = q_insert(conn, info)
+        append_audit(conn, entry)
+        return stored
+
+    try:
+        return await db.run(insert)
+    except psycopg.errors.UniqueViolation:
+        raise _exists(name, version) from None
+
+
+async def _versions(request: Request) -> tuple[str, list[PackageInfo]]:
+    """The package of the path and its versions, newest first; 404 when it has none."""
+    name = _path_name(request)
+    infos = await services_of(request).db.run(lambda conn: q_versions(conn, name))
+    if not infos:
+        raise _not_found(name)
+    return name, infos
+
+
+router = Router(tags=("packages",))
+
+PACKAGE_ERRORS = (400, 404, 503)
+NAME, VER = "$response.body#/name", "$response.body#/version"
+
+
+@router.post(
+    "/api/packages",
+    Operation(
+        "Upload a package version",
+        "multipart/form-data: `name`, `version` (semantic version), `type` (`top_level` "
+        "or `addon`, default `top_level`), `file`, optional `signature` (a detached "
+        "signature, offered to agents as is) and optional `sha256` (hex; a mismatch is "
+        "refused with 400 `hash_mismatch` and nothing is stored). Streamed: never held "
+        "in memory. 413 beyond `package_max_bytes`; 409 `package_exists`.",
+        response=PackageVersion,
+        errors=(400, 403, 409, 413, 503),
+        status=201,
+        body=UPLOAD_BODY,
+        body_media_type="multipart/form-data",
+        links={
+            **links(["package_versions", "latest_package", "package_status"], name=NAME),
+            **links(["get_package_version", "delete_package_version"], name=NAME, version=VER),
+        },
+    ),
+)
+async def upload_package(request: Request) -> Response:
+    require_role(request, "operator", action="package.upload", target="package")
+    registry = _registry(request)
+    staging = await anyio.to_thread.run_sync(registry.store.staging_dir)
+    parts = UPLOAD_BODY["properties"]
+    received = await receive_upload(request, staging, registry.max_bytes, parts)
+    try:
+        stored = await _store_upload(request, received)
+    finally:
+        received.discard()
+    logger.info("package %s %s uploaded (%d bytes)", stored.name, stored.version, stored.size_bytes)
+    return JSONResponse(version_model(stored), 201)
+
+
+@router.get(
+    "/api/packages",
+    Operation(
+        "List packages",
+        "Every package name with its newest version (newest release by semantic "
+        "version; the newest pre-release when there is no release).",
+        response=PackageList,
+        errors=(503,),
+    ),
+)
+async def list_packages(request: Request) -> Response:
+    infos = await services_of(request).db.run(q_all)
+    by_name: dict[str, list[PackageInfo]] = {}
+    for info in infos:
+        by_name.setdefault(info.name, []).append(info)
+    out = []
+    for name in sorted(by_name):
+        latest = latest_of(by_name[name])
+        assert latest is not None
+        out.append(PackageSummary(name, latest.version, len(by_name[name])))
+    return JSONResponse(PackageList(out))
+
+
+@router.get(
+    "/api/packages/{name}",
+    Operation(
+        "Versions of a package",
+        "Newest first by semantic-version precedence.",
+        params=(NAME_PARAM,),
+        response=PackageVersionList,
+        errors=PACKAGE_ERRORS,
+    ),
+)
+async def package_versions(request: Request) -> Response:
+    name, infos = await _versions(request)
+    return JSONResponse(PackageVersionList(name, [version_model(i) for i in infos]))
+
+
+@router.get(
+    "/api/packages/{name}/latest",
+    Operation(
+        "Newest version of a package",
+        "The newest release by semantic version (the newest pre-release when there is no release).",
+        params=(NAME_PARAM,),
+        response=PackageVersion,
+        errors=PACKAGE_ERRORS,
+    ),
+)
+async def latest_package(request: Request) -> Response:
+    _, infos = await _versions(request)
+    info = latest_of(infos)
+    assert info is not None
+    return JSONResponse(version_model(info))
+
+
+def _status_summary(
+    name: str, infos: list[PackageInfo], raw: dict[str, Any]
+) -> PackageStatusSummary:
+    known = [i.version for i in infos]
+    extra = [v for v in (*raw["offered"], *raw["counts"]) if v not in known and v]
+    rows = [
+        PackageVersionStatus(
+            version=version,
+            offered=int(raw["offered"].get(version, 0)),
+            counts=raw["counts"].get(version, {}),
+        )
+        for version in [*known, *sorted(set(extra))]
+    ]
+    failures = [
+        PackageFailure(
+            agent_id=uid_text or format_instance_uid(bytes(uid)),
+            version=version,
+            error_message=message,
+            updated_at=at,
+        )
+        for uid_text, uid, version, message, at in raw["failures"]
+    ]
+    return PackageStatusSummary(name, rows, failures)
+
+
+@router.get(
+    "/api/packages/{name}/status",
+    Operation(
+        "Install status of a package across the fleet",
+        "Per version: agents offered it, and agents by reported status (`installed`, "
+        "`installing`, `downloading`, `install_pending`, `install_failed`); the newest "
+        "failures with their error messages.",
+        params=(NAME_PARAM,),
+        response=PackageStatusSummary,
+        errors=PACKAGE_ERRORS,
+    ),
+)
+async def package_status(request: Request) -> Response:
+    name = _path_name(request)
+
+    def fetch(conn: psycopg.Connection[Any]) -> tuple[list[PackageInfo], dict[str, Any]]:
+        return q_versions(conn, name), q_package_status(conn, name)
+
+    infos, raw = await services_of(request).db.run(fetch)
+    if not infos and not raw["counts"]:
+        raise _not_found(name)
+    return JSONResponse(_status_summary(name, infos, raw))
+
+
+@router.get(
+    "/api/packages/{name}/{version}",
+    Operation(
+        "One package version",
+        params=(NAME_PARAM, VERSION_PARAM),
+        response=PackageVersion,
+        errors=PACKAGE_ERRORS,
+    ),
+)
+async def get_package_version(request: Request) -> Response:
+    name, version = _path_name_version(request)
+    info = await services_of(request).db.run(lambda conn: q_get(conn, name, version))
+    if info is None:
+        raise _not_found(name, version)
+    return JSONResponse(version_model(info))
+
+
+@router.delete(
+    "/api/packages/{name}/{version}",
+    Operation(
+        "Delete a package version",
+        "204; 409 `package_offered` while any agent or group offers it.",
+        params=(NAME_PARAM, VERSION_PARAM),
+        errors=(400, 403, 404, 409, 503),
+        status=204,
+        extra_responses={"204": {"description": "Deleted."}},
+    ),
+)
+async def delete_package_version(request: Request) -> Response:
+    name, version = _path_name_version(request)
+    target = f"package:{name}@{version}"
+    require_role(request, "operator", action="package.delete", target=target)
+    entry = audit_entry(request, "package.delete", target)
+
+    def delete(conn: psycopg.Connection[Any]) -> tuple[PackageInfo | None, int, list[str]]:
+        # Locked first: a group assigning it (FOR KEY SHARE) commits before we look.
+        q_get(conn, name, version, lock="FOR UPDATE")
+        offered = q_offered_count(conn, name, version)
+        groups = q_offering_groups(conn, name, version)
+        if offered or groups:
+            return None, offered, groups
+        info = q_delete(conn, name, version)
+        if info is not None:
+            append_audit(conn, entry)
+        return info, 0, []
+
+    try:
+        info, offered, groups = await services_of(request).db.run(delete)
+    except psycopg.errors.ForeignKeyViolation:  # offered between our check and the delete
+        info, offered, groups = None, 1, []
+    if offered or groups:
+        by = [f"{offered} agent(s)"] if offered else []
+        if groups:
+            by.append("group(s) " + ", ".join(groups))
+        raise APIError(
+            409,
+            "package_offered",
+            f"package {name} {version} is offered to {' and '.join(by)}; withdraw the offers first",
+        )
+    if info is None:
+        raise _not_found(name, version)
+    try:
+        await anyio.to_thread.run_sync(_registry(request).store.delete, info.storage_key)
+    except Exception:  # the row is gone; a leftover object is only space
+        logger.warning("could not delete %s from the package store", info.storage_key)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/api/agents/{id}/packages",
+    Operation(
+        "The agent's packages",
+        "What the agent is offered and its last PackageStatuses report; 404 for an "
+        "agent never seen and offered nothing.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentPackages,
+        errors=(400, 404, 503),
+    ),
+)
+async def get_agent_packages(request: Request) -> Response:
+    uid = path_agent_id(request)
+    shown = await load_agent_packages(_registry(request), uid)
+    if not shown.offered and shown.reported_at is None:
+        if not await services_of(request).db.run(lambda conn: queries.agent_exists(conn, uid)):
+            raise agent_not_found(uid)
+    return JSONResponse(shown)
+
+
+@router.put(
+    "/api/agents/{id}/packages",
+    Operation(
+        "Offer packages to an agent",
+        'Body `{"packages": [{"name", "version"}]}` (a version may be `"latest"`, '
+        "resolved now); replaces the agent's offers (`[]` withdraws them). Agents "
+        "reporting AcceptsPackages receive `packages_available` at once over WebSocket, "
+        "with their next poll over HTTP, on whichever instance holds them. The agent "
+        "need not have connected yet. 404 `package_not_found`.",
+        params=(AGENT_ID_PARAM,),
+        response=AgentPackages,
+        errors=(400, 403, 404, 409, 413, 503),
+        body=OFFER_BODY,
+        links=links(["get_agent_packages"], id="$request.path.id"),
+    ),
+)
+async def set_agent_packages(request: Request) -> Response:
+    uid = path_agent_id(request)
+    target = f"agent:{format_instance_uid(uid)}"
+    require_role(request, "operator", action="agent.packages.set", target=target)
+    body = await read_object(request, 64 * 1024)
+    unknown = set(body) - {"packages"}
+    if unknown or not isinstance(body.get("packages"), list):
+        raise APIError(
+            400,
+            "invalid_body",
+            'expected {"packages": [{"name": ..., "version": ... | "latest"}, ...]}',
+        )
+    wanted = parse_wanted(body["packages"])
+    db = services_of(request).db
+    infos = await db.run(lambda conn: resolve_wanted(conn, wanted))
+    before = await db.run(lambda conn: q_agent_statuses(conn, uid))
+    after = [{"name": i.name, "version": i.version} for i in infos]
+    entry = audit_entry(
+        request, "agent.packages.set", target, before=before["offered"], after=after
+    )
+    registry = _registry(request)
+    try:
+        await registry.set_offers(
+            uid, [(i.name, i.version) for i in infos], lambda conn: append_audit(conn, entry)
+        )
+    except psycopg.errors.ForeignKeyViolation:
+        raise APIError(409, "package_not_found", "a package was deleted meanwhile") from None
+    return JSONResponse(await load_agent_packages(registry, uid))
+
+
+def _authorise(request: Request, name: str, version: str) -> None:
+    """A download needs the offer's signed URL or agent credentials; else a 401 or a 403."""
+    params = request.query_params
+    if "signature" in params:
+        expires, signature = signed_url_params(params)
+        why = _registry(request).signer.verify(name, version, expires, signature, now=time.time())
+        if why is None:
+            return
+        raise APIError(403, "forbidden", why)
+    given = request.headers.get("authorization", "")
+    if not given:
         raise APIError(
             401,
             "unauthorized",
             "a signed URL (from the package offer) or agent credentials are required",
         )
+    shared = shared_of(request)
+    if shared.agent_authorization is not None and hmac.compare_digest(
+        given.encode(), shared.agent_authorization
+    ):
+        return
+    scheme, _, token = given.partition(" ")
+    tokens = shared.agent_tokens
+    if scheme.lower() == "bearer" and tokens is not None:
+        if tokens.uid_of(token.strip()) is not None:
+            return
+    raise APIError(401, "unauthorized", "invalid agent credentials")
 
-    async def download(request: Request) -> Response:
-        name, version = _path_name_version(request)
-        authorised(request, name, version)
-        info = await db.run(lambda conn: q_get(conn, name, version))
-        if info is None:
-            raise _not_found(name, version)
-        size = info.size_bytes
-        headers = {
-            "etag": info.etag,
-            "accept-ranges": "bytes",
-            "cache-control": "private, max-age=0",
-            "content-disposition": _content_disposition(info),
-        }
-        if_none_match = request.headers.get("if-none-match")
-        if if_none_match and info.etag in {t.strip() for t in if_none_match.split(",")}:
-            return Response(status_code=304, headers=headers)
-        wanted = parse_range(request.headers.get("range"), size)
-        if_range = request.headers.get("if-range")
-        if if_range is not None and if_range.strip() != info.etag:
-            wanted = None  # the agent's partial copy is of another file: send it all
-        if wanted == "unsatisfiable":
-            headers["content-range"] = f"bytes */{size}"
-            return Response(status_code=416, headers=headers)
-        status = 200
-        start, end = 0, size - 1
-        if isinstance(wanted, tuple):
-            start, end = wanted
-            status = 206
-            headers["content-range"] = f"bytes {start}-{end}/{size}"
-        length = max(0, end - start + 1)
-        headers["content-length"] = str(length)
-        if request.method == "HEAD" or length == 0:
-            return Response(status_code=status, headers=headers, media_type=None)
-        registry.downloads_total += 1
-        return StreamingResponse(
-            _stream(registry, info.storage_key, start, end),
-            status_code=status,
-            headers=headers,
-            media_type="application/octet-stream",
-        )
 
-    package_errors = (400, 404, 503)
-    NAME, VER = "$response.body#/name", "$response.body#/version"
-    return [
-        DocumentedRoute(
-            "/api/packages",
-            upload,
-            Operation(
-                "Upload a package version",
-                "multipart/form-data: `name`, `version` (semantic version), `type` (`top_level` "
-                "or `addon`, default `top_level`), `file`, optional `signature` (a detached "
-                "signature, offered to agents as is) and optional `sha256` (hex; a mismatch is "
-                "refused with 400 `hash_mismatch` and nothing is stored). Streamed: never held "
-                "in memory. 413 beyond `package_max_bytes`; 409 `package_exists`.",
-                response=PackageVersion,
-                errors=(400, 403, 409, 413, 503),
-                method="POST",
-                status=201,
-                tags=_TAGS,
-                body=UPLOAD_BODY,
-                body_media_type="multipart/form-data",
-                links={
-                    **links(["package_versions", "latest_package", "package_status"], name=NAME),
-                    **links(
-                        ["get_package_version", "delete_package_version"], name=NAME, version=VER
-                    ),
-                },
-            ),
-            name="upload_package",
-        ),
-        DocumentedRoute(
-            "/api/packages",
-            list_packages,
-            Operation(
-                "List packages",
-                "Every package name with its newest version (newest release by semantic "
-                "version; the newest pre-release when there is no release).",
-                response=PackageList,
-                errors=(503,),
-                tags=_TAGS,
-            ),
-            name="list_packages",
-        ),
-        DocumentedRoute(
-            "/api/packages/{name}",
-            versions,
-            Operation(
-                "Versions of a package",
-                "Newest first by semantic-version precedence.",
-                params=(NAME_PARAM,),
-                response=PackageVersionList,
-                errors=package_errors,
-                tags=_TAGS,
-            ),
-            name="package_versions",
-        ),
-        DocumentedRoute(
-            "/api/packages/{name}/latest",
-            latest,
-            Operation(
-                "Newest version of a package",
-                "The newest release by semantic version (the newest pre-release when there is "
-                "no release).",
-                params=(NAME_PARAM,),
-                response=PackageVersion,
-                errors=package_errors,
-                tags=_TAGS,
-            ),
-            name="latest_package",
-        ),
-        DocumentedRoute(
-            "/api/packages/{name}/status",
-            package_status,
-            Operation(
-                "Install status of a package across the fleet",
-                "Per version: agents offered it, and agents by reported status (`installed`, "
-                "`installing`, `downloading`, `install_pending`, `install_failed`); the newest "
-                "failures with their error messages.",
-                params=(NAME_PARAM,),
-                response=PackageStatusSummary,
-                errors=package_errors,
-                tags=_TAGS,
-            ),
-            name="package_status",
-        ),
-        DocumentedRoute(
-            "/api/packages/{name}/{version}",
-            get_version,
-            Operation(
-                "One package version",
-                params=(NAME_PARAM, VERSION_PARAM),
-                response=PackageVersion,
-                errors=package_errors,
-                tags=_TAGS,
-            ),
-            name="get_package_version",
-        ),
-        DocumentedRoute(
-            "/api/packages/{name}/{version}",
-            delete_version,
-            Operation(
-                "Delete a package version",
-                "204; 409 `package_offered` while any agent or group offers it.",
-                params=(NAME_PARAM, VERSION_PARAM),
-                errors=(400, 403, 404, 409, 503),
-                method="DELETE",
-                status=204,
-                tags=_TAGS,
-                extra_responses={"204": {"description": "Deleted."}},
-            ),
-            name="delete_package_version",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/packages",
-            get_agent_packages,
-            Operation(
-                "The agent's packages",
-                "What the agent is offered and its last PackageStatuses report; 404 for an "
-                "agent never seen and offered nothing.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentPackages,
-                errors=(400, 404, 503),
-                tags=_TAGS,
-            ),
-            name="get_agent_packages",
-        ),
-        DocumentedRoute(
-            "/api/agents/{id}/packages",
-            put_agent_packages,
-            Operation(
-                "Offer packages to an agent",
-                'Body `{"packages": [{"name", "version"}]}` (a version may be `"latest"`, '
-                "resolved now); replaces the agent's offers (`[]` withdraws them). Agents "
-                "reporting AcceptsPackages receive `packages_available` at once over WebSocket, "
-                "with their next poll over HTTP, on whichever instance holds them. The agent "
-                "need not have connected yet. 404 `package_not_found`.",
-                params=(AGENT_ID_PARAM,),
-                response=AgentPackages,
-                errors=(400, 403, 404, 409, 413, 503),
-                method="PUT",
-                tags=_TAGS,
-                body=OFFER_BODY,
-                links=links(["get_agent_packages"], id="$request.path.id"),
-            ),
-            name="set_agent_packages",
-        ),
-        DocumentedRoute(
-            "/v1/packages/{name}/{version}/file",
-            download,
-            Operation(
-                "Download a package file",
-                "The URL in a package offer (signed, expiring: `expires`, `signature`), or with "
-                "agent credentials (`Authorization`: the shared agent token or a per-agent "
-                "token). `ETag` is the SHA-256; one `Range` gives 206 (416 when unsatisfiable); "
-                "`If-Range` and `If-None-Match` are honoured.",
-                params=(NAME_PARAM, VERSION_PARAM, EXPIRES_PARAM, SIGNATURE_PARAM),
-                errors=(400, 401, 403, 404),
-                tags=_TAGS,
-                secured=False,
-                extra_responses={
-                    "200": {
-                        "description": "The file.",
-                        "content": {"application/octet-stream": {"schema": {}}},
-                    },
-                    "206": {
-                        "description": "The requested range.",
-                        "content": {"application/octet-stream": {"schema": {}}},
-                    },
-                    "304": {"description": "Not modified (If-None-Match)."},
-                    "416": {"description": "Range not satisfiable."},
-                },
-            ),
-            name="download_package",
-        ),
-    ]
+def _wanted_range(request: Request, info: PackageInfo) -> tuple[int, int] | str | None:
+    """``parse_range`` of the request's ``Range``, unless ``If-Range`` names another file."""
+    wanted = parse_range(request.headers.get("range"), info.size_bytes)
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != info.etag:
+        return None  # the agent's partial copy is of another file: send it all
+    return wanted
+
+
+@router.get(
+    "/v1/packages/{name}/{version}/file",
+    Operation(
+        "Download a package file",
+        "The URL in a package offer (signed, expiring: `expires`, `signature`), or with "
+        "agent credentials (`Authorization`: the shared agent token or a per-agent "
+        "token). `ETag` is the SHA-256; one `Range` gives 206 (416 when unsatisfiable); "
+        "`If-Range` and `If-None-Match` are honoured.",
+        params=(NAME_PARAM, VERSION_PARAM, EXPIRES_PARAM, SIGNATURE_PARAM),
+        errors=(400, 401, 403, 404),
+        secured=False,
+        extra_responses={
+            "200": {
+                "description": "The file.",
+                "content": {"application/octet-stream": {"schema": {}}},
+            },
+            "206": {
+                "description": "The requested range.",
+                "content": {"application/octet-stream": {"schema": {}}},
+            },
+            "304": {"description": "Not modified (If-None-Match)."},
+            "416": {"description": "Range not satisfiable."},
+        },
+    ),
+)
+async def download_package(request: Request) -> Response:
+    name, version = _path_name_version(request)
+    _authorise(request, name, version)
+    info = await services_of(request).db.run(lambda conn: q_get(conn, name, version))
+    if info is None:
+        raise _not_found(name, version)
+    size = info.size_bytes
+    headers = {
+        "etag": info.etag,
+        "accept-ranges": "bytes",
+        "cache-control": "private, max-age=0",
+        "content-disposition": _content_disposition(info),
+    }
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and info.etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    wanted = _wanted_range(request, info)
+    if wanted == "unsatisfiable":
+        headers["content-range"] = f"bytes */{size}"
+        return Response(status_code=416, headers=headers)
+    status = 200
+    start, end = 0, size - 1
+    if isinstance(wanted, tuple):
+        start, end = wanted
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end}/{size}"
+    length = max(0, end - start + 1)
+    headers["content-length"] = str(length)
+    if request.method == "HEAD" or length == 0:
+        return Response(status_code=status, headers=headers, media_type=None)
+    registry = _registry(request)
+    registry.downloads_total += 1
+    return StreamingResponse(
+        _stream(registry, info.storage_key, start, end),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
 
 
 async def _stream(

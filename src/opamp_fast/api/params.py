@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from starlette.datastructures import QueryParams
+from starlette.requests import Request
 
 from ..protocol.codec import format_instance_uid, parse_instance_uid_text
 from ..strictint import parse_ascii_int
@@ -112,6 +113,18 @@ def page_param(max_page_size: int, cursor_pattern: str, filters: tuple[Param, ..
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PageParam:
+    """A list's :func:`page_param`, declared before the server's page size is known: the
+    document is built with ``api_max_page_size`` of the server that serves it."""
+
+    cursor_pattern: str
+    filters: tuple[Param, ...] = ()
+
+    def resolve(self, max_page_size: int) -> Param:
+        return page_param(max_page_size, self.cursor_pattern, self.filters)
+
+
 AGENT_ID_PARAM = Param(
     "id",
     "path",
@@ -163,6 +176,11 @@ def parse_agent_id(raw: str) -> bytes:
             "invalid_agent_id",
             f"agent id {shown!r} is not a UUID (canonical 8-4-4-4-12 form or 32 hex digits)",
         ) from None
+
+
+def path_agent_id(request: Request) -> bytes:
+    """The agent id of the path (``{id}``); 400 ``invalid_agent_id`` when it is not one."""
+    return parse_agent_id(request.path_params["id"])
 
 
 def query_integer(params: QueryParams, name: str, default: int, lo: int, hi: int) -> int:

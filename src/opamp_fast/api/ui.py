@@ -21,12 +21,11 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 
 from ..auth import principal_of
-from ..services import Services
-from .openapi import DocumentedRoute, Operation
 from .responses import JSONResponse
+from .routing import Operation, Router
+from .state import StaticFiles, services_of, shared_of
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "ui" / "static"
 CSP = (
@@ -111,7 +110,7 @@ def overview_of(rows: list[tuple[str, str | None, str | None, int]]) -> dict[str
     }
 
 
-def load_static() -> dict[str, tuple[bytes, str]]:
+def load_static() -> StaticFiles:
     files = {}
     for path in STATIC_DIR.iterdir():
         if path.is_file() and path.suffix in _TYPES:
@@ -119,91 +118,85 @@ def load_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def routes(services: Services) -> list[Route]:
-    files: dict[str, tuple[bytes, str]] = {}
-    cached: list[tuple[float, dict[str, Any]]] = []
-    db = services.db
+router = Router(tags=("console",))
 
-    async def static(name: str) -> Response:
-        if not files:
-            files.update(await anyio.to_thread.run_sync(load_static))
-        found = files.get(name)
-        if found is None:
-            raise HTTPException(404, "no such file")
-        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
-        headers["Cache-Control"] = "no-cache"  # revalidate: a new release shows at once
-        return Response(found[0], media_type=found[1], headers=headers)
 
-    async def index(request: Request) -> Response:
-        return await static("index.html")
+async def _static(request: Request, name: str) -> Response:
+    files = shared_of(request).console_files
+    if not files:
+        files.update(await anyio.to_thread.run_sync(load_static))
+    found = files.get(name)
+    if found is None:
+        raise HTTPException(404, "no such file")
+    headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+    headers["Cache-Control"] = "no-cache"  # revalidate: a new release shows at once
+    return Response(found[0], media_type=found[1], headers=headers)
 
-    async def asset(request: Request) -> Response:
-        return await static(request.path_params["name"])
 
-    async def overview(request: Request) -> Response:
-        hub = services.events
-        last_event_id = hub.last_id if hub is not None else None  # before the query: no gap
-        now = time.monotonic()
-        if not cached or now - cached[0][0] > OVERVIEW_CACHE_S:
+@router.page("/ui")
+async def index(request: Request) -> Response:
+    return await _static(request, "index.html")
 
-            def fetch(conn: Any) -> list[tuple[str, str | None, str | None, int]]:
-                rows: list[tuple[str, str | None, str | None, int]]
-                rows = conn.execute(_OVERVIEW).fetchall()
-                return rows
 
-            cached[:] = [(now, overview_of(await db.run(fetch)))]
-        history = services.online_history
-        points = list(history.points) if history is not None else []
-        return JSONResponse(
-            FleetOverview(
-                **cached[0][1],
-                online_history=[
-                    OnlineSample(at=datetime.fromtimestamp(t, UTC), online=n) for t, n in points
-                ],
-                as_of=datetime.now(UTC),
-                last_event_id=last_event_id,
-            )
+@router.page("/ui/")
+async def index_slash(request: Request) -> Response:
+    return RedirectResponse("/ui", 308)
+
+
+@router.page("/ui/static/{name}")
+async def asset(request: Request) -> Response:
+    return await _static(request, request.path_params["name"])
+
+
+def _fetch_overview(conn: Any) -> list[tuple[str, str | None, str | None, int]]:
+    rows: list[tuple[str, str | None, str | None, int]] = conn.execute(_OVERVIEW).fetchall()
+    return rows
+
+
+@router.get(
+    "/api/ui/overview",
+    Operation(
+        "Fleet overview for the console",
+        "Agents by status, transport and `service.version` (from Postgres, cached for "
+        "a second), the online count sampled once a minute over the last hour, and the "
+        "event id to resume `/api/events` from without a gap.",
+        response=FleetOverview,
+        errors=(503,),
+    ),
+)
+async def ui_overview(request: Request) -> Response:
+    services = services_of(request)
+    shared = shared_of(request)
+    hub = services.events
+    last_event_id = hub.last_id if hub is not None else None  # before the query: no gap
+    now = time.monotonic()
+    if shared.overview is None or now - shared.overview[0] > OVERVIEW_CACHE_S:
+        shared.overview = (now, overview_of(await services.db.run(_fetch_overview)))
+    history = services.online_history
+    points = list(history.points) if history is not None else []
+    return JSONResponse(
+        FleetOverview(
+            **shared.overview[1],
+            online_history=[
+                OnlineSample(at=datetime.fromtimestamp(t, UTC), online=n) for t, n in points
+            ],
+            as_of=datetime.now(UTC),
+            last_event_id=last_event_id,
         )
+    )
 
-    async def me(request: Request) -> Response:
-        who = principal_of(request.scope)
-        exp = (request.scope.get("auth") or {}).get("exp")
-        expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
-        return JSONResponse(ConsoleSession(subject=who.subject, role=who.role, expires_at=expires))
 
-    return [
-        Route("/ui", index, methods=["GET"], include_in_schema=False),
-        Route(
-            "/ui/",
-            lambda request: RedirectResponse("/ui", 308),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route("/ui/static/{name}", asset, methods=["GET"], include_in_schema=False),
-        DocumentedRoute(
-            "/api/ui/overview",
-            overview,
-            Operation(
-                "Fleet overview for the console",
-                "Agents by status, transport and `service.version` (from Postgres, cached for "
-                "a second), the online count sampled once a minute over the last hour, and the "
-                "event id to resume `/api/events` from without a gap.",
-                response=FleetOverview,
-                errors=(503,),
-                tags=("console",),
-            ),
-            name="ui_overview",
-        ),
-        DocumentedRoute(
-            "/api/ui/me",
-            me,
-            Operation(
-                "The console's session",
-                "The token's subject, role (`viewer`, `operator` or `admin`) and expiry: the "
-                "console shows forms the role may not use as disabled.",
-                response=ConsoleSession,
-                tags=("console",),
-            ),
-            name="ui_me",
-        ),
-    ]
+@router.get(
+    "/api/ui/me",
+    Operation(
+        "The console's session",
+        "The token's subject, role (`viewer`, `operator` or `admin`) and expiry: the "
+        "console shows forms the role may not use as disabled.",
+        response=ConsoleSession,
+    ),
+)
+async def ui_me(request: Request) -> Response:
+    who = principal_of(request.scope)
+    exp = (request.scope.get("auth") or {}).get("exp")
+    expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+    return JSONResponse(ConsoleSession(subject=who.subject, role=who.role, expires_at=expires))
