@@ -1,4 +1,4 @@
-"""``/metrics`` scrape cost with 100k registered agents (issue 6).
+"""``/metrics`` scrape cost with 100k registered agents.
 
 Run:
     python -m pytest benchmarks/bench_metrics.py --benchmark-only -q -p no:cacheprovider \

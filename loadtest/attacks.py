@@ -1,7 +1,7 @@
 """Hostile peers against a server that is busy with real agents: what do the agents feel?
 
 Starts Postgres (embedded) and ``opamp-fast serve``, ramps ``--agents`` WebSocket agents with
-``wsload.py`` (heartbeat every ``--heartbeat-s``), then runs each attack of issue 16 in its own
+``wsload.py`` (heartbeat every ``--heartbeat-s``), then runs each attack in its own
 window, with a quiet window before each as the baseline:
 
 ==================  =========================================================================

@@ -1,4 +1,4 @@
-"""pkgload: package downloads under heartbeat load (issue 14).
+"""pkgload: package downloads under heartbeat load.
 
 One bounded run, everything on loopback:
 

@@ -1,5 +1,5 @@
 """The web console and /docs in a real headless Chromium against a real server process, real
-Postgres and real OpAMP agents (issue 15): sign-in, live counts and lists, agent detail,
+Postgres and real OpAMP agents: sign-in, live counts and lists, agent detail,
 error messages, and no request leaving the machine."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Several instances on one Postgres behave as one fleet (issue 12): the same answers from each,
+"""Several instances on one Postgres behave as one fleet: the same answers from each,
 commands routed to the instance holding the agent, takeover by a newer session elsewhere, lost
 instances reaped by a survivor, no false loss after a database outage, and --workers."""
 

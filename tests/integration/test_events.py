@@ -1,4 +1,4 @@
-"""``GET /api/events`` (issue 15) against live servers, a real Postgres and real agents: event
+"""``GET /api/events`` against live servers, a real Postgres and real agents: event
 contents, filters, resume with Last-Event-ID, replay overflow, slow subscribers, auth, and
 events from another instance."""
 
@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from opamp_fast.api import events as api_events
 from opamp_fast.auth import load_key_material, mint_token
 from opamp_fast.protocol import format_instance_uid
 from tests.helpers.agents import HTTPAgent, open_ws_agent, wait_for
@@ -200,6 +201,35 @@ async def test_filters_by_type_agent_and_label(server: Any, database_url: str) -
             descriptions = [await s_type.next(), await s_type.next()]
             assert [e.data["data"]["name"] for e in descriptions] == ["other-2", "labelled-2"]
             assert {e.event for e in descriptions} == {"agent.description"}
+
+
+async def test_a_label_filter_takes_in_agents_labelled_after_the_stream_opened(
+    server: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_events, "LABEL_REFRESH_S", 0.2)
+    async with open_ws_agent(server.url) as first, open_ws_agent(server.url) as later:
+        await first.full_state("first")
+        await later.full_state("later")
+        await server.services.writer.flush()
+        ids = {a: format_instance_uid(a.uid) for a in (first, later)}
+
+        async def label(agent: Any) -> None:
+            await run_sql(
+                database_url,
+                lambda c: c.execute(
+                    'UPDATE agents SET labels = \'{"env": "prod"}\' WHERE uid_text = %s',
+                    (ids[agent],),
+                ),
+            )
+
+        await label(first)
+        async with events(server, "?label=env:prod&type=agent.description") as stream:
+            await subscribed(server)
+            await label(later)  # labelled after the stream opened: in after the next refresh
+            await anyio.sleep(0.6)
+            await later.full_state("later-2")
+            got = await stream.next()
+            assert (got.data["agent"], got.data["data"]["name"]) == (ids[later], "later-2")
 
 
 async def test_resume_with_last_event_id_has_no_gaps(server: Any) -> None:

@@ -1,4 +1,4 @@
-"""Random and mutated input against the running OpAMP endpoint (issue 16).
+"""Random and mutated input against the running OpAMP endpoint.
 
 The invariant, as in h11's fuzz harness: whatever arrives, the server answers it or closes that
 one connection with a proper code, never crashes a connection with an internal error, and keeps

@@ -1,4 +1,4 @@
-"""A group's ``packages`` (issue 14): offered to every member the group decides, over WebSocket
+"""A group's ``packages``: offered to every member the group decides, over WebSocket
 at once and over HTTP on the next poll; an agent's own offer wins; agents that join later get it;
 removing it (or the group) withdraws it; a version a group offers cannot be deleted; bad input
 changes nothing. Real Postgres, real agents over loopback."""

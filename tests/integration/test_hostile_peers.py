@@ -1,4 +1,4 @@
-"""Hostile and broken peers (issue 16): every phase of a connection is bounded in time, a peer
+"""Hostile and broken peers: every phase of a connection is bounded in time, a peer
 that stops reading is dropped, closes free their socket at once, floods of idle sockets and of
 tiny fragments cost little, and the server keeps serving real agents through all of it."""
 

@@ -1,4 +1,4 @@
-"""Identity (issue 16): a uid is not a credential. Duplicates never touch the owner's state; an
+"""Identity: a uid is not a credential. Duplicates never touch the owner's state; an
 agent that changes its uid on a live socket is re-keyed, not dropped later; per-agent tokens and
 client certificates bind a connection to one uid."""
 

@@ -75,14 +75,14 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/events",
             "/api/ui/overview",
             "/api/ui/me",
-            # Packages (issue 14).
+            # Packages.
             "/api/packages",
             "/api/packages/{name}",
             "/api/packages/{name}/latest",
             "/api/packages/{name}/status",
             "/api/packages/{name}/{version}",
             "/api/agents/{id}/packages",
-            # Remote configuration (issue 13).
+            # Remote configuration.
             "/api/configs",
             "/api/configs/{name}",
             "/api/configs/{name}/versions/{version}",

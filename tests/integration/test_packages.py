@@ -1,4 +1,4 @@
-"""Agent packages end to end (issue 14), the same tests on the filesystem store and on a real
+"""Agent packages end to end, the same tests on the filesystem store and on a real
 S3-compatible server (moto's server mode on loopback, started here): upload, list, latest,
 delete refused while offered, offers over WebSocket and HTTP, a download with a Range resume,
 install statuses in the API, and refusals (corrupt upload, bad input, oversize)."""

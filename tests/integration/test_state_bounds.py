@@ -1,4 +1,4 @@
-"""What one agent can make the server keep is bounded (issue 16): a description with 200,000
+"""What one agent can make the server keep is bounded: a description with 200,000
 attributes or an oversized status part is refused with a clear BadRequest, nothing of it is
 kept, and the agent's previous state is intact."""
 

@@ -1,4 +1,4 @@
-"""Units of the package feature (issue 14): semantic-version order, signed URLs, Range parsing,
+"""Units of the package feature: semantic-version order, signed URLs, Range parsing,
 the offer hash, and the protocol core's offer rules (capability, once per session, re-offer on an
 older reported hash)."""
 

@@ -223,7 +223,7 @@ def _refresher(
     db: Database, labels: list[tuple[str, str]], agents: frozenset[str] | None
 ) -> Callable[[Subscriber], Awaitable[None]]:
     """The stream's task re-resolving its label filter every LABEL_REFRESH_S; what it finds is
-    kept within ``agents``, the set the stream opened with."""
+    kept within ``agents``, the agents the request named (None: any)."""
 
     async def refresh(sub: Subscriber) -> None:
         while True:
@@ -275,14 +275,16 @@ async def fleet_events(request: Request) -> Response:
     assert hub is not None  # open_services always makes one
     params = request.query_params
     types = parse_types(params)
-    agents = parse_agents(params)
+    named = agents = parse_agents(params)
     labels = parse_labels(params)
     last_id = parse_last_id(hub, request)
     refresh = None
     if labels:
         matching = await _matching(services.db, labels)
-        agents = matching if agents is None else agents & matching
-        refresh = _refresher(services.db, labels, agents)
+        agents = matching if named is None else named & matching
+        # Re-resolved within the agents named (not those matching now): agents that gain the
+        # labels later join the stream.
+        refresh = _refresher(services.db, labels, named)
     claims: Mapping[str, Any] = request.scope.get("auth") or {}
     expires_at = float(claims.get("exp", math.inf))
     sub, replay, resync = hub.subscribe(types=types, agents=agents, last_id=last_id)
