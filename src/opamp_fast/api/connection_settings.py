@@ -513,7 +513,8 @@ async def delete_agent_connection_settings(request: Request) -> Response:
         "`connection_settings.opamp.certificate`: pushed at once over WebSocket, in the next "
         "poll's reply over HTTP. 202 once that instance is told. 409 `not_connected` when the "
         "agent is not connected, `agent_ca_not_configured` without `--agent-ca-cert-file`, "
-        "`capability_missing` when the agent does not accept OpAMP connection settings. "
+        "`capability_missing` when the agent does not accept OpAMP connection settings, "
+        "`rotation_pending` while a certificate for it is being made. "
         "Audited (`agent.certificate.rotate`). Needs the admin role.",
         params=(AGENT_ID_PARAM,),
         response=RotationAccepted,
@@ -535,7 +536,13 @@ async def rotate_certificate(request: Request) -> Response:
         )
     owner = await run_db(services, lambda conn: _rotation_target(conn, uid))
     if owner == services.settings.instance_id:
-        services.connection_settings.rotate(uid)
+        if not services.connection_settings.rotate(uid):
+            raise APIError(
+                409,
+                "rotation_pending",
+                "a certificate for this agent is being made already (or the signing queue is "
+                "full, or the agent just disconnected); try again shortly",
+            )
     else:
         await services.cluster.notify(owner, "certificates", uids=[uid.hex()], action="rotate")
     after = {"serving_instance": owner}
