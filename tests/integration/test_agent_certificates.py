@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from opamp_fast.protocol import format_instance_uid, pb
-from tests.helpers.agents import WSAgent, description, new_uid
+from tests.helpers.agents import HTTPAgent, WSAgent, description, new_uid
 from tests.helpers.certs import Issued, LocalCA, make_ca
 from tests.helpers.config_api import api_client, wait_known
 from tests.helpers.wsclient import open_ws
@@ -257,3 +257,36 @@ async def test_rotation_offers_a_new_key_and_certificate(
         assert r.status_code == 409 and r.json()["error"]["code"] == "not_connected"
         r = await admin.post("/api/agents/00000000-0000-0000-0000-000000000009/rotate-certificate")
         assert r.status_code == 404
+
+
+async def test_a_plain_http_agent_gets_its_certificate_with_a_later_poll(
+    ca_server: Any, ca: LocalCA, tmp_path: Path
+) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    async with httpx.AsyncClient(base_url=ca_server.url, verify=ca.client_context()) as http:
+        agent = HTTPAgent(http, caps=CAPS)
+        message = agent.message(agent_description=description("http-csr"))
+        message.connection_settings_request.CopyFrom(request_of(make_csr(key)))
+        first = await agent.request(message)
+        assert first.capabilities & ACCEPTS_CONNECTION_SETTINGS_REQUEST
+        # Signed in a worker meanwhile; an HTTP agent is told with a poll.
+        with anyio.fail_after(30):
+            while True:
+                offer = (await agent.heartbeat()).connection_settings.opamp
+                if offer.HasField("certificate"):
+                    break
+                await anyio.sleep(0.05)
+        assert offer.heartbeat_interval_seconds == 30 and not offer.certificate.private_key
+        # Once: the next poll does not carry it again.
+        assert not (await agent.heartbeat()).connection_settings.opamp.HasField("certificate")
+    pair = save_pair(tmp_path, "http-agent", offer.certificate.cert, key_pem(key))
+    async with httpx.AsyncClient(base_url=ca_server.url, verify=ca.client_context(pair)) as http:
+        again = HTTPAgent(http, uid=agent.uid, caps=CAPS)
+        reply = await again.full_state("http-csr")
+        assert not reply.HasField("error_response")
+        assert ca_server.services.registry.get(agent.uid).proven
+        # That certificate speaks for its uid only.
+        impostor = HTTPAgent(http, caps=CAPS)
+        refused = await impostor.post(impostor.message(agent_description=description("x")))
+        error = pb.ServerToAgent.FromString(refused.content).error_response
+        assert error.type == BAD_REQUEST and "bound to instance uid" in error.error_message
