@@ -20,6 +20,8 @@ import anyio
 
 from . import __version__
 from .auth import AgentTokenVerifier, agent_token_key
+from .connection_settings.ca import AgentCA
+from .connection_settings.service import ConnectionSettingsService
 from .fleet.admission import Admission, LoopLag
 from .fleet.cluster import Cluster
 from .fleet.events import EventHub, OnlineHistory
@@ -29,7 +31,12 @@ from .observability.gcpolicy import GrowthFreezer
 from .observability.metrics import MetricsExporter
 from .observability.metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
-from .protocol import DEFAULT_SERVER_CAPABILITIES, SERVER_OFFERS_PACKAGES, ServerPolicy
+from .protocol import (
+    DEFAULT_SERVER_CAPABILITIES,
+    SERVER_ACCEPTS_CONNECTION_SETTINGS_REQUEST,
+    SERVER_OFFERS_PACKAGES,
+    ServerPolicy,
+)
 from .protocol.codec import PartBounds
 from .redaction import ConfigRedactor, RedactionPolicy
 from .remote_config.service import ConfigService
@@ -68,6 +75,8 @@ class Services:
     configs: ConfigService | None = None
     # Agent packages: registry, offers, statuses.
     packages: PackageRegistry | None = None
+    # Connection settings and agent certificates: offers, CSRs, rotations, statuses.
+    connection_settings: ConnectionSettingsService | None = None
     # Refused REST requests, aggregated into the audit log (audit_denials).
     denials: DenialLog | None = None
     started_at: float = field(default_factory=time.time)
@@ -96,7 +105,10 @@ def admission_of(
     return Admission(
         agent_auth_token=settings.agent_auth_token,
         agent_tokens=AgentTokenVerifier(key) if key is not None else None,
-        require_client_cert=settings.tls_client_ca_file is not None,
+        # With an agent CA, agents without a certificate are admitted: they may ask for one.
+        require_client_cert=(
+            settings.tls_client_ca_file is not None and settings.agent_ca_cert_file is None
+        ),
         require_identity=settings.require_agent_identity,
         max_connections=max_agent_connections(settings),
         max_handshakes=settings.max_handshakes,
@@ -125,8 +137,11 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
 
 
 def server_policy(settings: Settings) -> ServerPolicy:
+    capabilities = DEFAULT_SERVER_CAPABILITIES | SERVER_OFFERS_PACKAGES
+    if settings.agent_ca_cert_file is not None:
+        capabilities |= SERVER_ACCEPTS_CONNECTION_SETTINGS_REQUEST
     return ServerPolicy(
-        capabilities=DEFAULT_SERVER_CAPABILITIES | SERVER_OFFERS_PACKAGES,
+        capabilities=capabilities,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_message_bytes=settings.max_message_bytes,
         max_description_bytes=settings.max_description_bytes,
@@ -213,6 +228,13 @@ def build_services(
         denials=DenialLog(db, window_s=settings.audit_denial_window_s),
         packages=build_package_registry(settings, db=db, registry=registry, fleet=fleet),
         configs=ConfigService(db, fleet, instance_id=settings.instance_id),
+        connection_settings=ConnectionSettingsService(
+            db,
+            fleet,
+            instance_id=settings.instance_id,
+            ca=agent_ca(settings),
+            flush_interval_s=settings.flush_interval_s,
+        ),
     )
     _wire(services)
     # Built before the writer starts, so its on_flush hook sees every flush.
@@ -226,18 +248,51 @@ def build_services(
     return services
 
 
+def agent_ca(settings: Settings) -> AgentCA | None:
+    """The agent CA when configured (ConfigError when its files cannot serve)."""
+    if settings.agent_ca_cert_file is None or settings.agent_ca_key_file is None:
+        return None
+    return AgentCA.load(
+        settings.agent_ca_cert_file,
+        settings.agent_ca_key_file,
+        ttl_days=settings.agent_cert_ttl_days,
+    )
+
+
 def _wire(services: Services) -> None:
     """The hooks by which the services hear of each other (none imports another's room)."""
     writer, fleet, events = services.writer, services.fleet, services.events
     configs, packages, cluster = services.configs, services.packages, services.cluster
+    connection = services.connection_settings
     assert events is not None and configs is not None and packages is not None
+    assert connection is not None
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
     cluster.on_packages = packages.notice
     cluster.on_configs = configs.on_notice
-    configs.also_assign = packages.assign
-    configs.before_apply = packages.load_groups
+    cluster.on_certificates = connection.notice
+    configs.also_assign = _each(packages.assign, connection.assign)
+    configs.before_apply = _in_turn(packages.load_groups, connection.load)
     packages.group_of = configs.deciding_group
+    connection.group_of = configs.deciding_group
+    fleet.connection_settings = connection
+
+
+def _each(*assigns: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """Every assign runs (no short cut); True when any changed something."""
+
+    def assign(record: Any) -> bool:
+        return any([a(record) for a in assigns])
+
+    return assign
+
+
+def _in_turn(*steps: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        for step in steps:
+            await step()
+
+    return run
 
 
 def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, Any]]]:
@@ -251,6 +306,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
         services.retention.run,
         services.cluster.run,
         services.packages.run,
+        services.connection_settings.run,  # type: ignore[union-attr]
         services.configs.run,
         services.online_history.run,
         services.denials.run,
@@ -318,4 +374,5 @@ def metrics_exporter(services: Services) -> MetricsExporter:
     exporter.events = services.events
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
+    exporter.connection_settings = services.connection_settings
     return exporter

@@ -119,6 +119,9 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    agent_ca_cert_file: Path | None = None
+    agent_ca_key_file: Path | None = None
+    agent_cert_ttl_days: int = 90
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -209,7 +212,16 @@ _HELP = {
     "tls_cert_file": "PEM certificate chain: serve wss:// and https:// on the port",
     "tls_key_file": "PEM private key of --tls-cert-file",
     "tls_client_ca_file": "PEM CA bundle: OpAMP agents must present a client certificate signed "
-    "by it (probes and the REST API need none)",
+    "by it (probes and the REST API need none); with --agent-ca-cert-file, agents without one are "
+    "admitted too, so that they can ask for one",
+    "agent_ca_cert_file": "PEM CA certificate that signs agent client certificates from the CSRs "
+    "agents send (OpAMP connection_settings_request) and for rotations; with --agent-ca-key-file "
+    "(unset: CSRs are ignored). Set --tls-client-ca-file to it too and the certificates prove "
+    "the agents' uids",
+    "agent_ca_key_file": "PEM private key of --agent-ca-cert-file (read once at start, never "
+    "logged or sent)",
+    "agent_cert_ttl_days": "lifetime of the agent client certificates the server issues (never "
+    "beyond the CA's own expiry), days",
     "agent_token_secret": "HMAC secret of per-agent tokens ('opamp-fast agent-token'; unset: "
     "derived from the REST API's HS* secret)",
     "require_agent_identity": "refuse agents whose credentials are not bound to their instance "
@@ -338,6 +350,8 @@ _PATHS = (
     "tls_cert_file",
     "tls_key_file",
     "tls_client_ca_file",
+    "agent_ca_cert_file",
+    "agent_ca_key_file",
 )
 
 #: Plain lower bounds: name -> (lowest value allowed, what the error says).
@@ -380,6 +394,7 @@ _WITHIN: dict[str, tuple[float, float, str]] = {
     "events_replay_max": (1, 1_000_000, "must be between 1 and 1000000"),
     "events_queue_max": (1, 1_000_000, "must be between 1 and 1000000"),
     "package_url_ttl_s": (60, 7 * 86400, "must be between 60 seconds and 7 days"),
+    "agent_cert_ttl_days": (1, 3650, "must be between 1 and 3650 days"),
 }
 #: Choices: name -> the values allowed.
 _ONE_OF: dict[str, tuple[str, ...]] = {
@@ -468,6 +483,12 @@ def _check_tls(s: Settings) -> None:
         "tls_client_ca_file",
         s.tls_client_ca_file,
         "needs tls_cert_file and tls_key_file (client certificates need TLS)",
+    )
+    _check(
+        (s.agent_ca_cert_file is None) == (s.agent_ca_key_file is None),
+        "agent_ca_cert_file",
+        s.agent_ca_cert_file,
+        "and agent_ca_key_file must be given together",
     )
 
 

@@ -430,3 +430,70 @@ def test_console_packages_audit_and_filters(
     # The package went with its last version: its page asks again and is told 404.
     errors = [e for e in console_errors(driver) if "/api/packages/collector " not in e["message"]]
     assert errors == []
+
+
+def test_console_connection_settings_and_certificate_rotation(
+    launch: Any, driver: Any, portal: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """An agent's detail shows what it is offered part by part (own metrics from its group,
+    the server's heartbeat for OpAMP) and the certificate signed from its CSR (serial, expiry);
+    an admin rotates the certificate from the page and the new one shows."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec as keys
+    from cryptography.x509.oid import NameOID
+
+    from tests.helpers.certs import make_ca
+
+    ca = make_ca(tmp_path / "pki", "agent CA", days=365)
+    server = launch(
+        api_jwt_secret=SECRET, agent_ca_cert_file=str(ca.cert), agent_ca_key_file=str(ca.key_file())
+    )
+    anyio.run(server.ready)
+    base = server.url
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "console agent")]))
+        .sign(keys.generate_private_key(keys.SECP256R1()), hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with portal.wrap_async_context_manager(open_ws_agent(base)) as agent:
+        agent.caps = 0x3007 | 0x40 | 0x100  # + ReportsOwnMetrics, AcceptsOpAMPConnectionSettings
+        msg = agent.message()
+        msg.agent_description.identifying_attributes.add(
+            key="service.name"
+        ).value.string_value = "cert-agent"
+        msg.connection_settings_request.opamp.certificate_request.csr = csr
+        portal.call(agent.request, msg)
+        issued = portal.call(agent.receive, 10.0).connection_settings.opamp.certificate
+        serial = format(x509.load_pem_x509_certificate(issued.cert).serial_number, "x")
+        agent_id = format_instance_uid(agent.uid)
+        flushed_count(base, 1)
+        admin = {"Authorization": f"Bearer {api_token(role='admin')}"}
+        assert httpx.put(f"{base}/api/groups/all", json={"selector": {}}, headers=admin).is_success
+        body = {"telemetry": {"metrics": {"endpoint": "https://otlp.example/v1/metrics"}}}
+        r = httpx.put(f"{base}/api/groups/all/connection-settings", json=body, headers=admin)
+        assert r.status_code == 200, r.text
+        portal.call(agent.receive, 10.0)  # the group's offer, pushed
+
+        sign_in(driver, base, api_token(role="admin"))
+        wait(driver).until(lambda d: text_of(d, "#count-total") == "1")
+        driver.get(f"{base}/ui#/agents/{agent_id}")
+        wait(driver).until(lambda d: serial in text_of(d, "#certificate"))
+        assert "agent's CSR" in text_of(driver, "#certificate")
+        metrics = text_of(driver, "#connection-parts tr[data-part=metrics]")
+        assert "https://otlp.example/v1/metrics" in metrics and "group" in metrics
+        assert "not_reported" in metrics  # the agent does not report ConnectionSettingsStatus
+        assert "heartbeat 30 s" in text_of(driver, "#connection-parts tr[data-part=opamp]")
+        assert text_of(driver, "#connection-parts tr[data-part=traces]").endswith("none")
+        driver.execute_script("document.getElementById('connection-settings').scrollIntoView()")
+        driver.save_screenshot(str(artifacts / "console-agent-connection-settings.png"))
+
+        driver.find_element(By.ID, "rotate-form-submit").click()
+        wait(driver).until(lambda d: "Rotation sent to proc-test" in text_of(d, "#rotate-form-msg"))
+        rotated = portal.call(agent.receive, 10.0).connection_settings.opamp.certificate
+        assert rotated.private_key
+        new_serial = format(x509.load_pem_x509_certificate(rotated.cert).serial_number, "x")
+        wait(driver).until(lambda d: new_serial in text_of(d, "#certificate"))
+        assert "rotation" in text_of(driver, "#certificate")
+    assert console_errors(driver) == []

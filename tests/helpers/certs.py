@@ -63,6 +63,10 @@ class LocalCA:
             _write(self.directory / f"{name}.key", _key_pem(key)),
         )
 
+    def key_file(self) -> Path:
+        """The CA's own key as a PEM file (for a server that signs with this CA)."""
+        return _write(self.directory / "ca.key", _key_pem(self._key))
+
     def client_context(self, client: Issued | None = None) -> ssl.SSLContext:
         """What a client that trusts this CA uses (optionally presenting ``client``)."""
         context = ssl.create_default_context(cafile=str(self.cert))
@@ -97,20 +101,7 @@ _CA_KEY_USAGE = x509.KeyUsage(
 )
 
 
-_CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    key_cert_sign=True,
-    crl_sign=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    encipher_only=False,
-    decipher_only=False,
-)
-
-
-def make_ca(directory: Path, name: str = "opamp-fast test CA") -> LocalCA:
+def make_ca(directory: Path, name: str = "opamp-fast test CA", *, days: int = 1) -> LocalCA:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
@@ -121,7 +112,7 @@ def make_ca(directory: Path, name: str = "opamp-fast test CA") -> LocalCA:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_CA_KEY_USAGE, critical=True)
         .sign(key, hashes.SHA256())

@@ -29,10 +29,13 @@ def token(settings: Settings, *, role: str | None = None, sub: str = "alice") ->
 
 @contextlib.asynccontextmanager
 async def api_client(
-    server: Any, *, role: str | None = "operator", sub: str = "alice"
+    server: Any, *, role: str | None = "operator", sub: str = "alice", verify: Any = True
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """``verify``: what httpx checks a TLS server with (an ``ssl.SSLContext`` for a test CA)."""
     headers = {"Authorization": f"Bearer {token(server.services.settings, role=role, sub=sub)}"}
-    async with httpx.AsyncClient(base_url=server.url, timeout=10, headers=headers) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=10, headers=headers, verify=verify
+    ) as client:
         yield client
 
 

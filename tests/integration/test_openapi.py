@@ -93,6 +93,10 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/agents/{id}/labels",
             "/api/agents/{id}/config",
             "/api/audit",
+            # Connection settings and agent certificates.
+            "/api/groups/{name}/connection-settings",
+            "/api/agents/{id}/connection-settings",
+            "/api/agents/{id}/rotate-certificate",
         ]
     )
     operations = [(p, op) for p in api_paths for op in spec["paths"][p].values()]
@@ -129,6 +133,7 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
     bodiless = {
         ("/api/agents/{id}/disconnect", "post"),
         ("/api/groups/{name}/rollback", "post"),
+        ("/api/agents/{id}/rotate-certificate", "post"),
     }
     for path, method in writes:  # every write says what it takes
         assert ("requestBody" in spec["paths"][path][method]) != ((path, method) in bodiless)

@@ -963,6 +963,124 @@ def test_changed_settings_are_pushed_over_ws() -> None:
     assert build_push(agent, session, policy=changed) is None
 
 
+OWN_METRICS, OWN_TRACES, OWN_LOGS = 0x40, 0x20, 0x80
+
+
+def own_parts(heartbeat: int = 30) -> protocol.SettingsParts:
+    return protocol.SettingsParts(
+        pb.OpAMPConnectionSettings(heartbeat_interval_seconds=heartbeat),
+        own_metrics=pb.TelemetryConnectionSettings(destination_endpoint="https://m/v1/metrics"),
+        own_logs=pb.TelemetryConnectionSettings(destination_endpoint="https://l/v1/logs"),
+    )
+
+
+def test_an_agents_own_offer_is_gated_part_by_part_on_its_capabilities() -> None:
+    offer = protocol.SettingsOffer(own_parts())
+    agent, session = fresh()
+    agent.set_settings_offer(offer)
+    reply = run(agent, session, full(0, caps=AGENT_REPORTS_STATUS | OWN_METRICS | OWN_TRACES))
+    sent = reply.response.connection_settings
+    # own_metrics only: no opamp (no AcceptsOpAMPConnectionSettings), no logs, no traces offered
+    assert [f.name for f, _ in sent.ListFields()] == ["hash", "own_metrics"]
+    assert sent.own_metrics.destination_endpoint == "https://m/v1/metrics"
+    # Gaining a capability is a different offer (another hash), offered in the same session.
+    reply = run(agent, session, a2s(1, caps=CAPS_SETTINGS | OWN_METRICS | OWN_LOGS))
+    more = reply.response.connection_settings
+    assert more.hash != sent.hash
+    assert more.opamp.heartbeat_interval_seconds == 30 and more.own_logs.destination_endpoint
+    assert not run(
+        agent, session, a2s(2, caps=CAPS_SETTINGS | OWN_METRICS | OWN_LOGS)
+    ).response.HasField("connection_settings")
+
+
+def test_an_offer_without_capabilities_to_take_it_sends_nothing() -> None:
+    agent, session = fresh()
+    agent.set_settings_offer(protocol.SettingsOffer(own_parts()))
+    assert not run(agent, session, full(0, caps=CAPS_PYTHON)).response.HasField(
+        "connection_settings"
+    )
+
+
+def test_every_opamp_offer_has_a_heartbeat_interval() -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        protocol.SettingsParts(pb.OpAMPConnectionSettings(destination_endpoint="wss://x/"))
+
+
+def test_offer_hash_is_stable_and_names_the_certificate_serial() -> None:
+    one, two = protocol.SettingsOffer(own_parts()), protocol.SettingsOffer(own_parts())
+    caps = CAPS_SETTINGS | OWN_METRICS
+    assert one.pick(caps).hash == two.pick(caps).hash  # type: ignore[union-attr]
+    assert one.pick(caps) is one.pick(caps)  # built once per capability mask
+    serial = protocol.SettingsOffer(own_parts(), serial=b"1f2e")
+    assert serial.pick(caps).hash != one.pick(caps).hash  # type: ignore[union-attr]
+    # ...only where it can be delivered: the serial rides in the opamp part.
+    assert serial.pick(OWN_METRICS).hash == one.pick(OWN_METRICS).hash  # type: ignore[union-attr]
+    assert protocol.SettingsOffer(own_parts(31)).pick(caps).hash != one.pick(caps).hash  # type: ignore[union-attr]
+
+
+def test_a_certificate_goes_out_once_whatever_the_hashes_say() -> None:
+    cert = pb.TLSCertificate(cert=b"-----BEGIN CERTIFICATE-----...", ca_cert=b"ca")
+    agent, session = fresh()
+    run(agent, session, full(0, caps=CAPS_SETTINGS))  # the heartbeat offer, already sent
+    plain = protocol.SettingsOffer(own_parts(), serial=b"abc")
+    agent.set_settings_offer(protocol.SettingsOffer(own_parts(), serial=b"abc", certificate=cert))
+    push = build_push(agent, session, policy=POLICY)
+    assert push is not None
+    sent = push.connection_settings
+    assert sent.opamp.certificate.cert == cert.cert
+    # The hash is the one of the same settings without the certificate: an agent reporting it
+    # (APPLIED) is not offered these settings again.
+    assert sent.hash == plain.pick(CAPS_SETTINGS).hash  # type: ignore[union-attr]
+    assert agent.settings_offer is not None and agent.settings_offer.certificate is None
+    assert build_push(agent, session, policy=POLICY) is None
+    # A new session (a reconnect with the certificate) gets the settings, not the certificate:
+    # opamp-go and the Collector's supervisor reconnect on every offer carrying one.
+    again = run(agent, Session(Transport.WS), a2s(1, caps=CAPS_SETTINGS)).response
+    assert again.connection_settings.hash == sent.hash
+    assert not again.connection_settings.opamp.HasField("certificate")
+
+
+def test_a_certificate_is_delivered_even_when_the_agent_reports_the_hash() -> None:
+    cert = pb.TLSCertificate(cert=b"pem")
+    offer = protocol.SettingsOffer(own_parts(), serial=b"abc", certificate=cert)
+    agent, session = fresh()
+    agent.set_settings_offer(offer)
+    css = pb.ConnectionSettingsStatus(
+        last_connection_settings_hash=offer.pick(CAPS_SETTINGS).hash,  # type: ignore[union-attr]
+        status=1,
+    )
+    reply = run(agent, session, full(0, caps=CAPS_SETTINGS, connection_settings_status=css))
+    assert reply.response.connection_settings.opamp.certificate.cert == b"pem"
+
+
+def test_a_certificate_waits_for_an_agent_that_accepts_opamp_settings() -> None:
+    agent, session = fresh()
+    agent.set_settings_offer(
+        protocol.SettingsOffer(own_parts(), certificate=pb.TLSCertificate(cert=b"pem"))
+    )
+    reply = run(agent, session, full(0, caps=AGENT_REPORTS_STATUS | OWN_METRICS))
+    assert not reply.response.connection_settings.HasField("opamp")
+    assert agent.settings_offer.certificate is not None  # type: ignore[union-attr]
+
+
+def test_a_new_offer_ends_the_heartbeat_fast_path_until_it_is_sent() -> None:
+    agent, session = known(caps=CAPS_SETTINGS)
+    run(agent, session, a2s(1, caps=CAPS_SETTINGS))
+    assert protocol.process_heartbeat(agent, session, 2, CAPS_SETTINGS)
+    assert agent.set_settings_offer(protocol.SettingsOffer(own_parts(12)))
+    assert not agent.set_settings_offer(agent.settings_offer)  # the same offer: no change
+    assert not protocol.process_heartbeat(agent, session, 3, CAPS_SETTINGS)
+    push = build_push(agent, session, policy=POLICY)
+    assert push is not None and push.connection_settings.opamp.heartbeat_interval_seconds == 12
+
+
+def test_settings_parts_never_show_header_values() -> None:
+    parts = own_parts()
+    header = parts.own_metrics.headers.headers.add()  # type: ignore[union-attr]
+    header.key, header.value = "Authorization", "Bearer secret"
+    assert "secret" not in repr(parts)
+
+
 # --- custom capabilities -----------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from ..protocol.codec import format_instance_uid
 from ..storage import config_queries, queries
 from .assignments import remote_config_state
 from .audit import entry as audit_entry
+from .connection_settings import load_agent_view
 from .errors import APIError, agent_not_found
 from .models import (
     ActiveConnection,
@@ -344,6 +345,8 @@ async def get_agent(request: Request) -> Response:
         shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
     if services.packages is not None:
         shown.packages = await load_agent_packages(services.packages, uid)
+    if services.connection_settings is not None:
+        shown.connection_settings = await load_agent_view(services, uid)
     # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
     # worker thread, never on the event loop.
     body = await anyio.to_thread.run_sync(lambda: encode_json(shown))

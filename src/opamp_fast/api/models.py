@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from .config_models import CONFIG_STRUCTS, RemoteConfigState
+from .connection_models import CONNECTION_STRUCTS, AgentConnectionSettings
 from .package_models import PACKAGE_STRUCTS, AgentPackages
 
 Status = Literal["online", "offline"]
@@ -153,6 +154,8 @@ class AgentDetail(msgspec.Struct):
     remote_config: RemoteConfigState | None = None
     # Offered packages and the agent's last PackageStatuses report.
     packages: AgentPackages | None = None
+    # Offered connection settings (own telemetry, OpAMP), their status, the certificate.
+    connection_settings: AgentConnectionSettings | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -165,4 +168,5 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     AgentDetail,
     *CONFIG_STRUCTS,
     *PACKAGE_STRUCTS,
+    *CONNECTION_STRUCTS,
 )

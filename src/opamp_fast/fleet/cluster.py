@@ -130,6 +130,9 @@ class Cluster:
         self.on_configs: Callable[[dict[str, Any]], None] | None = None
         # ``packages`` notices: these agents' package offers changed; reload them.
         self.on_packages: Callable[[dict[str, Any]], None] | None = None
+        # ``certificates`` notices: an agent's certificate was issued (its serial), or this
+        # instance is asked to rotate it.
+        self.on_certificates: Callable[[dict[str, Any]], None] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     async def notify(self, instance_id: str, kind: str, *, uids: list[str], **fields: Any) -> None:
@@ -334,6 +337,9 @@ class Cluster:
         elif kind == "packages":
             if self.on_packages is not None:
                 self.on_packages(notice)
+        elif kind == "certificates":
+            if self.on_certificates is not None:
+                self.on_certificates(notice)
         elif kind == "events":
             if self._events is not None:
                 self._events.ingest(notice.get("events"), sender)

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -102,6 +102,21 @@ class AgentSink(Protocol):
     def overloaded(self) -> bool: ...
 
 
+class SettingsHooks(Protocol):
+    """Connection settings (``connection_settings.service``): certificate requests and the
+    statuses agents report. Synchronous and O(1) on the event loop."""
+
+    def check_request(
+        self, uid: bytes, capabilities: int, request: pb.ConnectionSettingsRequest
+    ) -> object | None:
+        """A request worth handling, None to ignore it; raises RemoteProtocolError to refuse
+        the message (before anything of it is merged)."""
+
+    def submit(self, record: AgentRecord, request: Any) -> None: ...
+
+    def on_status(self, uid: bytes, status: pb.ConnectionSettingsStatus) -> None: ...
+
+
 def new_instance_uid() -> bytes:
     """A UUIDv7 (48-bit ms timestamp, version/variant bits, random): the spec's recommendation."""
     ms = time.time_ns() // 1_000_000
@@ -156,6 +171,8 @@ class FleetHandler:
         # Remote configuration (``config_service``): resolves the config an agent should
         # run when it comes online or its description changes; True when that changed.
         self.assigner: Callable[[AgentRecord], bool] | None = None
+        # Connection settings: certificate requests, reported statuses.
+        self.connection_settings: SettingsHooks | None = None
 
     @property
     def shutting_down(self) -> bool:
@@ -200,6 +217,10 @@ class FleetHandler:
                 f"{format_instance_uid(identity)}, not {format_instance_uid(uid)}",
                 kind="identity",
             )
+        settings = self.connection_settings
+        request = None
+        if settings is not None and msg.HasField("connection_settings_request"):
+            request = settings.check_request(uid, msg.capabilities, msg.connection_settings_request)
         wall = self._wall()
         mono = self._mono()
         bound: AgentRecord | None = conn.record
@@ -241,6 +262,8 @@ class FleetHandler:
         self._after_merge(
             record, session, reply.response, status_changed, went_online, disconnecting
         )
+        if request is not None and record.online:
+            settings.submit(record, request)  # type: ignore[union-attr]
         if created and not record.online and record.state.remote_config is None:
             self.registry.forget(record)  # an unknown agent's goodbye: nothing to remember
         if superseded is not None:
@@ -276,7 +299,7 @@ class FleetHandler:
             connection=conn if conn.transport is Transport.WS else None,
             transport=conn.transport or Transport.HTTP,
             remote_addr=conn.remote_addr,
-            heartbeat_interval_s=self.policy.heartbeat_interval_s,
+            heartbeat_interval_s=self._heartbeat_interval_s(record),
             mono=mono,
             wall=wall,
         )
@@ -284,6 +307,11 @@ class FleetHandler:
         if t is not None:
             transitions.append(t)
         return transitions
+
+    def _heartbeat_interval_s(self, record: AgentRecord) -> int:
+        """The interval the agent is offered (its connection settings', or the server's)."""
+        offer = record.state.settings_offer
+        return self.policy.heartbeat_interval_s if offer is None else offer.heartbeat_interval_s
 
     def _after_merge(
         self,
@@ -305,6 +333,11 @@ class FleetHandler:
                     response.ClearField("packages_available")
                     session.offered_packages_hash = None
                 add_offers(response, record.state, session, policy=self.policy)
+        settings = self.connection_settings
+        if "connection_settings_status" in status_changed and settings is not None:
+            reported = record.state.connection_settings_status
+            if reported is not None:
+                settings.on_status(record.uid, reported)
         if "package_statuses" in status_changed and self.on_package_statuses is not None:
             statuses = record.state.package_statuses
             if statuses is not None:

@@ -50,6 +50,7 @@ from ..fleet.registry import AgentRecord, AgentStatus, BucketCounts, Registry, R
 from ..protocol import Transport
 
 if TYPE_CHECKING:
+    from ..connection_settings.service import ConnectionSettingsService, SettingsStatistics
     from ..fleet.events import EventHub, EventHubStatistics
     from ..fleet.handler import FleetHandler
     from ..packages import PackageRegistry, PackageStatistics
@@ -341,6 +342,30 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "counter",
             "Package bytes sent by this instance.",
         ),
+        # -- connection settings and agent certificates ---------------------------
+        _spec(
+            "opamp_fast_agent_certificates_issued_total",
+            "counter",
+            "Agent client certificates this instance signed (from CSRs and for rotations).",
+        ),
+        _spec(
+            "opamp_fast_agent_certificates_redelivered_total",
+            "counter",
+            "CSRs answered with the agent's stored certificate (same key, far from expiry).",
+        ),
+        _spec(
+            "opamp_fast_certificate_requests_refused_total",
+            "counter",
+            "Certificate requests refused, by reason (malformed, weak_key, other_uid, "
+            "bad_signature, not_accepted, busy, database).",
+            "reason",
+        ),
+        _spec(
+            "opamp_fast_agent_certificates_expiring",
+            "gauge",
+            "Agent certificates still valid that expire within 14 days (fleet-wide, the same "
+            "on every instance; -1 until first counted or without an agent CA).",
+        ),
         # -- fleet events --------------------------------------------------------
         _spec(
             "opamp_fast_events_total",
@@ -468,6 +493,7 @@ class MetricsSnapshot:
     packages: PackageStatistics | None = None
     configs: ConfigStatistics | None = None
     events: EventHubStatistics | None = None
+    connection_settings: SettingsStatistics | None = None
 
 
 class MetricsExporter:
@@ -521,6 +547,7 @@ class MetricsExporter:
         self.configs: ConfigService | None = None  # set once the service exists
         self.events: EventHub | None = None  # fleet events
         self.budget: BufferBudget | None = None  # bytes held for partial input
+        self.connection_settings: ConnectionSettingsService | None = None
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -593,6 +620,11 @@ class MetricsExporter:
             packages=self.packages.statistics() if self.packages is not None else None,
             configs=self.configs.statistics() if self.configs is not None else None,
             events=self.events.statistics() if self.events is not None else None,
+            connection_settings=(
+                self.connection_settings.statistics()
+                if self.connection_settings is not None
+                else None
+            ),
         )
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
@@ -647,6 +679,7 @@ class FleetCollector(Collector):
         _package_families(f, snap.packages)
         _config_families(f, snap.configs)
         _event_families(f, snap.events)
+        _certificate_families(f, snap.connection_settings)
         return iter(f.families)
 
 
@@ -772,6 +805,25 @@ def _package_families(f: _Families, p: PackageStatistics | None) -> None:
     f.counter("opamp_fast_package_download_bytes_total").add_metric(
         [], p.download_bytes_total if p else 0
     )
+
+
+_REFUSAL_REASONS = ("malformed", "weak_key", "other_uid", "bad_signature", "not_accepted")
+
+
+def _certificate_families(f: _Families, c: SettingsStatistics | None) -> None:
+    """Agent certificates issued, re-delivered, refused, expiring."""
+    f.counter("opamp_fast_agent_certificates_issued_total").add_metric(
+        [], c.issued_total if c else 0
+    )
+    f.counter("opamp_fast_agent_certificates_redelivered_total").add_metric(
+        [], c.redelivered_total if c else 0
+    )
+    refused = f.counter("opamp_fast_certificate_requests_refused_total")
+    counts = dict.fromkeys(_REFUSAL_REASONS, 0) | (c.refused_total if c else {})
+    for reason, count in sorted(counts.items()):
+        refused.add_metric([reason], count)
+    expiring = c.expiring if c is not None and c.expiring is not None else -1
+    f.gauge("opamp_fast_agent_certificates_expiring").add_metric([], expiring)
 
 
 _RC_STATUSES = ("applied", "applying", "failed", "unset")

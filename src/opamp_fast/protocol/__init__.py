@@ -76,6 +76,9 @@ from ._events import RemoteConfigStatusChanged as RemoteConfigStatusChanged
 from ._events import StatusChanged as StatusChanged
 from ._framing import decode_ws_payload as decode_ws_payload
 from ._framing import encode_ws_frame as encode_ws_frame
+from ._settings import SettingsOffer as SettingsOffer
+from ._settings import SettingsParts as SettingsParts
+from ._settings import SettingsVariant as SettingsVariant
 from ._state import AgentState as AgentState
 from ._state import Session as Session
 from ._state import Transport as Transport
@@ -142,6 +145,9 @@ __all__ = [
     "Reply",
     "ServerPolicy",
     "Session",
+    "SettingsOffer",
+    "SettingsParts",
+    "SettingsVariant",
     "StatusChanged",
     "Transport",
     "add_offers",

@@ -7,7 +7,6 @@ randomness (``new_uid`` is passed in). See docs/protocol.md for the rules in pro
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -42,6 +41,7 @@ from ._events import (
     StatusChanged,
     fast_frozen_init,
 )
+from ._settings import SettingsOffer, SettingsParts
 from ._state import AgentState, Session, Transport
 from .codec import STATUS_PARTS
 
@@ -71,11 +71,10 @@ DEFAULT_SERVER_CAPABILITIES = (
 class ServerPolicy:
     """What this server offers; immutable, shared by all connections.
 
-    ``connection_settings`` (the ``ConnectionSettingsOffers`` sent to agents accepting
-    OpAMP connection settings) and its ``connection_settings_hash`` (sha256 of the
-    deterministic encoding of the ``opamp`` part) are computed once here. Only
-    ``heartbeat_interval_seconds`` is offered, and always non-zero: an offer left at 0
-    would disable the agent's heartbeats.
+    ``settings_offer`` is the connection-settings offer of an agent that has none of its own
+    (``AgentState.settings_offer``): ``heartbeat_interval_seconds`` only, always non-zero (an
+    offer left at 0 would disable the agent's heartbeats). ``connection_settings`` and
+    ``connection_settings_hash`` are what it sends an agent accepting OpAMP connection settings.
     """
 
     capabilities: int = DEFAULT_SERVER_CAPABILITIES
@@ -88,6 +87,7 @@ class ServerPolicy:
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = 1024 * 1024
+    settings_offer: SettingsOffer = field(init=False, repr=False, compare=False)
     connection_settings: pb.ConnectionSettingsOffers = field(init=False, repr=False, compare=False)
     connection_settings_hash: bytes = field(init=False, repr=False, compare=False)
 
@@ -112,11 +112,12 @@ class ServerPolicy:
             raise ValueError("custom_capabilities must be non-empty strings")
         object.__setattr__(self, "custom_capabilities", custom)
         opamp = pb.OpAMPConnectionSettings(heartbeat_interval_seconds=self.heartbeat_interval_s)
-        digest = hashlib.sha256(opamp.SerializeToString(deterministic=True)).digest()
-        object.__setattr__(self, "connection_settings_hash", digest)
-        object.__setattr__(
-            self, "connection_settings", pb.ConnectionSettingsOffers(hash=digest, opamp=opamp)
-        )
+        offer = SettingsOffer(SettingsParts(opamp))
+        variant = offer.pick(AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS)
+        assert variant is not None
+        object.__setattr__(self, "settings_offer", offer)
+        object.__setattr__(self, "connection_settings_hash", variant.hash)
+        object.__setattr__(self, "connection_settings", variant.message)
 
 
 @fast_frozen_init
@@ -480,18 +481,34 @@ def _add_offers(
     added = False
     for offer in _OFFERS:
         added = offer.add(resp, agent, session, server_caps) or added
-    caps = agent.capabilities
-    if caps & AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS and (
-        server_caps & SERVER_OFFERS_CONNECTION_SETTINGS
-    ):
-        settings_hash = policy.connection_settings_hash
-        if session.offered_settings_hash != settings_hash:
-            status = agent.connection_settings_status
-            if status is None or status.last_connection_settings_hash != settings_hash:
-                resp.connection_settings.CopyFrom(policy.connection_settings)
-                added = True
-            session.offered_settings_hash = settings_hash
+    if server_caps & SERVER_OFFERS_CONNECTION_SETTINGS:
+        added = _add_settings(resp, agent, session, policy) or added
     return added
+
+
+def _add_settings(
+    resp: pb.ServerToAgent, agent: AgentState, session: Session, policy: ServerPolicy
+) -> bool:
+    """The agent's connection settings, as far as its capabilities take them: once per session,
+    again when they change, never while the agent reports their hash. A certificate not
+    delivered yet goes out whatever the hashes say, once (the offer then forgets it)."""
+    offer = agent.settings_offer or policy.settings_offer
+    variant = offer.pick(agent.capabilities)
+    if variant is None:
+        return False
+    digest = variant.hash
+    if variant.certificate:
+        agent.settings_offer = offer.delivered()
+    else:
+        if session.offered_settings_hash == digest:
+            return False
+        session.offered_settings_hash = digest
+        status = agent.connection_settings_status
+        if status is not None and status.last_connection_settings_hash == digest:
+            return False
+    session.offered_settings_hash = digest
+    resp.connection_settings.CopyFrom(variant.message)
+    return True
 
 
 def build_push(

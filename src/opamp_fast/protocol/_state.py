@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Mapping
 
 from .._proto.opamp.v1 import opamp_pb2 as pb
+from ._settings import SettingsOffer
 
 __all__ = [
     "AgentState",
@@ -88,6 +89,7 @@ class AgentState:
         "package_statuses",
         "remote_config_status",
         "sequence_num",
+        "settings_offer",
         "wire_uid",
     )
 
@@ -106,6 +108,9 @@ class AgentState:
     full_state_pending: bool
     full_state_seq: int
     offers_epoch: int
+    #: The connection settings this agent should use; None: the server policy's. Set it with
+    #: :meth:`set_settings_offer`.
+    settings_offer: SettingsOffer | None
     _remote_config: pb.AgentRemoteConfig | None
     _remote_config_hash: bytes | None
     _packages_available: pb.PackagesAvailable | None
@@ -138,6 +143,7 @@ class AgentState:
         self._remote_config_hash = None
         self._packages_available = None
         self._packages_hash = None
+        self.settings_offer = None
 
     def __repr__(self) -> str:
         return (
@@ -217,6 +223,18 @@ class AgentState:
         self._packages_available = None
         self._packages_hash = None
         self.offers_epoch += 1
+
+    # --- connection settings ------------------------------------------------------------
+
+    def set_settings_offer(self, offer: SettingsOffer | None) -> bool:
+        """Offer these connection settings (None: the server policy's); True when that is a
+        change. Offered per :meth:`SettingsOffer.pick`, once per session and whenever their
+        hash changes, unless the agent reports that hash."""
+        if offer is self.settings_offer:
+            return False
+        self.settings_offer = offer
+        self.offers_epoch += 1
+        return True
 
 
 class Session:

@@ -1,5 +1,5 @@
 // The actions on an agent's page: its operator labels and its pinned config (when the server
-// has configs), and a disconnect (admin only). `reload` refreshes the page after a change.
+// has configs), a disconnect and a certificate rotation (admin only). `reload` refreshes the page after a change.
 import { h } from "./dom.js";
 import { InputError, send } from "./api.js";
 import { enc, ref } from "./format.js";
@@ -15,7 +15,7 @@ export function agentActions(id, reload) {
     labels = labelsForm(path, reload);
     forms.push(labels, pinForm(path, reload));
   }
-  forms.push(disconnectForm(path));
+  forms.push(disconnectForm(path), rotateForm(path, reload));
   const card = h("div", { class: "grid", id: "agent-actions" }, ...forms);
   return {
     card,
@@ -76,5 +76,16 @@ function disconnectForm(path) {
   "Disconnect", async () => {
     const data = await send("POST", path + "/disconnect");
     return `Disconnect sent to ${data.serving_instance || "its instance"}.`;
+  });
+}
+
+function rotateForm(path, reload) {
+  return actionForm("rotate-form", "Rotate client certificate", [h("p", { class: "muted" },
+    "Offers the agent a new key and a certificate signed by the agent CA (needs the admin " +
+    "role, the agent connected and accepting OpAMP connection settings).")],
+  "Rotate", async () => {
+    const data = await send("POST", path + "/rotate-certificate");
+    setTimeout(reload, 1500); // the new serial once signed and stored
+    return `Rotation sent to ${data.serving_instance || "its instance"}.`;
   });
 }

@@ -1,8 +1,9 @@
 // An agent's page (#/agents/{id}): what it reported (description, health, capabilities,
-// remote config status, effective config), what is assigned to it, its connection history,
-// and the actions on it (agent-actions.js). Live: its status pill follows connects and
+// remote config status, effective config), what is assigned to it, its connection settings
+// (own telemetry, OpAMP, client certificate), its connection history, and the actions on it
+// (agent-actions.js). Live: its status pill follows connects and
 // disconnects at once, a debounced reload brings the rest.
-import { debounce, h, page, pill } from "./dom.js";
+import { debounce, h, page, pill, table } from "./dom.js";
 import { APIError, api, showError } from "./api.js";
 import { cut, fmtTime } from "./format.js";
 import { agentActions } from "./agent-actions.js";
@@ -66,7 +67,39 @@ function renderAgent(ui, a) {
       kv(assigned(a.remote_config)) : h("p", { class: "muted" }, "None assigned."))),
     section("Remote config status", a.remote_config_status ? kv(a.remote_config_status) :
       notReported()),
-    section("Effective config", configText(a.effective_config)));
+    section("Effective config", configText(a.effective_config)),
+    a.connection_settings ? connectionSettings(a.connection_settings) : null);
+}
+
+// What the agent is offered, part by part, and what it made of it; its client certificate.
+// Header values arrive redacted: only their names are shown.
+function connectionSettings(cs) {
+  const rows = ["opamp", "metrics", "traces", "logs"].map((part) => {
+    const p = cs[part];
+    const where = p.endpoint || (part === "opamp" ? "(unchanged)" : "—");
+    const extra = [Object.keys(p.headers || {}).length ? `headers: ${Object.keys(p.headers).join(", ")}` : null,
+      p.heartbeat_interval_seconds ? `heartbeat ${p.heartbeat_interval_seconds} s` : null];
+    return h("tr", { "data-part": part }, h("td", {}, part),
+      h("td", {}, where, h("div", { class: "muted" }, extra.filter(Boolean).join(" · "))),
+      h("td", {}, p.source || "—"), h("td", {}, h("span", { class: "offer-status" }, p.status)));
+  });
+  const reported = cs.reported ? `${cs.reported.status}${cs.reported.error_message ?
+    ": " + cs.reported.error_message : ""} (${fmtTime(cs.reported.reported_at)})` : "not reported";
+  return h("div", { class: "card span-all", id: "connection-settings" },
+    h("h2", {}, "Connection settings"),
+    kv({ group: cs.group || "—", "offered hash": cut(cs.offered_hash), "last reported": reported,
+      "own override": cs.override ? "yes" : "no" }),
+    table("connection-parts", ["Part", "Offered", "From", "Status"], rows, ""),
+    h("h3", {}, "Client certificate"), certificate(cs.certificate));
+}
+
+function certificate(c) {
+  if (!c) return h("p", { class: "muted", id: "certificate" }, "None issued by this server.");
+  return h("div", { id: "certificate" }, kv({ serial: c.serial, "not after": fmtTime(c.not_after),
+    "not before": fmtTime(c.not_before), origin: c.origin === "csr" ? "agent's CSR" : "rotation",
+    issued: `${fmtTime(c.issued_at)} by ${c.issued_by}` }),
+  c.expiring ? h("p", { class: "msg error", id: "certificate-expiring" },
+    "Expires within 14 days: rotate it.") : null);
 }
 
 function assigned(rc) {

@@ -4,7 +4,7 @@ import { h } from "./dom.js";
 import { currentRole } from "./session.js";
 
 const RANK = { viewer: 0, operator: 1, admin: 2 };
-const FORM_ROLES = { "disconnect-form": "admin" }; // forms not listed need "operator"
+const FORM_ROLES = { "disconnect-form": "admin", "rotate-form": "admin" }; // forms not listed need "operator"
 
 export const allowed = (minimum) => (RANK[currentRole()] ?? -1) >= RANK[minimum];
 export const formRole = (formId) => FORM_ROLES[formId] || "operator";
