@@ -120,7 +120,11 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
         max_messages_per_s=settings.max_agent_messages_per_s,
         min_body_bytes_per_s=settings.min_body_bytes_per_s,
         budget=BufferBudget(settings.max_buffered_bytes),
-        part_bounds=PartBounds(settings.max_description_bytes, settings.max_status_part_bytes),
+        part_bounds=PartBounds(
+            settings.max_description_bytes,
+            settings.max_status_part_bytes,
+            settings.max_custom_message_bytes,
+        ),
     )
 
 
@@ -132,6 +136,7 @@ def server_policy(settings: Settings) -> ServerPolicy:
         max_description_bytes=settings.max_description_bytes,
         max_description_attributes=settings.max_description_attributes,
         max_status_part_bytes=settings.max_status_part_bytes,
+        max_custom_message_bytes=settings.max_custom_message_bytes,
     )
 
 
