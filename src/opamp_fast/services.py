@@ -22,6 +22,7 @@ from . import __version__
 from .auth import AgentTokenVerifier, agent_token_key
 from .fleet.admission import Admission, LoopLag
 from .fleet.cluster import Cluster
+from .fleet.commands import Commands
 from .fleet.events import EventHub, OnlineHistory
 from .fleet.handler import FleetHandler
 from .fleet.registry import Registry
@@ -70,6 +71,8 @@ class Services:
     packages: PackageRegistry | None = None
     # Refused REST requests, aggregated into the audit log (audit_denials).
     denials: DenialLog | None = None
+    # Restarts and custom messages routed here, the group restart driver.
+    commands: Commands | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -218,6 +221,7 @@ def build_services(
         denials=DenialLog(db, window_s=settings.audit_denial_window_s),
         packages=build_package_registry(settings, db=db, registry=registry, fleet=fleet),
         configs=ConfigService(db, fleet, instance_id=settings.instance_id),
+        commands=Commands(db, fleet, instance_id=settings.instance_id),
     )
     _wire(services)
     # Built before the writer starts, so its on_flush hook sees every flush.
@@ -236,6 +240,8 @@ def _wire(services: Services) -> None:
     writer, fleet, events = services.writer, services.fleet, services.events
     configs, packages, cluster = services.configs, services.packages, services.cluster
     assert events is not None and configs is not None and packages is not None
+    assert services.commands is not None
+    cluster.on_commands = services.commands.on_notice
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
     cluster.on_packages = packages.notice
@@ -249,6 +255,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
     """The background services' ``run`` methods, in the order they start."""
     assert services.packages is not None and services.configs is not None
     assert services.online_history is not None and services.denials is not None
+    assert services.commands is not None
     runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
         partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
         GrowthFreezer(lambda: services.registry.online_count).run,
@@ -259,6 +266,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
         services.configs.run,
         services.online_history.run,
         services.denials.run,
+        services.commands.run,
     ]
     if services.metrics_share is not None:
         runs.append(services.metrics_share.run)

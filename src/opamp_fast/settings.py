@@ -22,6 +22,7 @@ from .redaction import DEFAULT_SECRET_WORDS, RedactionPolicy
 ENV_PREFIX = "OPAMP_FAST_"
 MIB = 1024 * 1024
 BACKENDS = ("asyncio", "trio")
+DEFAULT_CUSTOM_MESSAGE_BYTES = 64 * 1024
 _STATE_BOUNDS = ("max_description_bytes", "max_description_attributes", "max_status_part_bytes")
 
 
@@ -73,7 +74,7 @@ class Settings:
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = MIB
-    max_custom_message_bytes: int = 64 * 1024
+    max_custom_message_bytes: int = DEFAULT_CUSTOM_MESSAGE_BYTES
     ws_ping_interval_s: float = 0.0
     tcp_keepalive_s: float = 30.0
     handshake_timeout_s: float = 10.0

@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from ..protocol import pb
 from ..protocol.codec import format_instance_uid
-from ..storage import config_queries, queries
+from ..storage import command_queries, config_queries, queries
 from .assignments import remote_config_state
 from .audit import entry as audit_entry
 from .errors import APIError, agent_not_found
@@ -86,6 +86,9 @@ AGENT_OPERATIONS = (
     "put_agent_config",
     "set_agent_packages",
     "disconnect_agent",
+    "restart_agent",
+    "send_custom_message",
+    "list_custom_messages",
 )
 
 _U64 = (1 << 64) - 1
@@ -344,6 +347,11 @@ async def get_agent(request: Request) -> Response:
         shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
     if services.packages is not None:
         shown.packages = await load_agent_packages(services.packages, uid)
+    extras = await services.db.run(lambda conn: command_queries.agent_extras(conn, uid))
+    if extras is not None:
+        shown.last_restart_requested_at = _utc(extras.last_restart_requested_at)
+        shown.custom_capabilities = extras.custom_capabilities
+        shown.available_components = extras.available_components
     # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
     # worker thread, never on the event loop.
     body = await anyio.to_thread.run_sync(lambda: encode_json(shown))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .command_models import COMMAND_STRUCTS
 from .config_models import CONFIG_STRUCTS, RemoteConfigState
 from .package_models import PACKAGE_STRUCTS, AgentPackages
 
@@ -153,6 +154,11 @@ class AgentDetail(msgspec.Struct):
     remote_config: RemoteConfigState | None = None
     # Offered packages and the agent's last PackageStatuses report.
     packages: AgentPackages | None = None
+    # Day-2: the last Restart command sent to it, the custom capabilities it declared, the
+    # components it reported (``{"hash", "components": {"receivers": {...}, ...}}``).
+    last_restart_requested_at: datetime | None = None
+    custom_capabilities: list[str] | None = None
+    available_components: dict[str, Any] | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -165,4 +171,5 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     AgentDetail,
     *CONFIG_STRUCTS,
     *PACKAGE_STRUCTS,
+    *COMMAND_STRUCTS,
 )
