@@ -329,6 +329,9 @@ def metrics_exporter(services: Services) -> MetricsExporter:
         version=services.version,
     ).with_packages(services.packages)
     exporter.events = services.events
+    if services.commands is not None:
+        commands = services.commands
+        exporter.group_restart_batches = lambda: commands.batches_total
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
     return exporter

@@ -67,6 +67,8 @@ async def test_restart_over_websocket_is_pushed_alone_and_the_reconnect_is_told_
             detail = (await api.get(f"/api/agents/{format_instance_uid(agent.uid)}")).json()
             assert detail["last_restart_requested_at"] is not None
             assert ("agent.restart", "ok") in await audit_actions(api, agent.uid)
+            metrics = (await api.get("/metrics")).text
+            assert "opamp_fast_restart_commands_total 1.0" in metrics
             # A later disconnect, unrelated to any restart, keeps its own reason.
         await server.services.writer.flush()
         rows = await history(api, agent.uid)
@@ -162,6 +164,9 @@ async def test_custom_messages_both_ways_over_websocket(server: Any) -> None:
             ("from_agent", "status", b"\x01paused"),
         ]
         assert listed[0]["sent_by"] == "alice"
+        metrics = (await api.get("/metrics")).text
+        assert 'opamp_fast_custom_messages_total{direction="to_agent"} 1.0' in metrics
+        assert 'opamp_fast_custom_messages_total{direction="from_agent"} 1.0' in metrics
         only = await api.get(f"/api/agents/{agent_id}/custom-messages?direction=from_agent")
         assert [m["type"] for m in only.json()["messages"]] == ["status"]
         detail = (await api.get(f"/api/agents/{agent_id}")).json()

@@ -104,6 +104,9 @@ async def test_a_group_restart_goes_batch_by_batch_and_reports_progress(
             "SELECT count(*) FROM agents WHERE last_restart_requested_at IS NOT NULL",
         )
         assert stamped == [(6,)]
+        metrics = (await api.get("/metrics")).text
+        assert "opamp_fast_group_restart_batches_total 2.0" in metrics
+        assert "opamp_fast_restart_commands_total 6.0" in metrics
 
 
 async def test_one_restart_at_a_time_cancel_and_skipped_members(

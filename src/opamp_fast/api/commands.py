@@ -383,9 +383,10 @@ async def restart_group(request: Request) -> Response:
         return row, local
 
     row, local = await run_db(services, work)
-    services.fleet.restart_many(local)
     if services.commands is not None:
-        services.commands.wake()
+        services.commands.started(local, batch_sent=row.batches > 0)
+    else:
+        services.fleet.restart_many(local)
     return JSONResponse(_restart_info(row), 202)
 
 

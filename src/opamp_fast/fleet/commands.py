@@ -81,6 +81,14 @@ class Commands:
             self.routed_dropped_total += 1
             logger.warning("custom message %d not sent: not taking routed messages", message_id)
 
+    def started(self, local: list[bytes], *, batch_sent: bool) -> None:
+        """A group restart started through this instance's API, which sent its first batch:
+        restart that batch's agents held here, and drive from now on."""
+        if batch_sent:
+            self.batches_total += 1
+        self._fleet.restart_many(local)
+        self.wake()
+
     def wake(self) -> None:
         """A group restart started: drive from now on."""
         self._active = True
