@@ -13,6 +13,7 @@ import pytest
 from opamp_fast.protocol import format_instance_uid, pb
 from tests.helpers.agents import CAPS_PYTHON_CLIENT, HTTPAgent, open_ws_agent
 from tests.helpers.config_api import api_client, wait_known
+from tests.integration.test_cluster import two  # noqa: F401 - instances "a" and "b"
 from tests.integration.test_events import events, subscribed
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -250,3 +251,33 @@ async def test_custom_message_refusals(server: Any) -> None:
         huge = pb.CustomMessage(capability=GADGET, type="t", data=b"x" * (70 * 1024))
         reply = await big.request(big.message(custom_message=huge))
         assert reply.error_response.error_message.startswith("custom_message of ")
+
+
+async def test_commands_asked_on_one_instance_reach_the_agent_held_by_another(
+    two: tuple[Any, Any],  # noqa: F811
+) -> None:
+    a, b = two
+    async with open_ws_agent(a.url) as agent:
+        agent.caps = RESTART_CAPS
+        await agent.request(
+            agent.message(
+                agent_description=pb.AgentDescription(), custom_capabilities=custom_caps(GADGET)
+            )
+        )
+        await a.services.writer.flush()
+        agent_id = format_instance_uid(agent.uid)
+        async with api_client(b) as api:  # asked on b, held by a
+            r = await api.post(
+                f"/api/agents/{agent_id}/custom-messages",
+                json={"capability": GADGET, "type": "ping", "data": b64(b"\x00" * 300)},
+            )
+            assert r.status_code == 202, r.text
+            assert (r.json()["delivery"], r.json()["serving_instance"]) == ("routed", "a")
+            got = await agent.receive()
+            assert (got.custom_message.type, got.custom_message.data) == ("ping", b"\x00" * 300)
+            r = await api.post(f"/api/agents/{agent_id}/custom-messages", json={
+                "capability": "io.example.other/v1", "type": "t", "data": ""})  # fmt: skip
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "capability_not_declared")
+            r = await api.post(f"/api/agents/{agent_id}/restart")
+            assert r.status_code == 202 and r.json()["delivery"] == "routed", r.text
+            assert (await agent.receive()).command.type == pb.CommandType_Restart
