@@ -99,6 +99,8 @@ class ServerPolicy:
     max_custom_message_bytes: int = 64 * 1024
     connection_settings: pb.ConnectionSettingsOffers = field(init=False, repr=False, compare=False)
     connection_settings_hash: bytes = field(init=False, repr=False, compare=False)
+    #: The smallest of the bounds ``check_bounds`` applies: a message no larger is not looked at.
+    smallest_bound: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         caps = self.capabilities
@@ -121,6 +123,8 @@ class ServerPolicy:
         if not all(isinstance(c, str) and c for c in custom):
             raise ValueError("custom_capabilities must be non-empty strings")
         object.__setattr__(self, "custom_capabilities", custom)
+        smallest = min(self.max_description_bytes, self.max_custom_message_bytes)
+        object.__setattr__(self, "smallest_bound", smallest)
         opamp = pb.OpAMPConnectionSettings(heartbeat_interval_seconds=self.heartbeat_interval_s)
         digest = hashlib.sha256(opamp.SerializeToString(deterministic=True)).digest()
         object.__setattr__(self, "connection_settings_hash", digest)
@@ -204,8 +208,14 @@ def process_message(
         resp.flags = flags
     if first or http:
         resp.capabilities = policy.capabilities
-    offered = _add_pending(resp, agent, session, policy, disconnect)
-    pending = offered or disconnect or http or session.outbox is not None
+    if session.outbox is None:  # the common case, inlined: nothing held for the session
+        offered = _add_custom_capabilities(resp, session, policy, http)
+        if not disconnect:
+            offered = _add_offers(resp, agent, session, policy) or offered
+        pending = offered or disconnect or http
+    else:
+        offered = _add_pending(resp, agent, session, policy, disconnect)
+        pending = offered or disconnect or http or session.outbox is not None
     session.settled_epoch = -1 if pending else agent.offers_epoch
 
     merged = frozenset(changed) if changed else _EMPTY
@@ -418,7 +428,7 @@ def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
     Raises:
         RemoteProtocolError: ``kind="too_large_state"``; nothing of the message is merged.
     """
-    if msg.ByteSize() <= min(policy.max_description_bytes, policy.max_custom_message_bytes):
+    if msg.ByteSize() <= policy.smallest_bound:
         return  # the whole message is smaller than the smallest bound: nothing to look at
     has = msg.HasField
     if has("custom_message"):
