@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,6 @@ from opamp_fast.protocol import format_instance_uid, pb
 from tests.conftest import free_port
 from tests.helpers.agents import CAPS_PYTHON_CLIENT, HTTPAgent, new_uid
 from tests.helpers.config_api import api_client, wait_known
-from tests.integration.test_cluster import two  # noqa: F401 - instances "a" and "b"
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -115,52 +115,40 @@ def test_the_deployed_haproxy_config_states_the_rule_and_is_valid() -> None:
 
 
 @contextlib.contextmanager
-def haproxy(backends: list[str]) -> Iterator[str]:
-    """haproxy routing plain-HTTP agents by the header (the deployed rule) to ``backends``."""
-    port = free_port()
-    servers = "\n".join(
-        f"    server s{i} {addr.removeprefix('http://')}" for i, addr in enumerate(backends)
-    )
-    config = f"""
-global
-    maxconn 1000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend opamp_http
-    bind 127.0.0.1:{port}
-    default_backend opamp_fast_http
-backend opamp_fast_http
-    {RULE[0]}
-    {RULE[1]}
-{servers}
-"""
-    with contextlib.ExitStack() as stack:
-        path = Path(stack.enter_context(_tmpdir())) / "haproxy.cfg"
-        path.write_text(config)
-        proc = subprocess.Popen(["haproxy", "-db", "-f", str(path)])
-        stack.callback(proc.wait, 10)
-        stack.callback(proc.terminate)
-        yield f"http://127.0.0.1:{port}"
+def haproxy(ports: list[int], tmp: Path) -> Iterator[str]:
+    """deploy/haproxy/haproxy.cfg itself, on loopback (as loadtest/failover.py renders it):
+    the URL of its plain-HTTP frontend."""
+    loadtest = str(Path(__file__).parents[2] / "loadtest")
+    if loadtest not in sys.path:
+        sys.path.append(loadtest)
+    from failover import render_haproxy
 
-
-@contextlib.contextmanager
-def _tmpdir() -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        yield d
+    http_port = free_port()
+    path = tmp / "haproxy.cfg"
+    path.write_text(render_haproxy(ports, free_port(), 1000, http_port=http_port))
+    with open(tmp / "haproxy.log", "wb") as log:
+        proc = subprocess.Popen(["haproxy", "-db", "-f", str(path)], stdout=log, stderr=log)
+    try:
+        yield f"http://127.0.0.1:{http_port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 async def test_haproxy_keeps_each_agent_on_one_instance_by_the_header(
-    two: tuple[Any, Any],  # noqa: F811
+    start_server: Any, make_settings: Any, tmp_path: Path
 ) -> None:
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed")
-    a, b = two
-    with haproxy([a.url, b.url]) as url:
+    three = []
+    for name in ("a", "b", "c"):
+        running = await start_server(make_settings(instance_id=name))
+        with anyio.fail_after(10):
+            await running.services.cluster.listening.wait()
+        three.append(running)
+    a = three[0]
+    ports = [int(s.url.rsplit(":", 1)[1]) for s in three]
+    with haproxy(ports, tmp_path) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             with anyio.fail_after(10):
                 while True:  # until haproxy listens
@@ -176,16 +164,16 @@ async def test_haproxy_keeps_each_agent_on_one_instance_by_the_header(
                         headers=header_of(agent.uid),
                     )
             held = {
-                agent.uid: [s.services.settings.instance_id for s in two if _holds(s, agent.uid)]
+                agent.uid: [s.services.settings.instance_id for s in three if _holds(s, agent.uid)]
                 for agent in agents
             }
             assert all(len(where) == 1 for where in held.values()), held
-            # The hash spreads them: both instances serve some (16 agents: 1 in 32768 to fail).
-            assert {where[0] for where in held.values()} == {"a", "b"}
+            # The hash spreads them over the instances (16 agents: all on one is 1 in 10^7).
+            assert len({where[0] for where in held.values()}) > 1
             # A restart asked through either instance is held where the agent polls, and its
             # next poll, routed there again, carries it.
             for agent in agents[:4]:
-                for instance in two:
+                for instance in three:
                     await instance.services.writer.flush()
                 async with api_client(a) as api:
                     r = await api.post(f"/api/agents/{format_instance_uid(agent.uid)}/restart")
