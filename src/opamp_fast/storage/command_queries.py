@@ -182,11 +182,13 @@ def outgoing_message(conn: Conn, message_id: int) -> tuple[bytes, str, str, byte
 
 
 def custom_messages(conn: Conn, uid: bytes, direction: str | None) -> list[CustomMessageRow]:
-    """The agent's kept custom messages (one direction, or both), newest first."""
+    """The agent's kept custom messages (one direction, or both), newest first by when they
+    were sent (an agent's are stored at the writer's next flush, after later operator sends)."""
     where = "instance_uid = %s" + (" AND direction = %s" if direction else "")
     params: tuple[Any, ...] = (uid, direction) if direction else (uid,)
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM agent_custom_messages WHERE {where} ORDER BY id DESC",
+        f"SELECT {_MESSAGE_COLUMNS} FROM agent_custom_messages WHERE {where} "
+        "ORDER BY at DESC, id DESC",
         params,
     ).fetchall()
     return [CustomMessageRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7]) for r in rows]
