@@ -46,13 +46,20 @@ HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 INSTANCES = 3
 
 
-def render_haproxy(ports: list[int], lb_port: int, maxconn: int) -> str:
-    """deploy/haproxy/haproxy.cfg with loopback addresses; nothing else changes."""
+def render_haproxy(
+    ports: list[int], lb_port: int, maxconn: int, http_port: int | None = None
+) -> str:
+    """deploy/haproxy/haproxy.cfg with loopback addresses; nothing else changes. ``lb_port``
+    is the TCP frontend's (4320), ``http_port`` the plain-HTTP frontend's (4321; a free port
+    when not given). Each backend lists the same instances."""
     text = HAPROXY_CFG.read_text()
     text, binds = re.subn(r"(?m)^(\s*bind) :4320$", rf"\1 127.0.0.1:{lb_port}", text)
-    servers = re.findall(r"(?m)^\s*server (opamp-fast-(\d+)) opamp-fast-\d+:4320$", text)
-    if binds != 1 or len(servers) != len(ports):
-        raise SystemExit(f"{HAPROXY_CFG}: expected one bind and {len(ports)} servers")
+    http_port = free_port() if http_port is None else http_port
+    text, http_binds = re.subn(r"(?m)^(\s*bind) :4321$", rf"\1 127.0.0.1:{http_port}", text)
+    found = re.findall(r"(?m)^\s*server (opamp-fast-(\d+)) opamp-fast-\d+:4320$", text)
+    servers = list(dict.fromkeys(found))  # each backend names them all
+    if binds != 1 or http_binds != 1 or len(servers) != len(ports):
+        raise SystemExit(f"{HAPROXY_CFG}: expected two binds and {len(ports)} servers")
     for (name, _), port in zip(servers, ports, strict=True):
         text = re.sub(rf"(?m)^(\s*server {name}) \S+$", rf"\1 127.0.0.1:{port}", text)
     return re.sub(r"(?m)^(\s*maxconn) \d+$", rf"\1 {maxconn}", text)

@@ -52,6 +52,7 @@ __all__ = [
     "ConfigRedactor",
     "RedactedBody",
     "RedactionPolicy",
+    "config_outline",
     "redact_body",
     "redact_value_text",
 ]
@@ -916,6 +917,47 @@ def redact_body(body: bytes, content_type: str, policy: RedactionPolicy) -> Reda
         reason = "too deeply nested" if isinstance(exc, RecursionError) else "malformed"
         return RedactedBody(None, 0, f"not parsed as {kind.upper()}: {reason}")
     return RedactedBody(redacted, count)
+
+
+#: The largest config file :func:`config_outline` reads (parsing costs about a microsecond a
+#: byte); a larger one has no outline.
+MAX_OUTLINED_BYTES: Final = 4 * 1024 * 1024
+
+
+def config_outline(body: bytes, content_type: str) -> dict[str, list[str]] | None:
+    """The top-level keys of a JSON or YAML config file, each with the keys of its value when
+    that is a mapping (``[]`` otherwise); the documents of a YAML stream are merged. Read by
+    the same parsers as :func:`redact_body`: None when the body is not one they read with
+    certainty (not UTF-8 text, another format, a construct they do not know, larger than
+    ``MAX_OUTLINED_BYTES``). A collector config's ``receivers:`` section gives its receivers'
+    ids (``otlp``, ``otlp/2``)."""
+    if b"\x00" in body or len(body) > MAX_OUTLINED_BYTES:
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    kind = _format(content_type, text)
+    try:
+        if kind == "json":
+            if not _is_json(text):
+                return None
+            parser = _FlowParser(text, [])
+            roots: list[_Node] = [parser.value(parser.skip(0))[0]]
+        elif kind == "yaml":
+            roots = _BlockScanner(text).scan()
+        else:
+            return None
+    except _Unsupported:
+        return None
+    except Exception:  # hostile input gets no outline, never an error (as in redact_body)
+        return None
+    outline: dict[str, list[str]] = {}
+    for root in roots:
+        for key, value in root.entries if isinstance(root, _Map) else ():
+            children = [k for k, _ in value.entries] if isinstance(value, _Map) else []
+            outline.setdefault(key, []).extend(children)
+    return outline
 
 
 class ConfigRedactor:

@@ -24,6 +24,7 @@ from .connection_settings.ca import AgentCA
 from .connection_settings.service import ConnectionSettingsService
 from .fleet.admission import Admission, LoopLag
 from .fleet.cluster import Cluster
+from .fleet.commands import Commands
 from .fleet.events import EventHub, OnlineHistory
 from .fleet.handler import FleetHandler
 from .fleet.registry import Registry
@@ -79,6 +80,8 @@ class Services:
     connection_settings: ConnectionSettingsService | None = None
     # Refused REST requests, aggregated into the audit log (audit_denials).
     denials: DenialLog | None = None
+    # Restarts and custom messages routed here, the group restart driver.
+    commands: Commands | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -132,7 +135,11 @@ def opamp_limits(settings: Settings, handler: FleetHandler) -> Limits:
         max_messages_per_s=settings.max_agent_messages_per_s,
         min_body_bytes_per_s=settings.min_body_bytes_per_s,
         budget=BufferBudget(settings.max_buffered_bytes),
-        part_bounds=PartBounds(settings.max_description_bytes, settings.max_status_part_bytes),
+        part_bounds=PartBounds(
+            settings.max_description_bytes,
+            settings.max_status_part_bytes,
+            settings.max_custom_message_bytes,
+        ),
     )
 
 
@@ -147,6 +154,7 @@ def server_policy(settings: Settings) -> ServerPolicy:
         max_description_bytes=settings.max_description_bytes,
         max_description_attributes=settings.max_description_attributes,
         max_status_part_bytes=settings.max_status_part_bytes,
+        max_custom_message_bytes=settings.max_custom_message_bytes,
     )
 
 
@@ -235,6 +243,7 @@ def build_services(
             ca=agent_ca(settings),
             flush_interval_s=settings.flush_interval_s,
         ),
+        commands=Commands(db, fleet, instance_id=settings.instance_id),
     )
     _wire(services)
     # Built before the writer starts, so its on_flush hook sees every flush.
@@ -265,7 +274,8 @@ def _wire(services: Services) -> None:
     configs, packages, cluster = services.configs, services.packages, services.cluster
     connection = services.connection_settings
     assert events is not None and configs is not None and packages is not None
-    assert connection is not None
+    assert connection is not None and services.commands is not None
+    cluster.on_commands = services.commands.on_notice
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
     cluster.on_packages = packages.notice
@@ -299,6 +309,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
     """The background services' ``run`` methods, in the order they start."""
     assert services.packages is not None and services.configs is not None
     assert services.online_history is not None and services.denials is not None
+    assert services.commands is not None
     runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
         partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
         GrowthFreezer(lambda: services.registry.online_count).run,
@@ -310,6 +321,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
         services.configs.run,
         services.online_history.run,
         services.denials.run,
+        services.commands.run,
     ]
     if services.metrics_share is not None:
         runs.append(services.metrics_share.run)
@@ -372,6 +384,9 @@ def metrics_exporter(services: Services) -> MetricsExporter:
         version=services.version,
     ).with_packages(services.packages)
     exporter.events = services.events
+    if services.commands is not None:
+        commands = services.commands
+        exporter.group_restart_batches = lambda: commands.batches_total
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
     exporter.connection_settings = services.connection_settings

@@ -22,6 +22,7 @@ from .redaction import DEFAULT_SECRET_WORDS, RedactionPolicy
 ENV_PREFIX = "OPAMP_FAST_"
 MIB = 1024 * 1024
 BACKENDS = ("asyncio", "trio")
+DEFAULT_CUSTOM_MESSAGE_BYTES = 64 * 1024
 _STATE_BOUNDS = ("max_description_bytes", "max_description_attributes", "max_status_part_bytes")
 
 
@@ -73,6 +74,7 @@ class Settings:
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = MIB
+    max_custom_message_bytes: int = DEFAULT_CUSTOM_MESSAGE_BYTES
     ws_ping_interval_s: float = 0.0
     tcp_keepalive_s: float = 30.0
     handshake_timeout_s: float = 10.0
@@ -195,6 +197,8 @@ _HELP = {
     "max_description_attributes": "most attributes an AgentDescription may carry",
     "max_status_part_bytes": "largest other status part (health, effective config, package "
     "statuses...) the server keeps per agent, bytes",
+    "max_custom_message_bytes": "largest CustomMessage accepted from an agent (a larger one is "
+    "refused with a BadRequest error) or from POST /api/agents/{id}/custom-messages (413), bytes",
     "heartbeat_tick_s": "resolution of the heartbeat timing wheel, seconds",
     "ws_ping_interval_s": "WebSocket ping interval, seconds; a peer that misses a pong for a "
     "whole interval is dropped (0 disables)",
@@ -363,6 +367,7 @@ _AT_LEAST: dict[str, tuple[float, str]] = {
     "max_description_bytes": (1, "must be >= 1"),
     "max_description_attributes": (1, "must be >= 1"),
     "max_status_part_bytes": (1, "must be >= 1"),
+    "max_custom_message_bytes": (1, "must be >= 1"),
     "heartbeat_timeout_factor": (1.0, "must be at least 1"),
     "ws_ping_interval_s": (0, "must be >= 0 (0 disables pings)"),
     "tcp_keepalive_s": (0, "must be >= 0 (0 disables TCP keepalive)"),

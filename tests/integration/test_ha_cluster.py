@@ -58,7 +58,11 @@ def test_cluster_compose_is_one_fleet_behind_the_balancer(tmp_path: Path) -> Non
     for key in ("OPAMP_FAST_DATABASE_URL", "OPAMP_FAST_API_JWT_SECRET", "OPAMP_FAST_LEASE_S"):
         assert len({env_vars[key] for env_vars in envs.values()}) == 1, key
     lb = services["haproxy"]
-    assert [(p["target"], p["published"]) for p in lb["ports"]] == [(4320, "4320")]
+    # 4320: WebSocket agents (TCP); 4321: plain-HTTP agents, routed by OpAMP-Instance-UID.
+    assert [(p["target"], p["published"]) for p in lb["ports"]] == [
+        (4320, "4320"),
+        (4321, "4321"),
+    ]
     (mount,) = lb["volumes"]
     assert Path(mount["source"]) == HAPROXY_CFG and mount.get("read_only")
     # The balancer's servers are exactly the instances, on the port they listen on.

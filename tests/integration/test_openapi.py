@@ -72,6 +72,8 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/agents/{id}/active-connection",
             "/api/agents/{id}/connection-history",
             "/api/agents/{id}/disconnect",
+            "/api/agents/{id}/restart",
+            "/api/agents/{id}/custom-messages",
             "/api/events",
             "/api/ui/overview",
             "/api/ui/me",
@@ -90,6 +92,7 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/groups",
             "/api/groups/{name}",
             "/api/groups/{name}/rollback",
+            "/api/groups/{name}/restart",
             "/api/agents/{id}/labels",
             "/api/agents/{id}/config",
             "/api/audit",
@@ -132,6 +135,7 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
     writes = [(p, m) for p, ops in spec["paths"].items() for m in ops if m in ("put", "post")]
     bodiless = {
         ("/api/agents/{id}/disconnect", "post"),
+        ("/api/agents/{id}/restart", "post"),
         ("/api/groups/{name}/rollback", "post"),
         ("/api/agents/{id}/rotate-certificate", "post"),
     }
@@ -172,6 +176,8 @@ async def test_405_lists_every_method_of_the_path(server) -> None:
         "/api/configs": "GET, HEAD, POST",
         "/api/configs/c": "DELETE, GET, HEAD",
         "/api/groups/g": "DELETE, GET, HEAD, PUT",
+        "/api/groups/g/restart": "DELETE, GET, HEAD, POST",
+        "/api/agents/00000000000000000000000000000001/custom-messages": "GET, HEAD, POST",
         "/api/packages": "GET, HEAD, POST",
         "/api/packages/p/1.0.0": "DELETE, GET, HEAD",
         "/api/packages/p/latest": "GET, HEAD",

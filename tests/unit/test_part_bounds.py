@@ -62,11 +62,26 @@ def test_each_part_has_its_bound_and_unkept_fields_have_none() -> None:
     near = description_of(60 * 1024)  # under the description bound
     ok = pb.AgentToServer(instance_uid=UID, agent_description=near)
     ok.effective_config.CopyFrom(effective_config_of(900 * 1024))  # under the part bound
-    ok.custom_message.data = b"y" * (4 * 1024 * 1024)  # not kept: only the message bound
+    request = ok.connection_settings_request.opamp.certificate_request
+    request.csr = b"y" * (4 * 1024 * 1024)  # not kept: only the message bound
     assert refusal(ok.SerializeToString()) is None
     over = pb.AgentToServer(instance_uid=UID, effective_config=effective_config_of(2 << 20))
     reason = refusal(over.SerializeToString())
     assert reason is not None and reason.startswith("effective_config of ")
+
+
+def test_a_custom_message_has_its_own_bound() -> None:
+    small = pb.AgentToServer(instance_uid=UID)
+    small.custom_message.data = b"y" * (60 * 1024)
+    assert refusal(small.SerializeToString()) is None
+    big = pb.AgentToServer(instance_uid=UID)
+    big.custom_message.capability = "io.example.big/v1"
+    big.custom_message.data = b"y" * (70 * 1024)
+    reason = refusal(big.SerializeToString())
+    assert reason is not None and reason.startswith("custom_message of ")
+    with pytest.raises(RemoteProtocolError, match=r"custom_message of .*\(65536 bytes\)"):
+        check_bounds(big, POLICY)  # after decoding too
+    check_bounds(big, ServerPolicy(max_custom_message_bytes=128 * 1024))
 
 
 def test_repeated_occurrences_add_up_as_the_decoder_merges_them() -> None:

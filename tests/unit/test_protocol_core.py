@@ -38,10 +38,12 @@ from opamp_fast.protocol import (
     AgentConnected,
     AgentDisconnected,
     AgentState,
+    CustomMessageReceived,
     FullStateRequested,
     InstanceUidReassigned,
     LocalProtocolError,
     MessageMerged,
+    NotAccepted,
     RemoteConfigStatusChanged,
     Reply,
     ServerPolicy,
@@ -55,7 +57,10 @@ from opamp_fast.protocol import (
     error_response,
     normalize_instance_uid,
     pb,
+    process_heartbeat,
     process_message,
+    queue_custom_message,
+    queue_restart,
     remote_config_hash,
 )
 
@@ -357,12 +362,15 @@ def test_several_parts_change_at_once() -> None:
     )
 
 
-def test_unknown_custom_message_is_ignored() -> None:
+def test_custom_message_changes_no_state_and_is_passed_on() -> None:
     agent, session = known()
     msg = a2s(1, custom_message=pb.CustomMessage(capability="com.acme.x", type="t", data=b"d"))
     reply = run(agent, session, msg)
     assert reply.response == pb.ServerToAgent(instance_uid=UID)
-    assert reply.events == (MessageMerged(UID, 1, NOW, frozenset()),)
+    assert reply.events == (
+        MessageMerged(UID, 1, NOW, frozenset()),
+        CustomMessageReceived(UID, NOW, "com.acme.x", "t", b"d"),
+    )
 
 
 def test_csr_request_is_ignored() -> None:
@@ -1198,6 +1206,113 @@ def test_push_uses_wire_uid() -> None:
     push = build_push(agent, session, policy=POLICY)
     assert push is not None
     assert push.instance_uid == ulid
+
+
+# --- commands and custom messages -----------------------------------------------------------
+CAPS_RESTART = CAPS_PYTHON | 0x400  # ... | AcceptsRestartCommand
+GADGET = "io.example.gadget/v1"
+
+
+def custom(capability: str = GADGET, kind: str = "ping", data: bytes = b"hi") -> Any:
+    return pb.CustomMessage(capability=capability, type=kind, data=data)
+
+
+def declaring(transport: Transport = Transport.WS, *caps: str) -> tuple[AgentState, Session]:
+    agent, session = known(transport)
+    run(agent, session, a2s(1, custom_capabilities=pb.CustomCapabilities(capabilities=caps)))
+    return agent, session
+
+
+def test_restart_needs_the_capability_and_queues_nothing_without_it() -> None:
+    agent, session = known(Transport.WS)
+    with pytest.raises(NotAccepted) as info:
+        queue_restart(agent, session)
+    assert info.value.code == "restart_not_supported"
+    assert session.outbox is None
+
+
+def test_restart_is_pushed_alone_over_ws_and_the_rest_follows() -> None:
+    agent, session = known(Transport.WS, CAPS_RESTART)
+    agent.set_remote_config(CONFIG)  # due as well
+    queue_restart(agent, session)
+    command = build_push(agent, session, policy=POLICY)
+    assert command is not None
+    assert [f.name for f, _ in command.ListFields()] == ["instance_uid", "command"]
+    assert command.command.type == pb.CommandType_Restart
+    following = build_push(agent, session, policy=POLICY)
+    assert following is not None and following.HasField("remote_config")
+    assert not following.HasField("command")
+    assert build_push(agent, session, policy=POLICY) is None
+    assert session.outbox is None
+
+
+def test_restart_waits_for_the_next_http_poll_in_a_reply_of_its_own() -> None:
+    agent, session = known(Transport.HTTP, CAPS_RESTART)
+    queue_restart(agent, session)
+    assert build_push(agent, session, policy=POLICY) is None  # HTTP: only replies
+    agent.set_remote_config(CONFIG)
+    reply = run(agent, session, a2s(1, CAPS_RESTART)).response
+    assert reply.command.type == pb.CommandType_Restart and reply.HasField("command")
+    names = [f.name for f, _ in reply.ListFields()]
+    assert names == ["instance_uid", "capabilities", "command"]
+    after = run(agent, session, a2s(2, CAPS_RESTART)).response
+    assert not after.HasField("command") and after.HasField("remote_config")
+
+
+def test_restart_gives_way_to_a_full_state_request_and_a_goodbye() -> None:
+    agent, session = known(Transport.HTTP, CAPS_RESTART)
+    queue_restart(agent, session)
+    gap = run(agent, session, a2s(7, CAPS_RESTART)).response  # a sequence gap: flag first
+    assert gap.flags & SERVER_FLAG_REPORT_FULL_STATE and not gap.HasField("command")
+    assert run(agent, session, full(8, CAPS_RESTART)).response.HasField("command")
+    queue_restart(agent, session)
+    goodbye = a2s(9, CAPS_RESTART, agent_disconnect=pb.AgentDisconnect())
+    assert not run(agent, session, goodbye).response.HasField("command")
+
+
+def test_a_restart_for_an_agent_that_dropped_the_capability_is_not_sent() -> None:
+    agent, session = known(Transport.HTTP, CAPS_RESTART)
+    queue_restart(agent, session)
+    reply = run(agent, session, a2s(1, CAPS_PYTHON)).response  # no longer accepts restarts
+    assert not reply.HasField("command")
+    assert session.outbox is None
+
+
+def test_a_queued_command_keeps_ws_heartbeats_off_the_fast_path() -> None:
+    agent, session = known(Transport.WS, CAPS_RESTART)
+    run(agent, session, a2s(1, CAPS_RESTART))
+    assert process_heartbeat(agent, session, 2, CAPS_RESTART)
+    queue_restart(agent, session)
+    assert not process_heartbeat(agent, session, 3, CAPS_RESTART)
+    reply = run(agent, session, a2s(3, CAPS_RESTART)).response
+    assert reply.HasField("command")
+    run(agent, session, a2s(4, CAPS_RESTART))
+    assert process_heartbeat(agent, session, 5, CAPS_RESTART)  # settled again
+
+
+def test_custom_message_needs_a_declared_capability() -> None:
+    agent, session = declaring(Transport.WS, GADGET)
+    with pytest.raises(NotAccepted) as info:
+        queue_custom_message(agent, session, custom("io.example.other/v1"), max_pending=4)
+    assert info.value.code == "capability_not_declared"
+    queue_custom_message(agent, session, custom(), max_pending=4)
+    push = build_push(agent, session, policy=POLICY)
+    assert push is not None
+    assert [f.name for f, _ in push.ListFields()] == ["instance_uid", "custom_message"]
+    assert push.custom_message == custom()
+    assert build_push(agent, session, policy=POLICY) is None
+
+
+def test_custom_messages_go_one_per_http_reply_in_order_and_are_bounded() -> None:
+    agent, session = declaring(Transport.HTTP, GADGET)
+    for i in range(3):
+        queue_custom_message(agent, session, custom(data=bytes([i])), max_pending=3)
+    with pytest.raises(NotAccepted) as info:
+        queue_custom_message(agent, session, custom(), max_pending=3)
+    assert info.value.code == "too_many_pending"
+    got = [run(agent, session, a2s(2 + i)).response.custom_message.data for i in range(4)]
+    assert got == [b"\x00", b"\x01", b"\x02", b""]
+    assert session.outbox is None
 
 
 # --- error_response -----------------------------------------------------------------------

@@ -147,3 +147,30 @@ def test_offline_agents_are_forgotten_after_retention() -> None:
     assert registry.forget_offline(wall=1550.0) == 0
     assert registry.forget_offline(wall=1600.0) == 1
     assert registry.forgotten_total == 2
+
+
+@pytest.mark.parametrize(
+    ("ending", "after_s", "recorded"),
+    [
+        ("connection closed", 5.0, "restart requested"),
+        ("agent_disconnect", 119.0, "restart requested"),
+        ("superseded by a new connection", 1.0, "restart requested"),
+        ("heartbeat timeout", 60.0, "restart requested"),
+        ("connection closed", 121.0, "connection closed"),  # outside the window
+        ("disconnected by an operator", 1.0, "disconnected by an operator"),
+        ("server shutdown", 1.0, "server shutdown"),
+    ],
+)
+def test_a_session_ending_soon_after_a_restart_request_ends_with_restart_requested(
+    ending: str, after_s: float, recorded: str
+) -> None:
+    registry = make_registry()
+    record, _ = online(registry, os.urandom(16), mono=0.0)
+    record.restart_requested_at = 2000.0
+    transition = registry.mark_offline(record, wall=2000.0 + after_s, reason=ending)
+    assert transition is not None and transition.reason == recorded
+    assert record.disconnect_reason == recorded
+    assert record.restart_requested_at == 0.0  # it explains one session's end, no more
+    online(registry, record.uid, mono=1.0)
+    later = registry.mark_offline(record, wall=2001.0 + after_s, reason=ending)
+    assert later is not None and later.reason == ending

@@ -32,7 +32,7 @@ from starlette.responses import Response
 
 from ..protocol import pb
 from ..protocol.codec import format_instance_uid
-from ..storage import config_queries, queries
+from ..storage import command_queries, config_queries, queries
 from .assignments import remote_config_state
 from .audit import entry as audit_entry
 from .connection_settings import load_agent_view
@@ -87,6 +87,9 @@ AGENT_OPERATIONS = (
     "put_agent_config",
     "set_agent_packages",
     "disconnect_agent",
+    "restart_agent",
+    "send_custom_message",
+    "list_custom_messages",
 )
 
 _U64 = (1 << 64) - 1
@@ -347,6 +350,11 @@ async def get_agent(request: Request) -> Response:
         shown.packages = await load_agent_packages(services.packages, uid)
     if services.connection_settings is not None:
         shown.connection_settings = await load_agent_view(services, uid)
+    extras = await services.db.run(lambda conn: command_queries.agent_extras(conn, uid))
+    if extras is not None:
+        shown.last_restart_requested_at = _utc(extras.last_restart_requested_at)
+        shown.custom_capabilities = extras.custom_capabilities
+        shown.available_components = extras.available_components
     # A large agent state (up to the policy's bounds, a few MiB of JSON) is encoded in a
     # worker thread, never on the event loop.
     body = await anyio.to_thread.run_sync(lambda: encode_json(shown))

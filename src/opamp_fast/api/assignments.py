@@ -28,6 +28,7 @@ from ..storage import config_queries as cq
 from ..storage.config_queries import AgentOutcome, NotFound
 from . import audit
 from .body import body_integer, input_error, labels_schema, nullable, only_keys, read_object
+from .components import COMPONENTS_MISSING, FORCE_PARAM, parse_force
 from .config_models import AgentAssignment, AgentLabels, ConfigRef, RemoteConfigState
 from .configs import NAME_SCHEMA, VERSION_SCHEMA, refresh_configs, run_db
 from .errors import APIError
@@ -35,7 +36,7 @@ from .params import AGENT_ID_PARAM, path_agent_id
 from .responses import JSONResponse
 from .roles import require_role
 from .routing import Operation, Router, links
-from .state import services_of
+from .state import services_of, shared_of
 
 MAX_BODY_BYTES = 64 * 1024
 LABELS_BODY = {
@@ -203,11 +204,14 @@ def _pin_text(pin: tuple[str, int] | None) -> str | None:
     Operation(
         "Pin an agent to a config version",
         'Body: `{"config": "<name>", "version": n}` (`version` defaults to the latest); '
-        '`{"config": null}` removes the pin. A pin wins over every group. Needs the '
+        '`{"config": null}` removes the pin. A pin wins over every group. When the agent '
+        "reported its components, it must have every component type the config names: "
+        "422 `components_missing` otherwise, unless `?force=true` (audited). Needs the "
         "operator role.",
-        params=(AGENT_ID_PARAM,),
+        params=(AGENT_ID_PARAM, FORCE_PARAM),
         response=AgentAssignment,
         errors=WRITE_ERRORS,
+        extra_responses=COMPONENTS_MISSING,
         body=PIN_BODY,
         links=links(["get_agent_config"], id="$request.path.id"),
     ),
@@ -225,24 +229,30 @@ async def put_agent_config(request: Request) -> Response:
     if version is not None:
         version = body_integer(version, "version", 1, 2**31 - 1)
     services = services_of(request)
+    force = parse_force(request)
+    components = shared_of(request).components
 
     def work(conn: cq.Conn) -> tuple[AgentOutcome, tuple[str, int] | None]:
         if not cq.agent_known(conn, uid):
             raise NotFound("agent_not_found", f"no agent {text_id}")
         before = cq.get_pin(conn, uid)
         pin: tuple[str, int] | None = None
+        after: dict[str, Any] = {}
         if config is None:
             cq.clear_pin(conn, uid)
         else:
             row = cq.require_version(conn, config, version)
             pin = (row.name, row.version)
+            forced = components.require(conn, pin, [uid], force=force)
+            if forced is not None:
+                after["components"] = forced
             cq.set_pin(conn, uid, *pin)
         entry = audit.entry(
             request,
             "agent.config",
             f"agent:{text_id}",
             before={"pin": _pin_text(before)},
-            after={"pin": _pin_text(pin)},
+            after={"pin": _pin_text(pin), **after},
         )
         cq.append_audit(conn, entry)
         cq.notify_changed(conn, services.settings.instance_id)

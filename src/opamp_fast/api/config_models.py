@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from .command_models import GroupComponents
+
 
 class ConfigRef(msgspec.Struct):
     """One version of one config."""
@@ -139,6 +141,8 @@ class GroupInfo(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     packages: list[GroupPackage] = msgspec.field(default_factory=list)
+    # Whether the members could take the group's config (their reported components).
+    components: GroupComponents | None = None
 
 
 class GroupList(msgspec.Struct):

@@ -9,6 +9,7 @@ their own mistakes.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -33,6 +34,7 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+        self.extra: dict[str, Any] | None = None  # more members of the error object, if any
 
 
 def invalid_parameter(name: str, why: str) -> APIError:
@@ -47,7 +49,7 @@ def agent_not_found(uid: bytes) -> APIError:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+    return error_response(exc.status, exc.code, exc.message, headers=exc.headers, extra=exc.extra)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

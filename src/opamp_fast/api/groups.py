@@ -11,6 +11,7 @@ next ones by the rollout driver as batches report.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -38,6 +39,7 @@ from .body import (
     only_keys,
     read_object,
 )
+from .components import COMPONENTS_MISSING, FORCE_PARAM, ComponentCache, parse_force
 from .config_models import (
     ConfigRef,
     GroupDeleted,
@@ -53,7 +55,7 @@ from .params import Param
 from .responses import JSONResponse
 from .roles import require_role
 from .routing import Operation, Router, links
-from .state import services_of
+from .state import services_of, shared_of
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -126,10 +128,19 @@ def rollout_info(row: rq.RolloutRow | None) -> RolloutInfo | None:
     )
 
 
-def group_info(conn: cq.Conn, group: GroupRow, packages: list[Ref] | None = None) -> GroupInfo:
+def group_info(
+    conn: cq.Conn,
+    group: GroupRow,
+    packages: list[Ref] | None = None,
+    components: ComponentCache | None = None,
+) -> GroupInfo:
     members, online = cq.count_matching(conn, group.selector)
     if packages is None:
         packages = q_group_packages(conn, group.name).get(group.name, [])
+    target = _config_of(group)
+    fit = None
+    if components is not None and target is not None:
+        fit = components.group_fit(conn, group.selector, target)
     return GroupInfo(
         name=group.name,
         selector=group.selector,
@@ -141,6 +152,7 @@ def group_info(conn: cq.Conn, group: GroupRow, packages: list[Ref] | None = None
         created_at=group.created_at.astimezone(UTC),
         updated_at=group.updated_at.astimezone(UTC),
         packages=[GroupPackage(n, v) for n, v in packages],
+        components=fit,
     )
 
 
@@ -210,6 +222,7 @@ class _GroupChange:
     version: int | None
     rollout: dict[str, int] | None  # batch_percent, max_failed_percent
     packages: list[tuple[str, str]]  # (name, version | "latest")
+    force: bool = False  # assign the config even to members lacking its components
 
 
 def _group_change(body: dict[str, Any], *, packages_enabled: bool) -> _GroupChange:
@@ -233,6 +246,15 @@ def _group_change(body: dict[str, Any], *, packages_enabled: bool) -> _GroupChan
     return _GroupChange(selector, config, version, rollout, wanted)
 
 
+def _check_components(
+    conn: cq.Conn, request: Request, name: str, target: tuple[str, int], force: bool
+) -> dict[str, Any] | None:
+    """Pre-flight: the members this group decides must have the components its config names
+    (422 ``components_missing``), unless ``force``; what was forced, for the audit row."""
+    uids = sorted(rq.decided_by_group(conn, name, online_only=False))
+    return shared_of(request).components.require(conn, target, uids, force=force)
+
+
 def _put(
     conn: cq.Conn, request: Request, name: str, change: _GroupChange, actor: str, me: str
 ) -> GroupInfo:
@@ -246,6 +268,11 @@ def _put(
     if target == old_target and old is not None and old.previous_name is not None:
         previous = (old.previous_name, old.previous_version or 0)
     group = cq.upsert_group(conn, name, change.selector, target, previous)
+    forced = None
+    if target is not None and (
+        target != old_target or old is None or old.selector != group.selector
+    ):
+        forced = _check_components(conn, request, name, target, change.force)
     old_packages = q_group_packages(conn, name).get(name, [])
     packages = [(i.name, i.version) for i in resolve_wanted(conn, change.packages, lock=True)]
     q_set_group_packages(conn, name, packages)
@@ -265,6 +292,8 @@ def _put(
     after: dict[str, Any] = {**(_summary(group, packages) or {})}
     if started is not None:
         after["rollout"] = change.rollout
+    if forced is not None:
+        after["components"] = forced
     before = _summary(old, old_packages)
     cq.append_audit(
         conn, audit.entry(request, "group.put", f"group:{name}", before=before, after=after)
@@ -272,7 +301,7 @@ def _put(
     if started is not None:
         rq.advance(conn, started, sender=me)  # the first batch, now
     cq.notify_changed(conn, me)
-    return group_info(conn, group, packages)
+    return group_info(conn, group, packages, shared_of(request).components)
 
 
 def _rollback(conn: cq.Conn, request: Request, name: str, me: str) -> GroupInfo:
@@ -317,9 +346,13 @@ WRITE_ERRORS = (400, 403, 404, 409, 413, 503)
     ),
 )
 async def list_groups(request: Request) -> Response:
+    components = shared_of(request).components
+
     def work(conn: cq.Conn) -> list[GroupInfo]:
         packages = q_group_packages(conn)
-        return [group_info(conn, g, packages.get(g.name, [])) for g in cq.list_groups(conn)]
+        return [
+            group_info(conn, g, packages.get(g.name, []), components) for g in cq.list_groups(conn)
+        ]
 
     return JSONResponse(GroupList(await run_db(services_of(request), work)))
 
@@ -338,8 +371,12 @@ async def list_groups(request: Request) -> Response:
 )
 async def get_group(request: Request) -> Response:
     name = path_name(request)
-    info = await run_db(services_of(request), lambda conn: group_info(conn, _existing(conn, name)))
-    return JSONResponse(info)
+    components = shared_of(request).components
+
+    def work(conn: cq.Conn) -> GroupInfo:
+        return group_info(conn, _existing(conn, name), components=components)
+
+    return JSONResponse(await run_db(services_of(request), work))
 
 
 @router.put(
@@ -354,11 +391,15 @@ async def get_group(request: Request) -> Response:
         "batch, otherwise to every member at once. `packages` (a package `version` "
         'defaults to `"latest"`, resolved now; absent, `null` or `[]`: none) is offered '
         "to the members this group decides (the configs' precedence) that have no offer "
-        "of their own, at once over WebSocket. 404 `package_not_found`. Needs the "
-        "operator role.",
-        params=(GROUP_PARAM,),
+        "of their own, at once over WebSocket. 404 `package_not_found`. When the config "
+        "or the selector changes, the members the group decides that reported their "
+        "components must have every component type the config names: 422 "
+        "`components_missing` lists those that lack some, unless `?force=true` (audited). "
+        "Needs the operator role.",
+        params=(GROUP_PARAM, FORCE_PARAM),
         response=GroupInfo,
         errors=WRITE_ERRORS,
+        extra_responses=COMPONENTS_MISSING,
         body=GROUP_BODY,
         links=links(["get_group", "rollback_group", "delete_group"], name="$request.path.name"),
     ),
@@ -368,6 +409,7 @@ async def put_group(request: Request) -> Response:
     services = services_of(request)
     body = await read_object(request, MAX_BODY_BYTES)
     change = _group_change(body, packages_enabled=services.packages is not None)
+    change = dataclasses.replace(change, force=parse_force(request))
     me = services.settings.instance_id
     info = await run_db(services, lambda conn: _put(conn, request, name, change, who.subject, me))
     await refresh_configs(services)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .command_models import COMMAND_STRUCTS
 from .config_models import CONFIG_STRUCTS, RemoteConfigState
 from .connection_models import CONNECTION_STRUCTS, AgentConnectionSettings
 from .package_models import PACKAGE_STRUCTS, AgentPackages
@@ -156,6 +157,11 @@ class AgentDetail(msgspec.Struct):
     packages: AgentPackages | None = None
     # Offered connection settings (own telemetry, OpAMP), their status, the certificate.
     connection_settings: AgentConnectionSettings | None = None
+    # Day-2: the last Restart command sent to it, the custom capabilities it declared, the
+    # components it reported (``{"hash", "components": {"receivers": {...}, ...}}``).
+    last_restart_requested_at: datetime | None = None
+    custom_capabilities: list[str] | None = None
+    available_components: dict[str, Any] | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -169,4 +175,5 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     *CONFIG_STRUCTS,
     *PACKAGE_STRUCTS,
     *CONNECTION_STRUCTS,
+    *COMMAND_STRUCTS,
 )

@@ -23,7 +23,12 @@ class JSONResponse(Response):
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """``{"error": {"code", "message"}}`` with the given status."""
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+    """``{"error": {"code", "message"}}`` with the given status (and ``extra`` members)."""
+    error = {"code": code, "message": message, **(extra or {})}
+    return JSONResponse({"error": error}, status, headers=headers)

@@ -9,6 +9,7 @@ see each other's.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,43 @@ from ..auth import AgentTokenVerifier, agent_token_key
 from ..services import Services
 from ..settings import Settings
 from ..storage.queries import FleetCounts
+from .components import ComponentCache
 
 StaticFiles = dict[str, tuple[bytes, str]]  # file name -> (content, media type)
+
+
+class AgentRate:
+    """A token bucket per agent: ``per_s`` sends a second, bursts of ``burst_s`` seconds'
+    worth (as agents' own messages are limited); 0 disables it. Buckets that refilled are
+    forgotten, so it holds only agents sent to within the last ``burst_s`` seconds."""
+
+    def __init__(self, per_s: float, burst_s: float = 10.0) -> None:
+        self.per_s = per_s
+        self.capacity = per_s * burst_s
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # uid -> (tokens, at)
+
+    def take(self, uid: bytes, now: float | None = None) -> bool:
+        """One send to ``uid``: False when over the rate."""
+        if self.per_s <= 0:
+            return True
+        now = time.monotonic() if now is None else now
+        if len(self._buckets) > 10_000:
+            self._forget_full(now)
+        tokens, at = self._buckets.get(uid, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - at) * self.per_s)
+        if tokens < 1:
+            return False
+        self._buckets[uid] = (tokens - 1, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            uid
+            for uid, (tokens, at) in self._buckets.items()
+            if tokens + (now - at) * self.per_s >= self.capacity
+        ]
+        for uid in full:
+            del self._buckets[uid]
 
 
 @dataclass(slots=True)
@@ -39,6 +75,10 @@ class Shared:
     # Swagger UI's files.
     openapi: bytes | None = None
     swagger_files: StaticFiles = field(default_factory=dict)
+    # Component types parsed from config versions and reported component sets.
+    components: ComponentCache = field(default_factory=ComponentCache)
+    # Custom messages to one agent (``max_agent_messages_per_s``, as agents' own messages).
+    send_rate: AgentRate = field(default_factory=lambda: AgentRate(0.0))
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Shared:
@@ -47,6 +87,7 @@ class Shared:
         return cls(
             agent_authorization=f"Bearer {token}".encode() if token else None,
             agent_tokens=AgentTokenVerifier(key) if key is not None else None,
+            send_rate=AgentRate(settings.max_agent_messages_per_s),
         )
 
 

@@ -143,6 +143,13 @@ class Admission:
             )
         if identity is None:
             return ACCEPT
+        named = request.instance_uid
+        if named is not None and named != identity:
+            # Refused before the body is read: the header is what a balancer routed on.
+            return _unauthorized(
+                "the credentials are bound to another instance uid than the "
+                "OpAMP-Instance-UID header names"
+            )
         return ConnectionResponse(True, identity=identity)
 
     def _shed(self, why: str, reason: str) -> ConnectionResponse:

@@ -39,6 +39,7 @@ import anyio.lowlevel
 import psycopg
 from anyio.abc import TaskStatus
 
+from ..storage.command_queries import CUSTOM_MESSAGE_NOTICE, GROUP_RESTARTS_NOTICE, RESTART_NOTICE
 from ..storage.notices import FLEET_CHANNEL, channel_for, encode_notices, event_notice_prefix
 from . import reasons
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["Cluster", "LostInstance"]
 
 logger = logging.getLogger(__name__)
+
+COMMAND_NOTICES = frozenset({RESTART_NOTICE, CUSTOM_MESSAGE_NOTICE, GROUP_RESTARTS_NOTICE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class Cluster:
         # ``certificates`` notices: an agent's certificate was issued (its serial), or this
         # instance is asked to rotate it.
         self.on_certificates: Callable[[dict[str, Any]], None] | None = None
+        # ``restart``, ``custom_message`` and ``group_restarts`` notices (``fleet.commands``).
+        self.on_commands: Callable[[dict[str, Any]], None] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     async def notify(self, instance_id: str, kind: str, *, uids: list[str], **fields: Any) -> None:
@@ -340,6 +345,9 @@ class Cluster:
         elif kind == "certificates":
             if self.on_certificates is not None:
                 self.on_certificates(notice)
+        elif kind in COMMAND_NOTICES:
+            if self.on_commands is not None:
+                self.on_commands(notice)
         elif kind == "events":
             if self._events is not None:
                 self._events.ingest(notice.get("events"), sender)

@@ -29,6 +29,7 @@ Publishers call ``hub.publish(type, agent, data)``; ``type`` is one of :data:`EV
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import secrets
@@ -61,6 +62,7 @@ __all__ = [
     "Subscriber",
     "announce_changes",
     "announce_connected",
+    "announce_custom_message",
     "announce_disconnected",
 ]
 
@@ -75,6 +77,8 @@ EVENT_TYPES: Final[Mapping[str, str]] = {
     "agent.status": "changed: other reported parts that changed (capabilities, effective config)",
     "agent.config_status": "status, error_message, config_hash (remote config apply status)",
     "agent.package_status": "the agent reported new package statuses",
+    "agent.custom_message": "capability, type, size, data (base64, when at most "
+    "CUSTOM_DATA_SHOWN bytes): a CustomMessage the agent sent",
     "instance.lost": "instance, by: a server instance was declared lost; its agents are offline",
     "config.changed": "operator change of a configuration or its assignment (id, action, ...)",
     "package.changed": "operator change of a package (id, action, ...)",
@@ -85,6 +89,9 @@ EVENT_ID_PATTERN: Final = r"^[0-9A-Za-z_]{1,64}-[0-9]{1,18}$"
 _EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
 RESYNC: Final = "resync"  # control event: state was missed; re-read it from the REST API
 MAX_TEXT: Final = 256  # strings in event data are cut to this many characters
+#: A custom message's data rides on its event when its base64 fits MAX_TEXT; larger data is
+#: read from GET /api/agents/{id}/custom-messages.
+CUSTOM_DATA_SHOWN: Final = MAX_TEXT // 4 * 3
 # One Server-Sent Events frame of a stream, as the OpenAPI document describes it: ``event`` is
 # the type, ``data`` the event as JSON (a fleet event, ``resync`` or ``auth_expired``).
 FRAME_SCHEMA: Final[Mapping[str, Any]] = {
@@ -513,6 +520,18 @@ def announce_connected(hub: EventHub, record: AgentRecord, at: float) -> None:
 
 def announce_disconnected(hub: EventHub, uid: bytes, at: float, reason: str) -> None:
     hub.publish("agent.disconnected", uid, {"reason": reason}, at=at)
+
+
+def announce_custom_message(
+    hub: EventHub, uid: bytes, at: float, capability: str, type: str, data: bytes
+) -> None:
+    def encoded() -> dict[str, Any]:
+        out: dict[str, Any] = {"capability": capability, "type": type, "size": len(data)}
+        if len(data) <= CUSTOM_DATA_SHOWN:
+            out["data"] = base64.b64encode(data).decode("ascii")
+        return out
+
+    hub.publish("agent.custom_message", uid, encoded, at=at)
 
 
 def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]) -> None:

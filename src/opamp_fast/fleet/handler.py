@@ -41,9 +41,11 @@ from anyio.abc import TaskStatus
 from ..protocol import (
     AgentDisconnected,
     AgentState,
+    CustomMessageReceived,
     Event,
     InstanceUidReassigned,
     MessageMerged,
+    NotAccepted,
     ProtocolError,
     RemoteProtocolError,
     ServerPolicy,
@@ -58,12 +60,19 @@ from ..protocol import (
     pb,
     process_heartbeat,
     process_message,
+    queue_custom_message,
+    queue_restart,
 )
 from ..storage.rows import AgentSnapshot
 from ..transport.handlers import ConnectingRequest, ConnectionResponse
 from . import reasons
 from .admission import Admission
-from .events import announce_changes, announce_connected, announce_disconnected
+from .events import (
+    announce_changes,
+    announce_connected,
+    announce_custom_message,
+    announce_disconnected,
+)
 from .registry import AgentRecord, AgentStatus, Registry, StatusTransition
 
 if TYPE_CHECKING:
@@ -71,6 +80,10 @@ if TYPE_CHECKING:
     from .events import EventHub
 
 logger = logging.getLogger(__name__)
+
+#: Custom messages one session may hold for its next polls (plain HTTP; WebSocket agents get
+#: theirs at once): beyond it a send is refused (``too_many_pending``).
+MAX_PENDING_CUSTOM_MESSAGES = 16
 
 
 class _Role(enum.Enum):
@@ -97,6 +110,10 @@ class AgentSink(Protocol):
     def status(self, uid: bytes, snapshot: AgentSnapshot) -> None: ...
 
     def seen(self, uid: bytes, at: float) -> None: ...
+
+    def custom_message(
+        self, uid: bytes, *, at: float, capability: str, type: str, data: bytes
+    ) -> None: ...
 
     @property
     def overloaded(self) -> bool: ...
@@ -168,6 +185,9 @@ class FleetHandler:
         self.on_new_record: Callable[[AgentRecord], None] | None = None
         self.on_package_statuses: Callable[[bytes, pb.PackageStatuses], None] | None = None
         self.package_offers_sent_total = 0  # messages that carried packages_available
+        self.restarts_total = 0  # Restart commands sent or held for a poll
+        self.custom_messages_sent_total = 0  # custom messages to agents, sent or held
+        self.custom_messages_received_total = 0
         # Remote configuration (``config_service``): resolves the config an agent should
         # run when it comes online or its description changes; True when that changed.
         self.assigner: Callable[[AgentRecord], bool] | None = None
@@ -458,9 +478,21 @@ class FleetHandler:
                     transitions.append(t)
             elif isinstance(event, InstanceUidReassigned):
                 _log_new_uid(event, conn.remote_addr, "asked for a new one")
+            elif isinstance(event, CustomMessageReceived):
+                self._received(event)
             # AgentConnected is not used: liveness is decided from the registry's view, which
             # also knows about plain-HTTP sessions that span polls.
         return status_changed
+
+    def _received(self, event: CustomMessageReceived) -> None:
+        """A custom message from an agent: stored (coalesced by the writer) and announced."""
+        self.custom_messages_received_total += 1
+        uid, at = event.instance_uid, event.at
+        self.sink.custom_message(
+            uid, at=at, capability=event.capability, type=event.type, data=event.data
+        )
+        if self.events is not None:
+            announce_custom_message(self.events, uid, at, event.capability, event.type, event.data)
 
     def on_connection_close(self, conn: Connection) -> None:
         admission = self.admission
@@ -494,14 +526,66 @@ class FleetHandler:
         Plain-HTTP agents get it on their next poll; returns False for them (or when offline).
         """
         conn = record.connection
-        if conn is None or record.session is None or not conn.can_push:
+        session = record.session
+        if conn is None or session is None or not conn.can_push:
             return False
-        message = build_push(record.state, record.session, policy=self.policy)
-        if message is None:
+        sent = False
+        # A command goes alone and custom messages one per message: push until nothing is left.
+        while (message := build_push(record.state, session, policy=self.policy)) is not None:
+            if message.HasField("packages_available"):
+                self.package_offers_sent_total += 1
+            if not conn.send(message):
+                break
+            sent = True
+        return sent
+
+    # -- commands: a restart, custom messages ---------------------------------------------
+    def restart(self, uid: bytes) -> bool:
+        """Send the agent a Restart command if this instance holds it: pushed at once over
+        WebSocket, held for its next poll over plain HTTP (nothing is kept for an agent that is
+        offline). Its session's end within ``reasons.RESTART_WINDOW_S`` is then recorded as
+        "restart requested". False when the agent is not online here.
+
+        Raises:
+            NotAccepted: the agent does not report AcceptsRestartCommand.
+        """
+        record = self.registry.get(uid)
+        if record is None or not record.online or record.session is None:
             return False
-        if message.HasField("packages_available"):
-            self.package_offers_sent_total += 1
-        return conn.send(message)
+        queue_restart(record.state, record.session)
+        record.restart_requested_at = self._wall()
+        self.restarts_total += 1
+        self.push(record)
+        return True
+
+    def restart_many(self, uids: list[bytes]) -> list[bytes]:
+        """:meth:`restart` for each agent held here that accepts it; those it was sent to."""
+        done = []
+        for uid in uids:
+            try:
+                if self.restart(uid):
+                    done.append(uid)
+            except NotAccepted:
+                continue
+        return done
+
+    def send_custom_message(self, uid: bytes, message: pb.CustomMessage) -> str | None:
+        """Send a ``CustomMessage`` to the agent if this instance holds it: ``"sent"`` (pushed
+        over its WebSocket) or ``"queued"`` (for the next polls of a plain-HTTP agent, one per
+        reply); None when the agent is not online here.
+
+        Raises:
+            NotAccepted: the agent did not declare the message's custom capability, or
+            ``MAX_PENDING_CUSTOM_MESSAGES`` already wait for it.
+        """
+        record = self.registry.get(uid)
+        if record is None or not record.online or record.session is None:
+            return None
+        queue_custom_message(
+            record.state, record.session, message, max_pending=MAX_PENDING_CUSTOM_MESSAGES
+        )
+        self.custom_messages_sent_total += 1
+        return "sent" if self.push(record) else "queued"
 
     def sweep(self, mono: float) -> list[StatusTransition]:
         """Advance the wheel; expired agents go offline (persisted) and their WebSockets get a
@@ -637,4 +721,6 @@ def snapshot_of(record: AgentRecord) -> AgentSnapshot:
         remote_config_status=state.remote_config_status,
         transport=record.transport.value if record.transport else None,
         proven=record.proven,
+        custom_capabilities=state.custom_capabilities,
+        available_components=state.available_components,
     )

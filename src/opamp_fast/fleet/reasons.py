@@ -20,6 +20,14 @@ SERVER_LOST: Final = "server lost"  # another instance died; closed by a survivo
 OPERATOR: Final = "disconnected by an operator"  # POST /api/agents/{id}/disconnect
 # an unproven claim, ended when the database showed the uid held with proof by another instance
 PROVEN_ELSEWHERE: Final = "instance uid held by a proven connection"
+# the session ended (closed, said goodbye, went silent, reconnected) within RESTART_WINDOW_S of
+# a Restart command sent to it: the agent restarting, as far as the server can tell
+RESTART_REQUESTED: Final = "restart requested"
+RESTART_WINDOW_S: Final = 120.0
+#: The endings a restart explains; an operator's disconnect or a server shutdown it does not.
+RESTART_ENDINGS: Final = frozenset(
+    {AGENT_DISCONNECT, CONNECTION_CLOSED, HEARTBEAT_TIMEOUT, SUPERSEDED}
+)
 
 # -- WebSocket close codes (RFC 6455 section 7.4: 4000-4999 are the application's) -------------
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down

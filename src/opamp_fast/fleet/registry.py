@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..native.heartbeat import USING_EXTENSION, TimingWheel
 from ..protocol import AgentState, Session, Transport, pb
+from . import reasons
 
 if TYPE_CHECKING:
     from ..transport.handlers import Connection
@@ -85,6 +86,7 @@ class AgentRecord:
         "proven_elsewhere_until",
         "refused_claims",
         "remote_addr",
+        "restart_requested_at",
         "session",
         "state",
         "status",
@@ -115,6 +117,9 @@ class AgentRecord:
         self.proven = False
         self.proven_elsewhere_until = float("-inf")
         self.refused_claims = 0
+        # When a Restart command was sent to its current session (UNIX seconds; 0: none): the
+        # session's end within ``reasons.RESTART_WINDOW_S`` is recorded as "restart requested".
+        self.restart_requested_at = 0.0
 
     @property
     def uid(self) -> bytes:
@@ -263,9 +268,19 @@ class Registry:
     def mark_offline(
         self, record: AgentRecord, *, wall: float, reason: str
     ) -> StatusTransition | None:
-        """Online -> offline once; later or repeated calls return None and change nothing."""
+        """Online -> offline once; later or repeated calls return None and change nothing.
+
+        A session that ends (closed, goodbye, silent, reconnected) soon after a Restart command
+        was sent to it ends with "restart requested" instead."""
         if record.status is not AgentStatus.ONLINE:
             return None
+        if record.restart_requested_at:
+            if (
+                reason in reasons.RESTART_ENDINGS
+                and wall - record.restart_requested_at <= reasons.RESTART_WINDOW_S
+            ):
+                reason = reasons.RESTART_REQUESTED
+            record.restart_requested_at = 0.0
         connection = record.connection
         record.status = AgentStatus.OFFLINE
         record.disconnected_at = wall
@@ -290,7 +305,7 @@ class Registry:
             record = self._by_handle[handle]
             if record is None:
                 continue
-            transition = self.mark_offline(record, wall=wall, reason="heartbeat timeout")
+            transition = self.mark_offline(record, wall=wall, reason=reasons.HEARTBEAT_TIMEOUT)
             if transition is not None:
                 self._expired_total += 1
                 transitions.append(transition)

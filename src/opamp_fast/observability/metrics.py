@@ -315,6 +315,23 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "implementation",
         ),
         _spec("opamp_fast_build", "info", "opamp-fast version.", "version"),
+        # -- commands ------------------------------------------------------------
+        _spec(
+            "opamp_fast_restart_commands_total",
+            "counter",
+            "Restart commands this instance sent to agents (pushed, or held for their next poll).",
+        ),
+        _spec(
+            "opamp_fast_custom_messages_total",
+            "counter",
+            "Custom messages this instance sent to agents or received from them, by direction.",
+            "direction",
+        ),
+        _spec(
+            "opamp_fast_group_restart_batches_total",
+            "counter",
+            "Batches of group restarts this instance sent.",
+        ),
         # -- packages ------------------------------------------------------------
         _spec(
             "opamp_fast_package_offers_sent_total",
@@ -494,6 +511,8 @@ class MetricsSnapshot:
     configs: ConfigStatistics | None = None
     events: EventHubStatistics | None = None
     connection_settings: SettingsStatistics | None = None
+    # Restarts sent, custom messages sent and received, group restart batches sent.
+    commands: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class MetricsExporter:
@@ -548,6 +567,7 @@ class MetricsExporter:
         self.events: EventHub | None = None  # fleet events
         self.budget: BufferBudget | None = None  # bytes held for partial input
         self.connection_settings: ConnectionSettingsService | None = None
+        self.group_restart_batches: Callable[[], int] | None = None  # fleet.commands' count
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -625,6 +645,19 @@ class MetricsExporter:
                 if self.connection_settings is not None
                 else None
             ),
+            commands=self._commands(),
+        )
+
+    def _commands(self) -> tuple[int, int, int, int]:
+        fleet = self.fleet
+        batches = self.group_restart_batches() if self.group_restart_batches else 0
+        if fleet is None:
+            return (0, 0, 0, batches)
+        return (
+            fleet.restarts_total,
+            fleet.custom_messages_sent_total,
+            fleet.custom_messages_received_total,
+            batches,
         )
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
@@ -680,6 +713,7 @@ class FleetCollector(Collector):
         _config_families(f, snap.configs)
         _event_families(f, snap.events)
         _certificate_families(f, snap.connection_settings)
+        _command_families(f, snap)
         return iter(f.families)
 
 
@@ -790,6 +824,15 @@ def _runtime_families(f: _Families, snap: MetricsSnapshot, version: str) -> None
         {"implementation": "cython" if snap.registry.using_extension else "python"},
     )
     f.info("opamp_fast_build", {"version": version})
+
+
+def _command_families(f: _Families, snap: MetricsSnapshot) -> None:
+    restarts, sent, received, batches = snap.commands
+    f.counter("opamp_fast_restart_commands_total").add_metric([], restarts)
+    custom = f.counter("opamp_fast_custom_messages_total")
+    custom.add_metric(["to_agent"], sent)
+    custom.add_metric(["from_agent"], received)
+    f.counter("opamp_fast_group_restart_batches_total").add_metric([], batches)
 
 
 def _package_families(f: _Families, p: PackageStatistics | None) -> None:

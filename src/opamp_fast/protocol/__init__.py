@@ -53,14 +53,18 @@ from ._constants import SERVER_OFFERS_CONNECTION_SETTINGS as SERVER_OFFERS_CONNE
 from ._constants import SERVER_OFFERS_PACKAGES as SERVER_OFFERS_PACKAGES
 from ._constants import SERVER_OFFERS_REMOTE_CONFIG as SERVER_OFFERS_REMOTE_CONFIG
 from ._core import DEFAULT_SERVER_CAPABILITIES as DEFAULT_SERVER_CAPABILITIES
+from ._core import NotAccepted as NotAccepted
 from ._core import Reply as Reply
 from ._core import ServerPolicy as ServerPolicy
 from ._core import add_offers as add_offers
 from ._core import build_push as build_push
 from ._core import check_bounds as check_bounds
+from ._core import declared_custom_capabilities as declared_custom_capabilities
 from ._core import error_response as error_response
 from ._core import process_heartbeat as process_heartbeat
 from ._core import process_message as process_message
+from ._core import queue_custom_message as queue_custom_message
+from ._core import queue_restart as queue_restart
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import MessageTooLargeError as MessageTooLargeError
 from ._errors import OpAMPError as OpAMPError
@@ -68,6 +72,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._events import AgentConnected as AgentConnected
 from ._events import AgentDisconnected as AgentDisconnected
+from ._events import CustomMessageReceived as CustomMessageReceived
 from ._events import Event as Event
 from ._events import FullStateRequested as FullStateRequested
 from ._events import InstanceUidReassigned as InstanceUidReassigned
@@ -80,6 +85,7 @@ from ._settings import SettingsOffer as SettingsOffer
 from ._settings import SettingsParts as SettingsParts
 from ._settings import SettingsVariant as SettingsVariant
 from ._state import AgentState as AgentState
+from ._state import Outbox as Outbox
 from ._state import Session as Session
 from ._state import Transport as Transport
 from ._state import build_remote_config as build_remote_config
@@ -132,13 +138,16 @@ __all__ = [
     "AgentConnected",
     "AgentDisconnected",
     "AgentState",
+    "CustomMessageReceived",
     "Event",
     "FullStateRequested",
     "InstanceUidReassigned",
     "LocalProtocolError",
     "MessageMerged",
     "MessageTooLargeError",
+    "NotAccepted",
     "OpAMPError",
+    "Outbox",
     "ProtocolError",
     "RemoteConfigStatusChanged",
     "RemoteProtocolError",
@@ -155,6 +164,7 @@ __all__ = [
     "build_push",
     "build_remote_config",
     "check_bounds",
+    "declared_custom_capabilities",
     "decode_agent_to_server",
     "decode_server_to_agent",
     "decode_ws_payload",
@@ -168,5 +178,7 @@ __all__ = [
     "pb",
     "process_heartbeat",
     "process_message",
+    "queue_custom_message",
+    "queue_restart",
     "remote_config_hash",
 ]

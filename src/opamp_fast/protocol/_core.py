@@ -16,6 +16,7 @@ from ._constants import (
     AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS,
     AGENT_ACCEPTS_PACKAGES,
     AGENT_ACCEPTS_REMOTE_CONFIG,
+    AGENT_ACCEPTS_RESTART_COMMAND,
     AGENT_FLAG_REQUEST_INSTANCE_UID,
     AGENT_REPORTS_AVAILABLE_COMPONENTS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -33,6 +34,7 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     AgentConnected,
     AgentDisconnected,
+    CustomMessageReceived,
     Event,
     FullStateRequested,
     InstanceUidReassigned,
@@ -42,18 +44,22 @@ from ._events import (
     fast_frozen_init,
 )
 from ._settings import SettingsOffer, SettingsParts
-from ._state import AgentState, Session, Transport
+from ._state import AgentState, Outbox, Session, Transport
 from .codec import STATUS_PARTS
 
 __all__ = [
     "DEFAULT_SERVER_CAPABILITIES",
+    "NotAccepted",
     "Reply",
     "ServerPolicy",
     "build_push",
     "check_bounds",
+    "declared_custom_capabilities",
     "error_response",
     "process_heartbeat",
     "process_message",
+    "queue_custom_message",
+    "queue_restart",
 ]
 
 #: AcceptsStatus | OffersRemoteConfig | AcceptsEffectiveConfig | AcceptsPackagesStatus |
@@ -87,9 +93,14 @@ class ServerPolicy:
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = 1024 * 1024
+    #: The largest ``CustomMessage`` (encoded) an agent may send; a message carrying a larger
+    #: one is refused like an oversized status part.
+    max_custom_message_bytes: int = 64 * 1024
     settings_offer: SettingsOffer = field(init=False, repr=False, compare=False)
     connection_settings: pb.ConnectionSettingsOffers = field(init=False, repr=False, compare=False)
     connection_settings_hash: bytes = field(init=False, repr=False, compare=False)
+    #: The smallest of the bounds ``check_bounds`` applies: a message no larger is not looked at.
+    smallest_bound: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         caps = self.capabilities
@@ -104,6 +115,7 @@ class ServerPolicy:
             "max_description_bytes",
             "max_description_attributes",
             "max_status_part_bytes",
+            "max_custom_message_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
@@ -111,6 +123,8 @@ class ServerPolicy:
         if not all(isinstance(c, str) and c for c in custom):
             raise ValueError("custom_capabilities must be non-empty strings")
         object.__setattr__(self, "custom_capabilities", custom)
+        smallest = min(self.max_description_bytes, self.max_custom_message_bytes)
+        object.__setattr__(self, "smallest_bound", smallest)
         opamp = pb.OpAMPConnectionSettings(heartbeat_interval_seconds=self.heartbeat_interval_s)
         offer = SettingsOffer(SettingsParts(opamp))
         variant = offer.pick(AGENT_ACCEPTS_OPAMP_CONNECTION_SETTINGS)
@@ -162,7 +176,8 @@ def process_message(
     agent whose credentials are bound to its uid keeps it); the caller re-keys its registry.
 
     Events come out in this order: AgentConnected, InstanceUidReassigned, MessageMerged,
-    StatusChanged, RemoteConfigStatusChanged, FullStateRequested, AgentDisconnected.
+    StatusChanged, RemoteConfigStatusChanged, FullStateRequested, CustomMessageReceived,
+    AgentDisconnected.
     """
     check_bounds(msg, policy)
     uid = agent.instance_uid
@@ -194,10 +209,15 @@ def process_message(
         resp.flags = flags
     if first or http:
         resp.capabilities = policy.capabilities
-    offered = _add_custom_capabilities(resp, session, policy, http)
-    if not disconnect:
-        offered = _add_offers(resp, agent, session, policy) or offered
-    session.settled_epoch = -1 if offered or disconnect or http else agent.offers_epoch
+    if session.outbox is None:  # the common case, inlined: nothing held for the session
+        offered = _add_custom_capabilities(resp, session, policy, http)
+        if not disconnect:
+            offered = _add_offers(resp, agent, session, policy) or offered
+        pending = offered or disconnect or http
+    else:
+        offered = _add_pending(resp, agent, session, policy, disconnect)
+        pending = offered or disconnect or http or session.outbox is not None
+    session.settled_epoch = -1 if pending else agent.offers_epoch
 
     merged = frozenset(changed) if changed else _EMPTY
     events.append(MessageMerged(uid, msg.sequence_num, now, merged))
@@ -212,6 +232,9 @@ def process_message(
             )
     if full_state_reason is not None:
         events.append(FullStateRequested(uid, now, full_state_reason))
+    if msg.HasField("custom_message"):
+        custom = msg.custom_message
+        events.append(CustomMessageReceived(uid, now, custom.capability, custom.type, custom.data))
     if disconnect:
         events.append(AgentDisconnected(uid, now, "agent_disconnect"))
     session.first_response_sent = True
@@ -406,9 +429,17 @@ def check_bounds(msg: pb.AgentToServer, policy: ServerPolicy) -> None:
     Raises:
         RemoteProtocolError: ``kind="too_large_state"``; nothing of the message is merged.
     """
-    if msg.ByteSize() <= policy.max_description_bytes:
+    if msg.ByteSize() <= policy.smallest_bound:
         return  # the whole message is smaller than the smallest bound: nothing to look at
     has = msg.HasField
+    if has("custom_message"):
+        size = msg.custom_message.ByteSize()
+        if size > policy.max_custom_message_bytes:
+            raise RemoteProtocolError(
+                f"custom_message of {size} bytes exceeds what the server takes "
+                f"({policy.max_custom_message_bytes} bytes)",
+                kind="too_large_state",
+            )
     if has("agent_description"):
         description = msg.agent_description
         size = description.ByteSize()
@@ -517,16 +548,145 @@ def build_push(
     """A server-initiated WebSocket message carrying whatever is pending, or ``None``.
 
     Pending means: the desired remote config or packages (same rule as in
-    :func:`process_message`), changed connection settings, changed custom capabilities.
-    Always ``None`` for plain HTTP (those agents get it in their next poll's response) and
-    before the session's first response (which must carry the server capabilities).
+    :func:`process_message`), changed connection settings, changed custom capabilities, what
+    the session's :class:`Outbox` holds. A Restart command goes alone (the spec allows only
+    ``instance_uid`` and ``capabilities`` beside it), a custom message one per message: call it
+    again until it returns ``None``. Always ``None`` for plain HTTP (those agents get it in
+    their next poll's response) and before the session's first response (which must carry the
+    server capabilities).
     """
     if session.transport is _HTTP or not session.first_response_sent:
         return None
     resp = _ServerToAgent(instance_uid=agent.wire_uid)
+    outbox = session.outbox
+    if outbox is not None and _take_command(resp, outbox, agent):
+        _settle_outbox(session, outbox)
+        return resp
     added = _add_offers(resp, agent, session, policy)
     added = _add_custom_capabilities(resp, session, policy, False) or added
+    if outbox is not None:
+        added = _take_custom_message(resp, outbox) or added
+        _settle_outbox(session, outbox)
     return resp if added else None
+
+
+# -- what the server holds for a session: a Restart command, custom messages ----------------
+class NotAccepted(ValueError):
+    """The agent cannot take what the server would send (it lacks the capability, or too much
+    already waits for it); nothing was queued. ``code`` is a stable label."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def declared_custom_capabilities(agent: AgentState) -> tuple[str, ...]:
+    """The custom capabilities the agent reported (``CustomCapabilities``)."""
+    custom = agent.custom_capabilities
+    return () if custom is None else tuple(custom.capabilities)
+
+
+def _outbox_of(session: Session) -> Outbox:
+    outbox = session.outbox
+    if outbox is None:
+        outbox = session.outbox = Outbox()
+    session.settled_epoch = -1  # the heartbeat fast path never answers while something waits
+    return outbox
+
+
+def queue_restart(agent: AgentState, session: Session) -> None:
+    """Hold a Restart command for ``session``: pushed by :func:`build_push` (WebSocket) or sent
+    in the reply to the next poll (plain HTTP), in a message of its own.
+
+    Raises:
+        NotAccepted: ``code="restart_not_supported"``: the agent does not report
+        AcceptsRestartCommand (0x400).
+    """
+    if not agent.capabilities & AGENT_ACCEPTS_RESTART_COMMAND:
+        raise NotAccepted(
+            "the agent does not accept restart commands (no AcceptsRestartCommand capability)",
+            code="restart_not_supported",
+        )
+    _outbox_of(session).restart = True
+
+
+def queue_custom_message(
+    agent: AgentState, session: Session, message: pb.CustomMessage, *, max_pending: int
+) -> None:
+    """Hold a ``CustomMessage`` for ``session`` (sent like a command, one per message, after
+    those queued before it). The message must not be mutated afterwards.
+
+    Raises:
+        NotAccepted: ``code="capability_not_declared"`` when the agent did not report the
+        message's capability in its ``CustomCapabilities``; ``code="too_many_pending"`` when
+        ``max_pending`` messages already wait for the session.
+    """
+    if message.capability not in declared_custom_capabilities(agent):
+        raise NotAccepted(
+            f"the agent did not declare the custom capability {message.capability!r}",
+            code="capability_not_declared",
+        )
+    outbox = session.outbox
+    if outbox is not None and len(outbox.messages) >= max_pending:
+        raise NotAccepted(
+            f"{max_pending} custom messages already wait for this agent's next poll",
+            code="too_many_pending",
+        )
+    _outbox_of(session).messages.append(message)
+
+
+def _take_command(resp: pb.ServerToAgent, outbox: Outbox, agent: AgentState) -> bool:
+    """Put the held Restart command in ``resp`` (which carries nothing else yet)."""
+    if not outbox.restart:
+        return False
+    outbox.restart = False
+    if not agent.capabilities & AGENT_ACCEPTS_RESTART_COMMAND:
+        return False  # the agent stopped accepting it meanwhile: dropped
+    resp.command.type = pb.CommandType_Restart
+    resp.command.SetInParent()
+    return True
+
+
+def _take_custom_message(resp: pb.ServerToAgent, outbox: Outbox) -> bool:
+    if not outbox.messages:
+        return False
+    resp.custom_message.CopyFrom(outbox.messages.popleft())
+    return True
+
+
+def _settle_outbox(session: Session, outbox: Outbox) -> None:
+    if not outbox:
+        session.outbox = None
+
+
+def _add_pending(
+    resp: pb.ServerToAgent,
+    agent: AgentState,
+    session: Session,
+    policy: ServerPolicy,
+    disconnect: bool,
+) -> bool:
+    """Add to a reply what the session has not been sent yet; True when something was added.
+
+    A held Restart command goes in a reply of its own (nothing else but the uid and the
+    capabilities), unless the reply already asks something of the agent (a flag, a new uid):
+    it then waits for the next one. Nothing is offered in the reply to a goodbye.
+    """
+    outbox = session.outbox
+    if outbox is not None and not disconnect:
+        if not resp.flags and not resp.HasField("agent_identification"):
+            if _take_command(resp, outbox, agent):
+                _settle_outbox(session, outbox)
+                return True  # offers and messages follow in the next replies
+    http = session.transport is _HTTP
+    added = _add_custom_capabilities(resp, session, policy, http)
+    if disconnect:
+        return added
+    added = _add_offers(resp, agent, session, policy) or added
+    if outbox is not None:
+        added = _take_custom_message(resp, outbox) or added
+        _settle_outbox(session, outbox)
+    return added
 
 
 def add_offers(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentConnected",
     "AgentDisconnected",
+    "CustomMessageReceived",
     "Event",
     "FullStateRequested",
     "InstanceUidReassigned",
@@ -133,6 +134,19 @@ class FullStateRequested:
     reason: str
 
 
+@fast_frozen_init
+@dataclass(frozen=True, slots=True)
+class CustomMessageReceived:
+    """The message carried a ``CustomMessage`` (its size within the policy's bound). Custom
+    messages are not status: nothing of them is kept in the agent's state."""
+
+    instance_uid: bytes
+    at: float
+    capability: str
+    type: str
+    data: bytes
+
+
 Event: TypeAlias = (
     AgentConnected
     | MessageMerged
@@ -141,4 +155,5 @@ Event: TypeAlias = (
     | AgentDisconnected
     | InstanceUidReassigned
     | FullStateRequested
+    | CustomMessageReceived
 )

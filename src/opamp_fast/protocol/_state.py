@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections import deque
 from collections.abc import Mapping
 
 from .._proto.opamp.v1 import opamp_pb2 as pb
@@ -18,6 +19,7 @@ from ._settings import SettingsOffer
 
 __all__ = [
     "AgentState",
+    "Outbox",
     "Session",
     "Transport",
     "build_remote_config",
@@ -237,6 +239,22 @@ class AgentState:
         return True
 
 
+class Outbox:
+    """What the server holds for one session until it can be sent: a Restart command and
+    custom messages (oldest first). A plain-HTTP agent gets them with its next polls (a command
+    in a reply of its own, a custom message per reply); a WebSocket agent at once, by push.
+    It lives and dies with its session: nothing is kept for an agent that went away."""
+
+    __slots__ = ("messages", "restart")
+
+    def __init__(self) -> None:
+        self.restart = False
+        self.messages: deque[pb.CustomMessage] = deque()
+
+    def __bool__(self) -> bool:
+        return self.restart or bool(self.messages)
+
+
 class Session:
     """What we told the agent on one WebSocket connection, or across an HTTP agent's polls.
 
@@ -250,6 +268,7 @@ class Session:
         "offered_config_hash",
         "offered_packages_hash",
         "offered_settings_hash",
+        "outbox",
         "settled_epoch",
         "transport",
     )
@@ -261,6 +280,7 @@ class Session:
     offered_packages_hash: bytes | None
     offered_settings_hash: bytes | None
     custom_capabilities_sent: tuple[str, ...] | None
+    outbox: Outbox | None
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
@@ -269,6 +289,7 @@ class Session:
         self.offered_packages_hash = None
         self.offered_settings_hash = None
         self.custom_capabilities_sent = None
+        self.outbox = None  # a command or custom messages waiting to be sent (``Outbox``)
         # The agent's offers_epoch at the last WebSocket reply that had nothing left to offer;
         # -1 until then. Equal to the agent's current epoch: a heartbeat needs a bare ack only.
         self.settled_epoch = -1

@@ -38,6 +38,7 @@ class PartBounds:
 
     description_bytes: int
     part_bytes: int
+    custom_message_bytes: int = 64 * 1024  # a CustomMessage (not kept: passed on, bounded)
 
 
 #: The status parts the server keeps besides the description, each bounded by
@@ -57,6 +58,8 @@ _KEPT_PARTS: Final = {
     for name in ("agent_description", *STATUS_PARTS)
 }
 _DESCRIPTION_FIELD: Final = pb.AgentToServer.DESCRIPTOR.fields_by_name["agent_description"].number
+_CUSTOM_MESSAGE_FIELD: Final = pb.AgentToServer.DESCRIPTOR.fields_by_name["custom_message"].number
+_BOUNDED_PARTS: Final = {**_KEPT_PARTS, _CUSTOM_MESSAGE_FIELD: "custom_message"}
 #: Top-level fields looked at before giving the message to the decoder. A real agent writes
 #: each field once (about 15 in all); a message built to exceed this is decoded as before.
 _SCAN_FIELDS: Final = 256
@@ -76,7 +79,7 @@ def check_part_sizes(data: bytes, bounds: PartBounds) -> None:
         RemoteProtocolError: ``kind="too_large_state"``, as ``check_bounds`` would.
     """
     n = len(data)
-    if n <= min(bounds.description_bytes, bounds.part_bytes):
+    if n <= min(bounds.description_bytes, bounds.part_bytes, bounds.custom_message_bytes):
         return
     sizes: dict[int, int] = {}
     i = 0
@@ -99,14 +102,12 @@ def check_part_sizes(data: bytes, bounds: PartBounds) -> None:
             field = key >> 3
             if i < 0 or i + length > n:
                 return  # truncated: the decoder says so
-            if field in _KEPT_PARTS:
+            if field in _BOUNDED_PARTS:
                 size = sizes[field] = sizes.get(field, 0) + length
-                bound = (
-                    bounds.description_bytes if field == _DESCRIPTION_FIELD else bounds.part_bytes
-                )
+                bound = _bound_of(field, bounds)
                 if size > bound:
                     raise RemoteProtocolError(
-                        f"{_KEPT_PARTS[field]} of {size} bytes exceeds what the server keeps "
+                        f"{_BOUNDED_PARTS[field]} of {size} bytes exceeds what the server keeps "
                         f"({bound} bytes)",
                         kind="too_large_state",
                     )
@@ -115,6 +116,14 @@ def check_part_sizes(data: bytes, bounds: PartBounds) -> None:
         if i < 0:
             return
         i += length
+
+
+def _bound_of(field: int, bounds: PartBounds) -> int:
+    if field == _DESCRIPTION_FIELD:
+        return bounds.description_bytes
+    if field == _CUSTOM_MESSAGE_FIELD:
+        return bounds.custom_message_bytes
+    return bounds.part_bytes
 
 
 def _varint(data: bytes, i: int, n: int) -> tuple[int, int]:

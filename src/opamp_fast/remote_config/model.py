@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import build_remote_config, pb
+from ..redaction import config_outline
 
 __all__ = [
     "Assignment",
@@ -37,9 +38,12 @@ __all__ = [
     "Selector",
     "VersionRef",
     "batch_size",
+    "component_types_available",
+    "component_types_needed",
     "config_name_or_none",
     "decide_rollout",
     "description_attributes",
+    "missing_component_types",
     "parse_files",
     "parse_labels",
     "parse_name",
@@ -408,3 +412,55 @@ def decide_rollout(
         return RolloutDecision(RolloutStep.COMPLETE)
     size = batch_size(counts.eligible, batch_percent)
     return RolloutDecision(RolloutStep.NEXT_BATCH, admit=min(size, counts.waiting))
+
+
+# ----------------------------------------------------------------------------- components
+
+#: The sections of a collector config that name components, as the Collector reports its
+#: ``AvailableComponents`` (kinds at the top, component types under each).
+COMPONENT_KINDS: tuple[str, ...] = (
+    "receivers",
+    "processors",
+    "exporters",
+    "extensions",
+    "connectors",
+)
+ComponentTypes = dict[str, frozenset[str]]  # kind -> component types
+
+
+def component_types_needed(files: Mapping[str, tuple[bytes, str]]) -> ComponentTypes:
+    """The component types a config's files name, by kind: the keys under ``receivers:``,
+    ``processors:``... of every JSON or YAML file, a type being the id before its ``/``
+    (``otlp/2`` is an ``otlp``). Files the parser cannot read with certainty name nothing (see
+    ``redaction.config_outline``): such a config is never refused for them."""
+    needed: dict[str, set[str]] = {}
+    for body, content_type in files.values():
+        outline = config_outline(bytes(body), content_type) or {}
+        for kind in COMPONENT_KINDS:
+            for component_id in outline.get(kind, ()):
+                kind_types = needed.setdefault(kind, set())
+                kind_types.add(component_id.split("/", 1)[0].strip())
+    return {kind: frozenset(t for t in types if t) for kind, types in needed.items()}
+
+
+def component_types_available(components: Mapping[str, Any]) -> ComponentTypes:
+    """The component types of a stored component set (``storage.rows`` shape), by kind."""
+    shown = components.get("components")
+    out: dict[str, frozenset[str]] = {}
+    for kind in COMPONENT_KINDS:
+        details = shown.get(kind) if isinstance(shown, Mapping) else None
+        subs = details.get("sub_component_map") if isinstance(details, Mapping) else None
+        out[kind] = frozenset(subs) if isinstance(subs, Mapping) else frozenset()
+    return out
+
+
+def missing_component_types(
+    needed: ComponentTypes, available: ComponentTypes
+) -> dict[str, list[str]]:
+    """The types ``needed`` names that ``available`` lacks, by kind (sorted); {} when none."""
+    out = {}
+    for kind, types in needed.items():
+        lacking = types - available.get(kind, frozenset())
+        if lacking:
+            out[kind] = sorted(lacking)
+    return out

@@ -45,8 +45,10 @@ from .notices import FLEET_CHANNEL, channel_for, encode_event_notices, encode_no
 from .rows import (
     AgentSnapshot,
     JSONObject,
+    available_components_to_json,
     capabilities_to_bigint,
     clean_text,
+    component_set_digest,
     effective_config_hash,
 )
 
@@ -57,6 +59,11 @@ logger = logging.getLogger(__name__)
 
 TRANSPORTS: Final = frozenset({"ws", "http"})
 _EVENTS_KEPT: Final = 10_000  # fleet events kept for other instances through a database outage
+#: Custom messages from agents waiting for the database, in bytes of data; beyond it newer ones
+#: are dropped (counted): a flood or a long outage never grows memory past it.
+CUSTOM_MESSAGE_BYTES_MAX: Final = 16 * 1024 * 1024
+#: Custom messages kept per agent (the newest), what GET /api/agents/{id}/custom-messages shows.
+CUSTOM_MESSAGES_KEPT: Final = 100
 SHUTDOWN_REASON: Final = "server shutdown"
 RESTART_REASON: Final = "server restart"
 REPLACED_REASON: Final = "replaced by a new connection"
@@ -138,7 +145,10 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "events", "online", "refused", "seen", "sessions", "waiters")
+    __slots__ = (
+        "agents", "closes", "custom_bytes", "custom_messages", "events", "online", "refused",
+        "seen", "sessions", "waiters",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -154,9 +164,19 @@ class _Batch:
         self.events: list[OutgoingEvent] = []
         # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
         self.refused: list[bytes] = []
+        # custom messages agents sent: (uid, at, capability, type, data), oldest first
+        self.custom_messages: list[tuple[bytes, float, str, str, bytes]] = []
+        self.custom_bytes = 0
 
     def __bool__(self) -> bool:
-        return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
+        return bool(
+            self.agents
+            or self.seen
+            or self.sessions
+            or self.closes
+            or self.events
+            or self.custom_messages
+        )
 
     @property
     def has_transitions(self) -> bool:
@@ -207,6 +227,18 @@ class _Batch:
         self.events = (older.events + self.events)[-_EVENTS_KEPT:]
         if self.online is None:
             self.online = older.online
+        self._merge_custom_messages(older)
+
+    def _merge_custom_messages(self, older: _Batch) -> None:
+        """Older messages first; beyond the byte bound the oldest go."""
+        messages = older.custom_messages + self.custom_messages
+        size = older.custom_bytes + self.custom_bytes
+        first = 0
+        while size > CUSTOM_MESSAGE_BYTES_MAX:
+            size -= len(messages[first][4])
+            first += 1
+        self.custom_messages = messages[first:]
+        self.custom_bytes = size
 
 
 class _RandomIds:
@@ -283,6 +315,9 @@ class BatchWriter:
         self._errors = 0
         self._failed_attempts = 0
         self._backlog_since: float | None = None
+        self.custom_messages_dropped = 0
+        # digests of the component sets stored already (``component_sets``); bounded
+        self._known_component_sets: set[bytes] = set()
         # metrics: called with (rows, seconds) after each committed flush, on the event
         # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
         self.on_flush: Callable[[int, float], None] | None = None
@@ -352,6 +387,21 @@ class BatchWriter:
         batch = self._pending
         batch.change(uid).snapshot = snapshot
         self._check_size(batch)
+
+    def custom_message(
+        self, uid: bytes, *, at: float, capability: str, type: str, data: bytes
+    ) -> None:
+        """A ``CustomMessage`` the agent sent: stored (the newest ``CUSTOM_MESSAGES_KEPT`` per
+        agent) with the next flush. While ``CUSTOM_MESSAGE_BYTES_MAX`` bytes of them wait for
+        the database, newer ones are dropped and counted (``custom_messages_dropped``)."""
+        if self._closing:
+            return self._late("custom message", uid)
+        batch = self._pending
+        if batch.custom_bytes + len(data) > CUSTOM_MESSAGE_BYTES_MAX:
+            self.custom_messages_dropped += 1
+            return
+        batch.custom_messages.append((uid, at, clean_text(capability), clean_text(type), data))
+        batch.custom_bytes += len(data)
 
     def seen(self, uid: bytes, at: float) -> None:
         """A message arrived from the agent at ``at`` (UNIX seconds). O(1), never blocks."""
@@ -458,6 +508,7 @@ class BatchWriter:
                     instance_id=self.instance_id,
                     shutdown_at=shutdown_at,
                     redactor=self._redactor,
+                    known_sets=self._known_component_sets,
                 )
             )
             done = True
@@ -578,7 +629,8 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
-    remote_config_status text, proven bool, keep_config bool
+    remote_config_status text, proven bool, keep_config bool, custom_capabilities text,
+    components_digest bytea
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -592,7 +644,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text", "bool", "bool",
+    "text", "text", "text", "text", "text", "bool", "bool", "text", "bytea",
 ]  # fmt: skip
 
 # A session here that did not prove the uid, while another instance holds the agent with a
@@ -638,6 +690,10 @@ UPDATE agents AS a SET
         THEN s.effective_config::jsonb ELSE a.effective_config END,
     remote_config_status = CASE WHEN {_SNAPSHOT}
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
+    custom_capabilities = CASE WHEN {_SNAPSHOT}
+        THEN s.custom_capabilities::jsonb ELSE a.custom_capabilities END,
+    available_components_digest = CASE WHEN {_SNAPSHOT}
+        THEN s.components_digest ELSE a.available_components_digest END,
     proven = CASE WHEN {_APPLIES} THEN s.status = 'online' AND s.proven ELSE a.proven END,
     updated_at = now()
 FROM opamp_stage_agents AS s, agents AS old
@@ -660,13 +716,15 @@ _INSERT_AGENTS = """
 INSERT INTO agents (
     instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
     last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
-    health, effective_config, remote_config_status, proven)
+    health, effective_config, remote_config_status, proven, custom_capabilities,
+    available_components_digest)
 SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
     s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
     to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
     s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
-    s.proven AND COALESCE(s.status, 'online') = 'online'
+    s.proven AND COALESCE(s.status, 'online') = 'online', s.custom_capabilities::jsonb,
+    s.components_digest
 FROM opamp_stage_agents AS s
 """
 
@@ -762,7 +820,7 @@ _HISTORY_TYPES = [
 _json = msgspec.json.Encoder()
 
 
-def _json_text(value: JSONObject | None) -> str | None:
+def _json_text(value: JSONObject | list[str] | None) -> str | None:
     return None if value is None else _json.encode(value).decode("utf-8")
 
 
@@ -782,8 +840,62 @@ def _unchanged_configs(
     return {row[0] for row in cur.execute(_UNCHANGED_CONFIGS, params).fetchall()}
 
 
+def _agent_row(
+    uid: bytes,
+    c: _AgentChange,
+    last_seen: float | None,
+    keep_config: bool,
+    redactor: ConfigRedactor,
+    sets: dict[bytes, Any],
+) -> tuple[Any, ...]:
+    """One staging row; a reported component set is added to ``sets`` by its digest."""
+    status_at = c.connected_at if c.status == "online" else c.disconnected_at
+    snap = c.snapshot
+    if snap is None:
+        return (uid, c.status, status_at, c.connected_at, c.disconnected_at, c.reason,
+                c.transport, last_seen, False, None, None, None, None, None, None, False,
+                False, None, None)  # fmt: skip
+    # protobuf -> JSON here, in the worker thread; redacted (see rows)
+    row = snap.row(redactor, effective=not keep_config)
+    digest = None
+    if snap.available_components is not None:
+        digest = component_set_digest(snap.available_components)
+        sets[digest] = snap.available_components
+    return (uid, c.status, status_at, c.connected_at, c.disconnected_at, c.reason,
+            c.transport or snap.transport, last_seen, True,
+            capabilities_to_bigint(snap.capabilities), row.agent_name,
+            _json_text(row.description), _json_text(row.health),
+            _json_text(row.effective_config), _json_text(row.remote_config_status),
+            snap.proven, keep_config, _json_text(row.custom_capabilities),
+            digest)  # fmt: skip
+
+
+def _store_component_sets(
+    cur: psycopg.Cursor[Any], sets: dict[bytes, Any], known: set[bytes]
+) -> None:
+    """Each component set not stored yet, once (a fleet reports a few distinct builds)."""
+    new = [(digest, available) for digest, available in sets.items() if digest not in known]
+    if not new:
+        return
+    cur.executemany(
+        "INSERT INTO component_sets (digest, agent_hash, components) VALUES (%s, %s, %s) "
+        "ON CONFLICT (digest) DO NOTHING",
+        [
+            (digest, available.hash, _json_text(available_components_to_json(available)))
+            for digest, available in new
+        ],
+    )
+    if len(known) > 4096:
+        known.clear()  # a bound; forgetting costs one more idempotent insert
+    known.update(digest for digest, _ in new)
+
+
 def _write_agents(
-    cur: psycopg.Cursor[Any], batch: _Batch, instance_id: str, redactor: ConfigRedactor
+    cur: psycopg.Cursor[Any],
+    batch: _Batch,
+    instance_id: str,
+    redactor: ConfigRedactor,
+    known_sets: set[bytes],
 ) -> int:
     """The batch's agent rows: COPY to staging, one UPDATE, an INSERT for the new ones, the
     takeover notices; refused agents are left on ``batch.refused``. Returns the rows written."""
@@ -791,27 +903,12 @@ def _write_agents(
     agents = batch.agents
     seen = batch.seen
     unchanged = _unchanged_configs(cur, agents, redactor)
+    sets: dict[bytes, Any] = {}
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
-        write = copy.write_row
         for uid, c in agents.items():
-            status_at = c.connected_at if c.status == "online" else c.disconnected_at
-            snap = c.snapshot
-            if snap is None:
-                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                       c.reason, c.transport, seen.get(uid), False, None, None, None,
-                       None, None, None, False, False))  # fmt: skip
-            else:
-                # protobuf -> JSON here, in the worker thread; redacted (see rows)
-                keep = uid in unchanged
-                row = snap.row(redactor, effective=not keep)
-                write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
-                       c.reason, c.transport or snap.transport, seen.get(uid), True,
-                       capabilities_to_bigint(snap.capabilities), row.agent_name,
-                       _json_text(row.description), _json_text(row.health),
-                       _json_text(row.effective_config),
-                       _json_text(row.remote_config_status), snap.proven,
-                       keep))  # fmt: skip
+            copy.write_row(_agent_row(uid, c, seen.get(uid), uid in unchanged, redactor, sets))
+    _store_component_sets(cur, sets, known_sets)
     cur.execute(_UPDATE_AGENTS, params)
     updated, moved, refused = cur.fetchone() or (0, None, None)
     batch.refused = refused or []
@@ -842,6 +939,7 @@ def _write_batch(
     instance_id: str,
     shutdown_at: float | None = None,
     redactor: ConfigRedactor | None = None,
+    known_sets: set[bytes] | None = None,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
@@ -855,7 +953,8 @@ def _write_batch(
         agents = batch.agents
         seen = batch.seen
         if agents:
-            rows += _write_agents(cur, batch, instance_id, redactor or ConfigRedactor())
+            redactor = redactor or ConfigRedactor()
+            rows += _write_agents(cur, batch, instance_id, redactor, known_sets or set())
         if batch.online is not None:
             ws, http = batch.online
             cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
@@ -881,6 +980,8 @@ def _write_batch(
             if staged:
                 cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
+        if batch.custom_messages:
+            rows += _write_custom_messages(cur, batch.custom_messages, instance_id)
         if batch.events:
             for payload in encode_event_notices(instance_id, [e.json for e in batch.events]):
                 cur.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
@@ -891,6 +992,39 @@ def _write_batch(
             cur.execute(_OFFLINE_INSTANCE_AGENTS, shutdown)
             rows += cur.rowcount
     return rows
+
+
+_PRUNE_CUSTOM_MESSAGES = """
+DELETE FROM agent_custom_messages AS m USING (
+    SELECT id FROM (
+        SELECT id, row_number() OVER (PARTITION BY instance_uid ORDER BY id DESC) AS n
+        FROM agent_custom_messages
+        WHERE instance_uid = ANY(%(uids)s) AND direction = 'from_agent'
+    ) AS ranked WHERE n > %(keep)s
+) AS old
+WHERE m.id = old.id
+"""
+
+
+def _write_custom_messages(
+    cur: psycopg.Cursor[Any],
+    messages: list[tuple[bytes, float, str, str, bytes]],
+    instance_id: str,
+) -> int:
+    """Agents' custom messages, in the order they came; each agent keeps its newest
+    ``CUSTOM_MESSAGES_KEPT``."""
+    utc = dt.UTC
+    with cur.copy(
+        "COPY agent_custom_messages (instance_uid, direction, at, capability, type, data, "
+        "serving_instance) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["bytea", "text", "timestamptz", "text", "text", "bytea", "text"])
+        for uid, at, capability, kind, data in messages:
+            when = dt.datetime.fromtimestamp(at, utc)
+            copy.write_row((uid, "from_agent", when, capability, kind, data, instance_id))
+    uids = list({uid for uid, *_ in messages})
+    cur.execute(_PRUNE_CUSTOM_MESSAGES, {"uids": uids, "keep": CUSTOM_MESSAGES_KEPT})
+    return len(messages)
 
 
 def _write_sessions(

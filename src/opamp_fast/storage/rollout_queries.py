@@ -159,7 +159,10 @@ WHERE ra.rollout_id = %s
 """
 
 
-def _eligible(conn: Conn, group_name: str) -> set[bytes]:
+def decided_by_group(conn: Conn, group_name: str, *, online_only: bool = True) -> set[bytes]:
+    """The agents whose config this group decides: reporting ``AcceptsRemoteConfig``, not
+    pinned, and won by this group over every other one matching them (online ones only, unless
+    ``online_only`` is False: offline ones get their config when they return)."""
     groups = list_groups(conn)
     rules = order_groups(GroupRule(g.name, parse_selector(g.selector), None) for g in groups)
     mine = next((g for g in groups if g.name == group_name), None)
@@ -167,9 +170,10 @@ def _eligible(conn: Conn, group_name: str) -> set[bytes]:
         return set()
     where, params = selector_sql(mine.selector)
     params["caps"] = AGENT_ACCEPTS_REMOTE_CONFIG
+    online = "a.status = 'online' AND" if online_only else ""
     rows = conn.execute(
         f"""SELECT a.instance_uid, a.labels, a.description FROM agents AS a
-        WHERE a.status = 'online' AND a.capabilities & %(caps)s <> 0 AND {where}
+        WHERE {online} a.capabilities & %(caps)s <> 0 AND {where}
           AND NOT EXISTS (SELECT 1 FROM agent_config_pins p
                           WHERE p.instance_uid = a.instance_uid)""",
         params,
@@ -195,7 +199,7 @@ def advance(conn: Conn, rollout: RolloutRow, *, sender: str) -> RolloutRow | Non
     """One evaluation of a running rollout (its row locked by the caller). Returns the new row
     when it admitted a batch or changed state, else None (counts are refreshed either way)."""
     admitted, counts = _count(conn, rollout)
-    waiting = sorted(_eligible(conn, rollout.group_name) - admitted)
+    waiting = sorted(decided_by_group(conn, rollout.group_name) - admitted)
     counts = RolloutCounts(
         eligible=len(admitted) + len(waiting),
         admitted=len(admitted),

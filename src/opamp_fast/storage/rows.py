@@ -22,6 +22,7 @@ Conventions of the JSON shapes:
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class SnapshotRow:
     health: JSONObject | None
     effective_config: JSONObject | None
     remote_config_status: JSONObject | None
+    custom_capabilities: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class AgentSnapshot:
     remote_config_status: opamp_pb2.RemoteConfigStatus | None = None
     transport: str | None = None
     proven: bool = False  # the session that reported it proved the uid (bound credentials)
+    custom_capabilities: opamp_pb2.CustomCapabilities | None = None
+    available_components: opamp_pb2.AvailableComponents | None = None
 
     @classmethod
     def from_messages(
@@ -81,6 +85,8 @@ class AgentSnapshot:
         remote_config_status: opamp_pb2.RemoteConfigStatus | None = None,
         transport: str | None = None,
         proven: bool = False,
+        custom_capabilities: opamp_pb2.CustomCapabilities | None = None,
+        available_components: opamp_pb2.AvailableComponents | None = None,
     ) -> AgentSnapshot:
         """A snapshot of these messages (``None`` for a message not reported); the caller
         must not mutate them afterwards."""
@@ -92,6 +98,8 @@ class AgentSnapshot:
             remote_config_status,
             transport,
             proven,
+            custom_capabilities,
+            available_components,
         )
 
     def row(self, redactor: ConfigRedactor | None = None, *, effective: bool = True) -> SnapshotRow:
@@ -111,6 +119,11 @@ class AgentSnapshot:
             remote_config_status=(
                 remote_config_status_to_json(self.remote_config_status)
                 if self.remote_config_status is not None
+                else None
+            ),
+            custom_capabilities=(
+                [clean_text(c) for c in self.custom_capabilities.capabilities]
+                if self.custom_capabilities is not None
                 else None
             ),
         )
@@ -227,3 +240,35 @@ def capabilities_to_bigint(capabilities: int) -> int:
     """The uint64 capability bits as the signed 64-bit value a ``bigint`` column holds."""
     capabilities &= 0xFFFF_FFFF_FFFF_FFFF
     return capabilities - (1 << 64) if capabilities >= 1 << 63 else capabilities
+
+
+# -- available components: stored once per distinct set (``component_sets``) -------------------
+def component_set_digest(available: opamp_pb2.AvailableComponents) -> bytes:
+    """Our own key of a reported set of components: the sha256 of its deterministic encoding
+    (the hash the agent reports is its own claim; two agents with the same build share a key)."""
+    return hashlib.sha256(available.SerializeToString(deterministic=True)).digest()
+
+
+def component_details_to_json(details: opamp_pb2.ComponentDetails) -> JSONObject:
+    """``ComponentDetails``: its metadata as ``{key: value}``, its sub-components by name."""
+    out: JSONObject = {}
+    if details.metadata:
+        out["metadata"] = key_values_to_json(details.metadata)
+    if details.sub_component_map:
+        out["sub_component_map"] = {
+            clean_text(name): component_details_to_json(child)
+            for name, child in sorted(details.sub_component_map.items())
+        }
+    return out
+
+
+def available_components_to_json(available: opamp_pb2.AvailableComponents) -> JSONObject:
+    """``{"hash": <the agent's, hex>, "components": {"receivers": {...}, ...}}``: a collector
+    names its component kinds at the top and each component type under its kind."""
+    return {
+        "hash": available.hash.hex(),
+        "components": {
+            clean_text(name): component_details_to_json(details)
+            for name, details in sorted(available.components.items())
+        },
+    }

@@ -53,8 +53,10 @@ from ..protocol import (
     decode_agent_to_server,
     encode_server_to_agent,
     error_response,
+    normalize_instance_uid,
     pb,
 )
+from ..protocol.codec import format_instance_uid, parse_instance_uid_text
 from ._exchange import Exchange
 from ._http11 import (
     BodyReader,
@@ -179,6 +181,7 @@ class OpAMPConnection:
         "deadline",
         "discard",
         "exchange",
+        "header_uid",
         "held",
         "identity",
         "limits",
@@ -216,6 +219,8 @@ class OpAMPConnection:
         self.session: Session | None = None
         self.record: Any = None  # the handler's: the agent this connection serves
         self.identity: bytes | None = None  # the uid its credentials are bound to
+        # Plain HTTP: the uid the current POST's ``OpAMP-Instance-UID`` header names, if any.
+        self.header_uid: bytes | None = None
         self.requests = 0  # request heads read so far (0: nothing useful came yet)
         self._raw: bytearray | None = None  # HEAD: bytes of the request being read
         self._later: bytearray | None = None  # APP: what followed the request (pipelined)
@@ -494,7 +499,9 @@ class OpAMPConnection:
         self._head = None
         self._body = None
 
-    def _connecting(self, transport: Transport, head: RequestHead) -> None:
+    def _connecting(
+        self, transport: Transport, head: RequestHead, instance_uid: bytes | None = None
+    ) -> None:
         """The handler's admission decision; a refusal is answered and closes the socket."""
         request = ConnectingRequest(
             transport=transport,
@@ -502,6 +509,7 @@ class OpAMPConnection:
             remote_addr=self.remote_addr,
             headers=head.headers,
             tls_peer_cert=self.tls_peer_cert,
+            instance_uid=instance_uid,
         )
         verdict = self.limits.handler.on_connecting(request)
         if not verdict.accept:
@@ -529,7 +537,9 @@ class OpAMPConnection:
                     f"message exceeds the limit of {limits.max_message_bytes} bytes",
                     kind="too_large",
                 )
-        self._connecting(Transport.HTTP, head)
+        header_uid = _header_uid(headers)
+        self._connecting(Transport.HTTP, head, header_uid)
+        self.header_uid = header_uid
         # Admitted: the request holds a connection slot until it is answered or abandoned.
         self.transport = Transport.HTTP
         self._close_notified = False
@@ -640,6 +650,7 @@ class OpAMPConnection:
             handler.on_read_message_error(self, exc)
             return error_response(pb.ServerErrorResponseType_BadRequest, str(exc))
         try:
+            self._check_header_uid(msg)
             response = handler.on_message(self, msg)
         except RemoteProtocolError as exc:
             self.limits.stats.protocol_error(Transport.HTTP, exc.kind)
@@ -648,6 +659,17 @@ class OpAMPConnection:
         if response is None:  # plain HTTP always answers
             response = pb.ServerToAgent(instance_uid=msg.instance_uid)
         return response
+
+    def _check_header_uid(self, msg: pb.AgentToServer) -> None:
+        """A load balancer routed this POST by its ``OpAMP-Instance-UID`` header: a message
+        for another agent would be served where that agent's polls do not go."""
+        named = self.header_uid
+        if named is not None and normalize_instance_uid(msg.instance_uid) != named:
+            raise RemoteProtocolError(
+                f"the OpAMP-Instance-UID header names {format_instance_uid(named)}, the "
+                "message another instance_uid",
+                kind="instance_uid_header",
+            )
 
     # -- HTTP: requests for the ASGI application --------------------------------------------
     def _begin_app(self, head: RequestHead, now: float) -> None:
@@ -951,3 +973,26 @@ class OpAMPConnection:
             else:
                 stats.http_open -= 1
             self.limits.handler.on_connection_close(self)
+
+
+INSTANCE_UID_HEADER: Final = "opamp-instance-uid"
+
+
+def _header_uid(headers: dict[str, str]) -> bytes | None:
+    """The uid of an ``OpAMP-Instance-UID`` header (spec v0.15: set by plain-HTTP clients so
+    that load balancers route each agent to one instance), None when absent.
+
+    Raises:
+        HTTPError: 400 when it is not one UUID.
+    """
+    text = headers.get(INSTANCE_UID_HEADER)
+    if text is None:
+        return None
+    try:
+        return parse_instance_uid_text(text.strip())
+    except ValueError:
+        raise HTTPError(
+            400,
+            "OpAMP-Instance-UID must be the instance uid as a UUID (8-4-4-4-12 hex digits)",
+            kind="instance_uid_header",
+        ) from None

@@ -33,6 +33,8 @@ class ConnectingRequest:
     remote_addr: str
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
     tls_peer_cert: dict[str, Any] | None = None  # ssl.SSLSocket.getpeercert() of a TLS client
+    # Plain HTTP: the uid of the ``OpAMP-Instance-UID`` request header (16 bytes), if sent.
+    instance_uid: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 // The actions on an agent's page: its operator labels and its pinned config (when the server
-// has configs), a disconnect and a certificate rotation (admin only). `reload` refreshes the page after a change.
+// has configs), a restart and a custom message (operator), a disconnect and a certificate
+// rotation (admin only). `reload` refreshes the page after a change.
 import { h } from "./dom.js";
 import { InputError, send } from "./api.js";
-import { enc, ref } from "./format.js";
+import { enc, fmtTime, ref } from "./format.js";
 import { hasPage } from "./features.js";
 import { actionForm, field, fillConfigNames, optionalInt, pairsText, parsePairs, run } from "./forms.js";
 
@@ -15,14 +16,71 @@ export function agentActions(id, reload) {
     labels = labelsForm(path, reload);
     forms.push(labels, pinForm(path, reload));
   }
-  forms.push(disconnectForm(path), rotateForm(path, reload));
+  const restart = restartForm(path, reload);
+  const custom = customMessageForm(path, reload);
+  forms.push(restart, custom, disconnectForm(path), rotateForm(path, reload));
   const card = h("div", { class: "grid", id: "agent-actions" }, ...forms);
   return {
     card,
     show(a) {
       if (labels) labels.show(a);
+      restart.show(a);
+      custom.show(a);
     },
   };
+}
+
+// The server refuses a restart (409) for an agent without the capability or offline; the form
+// says so beforehand, from what the page last read.
+function restartForm(path, reload) {
+  const note = h("p", { class: "muted", id: "restart-note" });
+  const form = actionForm("restart-form", "Restart", [note], "Restart agent", async () => {
+    const data = await send("POST", path + "/restart");
+    reload();
+    const how = { pushed: "pushed now", next_poll: "sent with its next poll",
+      routed: `routed to ${data.serving_instance}` }[data.delivery] || data.delivery;
+    return `Restart requested (${how}).`;
+  });
+  form.show = (a) => {
+    const accepts = (a.capabilities || []).includes("AcceptsRestartCommand");
+    note.textContent = (accepts ? "Sends the agent a Restart command; its reconnect is " +
+      "recorded as \"restart requested\"." : "This agent does not report " +
+      "AcceptsRestartCommand: the server will refuse.") +
+      ` Last requested: ${fmtTime(a.last_restart_requested_at)}.`;
+  };
+  return form;
+}
+
+// Data is taken as text and sent as its UTF-8 bytes (base64 on the wire of the API).
+function customMessageForm(path, reload) {
+  const caps = h("datalist", { id: "custom-capabilities" });
+  const f = {
+    capability: h("input", { list: "custom-capabilities", autocomplete: "off" }),
+    type: h("input", { autocomplete: "off" }),
+    data: h("textarea", { rows: 2, spellcheck: "false" }),
+  };
+  const form = actionForm("custom-form", "Custom message", [caps,
+    field("custom-capability", "Capability", f.capability,
+      "One the agent declared (its custom capabilities)."),
+    field("custom-type", "Type", f.type),
+    field("custom-data", "Data (text)", f.data, "Sent as UTF-8 bytes.")], "Send", async () => {
+    const body = { capability: f.capability.value.trim(), type: f.type.value.trim(),
+      data: base64(f.data.value) };
+    if (!body.capability || !body.type) throw new InputError("Capability and type: required.");
+    const data = await send("POST", path + "/custom-messages", body);
+    reload();
+    return `Custom message ${data.id} sent (${data.delivery.replace("_", " ")}).`;
+  });
+  form.show = (a) => {
+    caps.replaceChildren(...(a.custom_capabilities || []).map((c) => h("option", { value: c })));
+  };
+  return form;
+}
+
+function base64(text) {
+  let bin = "";
+  for (const b of new TextEncoder().encode(text)) bin += String.fromCharCode(b);
+  return btoa(bin);
 }
 
 function labelsForm(path, reload) {

@@ -1,8 +1,8 @@
 // An agent's page (#/agents/{id}): what it reported (description, health, capabilities,
-// remote config status, effective config), what is assigned to it, its connection settings
-// (own telemetry, OpAMP, client certificate), its connection history, and the actions on it
-// (agent-actions.js). Live: its status pill follows connects and
-// disconnects at once, a debounced reload brings the rest.
+// remote config status, effective config, components, custom capabilities), what is assigned
+// to it, its connection settings (own telemetry, OpAMP, client certificate), its custom
+// messages, its connection history, and the actions on it (agent-actions.js). Live: its
+// status pill follows connects and disconnects at once, a debounced reload brings the rest.
 import { debounce, h, page, pill, table } from "./dom.js";
 import { APIError, api, showError } from "./api.js";
 import { cut, fmtTime } from "./format.js";
@@ -13,16 +13,20 @@ export function agentPage(id) {
     head: h("div", { class: "card", id: "agent-head" }, "Loading…"),
     parts: h("div", { class: "grid", id: "agent-parts" }),
     history: h("ol", { class: "timeline", id: "history" }),
+    messages: h("div", { id: "custom-messages" }),
     actions: agentActions(id, () => refresh()),
   };
   page.replaceChildren(h("p", {}, h("a", { href: "#/agents" }, "← Agents")), ui.head, ui.parts,
-    ui.actions.card, h("div", { class: "card" }, h("h2", {}, "Connection history"), ui.history));
+    ui.actions.card, h("div", { class: "card" }, h("h2", {}, "Custom messages"), ui.messages),
+    h("div", { class: "card" }, h("h2", {}, "Connection history"), ui.history));
   async function refresh() {
     try {
       const path = "/api/agents/" + encodeURIComponent(id);
-      const [a, hist] = await Promise.all([api(path), api(path + "/connection-history?limit=50")]);
+      const [a, hist, msgs] = await Promise.all([api(path),
+        api(path + "/connection-history?limit=50"), api(path + "/custom-messages")]);
       renderAgent(ui, a);
       renderHistory(ui.history, hist.histories);
+      renderMessages(ui.messages, msgs.messages);
     } catch (err) {
       if (err instanceof APIError && err.status === 404) ui.head.replaceChildren(h("p", {}, "No such agent."));
       else showError(err);
@@ -56,6 +60,7 @@ function renderAgent(ui, a) {
       "last connected": fmtTime(a.last_connected_at),
       "last disconnected": fmtTime(a.last_disconnected_at),
       "disconnect reason": a.disconnect_reason || "—",
+      "last restart requested": fmtTime(a.last_restart_requested_at),
       labels: Object.keys(a.labels || {}).length ? a.labels : "none" }));
   ui.actions.show(a);
   ui.parts.replaceChildren(
@@ -68,6 +73,10 @@ function renderAgent(ui, a) {
     section("Remote config status", a.remote_config_status ? kv(a.remote_config_status) :
       notReported()),
     section("Effective config", configText(a.effective_config)),
+    section("Available components", components(a.available_components)),
+    section("Custom capabilities", a.custom_capabilities && a.custom_capabilities.length ?
+      h("ul", { id: "custom-capabilities-list" }, ...a.custom_capabilities.map((c) =>
+        h("li", {}, h("code", {}, c)))) : notReported()),
     a.connection_settings ? connectionSettings(a.connection_settings) : null);
 }
 
@@ -100,6 +109,26 @@ function certificate(c) {
     issued: `${fmtTime(c.issued_at)} by ${c.issued_by}` }),
   c.expiring ? h("p", { class: "msg error", id: "certificate-expiring" },
     "Expires within 14 days: rotate it.") : null);
+}
+
+// {hash, components: {receivers: {sub_component_map: {otlp: {...}}}, ...}}: the types by kind.
+function components(av) {
+  if (!av || !av.components) return notReported();
+  return h("dl", { class: "kv", id: "components" }, ...Object.entries(av.components).map(
+    ([kind, d]) => [h("dt", {}, kind), h("dd", {},
+      Object.keys(d.sub_component_map || {}).join(", ") || "—")]));
+}
+
+function renderMessages(el, items) {
+  if (!items.length) {
+    el.replaceChildren(h("p", { class: "muted" }, "None."));
+    return;
+  }
+  el.replaceChildren(table("custom-message-rows", ["When", "Direction", "Capability", "Type",
+    "Size", "Data"], items.map((m) => h("tr", {}, h("td", {}, fmtTime(m.at)),
+    h("td", {}, m.direction === "to_agent" ? `to agent (${m.sent_by || "?"})` : "from agent"),
+    h("td", {}, h("code", {}, m.capability)), h("td", {}, m.type), h("td", {}, `${m.size} B`),
+    h("td", {}, h("code", {}, m.data.length > 24 ? cut(m.data) : m.data || "—"))))));
 }
 
 function assigned(rc) {

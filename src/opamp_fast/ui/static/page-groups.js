@@ -1,8 +1,10 @@
-// The groups page (#/x/groups): each group's selector, config, members, packages and rollout,
-// with edit, roll back and delete per row, and the form that creates or updates a group.
+// The groups page (#/x/groups): each group's selector, config, members (and how many could
+// take the config, from their reported components), packages and rollout, with edit, restart,
+// roll back and delete per row; the form that creates or updates a group, and the one that
+// restarts a group's members in batches (with its progress and cancel).
 import { debounce, h, page, pill, table } from "./dom.js";
-import { api, send } from "./api.js";
-import { enc, ref } from "./format.js";
+import { InputError, api, send } from "./api.js";
+import { enc, fmtTime, ref } from "./format.js";
 import { lockForRole } from "./roles.js";
 import { actionForm, confirmButton, field, fillConfigNames, listFailed, message, optionalInt,
   pairsText, parsePackages, parsePairs, run } from "./forms.js";
@@ -11,14 +13,16 @@ export function groupsPage() {
   const list = h("div", { id: "groups" }, "Loading…");
   const listMsg = message("groups-msg");
   const form = groupForm(() => refresh());
-  page.replaceChildren(h("h1", {}, "Groups"), h("div", { class: "card" }, list, listMsg), form);
+  const restart = restartForm();
+  page.replaceChildren(h("h1", {}, "Groups"), h("div", { class: "card" }, list, listMsg), form,
+    restart);
   async function refresh() {
     fillConfigNames(form.configs);
     try {
       const data = await api("/api/groups");
       list.replaceChildren(table("group-rows", ["Name", "Selector", "Config", "Members",
         "Packages", "Rollout", "Actions"], data.groups.map((g) => groupRow(g, listMsg, refresh,
-        form.edit)), "No groups yet."));
+        form.edit, restart.pick)), "No groups yet."));
     } catch (err) {
       listFailed(list, err);
     }
@@ -32,9 +36,11 @@ export function groupsPage() {
 
 const packagesText = (g, sep) => (g.packages || []).map((p) => `${p.name}@${p.version}`).join(sep);
 
-function groupRow(g, listMsg, refresh, edit) {
+function groupRow(g, listMsg, refresh, edit, pickRestart) {
   const editButton = lockForRole(h("button", { type: "button" }, "Edit"), "operator");
   editButton.addEventListener("click", () => edit(g));
+  const restartButton = h("button", { type: "button", "data-action": "restart" }, "Restart…");
+  restartButton.addEventListener("click", () => pickRestart(g.name));
   const back = lockForRole(h("button", { type: "button", "data-action": "rollback" },
     "Roll back"), "operator");
   back.addEventListener("click", () => run(listMsg, async () => {
@@ -51,10 +57,73 @@ function groupRow(g, listMsg, refresh, edit) {
     h("td", {}, h("code", {}, pairsText(g.selector) || "(every agent)")),
     h("td", {}, ref(g.config), g.previous ? h("div", { class: "muted" },
       "previous " + ref(g.previous)) : null),
-    h("td", {}, `${g.members} (${g.online_members} online)`),
+    h("td", {}, `${g.members} (${g.online_members} online)`, fit(g.components)),
     h("td", {}, packagesText(g, ", ") || "—"),
     h("td", {}, rollout(g.rollout)),
-    h("td", { class: "row-actions" }, editButton, back, remove));
+    h("td", { class: "row-actions" }, editButton, restartButton, back, remove));
+}
+
+// How many members could take the group's config (their reported components).
+function fit(c) {
+  if (!c) return null;
+  return h("div", { class: "muted", "data-components": c.config },
+    `${c.compatible} can take it` + (c.incompatible ? `, ${c.incompatible} lack ` +
+      "components" : "") + (c.unreported ? `, ${c.unreported} unreported` : ""));
+}
+
+// Restarts a group's members in batches; shows the latest restart's progress while it runs.
+function restartForm() {
+  const f = {
+    name: h("input", { autocomplete: "off" }),
+    batch: h("input", { inputmode: "numeric", autocomplete: "off", placeholder: "10" }),
+    pause: h("input", { inputmode: "numeric", autocomplete: "off", placeholder: "30" }),
+  };
+  const progress = h("div", { id: "group-restart-progress", "aria-live": "polite" });
+  const cancel = h("button", { type: "button", id: "group-restart-cancel" }, "Cancel restart");
+  const path = () => {
+    const name = f.name.value.trim();
+    if (!name) throw new InputError("Group: required.");
+    return `/api/groups/${enc(name)}/restart`;
+  };
+  let timer = null;
+  const show = (r) => {
+    progress.replaceChildren(h("div", {}, pill(r.state), ` ${r.group}: ${r.requested} ` +
+      `requested, ${r.skipped} skipped of ${r.targets} (${r.progress_percent.toFixed(0)}%, ` +
+      `${r.batches} batch${r.batches === 1 ? "" : "es"})`),
+      r.next_batch_at ? h("div", { class: "muted" }, "next batch " + fmtTime(r.next_batch_at))
+        : null);
+    clearTimeout(timer);
+    if (r.state === "running" && progress.isConnected) {
+      timer = setTimeout(() => api(path()).then(show).catch(() => {}), 2000);
+    }
+  };
+  const form = actionForm("group-restart-form", "Restart a group's members", [
+    field("group-restart-name", "Group", f.name),
+    h("div", { class: "pair" },
+      field("group-restart-batch", "Batch %", f.batch, "Of the members, per batch (10)."),
+      field("group-restart-pause", "Pause (s)", f.pause, "Between batches (30).")),
+    h("p", { class: "muted" }, "Members that are online and accept restarts get a Restart " +
+      "command, batch by batch."), progress], "Start restart", async () => {
+    const body = {};
+    const b = optionalInt(f.batch, "Batch %");
+    const p = optionalInt(f.pause, "Pause (s)");
+    if (b !== undefined) body.batch_percent = b;
+    if (p !== undefined) body.pause_s = p;
+    const r = await send("POST", path(), body);
+    show(r);
+    return `Restart of ${r.group} started: ${r.targets} member(s) to restart.`;
+  }, cancel);
+  cancel.addEventListener("click", () => run(form.msg, async () => {
+    const r = await send("DELETE", path());
+    show(r);
+    return `Restart of ${r.group} cancelled.`;
+  }));
+  form.pick = (name) => {
+    f.name.value = name;
+    f.name.focus();
+    api(path()).then(show).catch(() => progress.replaceChildren());
+  };
+  return form;
 }
 
 function rollout(r) {
