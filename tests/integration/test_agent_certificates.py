@@ -116,6 +116,12 @@ async def metric(server: Any, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
+async def wait_status(admin: httpx.AsyncClient, agent_id: str, status: str) -> None:
+    with anyio.fail_after(10):
+        while (await admin.get(f"/api/agents/{agent_id}")).json()["status"] != status:
+            await anyio.sleep(0.05)
+
+
 async def test_a_csr_is_signed_and_the_certificate_proves_the_uid(
     ca_server: Any, ca: LocalCA, tmp_path: Path
 ) -> None:
@@ -241,18 +247,19 @@ async def test_rotation_offers_a_new_key_and_certificate(
         r = await admin.post(f"/api/agents/{format_instance_uid(plain.uid)}/rotate-certificate")
         assert r.status_code == 409 and r.json()["error"]["code"] == "capability_missing"
     pair = save_pair(tmp_path, "rotated", offered.cert, offered.private_key)
-    async with open_ws(wss(ca_server.url), ssl_context=ca.client_context(pair)) as ws:
-        await WSAgent(ws, agent.uid, caps=CAPS).full_state("rotating")
-        assert ca_server.services.registry.get(agent.uid).proven
     async with api_client(ca_server, role="admin", verify=ca.client_context()) as admin:
+        async with open_ws(wss(ca_server.url), ssl_context=ca.client_context(pair)) as ws:
+            await WSAgent(ws, agent.uid, caps=CAPS).full_state("rotating")
+            assert ca_server.services.registry.get(agent.uid).proven
+            # Stored online before it leaves: the wait for "offline" below cannot then read the
+            # first connection's end while this one's start is still unflushed.
+            await wait_status(admin, agent_id, "online")
         shown = (await admin.get(f"/api/agents/{agent_id}/connection-settings")).json()
         serial = format(x509.load_pem_x509_certificate(offered.cert).serial_number, "x")
         assert shown["certificate"]["serial"] == serial
         assert shown["certificate"]["origin"] == "rotation"
         # An agent that is not connected cannot be offered one; an unknown one is a 404.
-        with anyio.fail_after(10):
-            while (await admin.get(f"/api/agents/{agent_id}")).json()["status"] != "offline":
-                await anyio.sleep(0.05)
+        await wait_status(admin, agent_id, "offline")
         r = await admin.post(f"/api/agents/{agent_id}/rotate-certificate")
         assert r.status_code == 409 and r.json()["error"]["code"] == "not_connected"
         r = await admin.post("/api/agents/00000000-0000-0000-0000-000000000009/rotate-certificate")
