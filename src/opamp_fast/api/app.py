@@ -25,10 +25,12 @@ from . import (
     agents,
     assignments,
     audit,
+    availability,
     configs,
     events,
     groups,
     health,
+    lifecycle,
     openapi,
     packages,
     ui,
@@ -48,6 +50,8 @@ def build_starlette(services: Services) -> Starlette:
     routes: list[Route] = [
         *health.router.routes(),
         *agents.router.routes(),
+        *lifecycle.router.routes(),
+        *availability.router.routes(),
         # Without a package registry there are no package routes at all.
         *(packages.router.routes() if services.packages is not None else ()),
         *assignments.router.routes(),

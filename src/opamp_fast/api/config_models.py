@@ -139,6 +139,9 @@ class GroupInfo(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     packages: list[GroupPackage] = msgspec.field(default_factory=list)
+    # Seconds after which the group's short-lived members are forgotten once offline (null:
+    # the fleet's --forget-offline-after-days).
+    forget_offline_after: int | None = None
 
 
 class GroupList(msgspec.Struct):

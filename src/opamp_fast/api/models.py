@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from .config_models import CONFIG_STRUCTS, RemoteConfigState
+from .lifecycle_models import LIFECYCLE_STRUCTS
 from .package_models import PACKAGE_STRUCTS, AgentPackages
 
 Status = Literal["online", "offline"]
@@ -45,6 +46,8 @@ class AgentSummary(msgspec.Struct):
     last_connected_at: datetime | None
     last_disconnected_at: datetime | None
     disconnect_reason: str | None
+    # Since when its effective config differs from the one it reported with APPLIED (drift).
+    drifted_at: datetime | None = None
 
 
 class AgentList(msgspec.Struct):
@@ -153,6 +156,10 @@ class AgentDetail(msgspec.Struct):
     remote_config: RemoteConfigState | None = None
     # Offered packages and the agent's last PackageStatuses report.
     packages: AgentPackages | None = None
+    # Configuration drift: since when the effective config differs from ``applied_config_hash``,
+    # the one it ran when it reported APPLIED for its remote config (docs/api.md).
+    drifted_at: datetime | None = None
+    applied_config_hash: str | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -165,4 +172,5 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     AgentDetail,
     *CONFIG_STRUCTS,
     *PACKAGE_STRUCTS,
+    *LIFECYCLE_STRUCTS,
 )

@@ -62,6 +62,8 @@ __all__ = [
     "announce_changes",
     "announce_connected",
     "announce_disconnected",
+    "announce_drift",
+    "announce_forgotten",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ EVENT_TYPES: Final[Mapping[str, str]] = {
     "agent.status": "changed: other reported parts that changed (capabilities, effective config)",
     "agent.config_status": "status, error_message, config_hash (remote config apply status)",
     "agent.package_status": "the agent reported new package statuses",
+    "agent.drift": "drifted, since, applied_config_hash, effective_config_hash (config drift)",
+    "agent.forgotten": "by: operator or expiry (deleted; an agent coming back is new)",
     "instance.lost": "instance, by: a server instance was declared lost; its agents are offline",
     "config.changed": "operator change of a configuration or its assignment (id, action, ...)",
     "package.changed": "operator change of a package (id, action, ...)",
@@ -513,6 +517,25 @@ def announce_connected(hub: EventHub, record: AgentRecord, at: float) -> None:
 
 def announce_disconnected(hub: EventHub, uid: bytes, at: float, reason: str) -> None:
     hub.publish("agent.disconnected", uid, {"reason": reason}, at=at)
+
+
+def announce_forgotten(hub: EventHub, uids: list[bytes], by: str) -> None:
+    """Agents deleted (every instance learns it from the ``forget`` notice: not forwarded)."""
+    for uid in uids:
+        hub.publish("agent.forgotten", uid, {"by": by}, forward=False)
+
+
+def announce_drift(hub: EventHub, changes: list[tuple[Any, ...]]) -> None:
+    """Agents whose drift changed, as the writer's flush committed it: ``(uid, drifted_at,
+    applied_config_hash, effective_config_hash)`` each (``drifted_at`` None: no longer)."""
+    for uid, since, applied, effective in changes:
+        data = {
+            "drifted": since is not None,
+            "since": None if since is None else _rfc3339(since.timestamp()),
+            "applied_config_hash": applied,
+            "effective_config_hash": effective,
+        }
+        hub.publish("agent.drift", uid, data)
 
 
 def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]) -> None:

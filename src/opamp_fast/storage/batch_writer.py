@@ -138,7 +138,9 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "events", "online", "refused", "seen", "sessions", "waiters")
+    __slots__ = (
+        "agents", "closes", "drift", "events", "online", "refused", "seen", "sessions", "waiters"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -154,6 +156,9 @@ class _Batch:
         self.events: list[OutgoingEvent] = []
         # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
         self.refused: list[bytes] = []
+        # set by the write: agents whose config drift changed (uid, drifted_at, applied hash,
+        # effective hash), as the trigger of migration 0013 decided it
+        self.drift: list[tuple[bytes, dt.datetime | None, str | None, str | None]] = []
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
@@ -292,6 +297,9 @@ class BatchWriter:
         # identity: called on the event loop with the agents whose session here did not prove
         # its uid while another instance holds it with proof; their rows were left untouched.
         self.on_refused: Callable[[list[bytes]], object] | None = None
+        # drift: called on the event loop, after the commit, with the agents whose config drift
+        # changed in the flush (``_Batch.drift``).
+        self.on_drift: Callable[[list[Any]], object] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -496,6 +504,8 @@ class BatchWriter:
             self.on_flush(rows, elapsed)
         if batch.refused and self.on_refused is not None:
             self.on_refused(batch.refused)
+        if batch.drift and self.on_drift is not None:
+            self.on_drift(batch.drift)
         for waiter in batch.waiters:
             waiter.set()
         return True
@@ -578,7 +588,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     uid bytea, status text, status_at float8, connected_at float8, disconnected_at float8,
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
-    remote_config_status text, proven bool, keep_config bool
+    remote_config_status text, proven bool, keep_config bool, config_hash text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -592,7 +602,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text", "bool", "bool",
+    "text", "text", "text", "text", "text", "bool", "bool", "text",
 ]  # fmt: skip
 
 # A session here that did not prove the uid, while another instance holds the agent with a
@@ -638,13 +648,18 @@ UPDATE agents AS a SET
         THEN s.effective_config::jsonb ELSE a.effective_config END,
     remote_config_status = CASE WHEN {_SNAPSHOT}
         THEN s.remote_config_status::jsonb ELSE a.remote_config_status END,
+    effective_config_hash = CASE WHEN {_SNAPSHOT}
+        THEN s.config_hash ELSE a.effective_config_hash END,
     proven = CASE WHEN {_APPLIES} THEN s.status = 'online' AND s.proven ELSE a.proven END,
     updated_at = now()
 FROM opamp_stage_agents AS s, agents AS old
 WHERE a.instance_uid = s.uid AND old.instance_uid = s.uid
 RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now,
     (s.status = 'online' AND NOT s.proven AND a.status = 'online' AND a.proven
-        AND a.serving_instance <> %(instance)s) AS refused
+        AND a.serving_instance <> %(instance)s) AS refused,
+    -- the drift trigger's decision (migration 0013), when it changed
+    a.drifted_at IS DISTINCT FROM old.drifted_at AS drift_changed, a.drifted_at,
+    a.applied_config_hash, a.effective_config_hash
 )
 -- How many rows, and the agents this batch took over from another instance, by that instance:
 -- it is told (NOTIFY) so that it ends its side (the old socket is most likely half-open).
@@ -653,20 +668,22 @@ SELECT (SELECT count(*) FROM upd),
         SELECT was, array_agg(encode(instance_uid, 'hex')) AS uids FROM upd
         WHERE was IS NOT NULL AND was <> %(instance)s AND now = %(instance)s
         GROUP BY was) AS moved),
-    (SELECT array_agg(instance_uid) FROM upd WHERE refused)
+    (SELECT array_agg(instance_uid) FROM upd WHERE refused),
+    (SELECT json_agg(json_build_array(encode(instance_uid, 'hex'), date_part('epoch', drifted_at),
+        applied_config_hash, effective_config_hash)) FROM upd WHERE drift_changed)
 """
 
 _INSERT_AGENTS = """
 INSERT INTO agents (
     instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
     last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
-    health, effective_config, remote_config_status, proven)
+    health, effective_config, remote_config_status, proven, effective_config_hash)
 SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
     s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
     to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
     s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
-    s.proven AND COALESCE(s.status, 'online') = 'online'
+    s.proven AND COALESCE(s.status, 'online') = 'online', s.config_hash
 FROM opamp_stage_agents AS s
 """
 
@@ -766,20 +783,35 @@ def _json_text(value: JSONObject | None) -> str | None:
     return None if value is None else _json.encode(value).decode("utf-8")
 
 
-def _unchanged_configs(
-    cur: psycopg.Cursor[Any], agents: dict[bytes, _AgentChange], redactor: ConfigRedactor
-) -> set[bytes]:
-    """The agents of the batch whose effective config is stored already (one query)."""
-    uids, hashes = [], []
+def _config_hashes(agents: dict[bytes, _AgentChange]) -> dict[bytes, str]:
+    """The hash of each reported effective config of the batch (as the row's ``sha256``)."""
+    out = {}
     for uid, change in agents.items():
         snap = change.snapshot
         if snap is not None and snap.effective_config is not None:
-            uids.append(uid)
-            hashes.append(effective_config_hash(snap.effective_config).hex())
-    if not uids:
+            out[uid] = effective_config_hash(snap.effective_config).hex()
+    return out
+
+
+def _unchanged_configs(
+    cur: psycopg.Cursor[Any], hashes: dict[bytes, str], redactor: ConfigRedactor
+) -> set[bytes]:
+    """The agents of the batch whose effective config is stored already (one query)."""
+    if not hashes:
         return set()
-    params = {"uids": uids, "hashes": hashes, "policy": redactor.fingerprint}
+    params = {"uids": list(hashes), "hashes": list(hashes.values()), "policy": redactor.fingerprint}
     return {row[0] for row in cur.execute(_UNCHANGED_CONFIGS, params).fetchall()}
+
+
+def _drift_changes(
+    rows: list[list[Any]] | None,
+) -> list[tuple[bytes, dt.datetime | None, str | None, str | None]]:
+    """The drift changes of ``_UPDATE_AGENTS`` (uid hex, epoch or null, two hashes)."""
+    utc = dt.UTC
+    return [
+        (bytes.fromhex(uid), None if at is None else dt.datetime.fromtimestamp(at, utc), a, e)
+        for uid, at, a, e in rows or ()
+    ]
 
 
 def _write_agents(
@@ -790,7 +822,8 @@ def _write_agents(
     params = {"instance": instance_id}
     agents = batch.agents
     seen = batch.seen
-    unchanged = _unchanged_configs(cur, agents, redactor)
+    hashes = _config_hashes(agents)
+    unchanged = _unchanged_configs(cur, hashes, redactor)
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
         write = copy.write_row
@@ -800,7 +833,7 @@ def _write_agents(
             if snap is None:
                 write((uid, c.status, status_at, c.connected_at, c.disconnected_at,
                        c.reason, c.transport, seen.get(uid), False, None, None, None,
-                       None, None, None, False, False))  # fmt: skip
+                       None, None, None, False, False, None))  # fmt: skip
             else:
                 # protobuf -> JSON here, in the worker thread; redacted (see rows)
                 keep = uid in unchanged
@@ -811,10 +844,11 @@ def _write_agents(
                        _json_text(row.description), _json_text(row.health),
                        _json_text(row.effective_config),
                        _json_text(row.remote_config_status), snap.proven,
-                       keep))  # fmt: skip
+                       keep, hashes.get(uid)))  # fmt: skip
     cur.execute(_UPDATE_AGENTS, params)
-    updated, moved, refused = cur.fetchone() or (0, None, None)
+    updated, moved, refused, drift = cur.fetchone() or (0, None, None, None)
     batch.refused = refused or []
+    batch.drift = _drift_changes(drift)
     inserted = 0
     if updated == 0:
         # All new (the common first flush of a fleet): a plain INSERT, no speculative
