@@ -194,7 +194,7 @@ _HELP = {
     "in small batches (0 keeps them forever; a group's forget_offline_after can forget its "
     "short-lived members sooner), days",
     "audit_retention_days": "audit-log rows older than this are deleted, in small batches, "
-    "through the one way the append-only trigger leaves open (0 keeps them forever; at least "
+    "as the only role the append-only trigger lets delete (0 keeps them forever; at least "
     "1), days",
     "max_description_bytes": "largest AgentDescription the server keeps per agent (a larger one "
     "is refused with a BadRequest error), bytes",

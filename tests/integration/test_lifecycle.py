@@ -4,6 +4,7 @@ through the one way the append-only trigger leaves open."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import anyio
@@ -221,16 +222,24 @@ async def test_audit_rows_go_only_through_retention(server: Any, database_url: s
     )
     for days, action in ((400, "ancient"), (2, "recent"), (0, "fresh")):
         await aquery(database_url, insert, (days, action))
-    refused = (
-        "DELETE FROM audit_log WHERE action = 'ancient'",
-        "UPDATE audit_log SET actor = 'y'",
-        "TRUNCATE audit_log",
-        # the retention job's setting does not let a row younger than a day go
-        "BEGIN; SELECT set_config('opamp_fast.audit_retention_before', now()::text, true);"
-        " DELETE FROM audit_log WHERE action = 'fresh'; COMMIT",
-    )
-    for sql in refused:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+    intruder = f"intruder_{uuid.uuid4().hex[:12]}"  # roles belong to the whole cluster
+    await aquery(database_url, f"CREATE ROLE {intruder}")
+    await aquery(database_url, f"GRANT SELECT, UPDATE, DELETE, TRUNCATE ON audit_log TO {intruder}")
+    as_retention = "BEGIN; SET LOCAL ROLE opamp_fast_audit_retention; {}; COMMIT"
+    refused = {
+        # the server's own role (a superuser here: the trigger binds superusers too)
+        "DELETE FROM audit_log WHERE action = 'ancient'": "append-only: DELETE",
+        "UPDATE audit_log SET actor = 'y'": "append-only: UPDATE",
+        "TRUNCATE audit_log": "append-only: TRUNCATE",
+        # another role, even with every privilege granted
+        f"BEGIN; SET LOCAL ROLE {intruder}; DELETE FROM audit_log WHERE action = 'ancient'; "
+        "COMMIT": "append-only: DELETE",
+        # the retention role: only DELETE (no UPDATE privilege), only rows older than a day
+        as_retention.format("DELETE FROM audit_log WHERE action = 'fresh'"): "append-only: DELETE",
+        as_retention.format("UPDATE audit_log SET actor = 'y'"): "permission denied",
+    }
+    for sql, why in refused.items():
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=why):
             await aquery(database_url, sql)
     actions = "SELECT action FROM audit_log ORDER BY at"
     assert await aquery(database_url, actions) == [("ancient",), ("recent",), ("fresh",)]

@@ -5,7 +5,8 @@ Every change made through the API appends one row in the same transaction as the
 client address). A refused change (:class:`~opamp_fast.api.roles.Forbidden`) appends an
 ``outcome = 'denied'`` row before the 403 goes out. The table refuses UPDATE and DELETE in the
 database itself (``0006_configs.sql``), but for the retention job's deletes of rows older than
-``audit_retention_days`` (``0013_lifecycle_availability.sql``, ``storage.retention``).
+``audit_retention_days``, made as its own role (``0013_lifecycle_availability.sql``,
+``storage.retention``).
 """
 
 from __future__ import annotations

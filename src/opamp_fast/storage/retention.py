@@ -8,8 +8,8 @@ Three jobs share one loop (:class:`BatchedCleanup`):
   index of migration 0004, oldest first; the writer only ever touches open rows, so the two
   never contend.
 * :class:`AuditRetention`: audit rows older than ``audit_retention_days``, through the one way
-  the append-only trigger leaves open (migration 0013): a transaction-local setting naming the
-  horizon, set here and nowhere else.
+  the append-only trigger leaves open (migration 0013): the role ``opamp_fast_audit_retention``,
+  assumed here for the batch's transaction only (``SET LOCAL ROLE``) and nowhere else.
 * ``lifecycle.AgentExpiry``: agents offline for longer than ``forget_offline_after_days``.
 
 Each batch is its own short transaction on the read pool (never on the writer's connection),
@@ -51,12 +51,9 @@ WHERE id IN (
 )
 """
 
-# The trigger of migration 0013 lets a DELETE through only in a transaction that set this, and
-# only for rows older than it (and than a day).
-_AUDIT_HORIZON = """
-SELECT set_config('opamp_fast.audit_retention_before',
-    (now() - make_interval(secs => %(age)s))::text, true)
-"""
+#: The only role the append-only trigger of migration 0013 lets delete (rows older than a day).
+AUDIT_RETENTION_ROLE: Final = "opamp_fast_audit_retention"
+_AUDIT_ROLE = "SET LOCAL ROLE opamp_fast_audit_retention"
 _DELETE_AUDIT = """
 DELETE FROM audit_log
 WHERE id IN (
@@ -156,6 +153,7 @@ class AuditRetention(BatchedCleanup):
     what = "audit rows"
 
     def _delete_batch(self, conn: psycopg.Connection[Any]) -> int:
+        # Reverts at the end of the transaction: the pool's connection goes back as it was.
+        conn.execute(_AUDIT_ROLE)
         params = {"age": self.age_s, "batch": self.batch_rows}
-        conn.execute(_AUDIT_HORIZON, params)
         return conn.execute(_DELETE_AUDIT, params).rowcount

@@ -66,25 +66,33 @@ WHERE effective_config ? 'sha256';
 CREATE INDEX agents_drifted_idx ON agents (uid_text) WHERE drifted_at IS NOT NULL;
 
 -- Audit retention (--audit-retention-days): the append-only rule stays, with one way through.
--- A DELETE is allowed only in a transaction that has set opamp_fast.audit_retention_before (a
--- custom setting the retention job sets with set_config(..., true), for its own transaction),
--- only for rows older than that time, and never for a row less than a day old. UPDATE and
--- TRUNCATE stay refused for everyone. docs/api.md ("Audit log") says what this protects against
--- and what it cannot: a table owner or a superuser can still disable the trigger.
+-- A DELETE passes only when the current role is opamp_fast_audit_retention (a NOLOGIN role the
+-- retention job assumes with SET LOCAL ROLE, for its own transaction) and only for rows older
+-- than a day. UPDATE and TRUNCATE stay refused for everyone, that role included. docs/api.md
+-- ("Audit log") says what this protects against and what it cannot: a table owner or a
+-- superuser can still disable the trigger, and a member of the role can assume it.
 CREATE OR REPLACE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    horizon text := current_setting('opamp_fast.audit_retention_before', true);
 BEGIN
-    IF TG_OP = 'DELETE' AND COALESCE(horizon, '') <> ''
-            AND OLD.at < horizon::timestamptz AND OLD.at < now() - interval '1 day' THEN
+    IF TG_OP = 'DELETE' AND current_user = 'opamp_fast_audit_retention'
+            AND OLD.at < now() - interval '1 day' THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
--- The retention job runs as the role that applies migrations (the server's); it needs the
--- privilege back for DELETE only (UPDATE and TRUNCATE stay revoked).
+-- Roles belong to the whole cluster: another database's migration may have created it (at the
+-- same moment, even). Without the right to create roles or grant it, the migration still
+-- succeeds; audit retention then logs that it cannot delete (docs/operations.md).
 DO $$ BEGIN
-    EXECUTE format('GRANT DELETE ON audit_log TO %I', current_user);
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'opamp_fast_audit_retention') THEN
+        BEGIN
+            CREATE ROLE opamp_fast_audit_retention NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END IF;
+    GRANT SELECT, DELETE ON audit_log TO opamp_fast_audit_retention;
+    EXECUTE format('GRANT opamp_fast_audit_retention TO %I', current_user);
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE WARNING 'audit retention disabled: cannot create or grant its role (%)', SQLERRM;
 END $$;
