@@ -6,22 +6,30 @@ import { debounce, h, page, pill } from "./dom.js";
 import { APIError, api, showError } from "./api.js";
 import { cut, fmtTime } from "./format.js";
 import { agentActions } from "./agent-actions.js";
+import { availabilityStrip } from "./strip.js";
 
 export function agentPage(id) {
   const ui = {
     head: h("div", { class: "card", id: "agent-head" }, "Loading…"),
     parts: h("div", { class: "grid", id: "agent-parts" }),
     history: h("ol", { class: "timeline", id: "history" }),
+    strip: h("div", { id: "availability-strip" }),
+    uptime: h("p", { class: "muted", id: "agent-uptime" }),
     actions: agentActions(id, () => refresh()),
   };
-  page.replaceChildren(h("p", {}, h("a", { href: "#/agents" }, "← Agents")), ui.head, ui.parts,
-    ui.actions.card, h("div", { class: "card" }, h("h2", {}, "Connection history"), ui.history));
+  page.replaceChildren(h("p", {}, h("a", { href: "#/agents" }, "← Agents")), ui.head,
+    h("div", { class: "card" }, h("h2", {}, "Availability, last 24 hours"), ui.strip, ui.uptime),
+    ui.parts, ui.actions.card,
+    h("div", { class: "card" }, h("h2", {}, "Connection history"), ui.history));
   async function refresh() {
     try {
       const path = "/api/agents/" + encodeURIComponent(id);
-      const [a, hist] = await Promise.all([api(path), api(path + "/connection-history?limit=50")]);
+      const [a, hist, avail] = await Promise.all([api(path),
+        api(path + "/connection-history?limit=50"), api(path + "/availability")]);
       renderAgent(ui, a);
       renderHistory(ui.history, hist.histories);
+      ui.strip.replaceChildren(availabilityStrip(avail));
+      ui.uptime.textContent = uptimeLine(avail);
     } catch (err) {
       if (err instanceof APIError && err.status === 404) ui.head.replaceChildren(h("p", {}, "No such agent."));
       else showError(err);
@@ -49,7 +57,10 @@ const describe = (d) => d ? [h("h3", {}, "Identifying"), kv(d.identifying_attrib
 
 function renderAgent(ui, a) {
   ui.head.replaceChildren(
-    h("h1", {}, a.name || "(unnamed agent)", " ", h("span", { id: "agent-status" }, pill(a.status))),
+    h("h1", {}, a.name || "(unnamed agent)", " ", h("span", { id: "agent-status" }, pill(a.status)),
+      a.drifted_at ? h("span", { class: "badge", id: "drift-badge",
+        title: "Its effective config differs from the one it reported APPLIED" },
+      "config drifted since " + fmtTime(a.drifted_at)) : null),
     kv({ id: a.id, transport: a.transport || "—", "remote address": a.remote_addr || "—",
       "serving instance": a.serving_instance || "—", "last seen": fmtTime(a.last_seen_at),
       "last connected": fmtTime(a.last_connected_at),
@@ -67,6 +78,14 @@ function renderAgent(ui, a) {
     section("Remote config status", a.remote_config_status ? kv(a.remote_config_status) :
       notReported()),
     section("Effective config", configText(a.effective_config)));
+}
+
+function uptimeLine(v) {
+  const pct = v.uptime_ratio === null ? "—" : (v.uptime_ratio * 100).toFixed(1) + " %";
+  const reasons = Object.entries(v.disconnects_by_reason).map(([k, n]) => `${k} ${n}`);
+  return [`uptime ${pct}`, `${v.sessions} sessions`, `${v.disconnects} disconnects` +
+    (reasons.length ? ` (${reasons.join(", ")})` : ""), v.flapping ? "flapping" : null]
+    .filter(Boolean).join(" · ");
 }
 
 function assigned(rc) {
