@@ -7,20 +7,24 @@ before the agents existed and one that cuts sessions in half."""
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import httpx
+import psycopg
 import pytest
 
 from opamp_fast.protocol import pb
 from opamp_fast.protocol.codec import format_instance_uid
-from tests.helpers.agents import WSAgent, description, open_ws_agent, wait_for
+from opamp_fast.storage import availability as av
+from tests.helpers.agents import WSAgent, description, new_uid, open_ws_agent, wait_for
 from tests.helpers.config_api import api_client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -269,3 +273,100 @@ async def series_filters_pages_and_refusals(server: Any, run: dict[str, Any]) ->
             assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameter"
         r = await api.get(f"/api/agents/{'0' * 32}/availability")
         assert r.status_code == 404
+
+
+def random_history(rng: random.Random, t0: datetime, n_agents: int) -> list[list[Any]]:
+    """Sessions over five days per agent: short and long, one running across several midnights,
+    some ending exactly at midnight, the last one sometimes still open."""
+    agents = []
+    for _ in range(n_agents):
+        t, sessions = t0 + timedelta(seconds=rng.uniform(0, 7200)), []
+        while t < t0 + timedelta(days=5):
+            length = timedelta(seconds=rng.choice([30, 600, 5000, 40000, 150000]) * rng.random())
+            end = t + length
+            if rng.random() < 0.1:  # snap to the next midnight
+                end = (end + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            sessions.append([t, end, rng.choice(["connection closed", "heartbeat timeout"])])
+            t = end + timedelta(seconds=rng.choice([0, 5, 900, 20000]) * rng.random())
+        if rng.random() < 0.5:
+            sessions[-1][1] = None  # still connected
+        agents.append(sessions)
+    return agents
+
+
+async def test_rollup_answers_as_raw_history_does(server: Any, database_url: str) -> None:
+    """The fleet answer over whole days (the daily rollup plus raw partial days) equals the
+    answer from raw history alone and the per-agent answers, for windows cut anywhere; the
+    rollup is kept by the triggers whether a session is inserted closed or closed later."""
+    rng = random.Random(7)
+    t0 = (datetime.now(UTC) - timedelta(days=6)).replace(hour=0, minute=0, second=0, microsecond=0)
+    agents = random_history(rng, t0, 12)
+    uids = [new_uid() for _ in agents]
+    instance = server.services.settings.instance_id
+
+    def write() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for uid, sessions in zip(uids, agents, strict=True):
+                conn.execute(
+                    "INSERT INTO agents (instance_uid, uid_text, status, created_at)"
+                    " VALUES (%s, %s, 'offline', %s)",
+                    (uid, format_instance_uid(uid), t0),
+                )
+                for i, (start, end, reason) in enumerate(sessions):
+                    closed_later = i % 2 == 0  # half inserted open, closed by an UPDATE
+                    row = conn.execute(
+                        "INSERT INTO agent_connection_history (session_id, instance_uid,"
+                        " connected_at, disconnected_at, disconnect_reason, transport,"
+                        " serving_instance) VALUES (gen_random_uuid(), %s, %s, %s, %s, 'ws',"
+                        " %s) RETURNING id",  # this instance's: no lost instance to repair
+                        (uid, start, None if closed_later else end, reason, instance),
+                    ).fetchone()
+                    if closed_later and end is not None:
+                        conn.execute(
+                            "UPDATE agent_connection_history SET disconnected_at = %s"
+                            " WHERE id = %s",
+                            (end, row[0]),
+                        )
+
+    await anyio.to_thread.run_sync(write)
+    db = server.services.db
+    windows = [(t0 + timedelta(hours=a), t0 + timedelta(hours=b)) for a, b in (
+        (0, 120), (7.25, 101.5), (24, 72), (30, 49), (0.5, 143.9), (50, 50.5))]  # fmt: skip
+    windows.append((t0 + timedelta(days=2, hours=3), datetime.now(UTC)))
+    for since, until in windows:
+        window = av.Window(since, until)
+        days = av.whole_days(window)
+
+        def both(conn: Any, window: av.Window = window, days: Any = days) -> tuple[Any, Any]:
+            page = av.FleetPage(limit=50, min_disconnects=1)
+            out = []
+            for d in (None, days):
+                sql, params = av.fleet_sql(av.FleetFilter(), page, d)
+                params.update(since=window.since, until=window.until)
+                out.append(conn.execute(sql, params, prepare=False).fetchone())
+            return out[0], out[1]
+
+        raw, rolled = await db.run(both)
+        per_agent = [av.summarize([tuple(s) for s in sessions], window, t0) for sessions in agents]
+        observed = [a for a in per_agent if a.uptime_ratio is not None]
+        for answer in (raw, rolled):
+            assert answer[0] == len(observed)
+            mean = sum(a.uptime_ratio for a in observed) / len(observed)  # type: ignore[misc]
+            assert answer[1] == pytest.approx(mean, abs=1e-6), (since, until, days)
+            assert answer[2] == sum(a.disconnects for a in per_agent)
+            reasons: Counter[str] = Counter()
+            for a in per_agent:
+                reasons.update(a.disconnects_by_reason)
+            by_reason = json.loads(answer[3]) if isinstance(answer[3], str) else answer[3]
+            assert by_reason == dict(reasons)
+        assert raw[5] == rolled[5] and [a[:3] for a in raw[6]] == [a[:3] for a in rolled[6]]
+    # and through the route, over the whole days
+    async with api_client(server, role="viewer") as api:
+        since, until = windows[0]
+        report = await availability(
+            api, "/api/fleet/availability", since=rfc3339(since.timestamp()),
+            until=rfc3339(until.timestamp()),
+        )  # fmt: skip
+        window = av.Window(since, until)
+        per_agent = [av.summarize([tuple(s) for s in ss], window, t0) for ss in agents]
+        assert report["disconnects"] == sum(a.disconnects for a in per_agent)

@@ -9,12 +9,14 @@ The rules (``docs/api.md``, "Availability"), the same for both answers:
   ``uptime_ratio`` is online time over observed time (``null`` when nothing was observed).
 * A disconnect is a session that ended inside the window, counted under its reason.
 
-Queries, each served by an index of the history table: one agent's sessions come from
-``agent_connection_history_agent_idx`` (those that began in the window, and the two latest that
-began before it: sessions of one agent follow each other, so only those can reach into it); the
-fleet's from ``agent_connection_history_closed_idx`` (sessions that ended after ``since``) and
-``agent_connection_history_open_idx`` (open ones), aggregated per agent in one statement that
-returns the answer's few figures as JSON. ``docs/performance.md`` has the figures.
+Queries: one agent's sessions come from ``agent_connection_history_agent_idx`` (those that
+began in the window, and the two latest that began before it: sessions of one agent follow each
+other, so only those can reach into it). The fleet's answer is one statement that aggregates
+per agent and returns the answer's few figures as JSON; its sessions come from raw history
+(``agent_connection_history_closed_idx`` and ``_open_idx``) for a window shorter than a whole
+UTC day, else from the daily rollup ``agent_uptime_daily`` (kept by triggers, migration 0013)
+for the whole days plus raw rows for the partial days (:func:`whole_days`,
+``docs/persistence.md``, "Availability rollup"). ``docs/performance.md`` has the figures.
 
 :class:`AvailabilityMonitor` computes the fleet's last hour (and the drifted agents) on a timer,
 for the metrics: a scrape reads two numbers, never the database.
@@ -278,22 +280,21 @@ WITH f AS MATERIALIZED (
     SELECT h.instance_uid, h.connected_at, h.disconnected_at, h.disconnect_reason
     FROM agent_connection_history AS h
     WHERE h.disconnected_at IS NULL AND h.connected_at < %(until)s
+), parts (uid, reason, online_s, n, first_conn) AS (
+{parts}
 ), g AS MATERIALIZED (
-    SELECT w.uid,
-        CASE WHEN w.disconnected_at <= %(until)s
-            THEN COALESCE(w.disconnect_reason, 'unknown') END AS reason,
-        sum(date_part('epoch', LEAST(COALESCE(w.disconnected_at, %(until)s), %(until)s)
-            - GREATEST(w.connected_at, %(since)s))) AS online_s,
-        count(*) AS n, min(w.connected_at) AS first_conn
-    FROM w JOIN f ON f.uid = w.uid
-    GROUP BY 1, 2
+    -- aggregated before the join: a hash of a few rows per agent, not a sort of them all
+    SELECT p.* FROM (
+        SELECT uid, reason, sum(online_s) AS online_s, sum(n) AS n, min(first_conn) AS first_conn
+        FROM parts GROUP BY 1, 2
+    ) AS p JOIN f ON f.uid = p.uid
 ), per AS MATERIALIZED (
     SELECT f.uid, f.uid_text, f.agent_name, f.version, COALESCE(s.online_s, 0) AS online_s,
         COALESCE(s.disconnects, 0) AS disconnects,
         GREATEST(%(since)s, LEAST(f.created_at, s.first_conn)) AS observed_from
     FROM f LEFT JOIN (
         SELECT uid, sum(online_s) AS online_s, min(first_conn) AS first_conn,
-            COALESCE(sum(n) FILTER (WHERE reason IS NOT NULL), 0)::bigint AS disconnects
+            COALESCE(sum(n), 0)::bigint AS disconnects
         FROM g GROUP BY uid) AS s ON s.uid = f.uid
 ), r AS MATERIALIZED (
     SELECT per.*, LEAST(1.0, online_s
@@ -319,6 +320,71 @@ SELECT
         ORDER BY disconnects DESC, uid_text LIMIT %(limit)s OFFSET %(offset)s) AS x){series}
 """
 
+# Each session that reaches into the window, clipped to it: (uid, reason of a disconnect inside
+# the window or null, online seconds, disconnects, connected_at).
+_RAW_PARTS = """
+    SELECT w.uid, CASE WHEN w.disconnected_at <= %(until)s
+            THEN COALESCE(w.disconnect_reason, 'unknown') END,
+        date_part('epoch', LEAST(COALESCE(w.disconnected_at, %(until)s), %(until)s)
+            - GREATEST(w.connected_at, %(since)s)),
+        (w.disconnected_at <= %(until)s)::int, w.connected_at
+    FROM w"""
+
+# The same figures when the window covers whole UTC days [d0, d1): those days from the rollup
+# (migration 0013), the rest from raw rows found by bounded index ranges:
+# * left: sessions closed in (since, d0] (closed_idx); those running past d0, from the
+#   rollup row of the day before d0 (tail_start);
+# * right: sessions closed in [d1, d1 + 1 day) (closed_idx); those running past that day,
+#   from the rollup row of d1 (tail_start);
+# * open sessions (open_idx).
+# A disconnect at d0 belongs to day d0, one at d1 to the right part: each counts once.
+_ROLLUP_PARTS = """
+    SELECT u.instance_uid, NULLIF(u.reason, ''), u.online_s, u.disconnects, u.first_conn
+    FROM agent_uptime_daily AS u WHERE u.day >= %(d0)s AND u.day < %(d1)s
+    UNION ALL
+    SELECT h.instance_uid, CASE WHEN h.disconnected_at < %(d0)s
+            THEN COALESCE(h.disconnect_reason, 'unknown') END,
+        date_part('epoch', h.disconnected_at - GREATEST(h.connected_at, %(since)s)),
+        (h.disconnected_at < %(d0)s)::int, h.connected_at
+    FROM agent_connection_history AS h
+    WHERE h.disconnected_at > %(since)s AND h.disconnected_at <= %(d0)s
+    UNION ALL
+    SELECT u.instance_uid, NULL,
+        GREATEST(0, date_part('epoch', %(d0)s - GREATEST(u.tail_start, %(since)s))), 0,
+        u.tail_start
+    FROM agent_uptime_daily AS u
+    WHERE u.day = %(d0)s - interval '1 day' AND u.reason = '' AND u.tail_start IS NOT NULL
+    UNION ALL
+    SELECT h.instance_uid, CASE WHEN h.disconnected_at <= %(until)s
+            THEN COALESCE(h.disconnect_reason, 'unknown') END,
+        GREATEST(0, date_part('epoch', LEAST(h.disconnected_at, %(until)s)
+            - GREATEST(h.connected_at, %(d1)s))),
+        (h.disconnected_at <= %(until)s)::int, h.connected_at
+    FROM agent_connection_history AS h
+    WHERE h.disconnected_at >= %(d1)s AND h.disconnected_at < %(d1)s + interval '1 day'
+        AND h.connected_at < %(until)s
+    UNION ALL
+    SELECT u.instance_uid, NULL, date_part('epoch', %(until)s - u.tail_start), 0, u.tail_start
+    FROM agent_uptime_daily AS u
+    WHERE u.day = %(d1)s AND u.reason = '' AND u.tail_start < %(until)s
+    UNION ALL
+    SELECT h.instance_uid, NULL,
+        date_part('epoch', %(until)s - GREATEST(h.connected_at, %(since)s)), 0, h.connected_at
+    FROM agent_connection_history AS h
+    WHERE h.disconnected_at IS NULL AND h.connected_at < %(until)s"""
+
+
+def whole_days(window: Window) -> tuple[datetime, datetime] | None:
+    """The whole UTC days ``[d0, d1)`` inside ``window``; None when there is none. ``d0`` is
+    the first midnight *after* ``since``: a disconnect at ``since`` is outside the window, but
+    the rollup would count it in the day it begins."""
+    since = window.since.astimezone(UTC)
+    d0 = since.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    until = window.until.astimezone(UTC)
+    d1 = until.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (d0, d1) if d1 > d0 else None
+
+
 _AFTER = (
     "AND (disconnects < %(after_n)s OR (disconnects = %(after_n)s AND uid_text > %(after_id)s))"
 )
@@ -328,11 +394,16 @@ _BUCKETS_CTE = """, b AS (
     SELECT i, %(since)s + i * %(step)s AS b0, %(since)s + (i + 1) * %(step)s AS b1
     FROM generate_series(0, %(buckets)s - 1) AS i
 ), x AS (
-    SELECT w.uid, b.i, sum(date_part('epoch',
-        LEAST(COALESCE(w.disconnected_at, %(until)s), %(until)s, b.b1)
-        - GREATEST(w.connected_at, b.b0))) AS online_s
-    FROM w JOIN f ON f.uid = w.uid
-    JOIN b ON w.connected_at < b.b1 AND COALESCE(w.disconnected_at, %(until)s) > b.b0
+    -- each session against the few buckets it spans (by arithmetic, not by a join on ranges)
+    SELECT w.uid, i, sum(GREATEST(0, date_part('epoch',
+        LEAST(COALESCE(w.disconnected_at, %(until)s), %(until)s, %(since)s + (i + 1) * %(step)s)
+        - GREATEST(w.connected_at, %(since)s + i * %(step)s)))) AS online_s
+    FROM w JOIN f ON f.uid = w.uid,
+    LATERAL generate_series(
+        GREATEST(0, floor(date_part('epoch', w.connected_at - %(since)s) / %(step_s)s))::int,
+        LEAST(%(buckets)s - 1, floor(date_part('epoch',
+            LEAST(COALESCE(w.disconnected_at, %(until)s), %(until)s) - %(since)s)
+            / %(step_s)s))::int) AS i
     GROUP BY 1, 2
 )"""
 _SERIES = """,
@@ -344,15 +415,21 @@ _SERIES = """,
         GROUP BY b.i) AS s)"""
 
 
-def fleet_sql(flt: FleetFilter, page: FleetPage) -> tuple[str, dict[str, Any]]:
-    """The fleet statement for ``flt`` and ``page`` and its parameters (but the window)."""
+def fleet_sql(
+    flt: FleetFilter, page: FleetPage, days: tuple[datetime, datetime] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The fleet statement for ``flt`` and ``page`` and its parameters (but the window): over
+    the rollup for the whole ``days`` when given, else over raw history."""
     where, params = flt.where()
+    if days is not None:
+        params["d0"], params["d1"] = days
     params.update(min=page.min_disconnects, limit=page.limit + 1, offset=page.offset)
     after = ""
     if page.after is not None:
         after = _AFTER
         params["after_n"], params["after_id"] = page.after
     sql = _FLEET.format(
+        parts=_RAW_PARTS if days is None else _ROLLUP_PARTS,
         version=VERSION_SQL,
         where=where,
         versions=VERSIONS_MAX,
@@ -367,11 +444,12 @@ def fleet_availability(
     conn: Conn, window: Window, flt: FleetFilter, page: FleetPage
 ) -> FleetAvailability:
     """The fleet's (or the filtered agents') availability in ``window``: one statement."""
-    sql, params = fleet_sql(flt, page)
+    sql, params = fleet_sql(flt, page, whole_days(window))
+    conn.execute("SET LOCAL work_mem = '32MB'")  # its aggregates hash in memory, not on disk
     params.update(since=window.since, until=window.until)
     step = (window.until - window.since) / max(1, page.buckets)
     if page.buckets:
-        params.update(step=step, buckets=page.buckets)
+        params.update(step=step, step_s=step.total_seconds(), buckets=page.buckets)
     row = conn.execute(sql, params, prepare=False).fetchone()
     assert row is not None
     agents, ratio, disconnects, reasons, versions, flapping_total, flapping = row[:7]

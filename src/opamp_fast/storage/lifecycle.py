@@ -158,6 +158,7 @@ def forget_agents(
         history = conn.execute(
             "DELETE FROM agent_connection_history WHERE instance_uid = ANY(%s)", (gone,)
         ).rowcount
+        conn.execute("DELETE FROM agent_uptime_daily WHERE instance_uid = ANY(%s)", (gone,))
     if gone:
         _notify(conn, FORGET_NOTICE, sender, gone, by=by)
     if offer_uids:

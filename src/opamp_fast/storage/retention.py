@@ -51,6 +51,13 @@ WHERE id IN (
 )
 """
 
+# The availability rollup's days that ended before the retention horizon (a day per agent: few
+# rows, at most one pass's worth).
+_DELETE_ROLLUP = """
+DELETE FROM agent_uptime_daily
+WHERE day < now() - make_interval(secs => %(age)s) - interval '1 day'
+"""
+
 #: The only role the append-only trigger of migration 0013 lets delete (rows older than a day).
 AUDIT_RETENTION_ROLE: Final = "opamp_fast_audit_retention"
 _AUDIT_ROLE = "SET LOCAL ROLE opamp_fast_audit_retention"
@@ -145,6 +152,8 @@ class HistoryRetention(BatchedCleanup):
 
     def _delete_batch(self, conn: psycopg.Connection[Any]) -> int:
         cur = conn.execute(_DELETE_HISTORY, {"age": self.age_s, "batch": self.batch_rows})
+        if cur.rowcount < self.batch_rows:  # the last batch: the rollup's days go too
+            conn.execute(_DELETE_ROLLUP, {"age": self.age_s})
         return cur.rowcount
 
 

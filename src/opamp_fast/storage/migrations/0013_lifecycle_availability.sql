@@ -65,6 +65,83 @@ WHERE effective_config ? 'sha256';
 -- GET /api/agents?drifted=true, and the drifted count of the metrics.
 CREATE INDEX agents_drifted_idx ON agents (uid_text) WHERE drifted_at IS NOT NULL;
 
+-- Availability rollup: per agent and UTC day, what its *closed* sessions contribute to that day
+-- (storage/availability.py; docs/persistence.md, "Availability rollup"). A fleet query over
+-- days reads one row per agent and day for the days the window covers whole, and raw history
+-- only for its two partial days and the open sessions. Rows with reason '' carry the online
+-- seconds, the earliest connect of the sessions touching the day (first_conn) and, for a
+-- session that runs past the day's end, where its online stretch in that day began
+-- (tail_start); rows with a reason count the disconnects of that day.
+CREATE TABLE agent_uptime_daily (
+    day timestamptz NOT NULL,  -- a UTC midnight
+    instance_uid bytea NOT NULL,
+    reason text NOT NULL DEFAULT '',
+    online_s double precision NOT NULL DEFAULT 0,
+    disconnects integer NOT NULL DEFAULT 0,
+    first_conn timestamptz,
+    tail_start timestamptz,
+    PRIMARY KEY (day, instance_uid, reason)
+);
+CREATE INDEX agent_uptime_daily_agent_idx ON agent_uptime_daily (instance_uid);
+
+-- Adds closed sessions to the rollup (a session ending exactly at midnight adds nothing to the
+-- next day). Called once per statement by the triggers below, with the sessions that statement
+-- closed or inserted closed: the writer's flush, crash repair, a lost instance's reaping.
+CREATE FUNCTION agent_uptime_add(
+    uids bytea[], cons timestamptz[], diss timestamptz[], reasons text[]
+) RETURNS void LANGUAGE sql AS $$
+    WITH s AS (SELECT * FROM unnest(uids, cons, diss, reasons) AS s(uid, con, dis, reason))
+    INSERT INTO agent_uptime_daily AS u
+        (day, instance_uid, reason, online_s, disconnects, first_conn, tail_start)
+    SELECT day, uid, reason, sum(online_s), sum(n)::integer, min(first_conn), min(tail_start)
+    FROM (
+        SELECT d AS day, s.uid, '' AS reason,
+            date_part('epoch', LEAST(s.dis, d + interval '1 day') - GREATEST(s.con, d))
+                AS online_s,
+            0 AS n, s.con AS first_conn,
+            CASE WHEN s.dis > d + interval '1 day' THEN GREATEST(s.con, d) END AS tail_start
+        FROM s, generate_series(date_trunc('day', s.con, 'UTC'),
+                                date_trunc('day', s.dis, 'UTC'), interval '1 day') AS d
+        WHERE s.dis > d OR s.con = s.dis
+        UNION ALL
+        SELECT date_trunc('day', s.dis, 'UTC'), s.uid, COALESCE(s.reason, 'unknown'), 0, 1,
+            NULL, NULL
+        FROM s
+    ) AS parts
+    GROUP BY day, uid, reason
+    ON CONFLICT (day, instance_uid, reason) DO UPDATE SET
+        online_s = u.online_s + EXCLUDED.online_s,
+        disconnects = u.disconnects + EXCLUDED.disconnects,
+        first_conn = LEAST(u.first_conn, EXCLUDED.first_conn),
+        tail_start = LEAST(u.tail_start, EXCLUDED.tail_start)
+$$;
+
+CREATE FUNCTION agent_uptime_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM agent_uptime_add(array_agg(instance_uid), array_agg(connected_at),
+            array_agg(disconnected_at), array_agg(disconnect_reason))
+        FROM new_rows WHERE disconnected_at IS NOT NULL HAVING count(*) > 0;
+    ELSE
+        PERFORM agent_uptime_add(array_agg(n.instance_uid), array_agg(n.connected_at),
+            array_agg(n.disconnected_at), array_agg(n.disconnect_reason))
+        FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+        WHERE o.disconnected_at IS NULL AND n.disconnected_at IS NOT NULL HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER agent_uptime_on_insert AFTER INSERT ON agent_connection_history
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION agent_uptime_rollup();
+CREATE TRIGGER agent_uptime_on_close AFTER UPDATE ON agent_connection_history
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_uptime_rollup();
+
+-- The sessions an earlier release closed.
+SELECT agent_uptime_add(array_agg(instance_uid), array_agg(connected_at),
+    array_agg(disconnected_at), array_agg(disconnect_reason))
+FROM agent_connection_history WHERE disconnected_at IS NOT NULL HAVING count(*) > 0;
+
 -- Audit retention (--audit-retention-days): the append-only rule stays, with one way through.
 -- A DELETE passes only when the current role is opamp_fast_audit_retention (a NOLOGIN role the
 -- retention job assumes with SET LOCAL ROLE, for its own transaction) and only for rows older
