@@ -172,6 +172,7 @@ async def test_agent_and_fleet_answers_follow_the_schedule(fast_server: Any) -> 
     async with driven(fast_server) as run:
         await answers_follow_the_schedule(fast_server, run)
         await series_filters_pages_and_refusals(fast_server, run)
+        await gauges_follow_the_schedule(fast_server, run)
 
 
 async def answers_follow_the_schedule(server: Any, run: dict[str, Any]) -> None:
@@ -229,6 +230,30 @@ async def check_fleet(
     only_b = await availability(api, "/api/fleet/availability", version="2.0", **params)
     assert only_b["agents"] == 1 and only_b["disconnects"] == 0 and only_b["flapping"] == []
     assert only_b["uptime_ratio"] == pytest.approx(agents["B"]["uptime_ratio"], abs=1e-6)
+
+
+async def gauges_follow_the_schedule(server: Any, run: dict[str, Any]) -> None:
+    """The two gauges are the last hour of the fleet answer, read on a timer: a scrape between
+    two readings shows the last one, whatever happened since."""
+    (_, a), (_, b) = run["A"], run["B"]
+    monitor = server.services.availability
+    monitor.min_disconnects = 2  # A disconnected three times
+    figures = await monitor.sample()
+    assert figures is not None
+    now = figures.at
+    mean = (a.expected(now - 3600, now)["uptime_ratio"] + b.expected(now - 3600, now)[
+        "uptime_ratio"]) / 2  # fmt: skip
+    async with api_client(server, role="viewer") as api:
+        text = (await api.get("/metrics")).text
+        wanted = ("opamp_fast_agents_flapping", "opamp_fast_fleet_uptime")
+        gauges = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                  if ln.startswith(wanted)}  # fmt: skip
+        assert gauges["opamp_fast_agents_flapping"] == 1.0
+        close(gauges["opamp_fast_fleet_uptime_ratio"], mean, TICK_S / 10, "uptime gauge")
+        monitor.min_disconnects = 5  # the next reading: nobody flaps that much
+        await monitor.sample()
+        text = (await api.get("/metrics")).text
+        assert "\nopamp_fast_agents_flapping 0.0\n" in text
 
 
 async def series_filters_pages_and_refusals(server: Any, run: dict[str, Any]) -> None:
