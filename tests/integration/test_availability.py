@@ -173,6 +173,7 @@ async def test_agent_and_fleet_answers_follow_the_schedule(fast_server: Any) -> 
         await answers_follow_the_schedule(fast_server, run)
         await series_filters_pages_and_refusals(fast_server, run)
         await gauges_follow_the_schedule(fast_server, run)
+        await rollup_follows_the_writer(fast_server)
 
 
 async def answers_follow_the_schedule(server: Any, run: dict[str, Any]) -> None:
@@ -254,6 +255,26 @@ async def gauges_follow_the_schedule(server: Any, run: dict[str, Any]) -> None:
         await monitor.sample()
         text = (await api.get("/metrics")).text
         assert "\nopamp_fast_agents_flapping 0.0\n" in text
+
+
+async def rollup_follows_the_writer(server: Any) -> None:
+    """Every session the writer closed (whichever of its statements did) is in the daily
+    rollup, with its online time and its disconnect, and nothing else is."""
+
+    def read(conn: Any) -> tuple[list[Any], list[Any]]:
+        history = conn.execute(
+            "SELECT instance_uid, round(sum(date_part('epoch', disconnected_at - connected_at))"
+            "::numeric, 3), count(*) FROM agent_connection_history"
+            " WHERE disconnected_at IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        rollup = conn.execute(
+            "SELECT instance_uid, round(sum(online_s)::numeric, 3), sum(disconnects)"
+            " FROM agent_uptime_daily GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return history, rollup
+
+    history, rollup = await server.services.db.run(read)
+    assert history and [tuple(r) for r in rollup] == [tuple(r) for r in history]
 
 
 async def series_filters_pages_and_refusals(server: Any, run: dict[str, Any]) -> None:
