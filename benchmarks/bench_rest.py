@@ -131,44 +131,7 @@ def load(
                             ),
                         )
                     )
-            with cur.copy(
-                "COPY agent_connection_history (session_id, instance_uid, connected_at,"
-                " disconnected_at, duration_s, disconnect_reason, remote_addr, transport,"
-                " serving_instance) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(
-                    [
-                        "uuid",
-                        "bytea",
-                        "timestamptz",
-                        "timestamptz",
-                        "float8",
-                        "text",
-                        "text",
-                        "text",
-                        "text",
-                    ]
-                )
-                written = 0
-                for i, uid in enumerate(uids):
-                    count = heavy_rows if i == 0 else per_agent
-                    step = dt.timedelta(days=history_days) / max(1, count)
-                    for k in range(count):
-                        t = T0 + step * k
-                        copy.write_row(
-                            (
-                                uuid.uuid4(),
-                                uid,
-                                t,
-                                t + step / 2,
-                                step.total_seconds() / 2,
-                                "connection closed",
-                                f"10.{i % 250}.{k % 250}.1:4000",
-                                "ws",
-                                "bench",
-                            )
-                        )
-                    written += count
+            written = copy_history(cur, uids, heavy_rows, per_agent, history_days)
         print(f"loaded {n_agents} agents, {written} history rows in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)  # fmt: skip
         # What the writers keep as they go: the row count, and the peer's published online count
@@ -182,6 +145,37 @@ def load(
         conn.execute("VACUUM ANALYZE agents")
         conn.execute("VACUUM ANALYZE agent_connection_history")
     return heavy, uids[1]
+
+
+def copy_history(
+    cur: psycopg.Cursor[Any],
+    uids: list[bytes],
+    heavy_rows: int,
+    per_agent: int,
+    history_days: float,
+) -> int:
+    """Each agent's closed sessions, evenly over ``history_days`` (the first agent gets
+    ``heavy_rows``); returns how many."""
+    with cur.copy(
+        "COPY agent_connection_history (session_id, instance_uid, connected_at,"
+        " disconnected_at, duration_s, disconnect_reason, remote_addr, transport,"
+        " serving_instance) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            ["uuid", "bytea", "timestamptz", "timestamptz", "float8", "text", "text", "text",
+             "text"]
+        )  # fmt: skip
+        written = 0
+        for i, uid in enumerate(uids):
+            count = heavy_rows if i == 0 else per_agent
+            step = dt.timedelta(days=history_days) / max(1, count)
+            for k in range(count):
+                t = T0 + step * k
+                copy.write_row((uuid.uuid4(), uid, t, t + step / 2, step.total_seconds() / 2,
+                                "connection closed", f"10.{i % 250}.{k % 250}.1:4000", "ws",
+                                "bench"))  # fmt: skip
+            written += count
+    return written
 
 
 def explain(url: str, sql: str, params: dict[str, Any]) -> str:

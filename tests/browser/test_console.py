@@ -509,17 +509,18 @@ def test_console_availability_page_agent_strip_and_list_filters(
         assert "6 disconnects" in text_of(driver, "#agent-uptime")
         driver.save_screenshot(str(artifacts / "console-agent-strip.png"))
 
-        # The list: every agent, then without the one offline for two days.
-        driver.get(base + "/ui#/agents")
-        wait(driver).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#agent-rows tr[data-agent]")) == 3
-        )
-        driver.find_element(By.ID, "recent-filter").click()
-        driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
-        wait(driver).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#agent-rows tr[data-agent]")) == 2
-        )
-        assert not driver.find_elements(By.ID, "row-" + old_id)
-        assert "recent=1" in driver.current_url
+        list_hides_long_offline(driver, base, old_id)
     assert requests.external() == []
     assert console_errors(driver) == []
+
+
+def list_hides_long_offline(driver: Any, base: str, old_id: str) -> None:
+    """The agent list: every agent, then without the one offline for two days."""
+    rows = "#agent-rows tr[data-agent]"
+    driver.get(base + "/ui#/agents")
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3)
+    driver.find_element(By.ID, "recent-filter").click()
+    driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 2)
+    assert not driver.find_elements(By.ID, "row-" + old_id)
+    assert "recent=1" in driver.current_url
