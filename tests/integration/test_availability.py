@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import anyio
@@ -340,6 +341,26 @@ def random_history(rng: random.Random, t0: datetime, n_agents: int) -> list[list
     return agents
 
 
+def reaching(sessions: list[list[Any]], window: av.Window) -> list[Any]:
+    """The sessions that reach into the window, as the database selects them."""
+    return [
+        tuple(s) for s in sessions if s[0] < window.until and (s[1] is None or s[1] > window.since)
+    ]
+
+
+def assert_same_agent_figures(got: Any, want: Any) -> None:
+    """The database's answer for one agent and the Python reference (``summarize``)."""
+    assert got is not None
+    for key in ("first_seen", "sessions", "disconnects", "disconnects_by_reason"):
+        assert getattr(got, key) == getattr(want, key), key
+    for key in ("observed_seconds", "online_seconds", "longest_offline_seconds"):
+        assert getattr(got, key) == pytest.approx(getattr(want, key), abs=1e-3), key
+    assert [(s.reason, round(s.start.timestamp(), 3), round(s.end.timestamp(), 3))
+            for s in got.timeline] == [
+        (s.reason, round(s.start.timestamp(), 3), round(s.end.timestamp(), 3))
+        for s in want.timeline]  # fmt: skip
+
+
 async def test_rollup_answers_as_raw_history_does(server: Any, database_url: str) -> None:
     """The fleet answer over whole days (the daily rollup plus raw partial days) equals the
     answer from raw history alone and the per-agent answers, for windows cut anywhere; the
@@ -393,7 +414,7 @@ async def test_rollup_answers_as_raw_history_does(server: Any, database_url: str
             return out[0], out[1]
 
         raw, rolled = await db.run(both)
-        per_agent = [av.summarize([tuple(s) for s in sessions], window, t0) for sessions in agents]
+        per_agent = [av.summarize(reaching(sessions, window), window, t0) for sessions in agents]
         observed = [a for a in per_agent if a.uptime_ratio is not None]
         for answer in (raw, rolled):
             assert answer[0] == len(observed)
@@ -406,6 +427,9 @@ async def test_rollup_answers_as_raw_history_does(server: Any, database_url: str
             by_reason = json.loads(answer[3]) if isinstance(answer[3], str) else answer[3]
             assert by_reason == dict(reasons)
         assert raw[5] == rolled[5] and [a[:3] for a in raw[6]] == [a[:3] for a in rolled[6]]
+        for uid, want in zip(uids, per_agent, strict=True):
+            got = await db.run(partial(av.agent_availability, uid=uid, window=window))
+            assert_same_agent_figures(got, want)
     # and through the route, over the whole days
     async with api_client(server, role="viewer") as api:
         since, until = windows[0]

@@ -137,14 +137,76 @@ ORDER BY connected_at, id
 """
 
 
+# What :func:`summarize` computes, in the database: an agent with tens of thousands of
+# sessions in the window sends back a few figures and the newest stretches, not every row.
+# Stretches that overlap or touch are merged into islands (n: a running count of the starts
+# past every earlier end); an island's reason is that of its latest-ending stretch.
+_AGENT_FIGURES = f"""
+WITH s AS ({_AGENT_SESSIONS}), b AS (
+    SELECT LEAST(%(created)s, min(connected_at)) AS first_seen, count(*) AS sessions,
+        LEAST(%(until)s, GREATEST(%(since)s, LEAST(%(created)s, min(connected_at)))) AS begin
+    FROM s
+), c AS (
+    SELECT GREATEST(s.connected_at, b.begin) AS a,
+        LEAST(COALESCE(s.disconnected_at, %(until)s), %(until)s) AS e,
+        CASE WHEN s.disconnected_at > %(since)s AND s.disconnected_at <= %(until)s
+            THEN COALESCE(s.disconnect_reason, 'unknown') END AS reason
+    FROM s, b
+), k AS (
+    SELECT a, e, reason, max(e) OVER (ORDER BY a, e ROWS BETWEEN UNBOUNDED PRECEDING
+        AND 1 PRECEDING) AS before
+    FROM c WHERE e > a
+), i AS (
+    SELECT a, e, reason, count(*) FILTER (WHERE before IS NULL OR a > before)
+        OVER (ORDER BY a, e ROWS UNBOUNDED PRECEDING) AS n
+    FROM k
+), m AS (
+    SELECT min(a) AS a, max(e) AS e, (array_agg(reason ORDER BY e DESC, a))[1] AS reason
+    FROM i GROUP BY n
+)
+SELECT b.first_seen, b.begin, b.sessions,
+    (SELECT COALESCE(json_object_agg(reason, n), '{{}}') FROM (
+        SELECT reason, count(*) AS n FROM c WHERE reason IS NOT NULL GROUP BY reason) AS r),
+    (SELECT COALESCE(sum(date_part('epoch', e - a)), 0) FROM m),
+    (SELECT max(g) FROM (
+        SELECT date_part('epoch', a - lag(e, 1, b.begin) OVER (ORDER BY a)) AS g FROM m
+        UNION ALL
+        SELECT date_part('epoch', %(until)s - COALESCE((SELECT max(e) FROM m), b.begin))) AS x),
+    (SELECT count(*) FROM m),
+    (SELECT COALESCE(json_agg(json_build_array(date_part('epoch', a), date_part('epoch', e),
+        reason) ORDER BY a), '[]') FROM (
+        SELECT * FROM m ORDER BY a DESC LIMIT {TIMELINE_MAX}) AS t)
+FROM b
+"""
+
+
 def agent_availability(conn: Conn, uid: bytes, window: Window) -> AgentAvailability | None:
-    """The agent's availability in ``window``; None when there is no such agent."""
+    """The agent's availability in ``window`` (as :func:`summarize` defines it, computed by
+    the database); None when there is no such agent."""
     row = conn.execute("SELECT created_at FROM agents WHERE instance_uid = %s", (uid,)).fetchone()
     if row is None:
         return None
-    params = {"uid": uid, "since": window.since, "until": window.until}
-    sessions = conn.execute(_AGENT_SESSIONS, params).fetchall()
-    return summarize(sessions, window, row[0])
+    params = {"uid": uid, "since": window.since, "until": window.until, "created": row[0]}
+    figures = conn.execute(_AGENT_FIGURES, params).fetchone()
+    assert figures is not None
+    first_seen, begin, sessions, reasons, online, longest, stretches, timeline = figures
+    reasons = _json(reasons)
+    utc = UTC
+    return AgentAvailability(
+        window=window,
+        first_seen=first_seen,
+        observed_seconds=(window.until - begin).total_seconds(),
+        online_seconds=float(online),
+        sessions=int(sessions),
+        disconnects=sum(reasons.values()),
+        disconnects_by_reason=reasons,
+        longest_offline_seconds=max(0.0, float(longest or 0.0)),
+        timeline=[
+            Stretch(datetime.fromtimestamp(a, utc), datetime.fromtimestamp(e, utc), reason)
+            for a, e, reason in _json(timeline)
+        ],
+        timeline_truncated=stretches > TIMELINE_MAX,
+    )
 
 
 def summarize(
