@@ -108,19 +108,22 @@ async def test_an_offline_agent_is_forgotten_everywhere_an_online_one_is_refused
         assert detail["remote_config"]["status"] == "unassigned"
 
 
-async def test_purge_history_deletes_the_history_too(server: Any) -> None:
+async def test_purge_history_deletes_the_history_too(server: Any, database_url: str) -> None:
     uid = await connect_and_leave(server.url)
     await connect_and_leave(server.url, uid)
     agent_id = format_instance_uid(uid)
+    rollup = "SELECT sum(disconnects) FROM agent_uptime_daily WHERE instance_uid = %s"
     async with api_client(server, role="admin") as admin:
         await wait_known(admin, uid)
         await server.services.writer.flush()
+        assert await aquery(database_url, rollup, (uid,)) == [(2,)]
         assert (
             await admin.delete(f"/api/agents/{agent_id}?purge_history=maybe")
         ).status_code == 400
         r = await admin.delete(f"/api/agents/{agent_id}", params={"purge_history": "true"})
         assert r.status_code == 200 and r.json()["history_deleted"] == 2
         assert (await admin.get(f"/api/agents/{agent_id}/connection-history")).status_code == 404
+        assert await aquery(database_url, rollup, (uid,)) == [(None,)]  # its rollup went too
 
 
 @pytest.fixture

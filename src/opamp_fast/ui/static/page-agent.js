@@ -24,12 +24,11 @@ export function agentPage(id) {
   async function refresh() {
     try {
       const path = "/api/agents/" + encodeURIComponent(id);
-      const [a, hist, avail] = await Promise.all([api(path),
-        api(path + "/connection-history?limit=50"), api(path + "/availability")]);
+      const strip = loadStrip(ui, path); // on its own: the rest never waits for it
+      const [a, hist] = await Promise.all([api(path), api(path + "/connection-history?limit=50")]);
       renderAgent(ui, a);
       renderHistory(ui.history, hist.histories);
-      ui.strip.replaceChildren(availabilityStrip(avail));
-      ui.uptime.textContent = uptimeLine(avail);
+      await strip;
     } catch (err) {
       if (err instanceof APIError && err.status === 404) ui.head.replaceChildren(h("p", {}, "No such agent."));
       else showError(err);
@@ -78,6 +77,16 @@ function renderAgent(ui, a) {
     section("Remote config status", a.remote_config_status ? kv(a.remote_config_status) :
       notReported()),
     section("Effective config", configText(a.effective_config)));
+}
+
+async function loadStrip(ui, path) {
+  try {
+    const v = await api(path + "/availability");
+    ui.strip.replaceChildren(availabilityStrip(v));
+    ui.uptime.textContent = uptimeLine(v);
+  } catch (err) {
+    ui.uptime.textContent = "Availability could not load: " + (err && err.message ? err.message : err);
+  }
 }
 
 function uptimeLine(v) {
