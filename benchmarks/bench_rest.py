@@ -4,6 +4,7 @@ Run (starts its own embedded Postgres via pgserver in a temporary directory):
 
     python benchmarks/bench_rest.py                      # 10k agents, 1M history rows
     python benchmarks/bench_rest.py --agents 2000 --rows 100000 --requests 500   # quick
+    python benchmarks/bench_rest.py --history-days 7 --requests 200   # availability, 1M rows in 7 d
 
 What it does:
 
@@ -18,6 +19,9 @@ What it does:
 3. Times ``--requests`` sequential requests per endpoint with an httpx client over loopback,
    after a warm-up, and prints p50/p99 per endpoint as a Markdown table, plus the EXPLAIN
    ANALYZE of the history and list queries. Client time is included (same process, same core).
+   The availability routes (``--availability-requests`` each) ask for 7 days ending 7 h 13 min
+   before the end of the loaded history, which spans ``--history-days``: with
+   ``--history-days 7`` nearly every row is inside the fleet query's window.
 """
 
 from __future__ import annotations
@@ -58,7 +62,12 @@ PEER = "bench-peer"  # the instance the online agents are connected to
 
 
 def load(
-    url: str, n_agents: int, n_rows: int, heavy_rows: int, online_share: float
+    url: str,
+    n_agents: int,
+    n_rows: int,
+    heavy_rows: int,
+    online_share: float,
+    history_days: float = 100.0,
 ) -> tuple[bytes, bytes]:
     """Fill the tables; returns (heavy agent uid, a typical agent uid)."""
     uids = [uuid.uuid4().bytes for _ in range(n_agents)]
@@ -73,7 +82,8 @@ def load(
             with cur.copy(
                 "COPY agents (instance_uid, uid_text, status, transport, agent_name,"
                 " last_seen_at, last_connected_at, last_disconnected_at, disconnect_reason,"
-                " capabilities, labels, serving_instance) FROM STDIN (FORMAT BINARY)"
+                " capabilities, labels, serving_instance, created_at, description)"
+                " FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.set_types(
                     [
@@ -89,10 +99,12 @@ def load(
                         "int8",
                         "jsonb",
                         "text",
+                        "timestamptz",
+                        "jsonb",
                     ]
                 )
                 for i, uid in enumerate(uids):
-                    t = T0 + dt.timedelta(days=100, seconds=i)
+                    t = T0 + dt.timedelta(days=history_days, seconds=i)
                     online = i >= n_agents - n_online  # the heavy agent (i == 0) is offline
                     copy.write_row(
                         (
@@ -108,46 +120,18 @@ def load(
                             0x3F,
                             Jsonb({"env": envs[i % 3], "rack": str(i % 50)}),
                             PEER if online else None,
+                            T0,  # when its history begins
+                            Jsonb(
+                                {
+                                    "identifying_attributes": {
+                                        "service.name": "otelcol",
+                                        "service.version": f"0.11{i % 4}.0",
+                                    }
+                                }
+                            ),
                         )
                     )
-            with cur.copy(
-                "COPY agent_connection_history (session_id, instance_uid, connected_at,"
-                " disconnected_at, duration_s, disconnect_reason, remote_addr, transport,"
-                " serving_instance) FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(
-                    [
-                        "uuid",
-                        "bytea",
-                        "timestamptz",
-                        "timestamptz",
-                        "float8",
-                        "text",
-                        "text",
-                        "text",
-                        "text",
-                    ]
-                )
-                written = 0
-                for i, uid in enumerate(uids):
-                    count = heavy_rows if i == 0 else per_agent
-                    step = dt.timedelta(days=100) / max(1, count)
-                    for k in range(count):
-                        t = T0 + step * k
-                        copy.write_row(
-                            (
-                                uuid.uuid4(),
-                                uid,
-                                t,
-                                t + step / 2,
-                                step.total_seconds() / 2,
-                                "connection closed",
-                                f"10.{i % 250}.{k % 250}.1:4000",
-                                "ws",
-                                "bench",
-                            )
-                        )
-                    written += count
+            written = copy_history(cur, uids, heavy_rows, per_agent, history_days)
         print(f"loaded {n_agents} agents, {written} history rows in "
               f"{time.perf_counter() - started:.1f} s", file=sys.stderr)  # fmt: skip
         # What the writers keep as they go: the row count, and the peer's published online count
@@ -161,6 +145,37 @@ def load(
         conn.execute("VACUUM ANALYZE agents")
         conn.execute("VACUUM ANALYZE agent_connection_history")
     return heavy, uids[1]
+
+
+def copy_history(
+    cur: psycopg.Cursor[Any],
+    uids: list[bytes],
+    heavy_rows: int,
+    per_agent: int,
+    history_days: float,
+) -> int:
+    """Each agent's closed sessions, evenly over ``history_days`` (the first agent gets
+    ``heavy_rows``); returns how many."""
+    with cur.copy(
+        "COPY agent_connection_history (session_id, instance_uid, connected_at,"
+        " disconnected_at, duration_s, disconnect_reason, remote_addr, transport,"
+        " serving_instance) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            ["uuid", "bytea", "timestamptz", "timestamptz", "float8", "text", "text", "text",
+             "text"]
+        )  # fmt: skip
+        written = 0
+        for i, uid in enumerate(uids):
+            count = heavy_rows if i == 0 else per_agent
+            step = dt.timedelta(days=history_days) / max(1, count)
+            for k in range(count):
+                t = T0 + step * k
+                copy.write_row((uuid.uuid4(), uid, t, t + step / 2, step.total_seconds() / 2,
+                                "connection closed", f"10.{i % 250}.{k % 250}.1:4000", "ws",
+                                "bench"))  # fmt: skip
+            written += count
+    return written
 
 
 def explain(url: str, sql: str, params: dict[str, Any]) -> str:
@@ -183,7 +198,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         url = pg.get_uri()
         heavy, typical = await anyio.to_thread.run_sync(
-            load, url, args.agents, args.rows, args.heavy, args.online_share
+            load, url, args.agents, args.rows, args.heavy, args.online_share, args.history_days
         )
         settings = Settings(
             host="127.0.0.1",
@@ -193,6 +208,7 @@ async def run(args: argparse.Namespace) -> None:
             instance_id="bench",
             api_jwt_secret=SECRET,
             history_retention_days=0,  # the loaded history is older than any retention
+            forget_offline_after_days=0,  # and its offline agents than any expiry
         )
         token = mint_token(load_key_material(settings), subject="bench", ttl_s=3600)
         shutdown = anyio.Event()
@@ -227,10 +243,29 @@ async def run(args: argparse.Namespace) -> None:
         print("```\n\n### EXPLAIN: label filter\n\n```")
         label_sql = "SELECT uid_text FROM agents WHERE labels @> %(l)s ORDER BY uid_text LIMIT 101"
         print(explain(url, label_sql, {"l": Jsonb({"rack": "7"})}))
+        print("```\n\n### EXPLAIN: fleet availability, 7 days\n\n```")
+        print(explain(url, *fleet_week(args.history_days)))
         print("```")
     finally:
         pg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def week_end(history_days: float) -> dt.datetime:
+    """The end of the 7-day windows asked: the end of the loaded history less 7 h 13 min, as
+    "now" falls at any time of day (a window on midnights would be the rollup's best case)."""
+    return T0 + dt.timedelta(days=history_days, hours=-7, minutes=-13)
+
+
+def fleet_week(history_days: float) -> tuple[str, dict[str, Any]]:
+    """The fleet availability statement over the last 7 days of the loaded history."""
+    from opamp_fast.storage import availability as av
+
+    until = week_end(history_days)
+    window = av.Window(until - dt.timedelta(days=7), until)
+    sql, params = av.fleet_sql(av.FleetFilter(), av.FleetPage(), av.whole_days(window))
+    params.update(since=window.since, until=window.until)
+    return sql, params
 
 
 def _deep_cursor(url: str, uid: bytes, position: int) -> tuple[dt.datetime, int]:
@@ -283,18 +318,43 @@ async def measure(
                 "/api/agents/online", {"limit": 100, "cursor": online_cursor}),
             "agent detail (database row)": (f"/api/agents/{heavy_id}", {}),
         }  # fmt: skip
+        requests = dict.fromkeys(cases, args.requests)
+        for name, case in availability_cases(heavy, typical, args).items():
+            cases[name] = case
+            requests[name] = args.availability_requests
         for name, (path, params) in cases.items():
-            for _ in range(args.warmup):
+            for _ in range(min(args.warmup, requests[name])):
                 r = await client.get(path, params=params)
                 assert r.status_code == 200, (name, r.status_code, r.text[:300])
+            if path == "/api/fleet/availability" and "label" not in params:
+                assert r.json()["agents"] == args.agents, r.text[:300]  # every agent counted
             timings = []
-            for _ in range(args.requests):
+            for _ in range(requests[name]):
                 started = time.perf_counter()
                 r = await client.get(path, params=params)
                 timings.append((time.perf_counter() - started) * 1000)
                 assert r.status_code == 200
             results[name] = timings
     return results
+
+
+def availability_cases(
+    heavy: bytes, typical: bytes, args: argparse.Namespace
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The availability routes over 7 days of the loaded history."""
+    until = week_end(args.history_days)
+    week = {"since": (until - dt.timedelta(days=7)).isoformat(), "until": until.isoformat()}
+    return {
+        "fleet availability, 7 days": ("/api/fleet/availability", week),
+        "fleet availability, 7 days, label=env:prod": (
+            "/api/fleet/availability", {**week, "label": "env:prod"}),
+        "fleet availability, 7 days, 28 buckets (console chart)": (
+            "/api/fleet/availability", {**week, "buckets": 28}),
+        "agent availability, 7 days (typical agent)": (
+            f"/api/agents/{format_instance_uid(typical)}/availability", week),
+        f"agent availability, 7 days (agent with {args.heavy:,} rows)": (
+            f"/api/agents/{format_instance_uid(heavy)}/availability", week),
+    }  # fmt: skip
 
 
 async def _half_way(client: httpx.AsyncClient, path: str) -> str:
@@ -309,8 +369,9 @@ async def _half_way(client: httpx.AsyncClient, path: str) -> str:
 def print_report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
     print(f"\nnproc={os.cpu_count()}, CPU {cpu_model()!r}, Python {platform.python_version()}; "
           f"{args.agents:,} agents ({args.online_share:.0%} online), {args.rows:,} history "
-          f"rows; {args.requests} sequential requests per endpoint after {args.warmup} "
-          "warm-up\n")  # fmt: skip
+          f"rows over {args.history_days:g} days; {args.requests} sequential requests per "
+          f"endpoint ({args.availability_requests} per availability endpoint) after "
+          f"{args.warmup} warm-up\n")  # fmt: skip
     print("| endpoint | p50 | p99 | mean |")
     print("|---|---|---|---|")
     for name, timings in results.items():
@@ -329,6 +390,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--port", type=int, default=14321)
+    parser.add_argument(
+        "--history-days",
+        type=float,
+        default=100.0,
+        help="the loaded history spans this many days (ending at its last row)",
+    )
+    parser.add_argument("--availability-requests", type=int, default=200,
+                        help="requests per availability endpoint")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     anyio.run(run, args, backend_options={"use_uvloop": True})

@@ -204,6 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-rollup", action="store_true",
+                        help="without the availability rollup's triggers (their cost)")  # fmt: skip
     args = parser.parse_args()
 
     import pgserver
@@ -218,6 +220,11 @@ def main() -> None:
             bench_url = urlunsplit(urlsplit(url)._replace(path="/opamp_bench"))
             with psycopg.connect(bench_url, autocommit=True) as conn:
                 migrate_sync(conn)
+                if args.no_rollup:
+                    conn.execute("ALTER TABLE agent_connection_history DISABLE TRIGGER"
+                                 " agent_uptime_on_insert")  # fmt: skip
+                    conn.execute("ALTER TABLE agent_connection_history DISABLE TRIGGER"
+                                 " agent_uptime_on_close")  # fmt: skip
                 version = conn.execute("SHOW server_version").fetchone()
                 # autocommit: each timed_tx() is one explicit BEGIN ... COMMIT, like db.run()
                 set_json_dumps(msgspec.json.encode, context=conn)

@@ -25,7 +25,7 @@ from .connection_settings.service import ConnectionSettingsService
 from .fleet.admission import Admission, LoopLag
 from .fleet.cluster import Cluster
 from .fleet.commands import Commands
-from .fleet.events import EventHub, OnlineHistory
+from .fleet.events import EventHub, OnlineHistory, announce_drift, announce_forgotten
 from .fleet.handler import FleetHandler
 from .fleet.registry import Registry
 from .observability.gcpolicy import GrowthFreezer
@@ -44,8 +44,10 @@ from .remote_config.service import ConfigService
 from .settings import Settings
 from .storage import Database, queries
 from .storage.audit_denials import DenialLog
+from .storage.availability import AvailabilityMonitor
 from .storage.batch_writer import BatchWriter
-from .storage.retention import HistoryRetention
+from .storage.lifecycle import AgentLifecycle, Forgotten
+from .storage.retention import AuditRetention, HistoryRetention
 from .transport import Limits, TransportStats
 from .transport.budget import BufferBudget
 
@@ -82,6 +84,10 @@ class Services:
     denials: DenialLog | None = None
     # Restarts and custom messages routed here, the group restart driver.
     commands: Commands | None = None
+    # Forgetting agents (an operator's, expiry), audit retention, the fleet's availability.
+    lifecycle: AgentLifecycle | None = None
+    audit_retention: AuditRetention | None = None
+    availability: AvailabilityMonitor | None = None
     started_at: float = field(default_factory=time.time)
     version: str = __version__
 
@@ -244,6 +250,13 @@ def build_services(
             flush_interval_s=settings.flush_interval_s,
         ),
         commands=Commands(db, fleet, instance_id=settings.instance_id),
+        lifecycle=AgentLifecycle(
+            db,
+            retention_days=settings.forget_offline_after_days,
+            instance_id=settings.instance_id,
+        ),
+        audit_retention=AuditRetention(db, retention_days=settings.audit_retention_days),
+        availability=AvailabilityMonitor(db),
     )
     _wire(services)
     # Built before the writer starts, so its on_flush hook sees every flush.
@@ -275,12 +288,16 @@ def _wire(services: Services) -> None:
     connection = services.connection_settings
     assert events is not None and configs is not None and packages is not None
     assert connection is not None and services.commands is not None
+    assert services.lifecycle is not None
     cluster.on_commands = services.commands.on_notice
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
+    writer.on_drift = partial(announce_drift, events)
     cluster.on_packages = packages.notice
     cluster.on_configs = configs.on_notice
     cluster.on_certificates = connection.notice
+    cluster.on_forget = partial(_forget_here, services)
+    services.lifecycle.on_forgotten = partial(_after_forgetting, services)
     configs.also_assign = _each(packages.assign, connection.assign)
     configs.before_apply = _in_turn(packages.load_groups, connection.load)
     packages.group_of = configs.deciding_group
@@ -305,11 +322,37 @@ def _in_turn(*steps: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[No
     return run
 
 
+def _forget_here(services: Services, uids: list[bytes], by: str) -> None:
+    """Agents deleted from the database (here, or by another instance): gone from memory."""
+    services.fleet.forget(uids)
+    if services.configs is not None:
+        for uid in uids:
+            services.configs.forget(uid)
+    if services.packages is not None:
+        services.packages.forget(uids)
+    if services.connection_settings is not None:
+        services.connection_settings.forget(uids)
+    if services.events is not None:
+        announce_forgotten(services.events, uids, by)
+
+
+async def _after_forgetting(services: Services, forgotten: Forgotten) -> None:
+    """This instance deleted agents: it forgets them at once (its own notices do not come back
+    to it), and reloads what went with them (a pin, labels, package offers)."""
+    _forget_here(services, forgotten.uids, forgotten.by)
+    if forgotten.directory_changed and services.configs is not None:
+        await services.configs.refresh()
+    if forgotten.offer_uids and services.packages is not None:
+        await services.packages.refresh(forgotten.offer_uids)
+
+
 def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, Any]]]:
     """The background services' ``run`` methods, in the order they start."""
     assert services.packages is not None and services.configs is not None
     assert services.online_history is not None and services.denials is not None
     assert services.commands is not None
+    assert services.lifecycle is not None and services.audit_retention is not None
+    assert services.availability is not None
     runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
         partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
         GrowthFreezer(lambda: services.registry.online_count).run,
@@ -322,6 +365,9 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
         services.online_history.run,
         services.denials.run,
         services.commands.run,
+        services.lifecycle.run,
+        services.audit_retention.run,
+        services.availability.run,
     ]
     if services.metrics_share is not None:
         runs.append(services.metrics_share.run)
@@ -390,4 +436,7 @@ def metrics_exporter(services: Services) -> MetricsExporter:
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
     exporter.connection_settings = services.connection_settings
+    exporter.lifecycle = services.lifecycle
+    exporter.audit_retention = services.audit_retention
+    exporter.availability = services.availability
     return exporter

@@ -71,6 +71,8 @@ class Settings:
     heartbeat_tick_s: float = 1.0
     offline_retention_s: float = 3600.0
     history_retention_days: float = 30.0
+    forget_offline_after_days: float = 7.0
+    audit_retention_days: float = 365.0
     max_description_bytes: int = 64 * 1024
     max_description_attributes: int = 1024
     max_status_part_bytes: int = MIB
@@ -192,6 +194,13 @@ _HELP = {
     "stay in Postgres; an agent back later is asked for its full state), seconds",
     "history_retention_days": "closed connection-history rows older than this are deleted, in "
     "small batches that never block the writer (0 keeps them forever), days",
+    "forget_offline_after_days": "agents offline for longer than this are forgotten (deleted "
+    "with their labels, pin and package status; their history stays until history retention), "
+    "in small batches (0 keeps them forever; a group's forget_offline_after can forget its "
+    "short-lived members sooner), days",
+    "audit_retention_days": "audit-log rows older than this are deleted, in small batches, "
+    "as the only role the append-only trigger lets delete (0 keeps them forever; at least "
+    "1), days",
     "max_description_bytes": "largest AgentDescription the server keeps per agent (a larger one "
     "is refused with a BadRequest error), bytes",
     "max_description_attributes": "most attributes an AgentDescription may carry",
@@ -364,6 +373,7 @@ _AT_LEAST: dict[str, tuple[float, str]] = {
     "heartbeat_interval_s": (1, "must be at least 1 second"),
     "lease_s": (1, "must be at least 1 second"),
     "offline_retention_s": (0, "must be >= 0"),
+    "forget_offline_after_days": (0, "must be >= 0 (0 keeps agents forever)"),
     "max_description_bytes": (1, "must be >= 1"),
     "max_description_attributes": (1, "must be >= 1"),
     "max_status_part_bytes": (1, "must be >= 1"),
@@ -419,6 +429,13 @@ def _check_bounds(s: Settings) -> None:
         _check(lowest <= value <= highest, name, value, why)
     for name, allowed in _ONE_OF.items():
         _check(getattr(s, name) in allowed, name, getattr(s, name), f"must be one of {allowed}")
+    audit = s.audit_retention_days
+    _check(
+        audit == 0 or 1 <= audit,
+        "audit_retention_days",
+        audit,
+        "must be 0 (keep forever) or at least 1 (the database refuses to delete a younger row)",
+    )
     window = s.audit_denial_window_s
     _check(
         0 < window <= 86400,

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
+import psycopg
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -497,3 +498,96 @@ def test_console_connection_settings_and_certificate_rotation(
         wait(driver).until(lambda d: new_serial in text_of(d, "#certificate"))
         assert "rotation" in text_of(driver, "#certificate")
     assert console_errors(driver) == []
+
+
+def test_console_availability_page_agent_strip_and_list_filters(
+    console_server: Any, driver: Any, portal: Any, artifacts: Path, database_url: str
+) -> None:
+    """One agent flaps (six short sessions), one stays online: the availability page shows
+    them, the flapping one's page draws each session on its strip, and the agent list hides
+    an agent offline for more than a day when asked."""
+    base = console_server.url
+    requests = Requests(driver)
+
+    async def flap(uid: bytes | None) -> bytes:
+        async with open_ws_agent(base, uid=uid) as agent:
+            msg = agent.message()
+            attrs = msg.agent_description.identifying_attributes
+            for key, value in (("service.name", "flappy"), ("service.version", "0.9.0")):
+                attrs.add(key=key).value.string_value = value
+            await agent.request(msg)
+            await anyio.sleep(0.3)
+        return agent.uid
+
+    with ws_agent(portal, base, "steady", **{"service.version": "1.0.0"}):
+        uid = portal.call(flap, None)
+        for _ in range(5):
+            portal.call(flap, uid)
+        flappy = format_instance_uid(uid)
+        with ws_agent(portal, base, "old-one") as old:
+            old_id = format_instance_uid(old.uid)
+        flushed_count(base, 1)
+        # "old-one" went away two days ago, as far as the database knows.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE agents SET last_disconnected_at = now() - interval '2 days'"
+                " WHERE instance_uid = %s",
+                (old.uid,),
+            )
+
+        sign_in(driver, base, api_token())
+        wait(driver).until(lambda d: text_of(d, "#count-total") == "3")
+        driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=availability]").click()
+        wait(driver).until(lambda d: text_of(d, "#fleet-agents") == "3")
+        assert text_of(driver, "#fleet-disconnects") == "7"  # six flaps and old-one
+        assert text_of(driver, "#fleet-flapping") == "1"
+        flapping = driver.find_elements(By.CSS_SELECTOR, "#flapping-rows tr[data-agent]")
+        assert [r.get_attribute("data-agent") for r in flapping] == [flappy]
+        assert "flappy" in flapping[0].text and "6" in flapping[0].text
+        reasons = driver.find_element(By.CSS_SELECTOR, "#reason-bars tr[data-key]")
+        assert reasons.get_attribute("data-key") == "connection closed" and "7" in reasons.text
+        versions = {
+            r.get_attribute("data-key")
+            for r in driver.find_elements(By.CSS_SELECTOR, "#version-bars tr[data-key]")
+        }
+        assert versions == {"0.9.0", "1.0.0", "unknown"}
+        bars = driver.find_elements(By.CSS_SELECTOR, "#uptime-chart svg rect.bar")
+        assert bars and "agents" in bars[-1].find_element(By.TAG_NAME, "title").get_attribute(
+            "textContent"
+        )
+        driver.save_screenshot(str(artifacts / "console-availability.png"))
+        driver.find_element(By.ID, "range-7d").click()
+        wait(driver).until(lambda d: "7 days" in text_of(d, "#page h2"))
+        wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#uptime-chart rect")))
+
+        # The flapping agent's page: six online stretches on its strip, each ended by a close.
+        driver.back()
+        wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#flapping-rows a"))
+        driver.find_element(By.CSS_SELECTOR, "#flapping-rows a").click()
+        wait(driver).until(lambda d: "flappy" in text_of(d, "#agent-head"))
+        wait(driver).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#availability-strip rect.up")) == 6
+        )
+        stretches = driver.find_elements(By.CSS_SELECTOR, "#availability-strip rect.up")
+        assert {s.get_attribute("data-ended-by") for s in stretches} == {"connection closed"}
+        hover = stretches[0].find_element(By.TAG_NAME, "title").get_attribute("textContent")
+        assert "ended by connection closed" in hover
+        assert driver.find_elements(By.CSS_SELECTOR, "#availability-strip rect.observed")
+        assert "6 disconnects" in text_of(driver, "#agent-uptime")
+        driver.save_screenshot(str(artifacts / "console-agent-strip.png"))
+
+        list_hides_long_offline(driver, base, old_id)
+    assert requests.external() == []
+    assert console_errors(driver) == []
+
+
+def list_hides_long_offline(driver: Any, base: str, old_id: str) -> None:
+    """The agent list: every agent, then without the one offline for two days."""
+    rows = "#agent-rows tr[data-agent]"
+    driver.get(base + "/ui#/agents")
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3)
+    driver.find_element(By.ID, "recent-filter").click()
+    driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 2)
+    assert not driver.find_elements(By.ID, "row-" + old_id)
+    assert "recent=1" in driver.current_url

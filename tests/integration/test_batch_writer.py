@@ -610,6 +610,7 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
     writer.disconnected(recent, at=T0 + 2, reason="connection closed")
     writer.connected(open_, at=T0, remote_addr="x", transport="ws")
     await writer.flush()
+    assert await aquery(database_url, "SELECT sum(disconnects) FROM agent_uptime_daily") == [(2,)]
     # Age the rows: one closed 40 days ago, one 10 days ago; the open one started 40 days ago.
     await aquery(
         database_url,
@@ -625,3 +626,5 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
     )
     assert rows == [(recent,), (open_,)]  # the open row stays, whatever its age
     assert retention.deleted_total == 1 and await retention.run_once() == 0
+    # The availability rollup's days (those of T0, years ago) went with the last batch.
+    assert await aquery(database_url, "SELECT count(*) FROM agent_uptime_daily") == [(0,)]

@@ -100,6 +100,9 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
             "/api/groups/{name}/connection-settings",
             "/api/agents/{id}/connection-settings",
             "/api/agents/{id}/rotate-certificate",
+            # Availability.
+            "/api/agents/{id}/availability",
+            "/api/fleet/availability",
         ]
     )
     operations = [(p, op) for p in api_paths for op in spec["paths"][p].values()]
@@ -118,7 +121,12 @@ async def test_document_is_valid_openapi_31_and_describes_every_route(server) ->
         names = {p["name"] for p in op["parameters"]}
         if "{id}" in path:
             assert "id" in names and "404" in op["responses"] and "400" in op["responses"]
-        paged = path in ("/api/agents", "/api/agents/online", "/api/agents/offline")
+        paged = path in (
+            "/api/agents",
+            "/api/agents/online",
+            "/api/agents/offline",
+            "/api/fleet/availability",
+        )
         if paged or path.endswith("/connection-history"):
             # One exploded object, so that the document can say offset and cursor exclude
             # each other; on the wire they are plain query parameters.

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from opamp_fast.protocol import format_instance_uid, pb, remote_config_hash
-from opamp_fast.storage.migrations import load_migrations, migrate_sync
+from opamp_fast.storage.migrations import migrate_sync
 from tests.helpers.agents import description, new_uid, open_ws_agent, wait_for
 from tests.helpers.config_api import agent_detail, api_client, create_config, wait_known
+from tests.helpers.migrations import migrate_before
 from tests.integration.test_events import events, subscribed
 from tests.integration.test_python_client_interop import (
     Callbacks,
@@ -203,22 +204,7 @@ async def test_rows_stored_by_an_earlier_release_are_withheld_by_the_migration(
 
     def work() -> tuple[str, dict[str, Any]]:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for migration in load_migrations():
-                if migration.version >= 10:
-                    break
-                if migration.transactional:
-                    conn.execute(migration.sql.encode())
-                else:
-                    for statement in migration.statements():
-                        conn.execute(statement.encode())
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
+            migrate_before(conn, 10)
             conn.execute(
                 "INSERT INTO agents (instance_uid, uid_text, status, effective_config)"
                 " VALUES (%s, %s, 'offline', %s)",

@@ -53,8 +53,11 @@ from .packages import load_agent_packages
 from .params import (
     AGENT_CURSOR_PATTERN,
     AGENT_ID_PARAM,
+    DRIFTED_PARAM,
     HISTORY_CURSOR_PATTERN,
     LABEL_PARAM,
+    MAX_OFFLINE_PARAM,
+    MAX_OFFSET,
     Q_PARAM,
     STATUS_PARAM,
     Page,
@@ -68,6 +71,8 @@ from .params import (
     parse_q,
     parse_status,
     path_agent_id,
+    query_bool,
+    query_integer,
 )
 from .responses import JSONResponse, encode_json
 from .roles import require_role
@@ -134,6 +139,7 @@ def summary_from_row(row: queries.AgentRow) -> AgentSummary:
         last_connected_at=_utc(row.last_connected_at),
         last_disconnected_at=_utc(row.last_disconnected_at),
         disconnect_reason=row.disconnect_reason,
+        drifted_at=_utc(row.drifted_at),
     )
 
 
@@ -173,6 +179,8 @@ def detail(row: queries.AgentDetailRow) -> AgentDetail:
         disconnect_reason=row.disconnect_reason,
         created_at=_utc(row.created_at),
         updated_at=_utc(row.updated_at),
+        drifted_at=_utc(row.drifted_at),
+        applied_config_hash=row.applied_config_hash,
     )
 
 
@@ -308,8 +316,14 @@ async def offline_agents(request: Request) -> Response:
     "/api/agents",
     Operation(
         "List agents",
-        "All agents stored in Postgres, sorted by id, filtered by status, labels and name prefix.",
-        params=(PageParam(AGENT_CURSOR_PATTERN, (STATUS_PARAM, LABEL_PARAM, Q_PARAM)),),
+        "All agents stored in Postgres, sorted by id, filtered by status, labels, name prefix, "
+        "configuration drift and how long they have been offline.",
+        params=(
+            PageParam(
+                AGENT_CURSOR_PATTERN,
+                (STATUS_PARAM, LABEL_PARAM, Q_PARAM, DRIFTED_PARAM, MAX_OFFLINE_PARAM),
+            ),
+        ),
         response=AgentList,
         errors=(400, 503),
         links=TO_AGENT,
@@ -321,6 +335,10 @@ async def list_agents(request: Request) -> Response:
         status=parse_status(params),
         labels=tuple(parse_labels(params)),
         name_prefix=parse_q(params),
+        drifted=query_bool(params, "drifted") if "drifted" in params else None,
+        max_offline_s=query_integer(params, "max_offline_s", 0, 0, MAX_OFFSET)
+        if "max_offline_s" in params
+        else None,
     )
     return await _list_page(request, flt)
 

@@ -25,12 +25,14 @@ from . import (
     agents,
     assignments,
     audit,
+    availability,
     commands,
     configs,
     connection_settings,
     events,
     groups,
     health,
+    lifecycle,
     openapi,
     packages,
     ui,
@@ -50,6 +52,8 @@ def build_starlette(services: Services) -> Starlette:
     routes: list[Route] = [
         *health.router.routes(),
         *agents.router.routes(),
+        *lifecycle.router.routes(),
+        *availability.router.routes(),
         # Without a package registry there are no package routes at all.
         *(packages.router.routes() if services.packages is not None else ()),
         *assignments.router.routes(),

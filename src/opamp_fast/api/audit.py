@@ -4,7 +4,9 @@ Every change made through the API appends one row in the same transaction as the
 (:func:`entry` builds it from the request: the token's ``sub`` and role, the request id, the
 client address). A refused change (:class:`~opamp_fast.api.roles.Forbidden`) appends an
 ``outcome = 'denied'`` row before the 403 goes out. The table refuses UPDATE and DELETE in the
-database itself (``0006_configs.sql``).
+database itself (``0006_configs.sql``), but for the retention job's deletes of rows older than
+``audit_retention_days``, made as its own role (``0013_lifecycle_availability.sql``,
+``storage.retention``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from .params import (
     Param,
     cursor_fields,
     limit_schema,
-    parse_rfc3339,
     query_integer,
+    query_time,
     text_schema,
 )
 from .responses import JSONResponse, error_response
@@ -100,16 +102,6 @@ def _text(request: Request, name: str) -> str | None:
     return raw
 
 
-def _time(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    value = parse_rfc3339(raw)
-    if value is None:
-        raise invalid_parameter(name, f"{raw[:40]!r} is not an RFC 3339 date-time")
-    return value
-
-
 def _cursor(request: Request) -> tuple[datetime, int] | None:
     raw = request.query_params.get("cursor")
     if raw is None:
@@ -169,8 +161,8 @@ async def audit_log(request: Request) -> Response:
         actor=_text(request, "actor"),
         target=_text(request, "target"),
         action=_text(request, "action"),
-        since=_time(request, "since"),
-        until=_time(request, "until"),
+        since=query_time(request.query_params, "since"),
+        until=query_time(request.query_params, "until"),
     )
     limit = query_integer(request.query_params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = _cursor(request)

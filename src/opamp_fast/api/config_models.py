@@ -143,6 +143,9 @@ class GroupInfo(msgspec.Struct):
     packages: list[GroupPackage] = msgspec.field(default_factory=list)
     # Whether the members could take the group's config (their reported components).
     components: GroupComponents | None = None
+    # Seconds after which the group's short-lived members are forgotten once offline (null:
+    # the fleet's --forget-offline-after-days).
+    forget_offline_after: int | None = None
 
 
 class GroupList(msgspec.Struct):

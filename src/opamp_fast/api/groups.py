@@ -64,6 +64,9 @@ GROUP_PARAM = Param(
 )
 
 
+GROUP_KEYS = {"selector", "config", "version", "rollout", "packages", "forget_offline_after"}
+# Seconds: a minute to a year. The short-lived members (a pod, a container) go that soon.
+FORGET_SCHEMA = {"type": "integer", "minimum": 60, "maximum": 366 * 86400}
 _NEEDS_CONFIG = {"required": ["config"], "properties": {"config": {"type": "string"}}}
 GROUP_BODY = {
     "type": "object",
@@ -86,6 +89,7 @@ GROUP_BODY = {
             },
         },
         "packages": nullable(PACKAGES_SCHEMA),
+        "forget_offline_after": nullable(FORGET_SCHEMA),
     },
     "allOf": [  # a version or a rollout needs a config
         {
@@ -153,6 +157,7 @@ def group_info(
         updated_at=group.updated_at.astimezone(UTC),
         packages=[GroupPackage(n, v) for n, v in packages],
         components=fit,
+        forget_offline_after=group.forget_offline_after_s,
     )
 
 
@@ -175,6 +180,8 @@ def _summary(group: GroupRow | None, packages: list[Ref] | None = None) -> dict[
     }
     if packages is not None:
         out["packages"] = [{"name": n, "version": v} for n, v in packages]
+    if group.forget_offline_after_s is not None:
+        out["forget_offline_after"] = group.forget_offline_after_s
     return out
 
 
@@ -222,11 +229,12 @@ class _GroupChange:
     version: int | None
     rollout: dict[str, int] | None  # batch_percent, max_failed_percent
     packages: list[tuple[str, str]]  # (name, version | "latest")
+    forget_offline_after_s: int | None = None
     force: bool = False  # assign the config even to members lacking its components
 
 
 def _group_change(body: dict[str, Any], *, packages_enabled: bool) -> _GroupChange:
-    only_keys(body, {"selector", "config", "version", "rollout", "packages"})
+    only_keys(body, GROUP_KEYS)
     wanted = _packages_spec(body.get("packages"))
     if wanted and not packages_enabled:
         raise APIError(400, "invalid_body", "packages: package management is not enabled")
@@ -243,7 +251,10 @@ def _group_change(body: dict[str, Any], *, packages_enabled: bool) -> _GroupChan
     rollout = _rollout_spec(body.get("rollout"))
     if rollout is not None and config is None:
         raise APIError(400, "invalid_body", "rollout: needs 'config'")
-    return _GroupChange(selector, config, version, rollout, wanted)
+    forget = body.get("forget_offline_after")
+    if forget is not None:
+        forget = body_integer(forget, "forget_offline_after", 60, 366 * 86400)
+    return _GroupChange(selector, config, version, rollout, wanted, forget_offline_after_s=forget)
 
 
 def _check_components(
@@ -267,7 +278,9 @@ def _put(
     old_target = previous = _config_of(old)
     if target == old_target and old is not None and old.previous_name is not None:
         previous = (old.previous_name, old.previous_version or 0)
-    group = cq.upsert_group(conn, name, change.selector, target, previous)
+    group = cq.upsert_group(
+        conn, name, change.selector, target, previous, change.forget_offline_after_s
+    )
     forced = None
     if target is not None and (
         target != old_target or old is None or old.selector != group.selector
@@ -310,7 +323,12 @@ def _rollback(conn: cq.Conn, request: Request, name: str, me: str) -> GroupInfo:
         raise Conflict("no_previous_version", f"group {name!r} has no previous version")
     stopped = rq.stop_active(conn, name, "rolled_back")
     group = cq.upsert_group(
-        conn, name, old.selector, (old.previous_name, old.previous_version), _config_of(old)
+        conn,
+        name,
+        old.selector,
+        (old.previous_name, old.previous_version),
+        _config_of(old),
+        old.forget_offline_after_s,
     )
     before: dict[str, Any] = {**(_summary(old) or {})}
     if stopped is not None:
@@ -385,7 +403,8 @@ async def get_group(request: Request) -> Response:
         "Create or replace a group",
         'Body: `{"selector": {"env": "prod"}, "config": "<name>", "version": n, '
         '"rollout": {"batch_percent": 10, "max_failed_percent": 5}, "packages": '
-        '[{"name": "<package>", "version": "<semver>"}]}`. `version` '
+        '[{"name": "<package>", "version": "<semver>"}], "forget_offline_after": 3600}`. '
+        "`version` "
         "defaults to the config's latest; `config: null` assigns nothing. A changed "
         "version supersedes an active rollout; with `rollout` it goes out batch by "
         "batch, otherwise to every member at once. `packages` (a package `version` "
@@ -395,7 +414,10 @@ async def get_group(request: Request) -> Response:
         "or the selector changes, the members the group decides that reported their "
         "components must have every component type the config names: 422 "
         "`components_missing` lists those that lack some, unless `?force=true` (audited). "
-        "Needs the operator role.",
+        "`forget_offline_after` (seconds, 60 to a year; absent or `null`: the fleet's "
+        "`--forget-offline-after-days`) forgets the short-lived members this group decides "
+        "(a description with `k8s.pod.name`, `k8s.pod.uid` or `container.id`) once offline "
+        "that long. Needs the operator role.",
         params=(GROUP_PARAM, FORCE_PARAM),
         response=GroupInfo,
         errors=WRITE_ERRORS,

@@ -17,6 +17,7 @@ import msgspec
 from .command_models import COMMAND_STRUCTS
 from .config_models import CONFIG_STRUCTS, RemoteConfigState
 from .connection_models import CONNECTION_STRUCTS, AgentConnectionSettings
+from .lifecycle_models import LIFECYCLE_STRUCTS
 from .package_models import PACKAGE_STRUCTS, AgentPackages
 
 Status = Literal["online", "offline"]
@@ -47,6 +48,8 @@ class AgentSummary(msgspec.Struct):
     last_connected_at: datetime | None
     last_disconnected_at: datetime | None
     disconnect_reason: str | None
+    # Since when its effective config differs from the one it reported with APPLIED (drift).
+    drifted_at: datetime | None = None
 
 
 class AgentList(msgspec.Struct):
@@ -162,6 +165,10 @@ class AgentDetail(msgspec.Struct):
     last_restart_requested_at: datetime | None = None
     custom_capabilities: list[str] | None = None
     available_components: dict[str, Any] | None = None
+    # Configuration drift: since when the effective config differs from ``applied_config_hash``,
+    # the one it ran when it reported APPLIED for its remote config (docs/api.md).
+    drifted_at: datetime | None = None
+    applied_config_hash: str | None = None
 
 
 RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -176,4 +183,5 @@ RESPONSE_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     *PACKAGE_STRUCTS,
     *CONNECTION_STRUCTS,
     *COMMAND_STRUCTS,
+    *LIFECYCLE_STRUCTS,
 )

@@ -148,6 +148,20 @@ LABEL_PARAM = Param(
     },
     explode=True,
 )
+DRIFTED_PARAM = Param(
+    "drifted",
+    "query",
+    "`true`: only agents whose effective config drifted from the one they applied; `false`: "
+    "only the others.",
+    {"type": "boolean"},
+)
+MAX_OFFLINE_PARAM = Param(
+    "max_offline_s",
+    "query",
+    "Only agents online, or offline for at most this many seconds (86400: hide those offline "
+    "for more than a day).",
+    {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+)
 Q_PARAM = Param(
     "q",
     "query",
@@ -250,6 +264,27 @@ def parse_rfc3339(text: str) -> datetime | None:
         return datetime.fromisoformat(upper.replace("Z", "+00:00"))
     except ValueError:  # month 13, hour 24, a leap second
         return None
+
+
+def query_time(params: QueryParams, name: str) -> datetime | None:
+    """The RFC 3339 date-time query parameter ``name`` (None when absent); else a 400."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    value = parse_rfc3339(raw)
+    if value is None:
+        raise invalid_parameter(name, f"{raw[:40]!r} is not an RFC 3339 date-time")
+    return value
+
+
+def query_bool(params: QueryParams, name: str, default: bool = False) -> bool:
+    """The boolean query parameter ``name``: ``true`` or ``false``; else a 400."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise invalid_parameter(name, f"must be true or false, got {raw[:40]!r}")
+    return raw == "true"
 
 
 def parse_status(params: QueryParams) -> str | None:

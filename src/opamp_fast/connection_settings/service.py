@@ -183,6 +183,14 @@ class ConnectionSettingsService:
         self._agents = {uid: ConnectionSettings.from_json(v) for uid, v in rows.agents}
         self._offers = {}
 
+    def forget(self, uids: list[bytes]) -> None:
+        """Agents deleted from the database (their override, certificate and status rows went
+        with them): one coming back is offered nothing of theirs."""
+        for uid in uids:
+            self._agents.pop(uid, None)
+            self._serials.pop(uid, None)
+            self._statuses.pop(uid, None)
+
     def group_settings(self, group: str) -> ConnectionSettings | None:
         return self._groups.get(group)
 

@@ -14,7 +14,8 @@ Postgres is the shared source of truth and the bus; nothing else is shared.
 * **Notices** (``storage.notices``): each instance LISTENs on its own channel, on a dedicated
   connection in a thread of its own. ``takeover`` (sent by the writer of the instance an agent
   moved to, in the transaction that recorded it) ends the agent here; ``disconnect`` (an
-  operator action routed to the instance holding the agent) closes its connection; ``hello``
+  operator action routed to the instance holding the agent) closes its connection; ``forget``
+  (sent with the deletion of agents) drops them from memory; ``hello``
   (sent with a newcomer's first renewal, before it serves) tells the others to forward their
   fleet events, which an instance alone does not.
 * **An instance declared lost while it still runs** (it was cut off from the database for longer
@@ -138,6 +139,8 @@ class Cluster:
         self.on_certificates: Callable[[dict[str, Any]], None] | None = None
         # ``restart``, ``custom_message`` and ``group_restarts`` notices (``fleet.commands``).
         self.on_commands: Callable[[dict[str, Any]], None] | None = None
+        # ``forget`` notices: these agents were deleted (by an operator, or expiry); (uids, by).
+        self.on_forget: Callable[[list[bytes], str], None] | None = None
 
     # -- sending ----------------------------------------------------------------------------
     async def notify(self, instance_id: str, kind: str, *, uids: list[str], **fields: Any) -> None:
@@ -348,6 +351,9 @@ class Cluster:
         elif kind in COMMAND_NOTICES:
             if self.on_commands is not None:
                 self.on_commands(notice)
+        elif kind == "forget":
+            if self.on_forget is not None:
+                self.on_forget(uids, str(notice.get("by") or "operator"))
         elif kind == "events":
             if self._events is not None:
                 self._events.ingest(notice.get("events"), sender)

@@ -64,6 +64,8 @@ __all__ = [
     "announce_connected",
     "announce_custom_message",
     "announce_disconnected",
+    "announce_drift",
+    "announce_forgotten",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ EVENT_TYPES: Final[Mapping[str, str]] = {
     "agent.package_status": "the agent reported new package statuses",
     "agent.custom_message": "capability, type, size, data (base64, when at most "
     "CUSTOM_DATA_SHOWN bytes): a CustomMessage the agent sent",
+    "agent.drift": "drifted, since, applied_config_hash, effective_config_hash (config drift)",
+    "agent.forgotten": "by: operator or expiry (deleted; an agent coming back is new)",
     "instance.lost": "instance, by: a server instance was declared lost; its agents are offline",
     "config.changed": "operator change of a configuration or its assignment (id, action, ...)",
     "package.changed": "operator change of a package (id, action, ...)",
@@ -532,6 +536,25 @@ def announce_custom_message(
         return out
 
     hub.publish("agent.custom_message", uid, encoded, at=at)
+
+
+def announce_forgotten(hub: EventHub, uids: list[bytes], by: str) -> None:
+    """Agents deleted (every instance learns it from the ``forget`` notice: not forwarded)."""
+    for uid in uids:
+        hub.publish("agent.forgotten", uid, {"by": by}, forward=False)
+
+
+def announce_drift(hub: EventHub, changes: list[tuple[Any, ...]]) -> None:
+    """Agents whose drift changed, as the writer's flush committed it: ``(uid, drifted_at,
+    applied_config_hash, effective_config_hash)`` each (``drifted_at`` None: no longer)."""
+    for uid, since, applied, effective in changes:
+        data = {
+            "drifted": since is not None,
+            "since": None if since is None else _rfc3339(since.timestamp()),
+            "applied_config_hash": applied,
+            "effective_config_hash": effective,
+        }
+        hub.publish("agent.drift", uid, data)
 
 
 def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]) -> None:

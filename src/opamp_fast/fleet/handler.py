@@ -655,6 +655,22 @@ class FleetHandler:
         self._end(records, reason, reasons.CLOSE_ROUTED, reason)
         return len(records)
 
+    def forget(self, uids: list[bytes]) -> int:
+        """Agents deleted from the database (an operator, or expiry): drop them from memory, so
+        that one coming back is a new agent, asked for its full state. One online here (it came
+        back before the deletion reached this instance) is written again whole, which brings
+        its row back. Returns how many were dropped."""
+        dropped = 0
+        for record in map(self.registry.get, uids):
+            if record is None:
+                continue
+            if record.online:
+                self.sink.status(record.uid, snapshot_of(record))
+                continue
+            self.registry.forget(record)
+            dropped += 1
+        return dropped
+
     def _end(self, records: list[AgentRecord], reason: str, code: int, close_reason: str) -> int:
         wall = self._wall()
         closing = 0

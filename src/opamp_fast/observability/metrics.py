@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -55,8 +55,10 @@ if TYPE_CHECKING:
     from ..fleet.handler import FleetHandler
     from ..packages import PackageRegistry, PackageStatistics
     from ..remote_config.service import ConfigService, ConfigStatistics
+    from ..storage.availability import AvailabilityMonitor, FleetFigures
     from ..storage.batch_writer import BatchWriter, WriterStatistics
-    from ..storage.retention import HistoryRetention
+    from ..storage.lifecycle import AgentLifecycle
+    from ..storage.retention import AuditRetention, HistoryRetention
     from ..transport.budget import BufferBudget
     from ..transport.stats import TransportStats
 
@@ -189,6 +191,36 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "opamp_fast_history_deleted_total",
             "counter",
             "Closed connection-history rows deleted by retention (history_retention_days).",
+        ),
+        _spec(
+            "opamp_fast_audit_deleted_total",
+            "counter",
+            "Audit-log rows deleted by retention (audit_retention_days), by this instance.",
+        ),
+        _spec(
+            "opamp_fast_agents_forgotten_total",
+            "counter",
+            "Agents forgotten (deleted) by this instance: by an operator, or by expiry "
+            "(forget_offline_after_days, a group's forget_offline_after).",
+            "by",
+        ),
+        _spec(
+            "opamp_fast_agents_flapping",
+            "gauge",
+            "Agents with at least 5 disconnects over the last hour, fleet-wide (from Postgres, "
+            "every minute).",
+        ),
+        _spec(
+            "opamp_fast_fleet_uptime_ratio",
+            "gauge",
+            "Mean uptime of the fleet's agents over the last hour, fleet-wide (from Postgres, "
+            "every minute); absent until computed, or with no agent.",
+        ),
+        _spec(
+            "opamp_fast_agents_drifted",
+            "gauge",
+            "Agents whose effective config drifted from the one they reported APPLIED, "
+            "fleet-wide (from Postgres, every minute).",
         ),
         _spec(
             "opamp_fast_admission_shed_total",
@@ -513,6 +545,9 @@ class MetricsSnapshot:
     connection_settings: SettingsStatistics | None = None
     # Restarts sent, custom messages sent and received, group restart batches sent.
     commands: tuple[int, int, int, int] = (0, 0, 0, 0)
+    forgotten: dict[str, int] = field(default_factory=dict)
+    audit_deleted: int = 0
+    availability: FleetFigures | None = None
 
 
 class MetricsExporter:
@@ -568,6 +603,10 @@ class MetricsExporter:
         self.budget: BufferBudget | None = None  # bytes held for partial input
         self.connection_settings: ConnectionSettingsService | None = None
         self.group_restart_batches: Callable[[], int] | None = None  # fleet.commands' count
+        # Forgetting agents, audit retention, the fleet's availability (set by the services).
+        self.lifecycle: AgentLifecycle | None = None
+        self.audit_retention: AuditRetention | None = None
+        self.availability: AvailabilityMonitor | None = None
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
@@ -646,6 +685,9 @@ class MetricsExporter:
                 else None
             ),
             commands=self._commands(),
+            forgotten=dict(self.lifecycle.forgotten_total) if self.lifecycle else {},
+            audit_deleted=self.audit_retention.deleted_total if self.audit_retention else 0,
+            availability=self.availability.figures if self.availability else None,
         )
 
     def _commands(self) -> tuple[int, int, int, int]:
@@ -714,6 +756,7 @@ class FleetCollector(Collector):
         _event_families(f, snap.events)
         _certificate_families(f, snap.connection_settings)
         _command_families(f, snap)
+        _lifecycle_families(f, snap)
         return iter(f.families)
 
 
@@ -907,6 +950,20 @@ def _event_families(f: _Families, e: EventHubStatistics | None) -> None:
     f.counter("opamp_fast_events_forward_dropped_total").add_metric(
         [], e.outbox_dropped_total if e else 0
     )
+
+
+def _lifecycle_families(f: _Families, snap: MetricsSnapshot) -> None:
+    """Forgotten agents, audit retention, and the fleet's availability figures."""
+    f.counter("opamp_fast_audit_deleted_total").add_metric([], snap.audit_deleted)
+    forgotten = f.counter("opamp_fast_agents_forgotten_total")
+    for by in ("operator", "expiry"):
+        forgotten.add_metric([by], snap.forgotten.get(by, 0))
+    figures = snap.availability
+    f.gauge("opamp_fast_agents_flapping").add_metric([], figures.flapping if figures else 0)
+    uptime = f.gauge("opamp_fast_fleet_uptime_ratio")
+    if figures is not None and figures.uptime_ratio is not None:
+        uptime.add_metric([], figures.uptime_ratio)
+    f.gauge("opamp_fast_agents_drifted").add_metric([], figures.drifted if figures else 0)
 
 
 class _Families:

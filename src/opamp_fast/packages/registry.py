@@ -706,6 +706,11 @@ class PackageRegistry:
         for name in [n for n in last if n not in statuses.packages]:
             del last[name]
 
+    def forget(self, uids: Iterable[bytes]) -> None:
+        """Agents deleted from the database: their last reported statuses go too."""
+        for uid in uids:
+            self._last_status.pop(uid, None)
+
     def statistics(self) -> PackageStatistics:
         return PackageStatistics(
             offers_sent_total=self.fleet.package_offers_sent_total,

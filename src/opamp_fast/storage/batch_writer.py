@@ -146,8 +146,8 @@ class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
     __slots__ = (
-        "agents", "closes", "custom_bytes", "custom_messages", "events", "online", "refused",
-        "seen", "sessions", "waiters",
+        "agents", "closes", "custom_bytes", "custom_messages", "drift", "events", "online",
+        "refused", "seen", "sessions", "waiters",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -167,6 +167,9 @@ class _Batch:
         # custom messages agents sent: (uid, at, capability, type, data), oldest first
         self.custom_messages: list[tuple[bytes, float, str, str, bytes]] = []
         self.custom_bytes = 0
+        # set by the write: agents whose config drift changed (uid, drifted_at, applied hash,
+        # effective hash), as the trigger of migration 0013 decided it
+        self.drift: list[tuple[bytes, dt.datetime | None, str | None, str | None]] = []
 
     def __bool__(self) -> bool:
         return bool(
@@ -327,6 +330,9 @@ class BatchWriter:
         # identity: called on the event loop with the agents whose session here did not prove
         # its uid while another instance holds it with proof; their rows were left untouched.
         self.on_refused: Callable[[list[bytes]], object] | None = None
+        # drift: called on the event loop, after the commit, with the agents whose config drift
+        # changed in the flush (``_Batch.drift``).
+        self.on_drift: Callable[[list[Any]], object] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -547,6 +553,8 @@ class BatchWriter:
             self.on_flush(rows, elapsed)
         if batch.refused and self.on_refused is not None:
             self.on_refused(batch.refused)
+        if batch.drift and self.on_drift is not None:
+            self.on_drift(batch.drift)
         for waiter in batch.waiters:
             waiter.set()
         return True
@@ -630,7 +638,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_agents (
     reason text, transport text, last_seen float8, has_snapshot bool, capabilities int8,
     agent_name text, description text, health text, effective_config text,
     remote_config_status text, proven bool, keep_config bool, custom_capabilities text,
-    components_digest bytea
+    components_digest bytea, config_hash text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_seen (uid bytea, seen float8) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS opamp_stage_sessions (
@@ -644,7 +652,7 @@ CREATE TEMP TABLE IF NOT EXISTS opamp_stage_closes (
 
 _AGENT_TYPES = [
     "bytea", "text", "float8", "float8", "float8", "text", "text", "float8", "bool", "int8",
-    "text", "text", "text", "text", "text", "bool", "bool", "text", "bytea",
+    "text", "text", "text", "text", "text", "bool", "bool", "text", "bytea", "text",
 ]  # fmt: skip
 
 # A session here that did not prove the uid, while another instance holds the agent with a
@@ -694,13 +702,18 @@ UPDATE agents AS a SET
         THEN s.custom_capabilities::jsonb ELSE a.custom_capabilities END,
     available_components_digest = CASE WHEN {_SNAPSHOT}
         THEN s.components_digest ELSE a.available_components_digest END,
+    effective_config_hash = CASE WHEN {_SNAPSHOT}
+        THEN s.config_hash ELSE a.effective_config_hash END,
     proven = CASE WHEN {_APPLIES} THEN s.status = 'online' AND s.proven ELSE a.proven END,
     updated_at = now()
 FROM opamp_stage_agents AS s, agents AS old
 WHERE a.instance_uid = s.uid AND old.instance_uid = s.uid
 RETURNING a.instance_uid, old.serving_instance AS was, a.serving_instance AS now,
     (s.status = 'online' AND NOT s.proven AND a.status = 'online' AND a.proven
-        AND a.serving_instance <> %(instance)s) AS refused
+        AND a.serving_instance <> %(instance)s) AS refused,
+    -- the drift trigger's decision (migration 0013), when it changed
+    a.drifted_at IS DISTINCT FROM old.drifted_at AS drift_changed, a.drifted_at,
+    a.applied_config_hash, a.effective_config_hash
 )
 -- How many rows, and the agents this batch took over from another instance, by that instance:
 -- it is told (NOTIFY) so that it ends its side (the old socket is most likely half-open).
@@ -709,7 +722,9 @@ SELECT (SELECT count(*) FROM upd),
         SELECT was, array_agg(encode(instance_uid, 'hex')) AS uids FROM upd
         WHERE was IS NOT NULL AND was <> %(instance)s AND now = %(instance)s
         GROUP BY was) AS moved),
-    (SELECT array_agg(instance_uid) FROM upd WHERE refused)
+    (SELECT array_agg(instance_uid) FROM upd WHERE refused),
+    (SELECT json_agg(json_build_array(encode(instance_uid, 'hex'), date_part('epoch', drifted_at),
+        applied_config_hash, effective_config_hash)) FROM upd WHERE drift_changed)
 """
 
 _INSERT_AGENTS = """
@@ -717,14 +732,14 @@ INSERT INTO agents (
     instance_uid, uid_text, status, serving_instance, transport, agent_name, last_seen_at,
     last_connected_at, last_disconnected_at, disconnect_reason, capabilities, description,
     health, effective_config, remote_config_status, proven, custom_capabilities,
-    available_components_digest)
+    available_components_digest, effective_config_hash)
 SELECT s.uid, encode(s.uid, 'hex')::uuid::text, COALESCE(s.status, 'online'),
     CASE WHEN COALESCE(s.status, 'online') = 'online' THEN %(instance)s END,
     s.transport, s.agent_name, to_timestamp(s.last_seen), to_timestamp(s.connected_at),
     to_timestamp(s.disconnected_at), s.reason, COALESCE(s.capabilities, 0), s.description::jsonb,
     s.health::jsonb, s.effective_config::jsonb, s.remote_config_status::jsonb,
     s.proven AND COALESCE(s.status, 'online') = 'online', s.custom_capabilities::jsonb,
-    s.components_digest
+    s.components_digest, s.config_hash
 FROM opamp_stage_agents AS s
 """
 
@@ -824,19 +839,23 @@ def _json_text(value: JSONObject | list[str] | None) -> str | None:
     return None if value is None else _json.encode(value).decode("utf-8")
 
 
-def _unchanged_configs(
-    cur: psycopg.Cursor[Any], agents: dict[bytes, _AgentChange], redactor: ConfigRedactor
-) -> set[bytes]:
-    """The agents of the batch whose effective config is stored already (one query)."""
-    uids, hashes = [], []
+def _config_hashes(agents: dict[bytes, _AgentChange]) -> dict[bytes, str]:
+    """The hash of each reported effective config of the batch (as the row's ``sha256``)."""
+    out = {}
     for uid, change in agents.items():
         snap = change.snapshot
         if snap is not None and snap.effective_config is not None:
-            uids.append(uid)
-            hashes.append(effective_config_hash(snap.effective_config).hex())
-    if not uids:
+            out[uid] = effective_config_hash(snap.effective_config).hex()
+    return out
+
+
+def _unchanged_configs(
+    cur: psycopg.Cursor[Any], hashes: dict[bytes, str], redactor: ConfigRedactor
+) -> set[bytes]:
+    """The agents of the batch whose effective config is stored already (one query)."""
+    if not hashes:
         return set()
-    params = {"uids": uids, "hashes": hashes, "policy": redactor.fingerprint}
+    params = {"uids": list(hashes), "hashes": list(hashes.values()), "policy": redactor.fingerprint}
     return {row[0] for row in cur.execute(_UNCHANGED_CONFIGS, params).fetchall()}
 
 
@@ -845,6 +864,7 @@ def _agent_row(
     c: _AgentChange,
     last_seen: float | None,
     keep_config: bool,
+    config_hash: str | None,
     redactor: ConfigRedactor,
     sets: dict[bytes, Any],
 ) -> tuple[Any, ...]:
@@ -854,7 +874,7 @@ def _agent_row(
     if snap is None:
         return (uid, c.status, status_at, c.connected_at, c.disconnected_at, c.reason,
                 c.transport, last_seen, False, None, None, None, None, None, None, False,
-                False, None, None)  # fmt: skip
+                False, None, None, None)  # fmt: skip
     # protobuf -> JSON here, in the worker thread; redacted (see rows)
     row = snap.row(redactor, effective=not keep_config)
     digest = None
@@ -867,7 +887,7 @@ def _agent_row(
             _json_text(row.description), _json_text(row.health),
             _json_text(row.effective_config), _json_text(row.remote_config_status),
             snap.proven, keep_config, _json_text(row.custom_capabilities),
-            digest)  # fmt: skip
+            digest, config_hash)  # fmt: skip
 
 
 def _store_component_sets(
@@ -890,6 +910,17 @@ def _store_component_sets(
     known.update(digest for digest, _ in new)
 
 
+def _drift_changes(
+    rows: list[list[Any]] | None,
+) -> list[tuple[bytes, dt.datetime | None, str | None, str | None]]:
+    """The drift changes of ``_UPDATE_AGENTS`` (uid hex, epoch or null, two hashes)."""
+    utc = dt.UTC
+    return [
+        (bytes.fromhex(uid), None if at is None else dt.datetime.fromtimestamp(at, utc), a, e)
+        for uid, at, a, e in rows or ()
+    ]
+
+
 def _write_agents(
     cur: psycopg.Cursor[Any],
     batch: _Batch,
@@ -902,16 +933,20 @@ def _write_agents(
     params = {"instance": instance_id}
     agents = batch.agents
     seen = batch.seen
-    unchanged = _unchanged_configs(cur, agents, redactor)
+    hashes = _config_hashes(agents)
+    unchanged = _unchanged_configs(cur, hashes, redactor)
     sets: dict[bytes, Any] = {}
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
         for uid, c in agents.items():
-            copy.write_row(_agent_row(uid, c, seen.get(uid), uid in unchanged, redactor, sets))
+            keep = uid in unchanged
+            row = _agent_row(uid, c, seen.get(uid), keep, hashes.get(uid), redactor, sets)
+            copy.write_row(row)
     _store_component_sets(cur, sets, known_sets)
     cur.execute(_UPDATE_AGENTS, params)
-    updated, moved, refused = cur.fetchone() or (0, None, None)
+    updated, moved, refused, drift = cur.fetchone() or (0, None, None, None)
     batch.refused = refused or []
+    batch.drift = _drift_changes(drift)
     inserted = 0
     if updated == 0:
         # All new (the common first flush of a fleet): a plain INSERT, no speculative

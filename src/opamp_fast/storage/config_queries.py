@@ -309,11 +309,13 @@ class GroupRow:
     previous_version: int | None
     created_at: datetime
     updated_at: datetime
+    # Short-lived members (``lifecycle.EPHEMERAL_KEYS``) are forgotten after this long offline.
+    forget_offline_after_s: int | None = None
 
 
 _GROUP_COLUMNS = (
     "name, selector, config_name, config_version, previous_name, previous_version, "
-    "created_at, updated_at"
+    "created_at, updated_at, forget_offline_after_s"
 )
 
 
@@ -334,17 +336,19 @@ def upsert_group(
     selector: dict[str, str],
     target: tuple[str, int] | None,
     previous: tuple[str, int] | None,
+    forget_offline_after_s: int | None = None,
 ) -> GroupRow:
     row = conn.execute(
         f"""INSERT INTO agent_groups AS g (name, selector, config_name, config_version,
-            previous_name, previous_version)
-        VALUES (%(name)s, %(sel)s, %(cn)s, %(cv)s, %(pn)s, %(pv)s)
+            previous_name, previous_version, forget_offline_after_s)
+        VALUES (%(name)s, %(sel)s, %(cn)s, %(cv)s, %(pn)s, %(pv)s, %(forget)s)
         ON CONFLICT (name) DO UPDATE SET selector = EXCLUDED.selector,
             config_name = EXCLUDED.config_name, config_version = EXCLUDED.config_version,
             previous_name = EXCLUDED.previous_name, previous_version = EXCLUDED.previous_version,
-            updated_at = now()
+            forget_offline_after_s = EXCLUDED.forget_offline_after_s, updated_at = now()
         RETURNING {_GROUP_COLUMNS}""",
         {
+            "forget": forget_offline_after_s,
             "name": name,
             "sel": Jsonb(selector),
             "cn": target[0] if target else None,

@@ -109,10 +109,11 @@ class AgentRow:
     last_connected_at: datetime | None
     last_disconnected_at: datetime | None
     disconnect_reason: str | None
+    drifted_at: datetime | None = None
 
 
 _AGENT_COLUMNS = """uid_text, agent_name, status, transport, last_seen_at, last_connected_at,
-    last_disconnected_at, disconnect_reason"""
+    last_disconnected_at, disconnect_reason, drifted_at"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +121,19 @@ class AgentFilter:
     status: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     name_prefix: str | None = None
+    drifted: bool | None = None  # agents_drifted_idx
+    # Only agents online, or offline for at most this many seconds (agents_offline_since_idx).
+    max_offline_s: int | None = None
 
     @property
     def only_status(self) -> bool:
-        """True when the count can come from the per-status counts (no label/name filter)."""
-        return not self.labels and self.name_prefix is None
+        """True when the count can come from the per-status counts (no other filter)."""
+        return (
+            not self.labels
+            and self.name_prefix is None
+            and self.drifted is None
+            and self.max_offline_s is None
+        )
 
     def where(self) -> tuple[str, dict[str, Any]]:
         clauses: list[str] = []
@@ -141,6 +150,14 @@ class AgentFilter:
             # LIKE; the statement is never server-prepared, so the planner sees the value.
             clauses.append(r"lower(agent_name) LIKE lower(%(prefix)s) || '%%'")
             params["prefix"] = _escape_like(self.name_prefix)
+        if self.drifted is not None:
+            clauses.append(f"drifted_at IS {'NOT ' if self.drifted else ''}NULL")
+        if self.max_offline_s is not None:
+            clauses.append(
+                "(status = 'online' OR (status = 'offline' AND last_disconnected_at >= "
+                "now() - make_interval(secs => %(max_offline)s)))"
+            )
+            params["max_offline"] = self.max_offline_s
         return " AND ".join(clauses), params
 
 
@@ -273,13 +290,15 @@ class AgentDetailRow:
     created_at: datetime
     updated_at: datetime
     remote_addr: str | None  # of the open connection, when online
+    drifted_at: datetime | None = None
+    applied_config_hash: str | None = None
 
 
 _AGENT_DETAIL = """
 SELECT a.uid_text, a.status, a.serving_instance, a.transport, a.agent_name, a.last_seen_at,
     a.last_connected_at, a.last_disconnected_at, a.disconnect_reason, a.capabilities,
     a.description, a.health, a.effective_config, a.remote_config_status, a.labels,
-    a.created_at, a.updated_at, h.remote_addr
+    a.created_at, a.updated_at, h.remote_addr, a.drifted_at, a.applied_config_hash
 FROM agents AS a
 LEFT JOIN LATERAL (
     SELECT remote_addr FROM agent_connection_history

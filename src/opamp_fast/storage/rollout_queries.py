@@ -153,7 +153,7 @@ def drive_all(conn: Conn, *, sender: str) -> list[RolloutRow]:
 _ADMITTED = """
 SELECT ra.instance_uid, a.status,
     a.remote_config_status ->> 'last_remote_config_hash', a.remote_config_status ->> 'status',
-    a.remote_config_failed_hash
+    a.remote_config_failed_hash, a.drifted_at IS NOT NULL
 FROM rollout_agents ra LEFT JOIN agents a ON a.instance_uid = ra.instance_uid
 WHERE ra.rollout_id = %s
 """
@@ -248,17 +248,21 @@ def advance(conn: Conn, rollout: RolloutRow, *, sender: str) -> RolloutRow | Non
 
 
 def _count(conn: Conn, rollout: RolloutRow) -> tuple[set[bytes], RolloutCounts]:
-    """The agents admitted so far, and how many of them applied, failed or are pending."""
+    """The agents admitted so far, and how many of them applied, failed or are pending. An agent
+    that applied the version and then drifted from it (its effective config changed by hand,
+    or it fell back to an earlier one) counts as failed."""
     to_hash = _to_hash(conn, rollout)
     admitted: set[bytes] = set()
     applied = failed = pending = 0
-    for uid, status, reported_hash, reported, failed_hash in conn.execute(
+    for uid, status, reported_hash, reported, failed_hash, drifted in conn.execute(
         _ADMITTED, (rollout.id,)
     ).fetchall():
         admitted.add(bytes(uid))
-        if reported_hash == to_hash and reported == "APPLIED":
+        if reported_hash == to_hash and reported == "APPLIED" and not drifted:
             applied += 1
-        elif failed_hash == to_hash or (reported_hash == to_hash and reported == "FAILED"):
+        elif failed_hash == to_hash or (
+            reported_hash == to_hash and reported in ("FAILED", "APPLIED")
+        ):
             failed += 1
         elif status == "online":
             pending += 1

@@ -1,12 +1,14 @@
 // An agent's page (#/agents/{id}): what it reported (description, health, capabilities,
 // remote config status, effective config, components, custom capabilities), what is assigned
 // to it, its connection settings (own telemetry, OpAMP, client certificate), its custom
-// messages, its connection history, and the actions on it (agent-actions.js). Live: its
-// status pill follows connects and disconnects at once, a debounced reload brings the rest.
+// messages, its availability over the last day (a strip), a drift badge, its connection
+// history, and the actions on it (agent-actions.js). Live: its status pill follows connects
+// and disconnects at once, a debounced reload brings the rest.
 import { debounce, h, page, pill, table } from "./dom.js";
 import { APIError, api, showError } from "./api.js";
 import { cut, fmtTime } from "./format.js";
 import { agentActions } from "./agent-actions.js";
+import { availabilityStrip } from "./strip.js";
 
 export function agentPage(id) {
   const ui = {
@@ -14,19 +16,25 @@ export function agentPage(id) {
     parts: h("div", { class: "grid", id: "agent-parts" }),
     history: h("ol", { class: "timeline", id: "history" }),
     messages: h("div", { id: "custom-messages" }),
+    strip: h("div", { id: "availability-strip" }),
+    uptime: h("p", { class: "muted", id: "agent-uptime" }),
     actions: agentActions(id, () => refresh()),
   };
-  page.replaceChildren(h("p", {}, h("a", { href: "#/agents" }, "← Agents")), ui.head, ui.parts,
-    ui.actions.card, h("div", { class: "card" }, h("h2", {}, "Custom messages"), ui.messages),
+  page.replaceChildren(h("p", {}, h("a", { href: "#/agents" }, "← Agents")), ui.head,
+    h("div", { class: "card" }, h("h2", {}, "Availability, last 24 hours"), ui.strip, ui.uptime),
+    ui.parts, ui.actions.card,
+    h("div", { class: "card" }, h("h2", {}, "Custom messages"), ui.messages),
     h("div", { class: "card" }, h("h2", {}, "Connection history"), ui.history));
   async function refresh() {
     try {
       const path = "/api/agents/" + encodeURIComponent(id);
+      const strip = loadStrip(ui, path); // on its own: the rest never waits for it
       const [a, hist, msgs] = await Promise.all([api(path),
         api(path + "/connection-history?limit=50"), api(path + "/custom-messages")]);
       renderAgent(ui, a);
       renderHistory(ui.history, hist.histories);
       renderMessages(ui.messages, msgs.messages);
+      await strip;
     } catch (err) {
       if (err instanceof APIError && err.status === 404) ui.head.replaceChildren(h("p", {}, "No such agent."));
       else showError(err);
@@ -54,7 +62,10 @@ const describe = (d) => d ? [h("h3", {}, "Identifying"), kv(d.identifying_attrib
 
 function renderAgent(ui, a) {
   ui.head.replaceChildren(
-    h("h1", {}, a.name || "(unnamed agent)", " ", h("span", { id: "agent-status" }, pill(a.status))),
+    h("h1", {}, a.name || "(unnamed agent)", " ", h("span", { id: "agent-status" }, pill(a.status)),
+      a.drifted_at ? h("span", { class: "badge", id: "drift-badge",
+        title: "Its effective config differs from the one it reported APPLIED" },
+      "config drifted since " + fmtTime(a.drifted_at)) : null),
     kv({ id: a.id, transport: a.transport || "—", "remote address": a.remote_addr || "—",
       "serving instance": a.serving_instance || "—", "last seen": fmtTime(a.last_seen_at),
       "last connected": fmtTime(a.last_connected_at),
@@ -129,6 +140,24 @@ function renderMessages(el, items) {
     h("td", {}, m.direction === "to_agent" ? `to agent (${m.sent_by || "?"})` : "from agent"),
     h("td", {}, h("code", {}, m.capability)), h("td", {}, m.type), h("td", {}, `${m.size} B`),
     h("td", {}, h("code", {}, m.data.length > 24 ? cut(m.data) : m.data || "—"))))));
+}
+
+async function loadStrip(ui, path) {
+  try {
+    const v = await api(path + "/availability");
+    ui.strip.replaceChildren(availabilityStrip(v));
+    ui.uptime.textContent = uptimeLine(v);
+  } catch (err) {
+    ui.uptime.textContent = "Availability could not load: " + (err && err.message ? err.message : err);
+  }
+}
+
+function uptimeLine(v) {
+  const pct = v.uptime_ratio === null ? "—" : (v.uptime_ratio * 100).toFixed(1) + " %";
+  const reasons = Object.entries(v.disconnects_by_reason).map(([k, n]) => `${k} ${n}`);
+  return [`uptime ${pct}`, `${v.sessions} sessions`, `${v.disconnects} disconnects` +
+    (reasons.length ? ` (${reasons.join(", ")})` : ""), v.flapping ? "flapping" : null]
+    .filter(Boolean).join(" · ");
 }
 
 function assigned(rc) {

@@ -1,4 +1,6 @@
-// The agent list (#/agents?q=&status=&label=): filters kept in the address, pages by cursor.
+// The agent list (#/agents?q=&status=&label=&recent=&drifted=): filters kept in the address,
+// pages by cursor. `recent=1` hides agents offline for more than a day; `drifted=true` shows
+// only the agents whose config drifted (a badge marks them in any list).
 // Live: a row changes status when its agent connects or disconnects, an agent that connects
 // and belongs on the first page is inserted in order; a debounced reload then checks it all.
 import { debounce, h, page, pager, pill } from "./dom.js";
@@ -7,7 +9,8 @@ import { fmtTime } from "./format.js";
 import { filterOnSubmit } from "./forms.js";
 
 const PAGE_SIZE = 25;
-const FILTERS = ["q", "status", "label"];
+const FILTERS = ["q", "status", "label", "drifted"];
+const DAY_S = 86400;
 
 export function agentsPage(params) {
   const ui = layout(params);
@@ -48,18 +51,27 @@ function filters(params) {
       selected: (params.get("status") || "") === v }, v || "any")));
   const label = h("input", { id: "label-filter", value: params.get("label") || "",
     placeholder: "key:value" });
+  const recent = h("input", { id: "recent-filter", type: "checkbox",
+    checked: params.get("recent") === "1" });
+  const drifted = h("input", { id: "drifted-filter", type: "checkbox",
+    checked: params.get("drifted") === "true" });
   const form = h("form", { class: "filters card", role: "search" },
     h("div", {}, h("label", { for: "search" }, "Search by name"), q),
     h("div", {}, h("label", { for: "status-filter" }, "Status"), status),
     h("div", {}, h("label", { for: "label-filter" }, "Label"), label),
-    h("button", { type: "submit" }, "Apply"));
-  filterOnSubmit(form, "#/agents", () => ({ q: q.value, status: status.value, label: label.value }));
+    h("button", { type: "submit" }, "Apply"),
+    h("label", { class: "inline-check" }, recent, "Hide agents offline for more than a day"),
+    h("label", { class: "inline-check" }, drifted, "Only agents whose config drifted"));
+  filterOnSubmit(form, "#/agents", () => ({ q: q.value, status: status.value, label: label.value,
+    recent: recent.checked ? "1" : "", drifted: drifted.checked ? "true" : "" }));
   return form;
 }
 
 function row(a, fresh) {
   return h("tr", { id: "row-" + a.id, class: fresh ? "fresh" : null, "data-agent": a.id },
-    h("td", {}, h("a", { href: "#/agents/" + a.id }, a.name || "(unnamed)")),
+    h("td", {}, h("a", { href: "#/agents/" + a.id }, a.name || "(unnamed)"),
+      a.drifted_at ? h("span", { class: "badge", title: "config drifted since " +
+        fmtTime(a.drifted_at) }, "drifted") : null),
     h("td", { class: "status" }, pill(a.status)),
     h("td", {}, a.transport || "—"),
     h("td", { class: "hide-narrow" }, h("code", {}, a.id)),
@@ -70,6 +82,7 @@ async function load(state, refresh) {
   const { params, ui, cursors } = state;
   const p = new URLSearchParams({ limit: PAGE_SIZE });
   for (const key of FILTERS) if (params.get(key)) p.set(key, params.get(key));
+  if (params.get("recent") === "1") p.set("max_offline_s", DAY_S);
   const cursor = cursors[cursors.length - 1];
   if (cursor) p.set("cursor", cursor);
   try {
@@ -89,7 +102,7 @@ async function load(state, refresh) {
 // tells (labels are not in events: those wait for the reload).
 function matches(params, ev) {
   const name = (ev.data.name || "").toLowerCase();
-  if (params.get("label")) return false;
+  if (params.get("label") || params.get("drifted")) return false;
   if (params.get("status") === "offline") return false;
   return !params.get("q") || name.startsWith(params.get("q").toLowerCase());
 }

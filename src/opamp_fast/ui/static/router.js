@@ -1,5 +1,5 @@
 // The router: the address's hash picks the page (#/overview, #/agents, #/agents/{id},
-// #/x/{feature}/...), and the page shown receives the live events. A page is an object
+// #/availability, #/x/{feature}/...), and the page shown receives the live events. A page is an object
 // {refresh(), onEvent(ev)} that has already drawn its skeleton into #page.
 import { banner } from "./dom.js";
 import { bearer, onSignOut } from "./session.js";
@@ -7,6 +7,7 @@ import { hasPage } from "./features.js";
 import { overviewPage } from "./page-overview.js";
 import { agentsPage } from "./page-agents.js";
 import { agentPage } from "./page-agent.js";
+import { availabilityPage } from "./page-availability.js";
 import { configsPage } from "./page-configs.js";
 import { groupsPage } from "./page-groups.js";
 import { packagesPage } from "./page-packages.js";
@@ -33,6 +34,7 @@ export function route() {
   const params = new URLSearchParams(query || "");
   if (parts[0] === "agents" && parts[1]) view = agentPage(decodeURIComponent(parts[1]));
   else if (parts[0] === "agents") view = agentsPage(params);
+  else if (parts[0] === "availability") view = availabilityPage(params);
   else if (parts[0] === "x" && hasPage(parts[1])) {
     const args = parts.slice(2).filter(Boolean).map(decodeURIComponent);
     view = (FEATURE_PAGES[parts[1]] || genericPage)(args, params, parts[1]);
