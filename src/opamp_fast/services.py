@@ -25,7 +25,7 @@ from .fleet.cluster import Cluster
 from .fleet.events import EventHub, OnlineHistory
 from .fleet.handler import FleetHandler
 from .fleet.registry import Registry
-from .observability.gcpolicy import GrowthFreezer
+from .observability.gcpolicy import GCPauseTimer, GrowthFreezer
 from .observability.metrics import MetricsExporter
 from .observability.metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
@@ -182,7 +182,7 @@ def build_services(
         online_counts=lambda: (registry.online_ws, registry.online_http),
         redactor=ConfigRedactor(RedactionPolicy.parse(settings.redact_keys)),
     )
-    loop_lag = LoopLag()
+    loop_lag = LoopLag(interval_s=settings.loop_lag_interval_s)
     events = EventHub(
         instance_id=settings.instance_id,
         replay_max=settings.events_replay_max,
@@ -247,6 +247,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
     runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
         partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
         GrowthFreezer(lambda: services.registry.online_count).run,
+        *([GCPauseTimer(services.metrics.gc_pauses).run] if services.metrics else []),
         services.loop_lag.run,
         services.retention.run,
         services.cluster.run,
@@ -318,4 +319,5 @@ def metrics_exporter(services: Services) -> MetricsExporter:
     exporter.events = services.events
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
+    services.loop_lag.oversleep = exporter.loop_oversleep
     return exporter

@@ -94,6 +94,7 @@ class Settings:
     max_buffered_bytes: int = 256 * MIB
     min_body_bytes_per_s: int = 32 * 1024
     max_loop_lag_s: float = 0.5
+    loop_lag_interval_s: float = 0.1
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
     api_jwt_algorithm: str = "HS256"
@@ -239,6 +240,9 @@ _HELP = {
     "min_body_bytes_per_s": "a REST request body (package uploads) may take --message-timeout-s "
     "plus one second per this many bytes received; a slower trickle gets 408 (0: the body must "
     "complete within --message-timeout-s)",
+    "loop_lag_interval_s": "how often the event loop's lag is sampled (admission, and the "
+    "opamp_fast_loop_oversleep_seconds histogram; 0.001 resolves a round trip's tail at a cost "
+    "of a wake-up per sample), seconds",
     "max_loop_lag_s": "event-loop lag beyond which new WebSocket agents get 503 + Retry-After, "
     "so connected agents keep their latency, seconds",
     "log_level": "log level",
@@ -373,6 +377,7 @@ _POSITIVE = (
     "close_timeout_s",
     "flush_interval_s",
     "max_loop_lag_s",
+    "loop_lag_interval_s",
     "events_keepalive_s",
 )
 #: Closed ranges: name -> (lowest, highest, what the error says).
