@@ -180,6 +180,7 @@ def build_services(
         batch_max=settings.flush_batch_max,
         queue_max=settings.writer_queue_max,
         online_counts=lambda: (registry.online_ws, registry.online_http),
+        seen_flush_interval_s=settings.last_seen_flush_s,
         redactor=ConfigRedactor(RedactionPolicy.parse(settings.redact_keys)),
     )
     loop_lag = LoopLag(interval_s=settings.loop_lag_interval_s)

@@ -83,6 +83,7 @@ class Settings:
     require_agent_identity: bool = False
     redact_keys: str = ",".join(DEFAULT_SECRET_WORDS)
     flush_interval_s: float = 1.0
+    last_seen_flush_s: float = 5.0
     flush_batch_max: int = 50_000
     writer_queue_max: int = 100_000
     db_pool_size: int = 4
@@ -220,6 +221,9 @@ _HELP = {
     "key contains one (ignoring case, '-', '_', '.') is stored and shown redacted; bearer and "
     "basic credentials, URL passwords and PEM private keys always are (docs/api.md)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
+    "last_seen_flush_s": "while only heartbeats arrive (nothing else changes), agents' "
+    "last_seen_at is written this often instead of every flush interval (fewer transactions per "
+    "worker; Postgres' last_seen_at is at most this much behind), seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
     "writer_queue_max": "connection-history rows waiting for the database beyond which new "
     "agents get 503 (memory stays bounded through a long database outage)",
@@ -376,6 +380,7 @@ _POSITIVE = (
     "message_timeout_s",
     "close_timeout_s",
     "flush_interval_s",
+    "last_seen_flush_s",
     "max_loop_lag_s",
     "loop_lag_interval_s",
     "events_keepalive_s",

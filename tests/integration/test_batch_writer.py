@@ -344,6 +344,34 @@ async def test_last_seen_only_moves_forward(writer_factory, database_url) -> Non
     assert rows == [(T0 + 200,)]
 
 
+async def test_heartbeats_alone_are_written_every_seen_interval(
+    writer_factory, database_url
+) -> None:
+    """A batch holding only last-seen times waits for the seen interval; anything else (a new
+    session) is written at the flush interval and takes the last-seen times with it."""
+    writer: BatchWriter = await writer_factory(flush_interval_s=0.05, seen_flush_interval_s=3.0)
+    writer.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+    flushes = writer.statistics().flushes_total
+
+    async def last_seen() -> float:
+        rows = await aquery(database_url, "SELECT extract(epoch FROM last_seen_at) FROM agents")
+        return float(rows[0][0] or 0)
+
+    writer.seen(uid(1), T0 + 10)
+    await anyio.sleep(0.4)  # eight flush intervals: held back
+    assert writer.statistics().flushes_total == flushes
+    assert await last_seen() < T0 + 10
+    with anyio.fail_after(10):
+        while await last_seen() < T0 + 10:  # then written, within the seen interval
+            await anyio.sleep(0.05)
+    writer.seen(uid(1), T0 + 20)
+    writer.connected(uid(2), at=T0 + 20, remote_addr="y", transport="ws")  # not only seen
+    with anyio.fail_after(2.5):  # well before the seen interval: at the flush interval
+        while await last_seen() < T0 + 20:
+            await anyio.sleep(0.02)
+
+
 async def test_stale_transition_from_another_instance_does_not_win(
     writer_factory, database_url
 ) -> None:
