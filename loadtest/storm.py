@@ -16,7 +16,9 @@ agents connected (the generator's count), the online count the REST summary repo
 already back; the time until every agent is back (generator) and until the summary says so;
 how long each agent was away (p50/p99/max); after the run (every agent says goodbye, the server
 stops with SIGTERM): the connection-history rows against the sessions the generator opened,
-rows left open, and the disconnect reasons. Loopback only, bounded in time; every process is
+rows left open, and the disconnect reasons; and the server's own pause histograms (loop oversleep,
+collections, the writer's flushes; from ``/metrics`` once the generator is done: since the
+storm for a restart, since the start for a blip). Loopback only, bounded in time; every process is
 stopped by its PID. Prints a summary and writes ``loadtest/results/storm-<name>.json``.
 
 Example: ``python loadtest/storm.py --name r100k --scenario restart --agents 100000
@@ -176,6 +178,36 @@ def history_check(db_url: str) -> dict[str, Any]:
     }
 
 
+#: Histograms the server keeps about its own pauses (docs/metrics.md): the storm's share of the
+#: tail, read from ``/metrics`` (all workers summed) once every agent is back.
+PAUSES = (
+    "opamp_fast_loop_oversleep_seconds",
+    "opamp_fast_gc_pause_seconds",
+    "opamp_fast_writer_flush_cpu_seconds",
+    "opamp_fast_writer_flush_duration_seconds",
+    "opamp_fast_db_errors_total",  # failed flushes (a counter: only its ``total``)
+)
+
+
+def pause_histograms(port: int) -> dict[str, dict[str, float]]:
+    """``{histogram: {le: cumulative count}}`` of ``PAUSES``, plus each one's count and sum."""
+    out: dict[str, dict[str, float]] = {name: {} for name in PAUSES}
+    with contextlib.suppress(OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            base, _, labels = name.partition("{")
+            for h in PAUSES:
+                if base == f"{h}_bucket" and 'le="' in labels:
+                    le = labels.split('le="')[1].split('"')[0]
+                    out[h][le] = out[h].get(le, 0.0) + float(value)
+                elif base in (f"{h}_count", f"{h}_sum", h):
+                    key = base[len(h) + 1 :] or "total"
+                    out[h][key] = out[h].get(key, 0.0) + float(value)
+    return out
+
+
 def storm_figures(
     load: dict[str, Any], summary: Summary, t_storm: float, agents: int
 ) -> dict[str, Any]:
@@ -240,6 +272,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             t_storm = time.monotonic()
         gen.wait(args.ramp_s + args.hold_s + 300)
         summary.stop.set()
+        pauses = {} if args.go_server_bin else pause_histograms(port)
         final_exit, final_stop_s = server.stop()
         load = json.loads(load_out.read_text())
         return {
@@ -252,7 +285,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "returns": load.get("returns"), "errors": load.get("errors"),
             "sessions_opened": load["connect"]["handshakes"],
             "history": None if args.go_server_bin else history_check(pg.get_uri()),
-            "loadavg_end": os.getloadavg(),
+            "pauses": pauses, "loadavg_end": os.getloadavg(),
         }  # fmt: skip
     finally:
         summary.stop.set()
@@ -287,7 +320,7 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"storm-{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    brief = {k: v for k, v in result.items() if k != "storm"}
+    brief = {k: v for k, v in result.items() if k not in ("storm", "pauses")}
     brief["storm"] = {k: v for k, v in result["storm"].items() if k not in ("timeline", "summary")}
     print(json.dumps(brief, indent=2))
     return 0
