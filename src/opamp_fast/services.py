@@ -234,6 +234,7 @@ def _wire(services: Services) -> None:
     assert events is not None and configs is not None and packages is not None
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
+    writer.peers = lambda: cluster.peers
     cluster.on_packages = packages.notice
     cluster.on_configs = configs.on_notice
     configs.also_assign = packages.assign

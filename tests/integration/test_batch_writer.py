@@ -653,3 +653,39 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
     )
     assert rows == [(recent,), (open_,)]  # the open row stays, whatever its age
     assert retention.deleted_total == 1 and await retention.run_once() == 0
+
+
+async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
+    writer_factory, database_url
+) -> None:
+    """Agents moving between instances (a storm over several workers): each instance's batch
+    holds some agents as state changes and others as last-seen times, the other one the reverse.
+    Rows locked in each statement's own order deadlock (Postgres aborts one flush, which retries
+    after a backoff: a flush's worth of latency each time); locked in one order, they wait."""
+    other = Database(database_url, pool_size=2, connect_timeout_s=1.0)  # a writer connection each
+    await other.open()
+    a: BatchWriter = await writer_factory(instance_id="node-a")
+    b: BatchWriter = await writer_factory(instance_id="node-b", database=other)
+    a.peers = b.peers = lambda: 1
+    left, right = [uid(n) for n in range(5000)], [uid(n) for n in range(5000, 10000)]
+    for u in left + right:
+        a.connected(u, at=T0, remote_addr="x", transport="ws")
+    await a.flush()
+    for round_ in range(1, 7):
+        at = T0 + round_
+        mine, theirs = (left, right) if round_ % 2 else (right, left)
+        for u in mine:
+            a.connected(u, at=at, remote_addr="x", transport="ws")
+            b.seen(u, at)
+        for u in theirs:
+            b.connected(u, at=at, remote_addr="y", transport="ws")
+            a.seen(u, at)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.flush)
+            tg.start_soon(b.flush)
+    try:
+        assert a.statistics().db_errors_total == 0
+        assert b.statistics().db_errors_total == 0
+    finally:
+        await b.aclose()
+        await other.close()

@@ -138,7 +138,10 @@ class _Session:
 class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
-    __slots__ = ("agents", "closes", "events", "online", "refused", "seen", "sessions", "waiters")
+    __slots__ = (
+        "agents", "closes", "events", "inserted", "online", "refused", "seen", "sessions",
+        "waiters",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.online: tuple[int, int] | None = None  # (ws, http) online when the batch was taken
@@ -154,6 +157,7 @@ class _Batch:
         self.events: list[OutgoingEvent] = []
         # set by the write: agents whose unproven session here the database refused (``_FOREIGN``)
         self.refused: list[bytes] = []
+        self.inserted = 0  # set by the write: agent rows it inserted (the fleet's total grows)
 
     def __bool__(self) -> bool:
         return bool(self.agents or self.seen or self.sessions or self.closes or self.events)
@@ -289,9 +293,8 @@ class BatchWriter:
         self._errors = 0
         self._failed_attempts = 0
         self._backlog_since: float | None = None
-        # metrics: called with (rows, seconds) after each committed flush, on the event
-        # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
-        # metrics: (rows, wall seconds, CPU seconds of the writer's thread) after each flush.
+        # metrics: (rows, wall seconds, CPU seconds of the writer's thread) after each flush,
+        # on the event loop, for the exporter's histograms. Plain numbers.
         self.on_flush: Callable[[int, float, float], None] | None = None
         # fleet events: called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
@@ -299,6 +302,11 @@ class BatchWriter:
         # identity: called on the event loop with the agents whose session here did not prove
         # its uid while another instance holds it with proof; their rows were left untouched.
         self.on_refused: Callable[[list[bytes]], object] | None = None
+        # cluster: how many other instances share the database. With any, agents move between
+        # them (a storm over several workers), so one flush's agent rows are locked in uid
+        # order before they are written: two instances' flushes then wait for each other
+        # instead of deadlocking (which costs a rolled-back flush and a retry).
+        self.peers: Callable[[], int] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -478,6 +486,7 @@ class BatchWriter:
                     instance_id=self.instance_id,
                     shutdown_at=shutdown_at,
                     redactor=self._redactor,
+                    lock_in_order=self.peers is not None and self.peers() > 0,
                 )
             )
             done = True
@@ -584,6 +593,15 @@ class BatchWriter:
 # --------------------------------------------------------------------- SQL (worker thread)
 
 _COUNT_NEW_AGENTS = "UPDATE fleet_stats SET agents_total = agents_total + %s"
+
+# Every row a flush will update, locked in one order (the rows are locked as the sorted scan
+# returns them), so that two instances' flushes sharing agents queue instead of deadlocking.
+_LOCK_AGENTS_IN_ORDER = """
+SELECT count(*) FROM (
+    SELECT 1 FROM agents AS a JOIN unnest(%s::bytea[]) AS b(uid) ON a.instance_uid = b.uid
+    ORDER BY a.instance_uid FOR UPDATE OF a
+) AS locked
+"""
 
 # This instance's online agents as its registry counted them when the batch was taken: written
 # with the transitions that led to them, so the fleet summary matches the rows at every commit.
@@ -847,8 +865,7 @@ def _write_agents(
         inserted = cur.rowcount
     if updated + inserted != len(agents):
         raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
-    if inserted:
-        cur.execute(_COUNT_NEW_AGENTS, (inserted,))
+    batch.inserted = inserted
     for previous, uids in (moved or {}).items():
         for payload in encode_notices("takeover", instance_id, uids=uids):
             cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
@@ -888,11 +905,14 @@ def _write_batch(
     instance_id: str,
     shutdown_at: float | None = None,
     redactor: ConfigRedactor | None = None,
+    lock_in_order: bool = False,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
     Order matters: agent rows first (a new agent's row exists before its history), then new
-    sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``.
+    sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``;
+    the rows shared by every instance last. ``lock_in_order``: lock the batch's agent rows in
+    uid order first (other instances write some of the same agents).
     """
     params = {"instance": instance_id}
     rows = 0
@@ -900,11 +920,11 @@ def _write_batch(
         cur.execute(_STAGING)
         agents = batch.agents
         seen = batch.seen
+        batch.inserted = 0
+        if lock_in_order and (agents or seen):
+            cur.execute(_LOCK_AGENTS_IN_ORDER, ([*agents, *seen],))
         if agents:
             rows += _write_agents(cur, batch, instance_id, redactor or ConfigRedactor())
-        if batch.online is not None:
-            ws, http = batch.online
-            cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
         if batch.sessions:
             rows += _write_sessions(cur, batch.sessions, instance_id)
         if batch.closes:
@@ -936,6 +956,14 @@ def _write_batch(
             rows += cur.rowcount
             cur.execute(_OFFLINE_INSTANCE_AGENTS, shutdown)
             rows += cur.rowcount
+        # The rows every instance writes (the fleet's total, this instance's online counts,
+        # which its lease renewal updates too) last: each is locked for the commit only, not
+        # for the whole flush.
+        if batch.inserted:
+            cur.execute(_COUNT_NEW_AGENTS, (batch.inserted,))
+        if batch.online is not None:
+            ws, http = batch.online
+            cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
     return rows
 
 
