@@ -192,14 +192,26 @@ def calibrate() -> dict[str, float]:
 
 
 def parse_target(target: str) -> tuple[str, str, str]:
-    """``KIND[+BACKEND][@SRC]`` -> (kind, backend, src); only opamp-fast takes the suffixes:
-    ``opamp-fast+trio`` adds ``--backend trio``, ``opamp-fast@/tmp/of-head/src`` runs the server
-    from that source tree (e.g. an older commit exported with ``git archive``)."""
+    """``KIND[+BACKEND][*WORKERS][@SRC]`` -> (kind, backend, src); only opamp-fast takes the
+    suffixes: ``opamp-fast+trio`` adds ``--backend trio``, ``opamp-fast*4`` adds ``--workers 4``
+    (see ``workers_of``), ``opamp-fast@/tmp/of-head/src`` runs the server from that source tree
+    (e.g. an older commit exported with ``git archive``)."""
     rest, _, src = target.partition("@")
+    rest = rest.partition("*")[0]
     kind, _, backend = rest.partition("+")
-    if kind not in TARGETS or ((backend or src) and kind != "opamp-fast"):
+    if kind not in TARGETS or ((backend or src or "*" in target) and kind != "opamp-fast"):
         raise ValueError(f"unknown target {target!r}")
     return kind, backend, src
+
+
+def workers_of(target: str) -> list[str]:
+    """``--workers N`` for an ``opamp-fast*N`` target (nothing otherwise)."""
+    count = target.partition("@")[0].partition("*")[2]
+    if not count:
+        return []
+    if not count.isdigit() or not 1 <= int(count) <= 64:
+        raise ValueError(f"bad worker count in {target!r}")
+    return ["--workers", count]
 
 
 def gc_pauses(log: Path, t1: float, t2: float) -> list[dict[str, Any]]:
@@ -266,6 +278,7 @@ class Run:
                 "--instance-id", f"compare-{tag}", "--log-level", "warning",
                 "--heartbeat-interval-s", hb, "--graceful-timeout-s", "20",
                 *self.timeout_args(), *a.server_arg, *(["--backend", backend] if backend else []),
+                *workers_of(target),
             ]  # fmt: skip
         if kind == "go":
             if not a.go_server_bin:

@@ -70,6 +70,8 @@ _IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _EARLY_S: Final = 0.0015  # uvloop rounds timers to whole ms: a tick may fire that much early
 _GOLDEN: Final = (math.sqrt(5.0) - 1.0) / 2.0  # heartbeat phases: low-discrepancy sequence
 _CLOSE_FRAME: Final = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # 1000, zero mask key
+_BACKOFF_INITIAL_S: Final = 0.5
+_BACKOFF_MAX_S: Final = 60.0
 _SERVICES: Final = (
     "checkout", "cart", "payments", "frontend", "search", "inventory", "shipping", "email",
     "recommendation", "ads", "currency", "quote", "fraud-detection", "accounting", "gateway",
@@ -157,6 +159,16 @@ def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + b"\x00\x00\x00\x00" + payload
 
 
+def retry_after_of(header_lines: list[bytes]) -> int:
+    """The whole seconds of a ``Retry-After`` header among the response's header lines (0)."""
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"retry-after":
+            text = value.strip()
+            return int(text) if text.isdigit() and len(text) < 6 else 0
+    return 0
+
+
 def uuid_text(uid: bytes) -> str:
     h = uid.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}" if len(h) == 32 else h
@@ -227,8 +239,9 @@ class Agent(asyncio.Protocol):
     """One simulated agent: its identity, its socket's protocol state, one request in flight."""
 
     __slots__ = (
-        "accept", "attempts", "buf", "frag", "full_due", "gen", "gidx", "hb_prefix", "ready",
-        "sent_at", "seq", "src", "state", "t_start", "transport", "uid", "waiter",
+        "accept", "attempts", "backoff", "buf", "down_at", "frag", "full_due", "gen", "gidx",
+        "hb_prefix", "ready", "retry_after", "sent_at", "seq", "src", "state", "t_start",
+        "transport", "uid", "waiter",
     )  # fmt: skip
 
     def __init__(self, gen: Gen, gidx: int, src: str | None) -> None:
@@ -247,6 +260,9 @@ class Agent(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.accept = b""
         self.attempts = 0
+        self.backoff = _BACKOFF_INITIAL_S  # opamp-go's current interval
+        self.retry_after = 0  # the Retry-After of the last refusal, seconds
+        self.down_at = 0.0  # when an open connection was lost (0: not waiting to return)
         self.t_start = 0.0
 
     def set_uid(self, uid: bytes) -> None:
@@ -348,6 +364,7 @@ class Agent(asyncio.Protocol):
             if self.sent_at:
                 gen.lost_in_flight += 1
             self.sent_at = 0.0
+            gen.went_down(self)
             gen.error(os_error_kind("closed", exc) if exc else "closed_by_server")
             gen.maybe_reconnect(self)
         elif state == _CLOSING:
@@ -373,6 +390,7 @@ class Agent(asyncio.Protocol):
         status = lines[0].split(b" ", 2)
         if len(status) < 2 or status[1] != b"101":
             code = status[1].decode("ascii", "replace") if len(status) > 1 else "garbage"
+            self.retry_after = retry_after_of(lines[1:])
             self.fail_upgrade(f"upgrade_status_{code}")
             return
         accept = b""
@@ -386,6 +404,7 @@ class Agent(asyncio.Protocol):
         gen = self.gen
         self.state = _OPEN
         self.attempts = 0
+        self.backoff = _BACKOFF_INITIAL_S
         gen.on_open(self)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -555,6 +574,9 @@ class Gen:
         self.busy_skips = self.full_state_requests = self.uid_reassignments = 0
         self.unsolicited = self.lost_in_flight = self.closed_ok = self.reconnects = 0
         self.handshakes = self.live = self.connected = self.connected_max = self.ready = 0
+        self.down = self.blips = 0  # agents away after a lost connection; blips made
+        self.back_hist: dict[int, int] = {}  # how long they were away, once back
+        self.back_max = 0.0
         self.connected_at_hold_end = -1
         self.errors: Counter[str] = Counter()
         self.errors_total = 0
@@ -597,6 +619,7 @@ class Gen:
         loop.call_at(t0 + 1.0 + self.off, self.second)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_end)
+        loop.add_signal_handler(signal.SIGUSR1, self.blip)
 
     def tick(self) -> None:
         """The process's one timer: feeds the ramp, sends due heartbeats, ends the run. It
@@ -682,6 +705,7 @@ class Gen:
                 "err": self.errors_total,
                 "cpu": round(cpu, 4),
                 "vcsw": vcsw,
+                "down": self.down,
                 "h": self.win,
                 "mx": self.win_max,
             }
@@ -757,12 +781,41 @@ class Gen:
         i = bucket(took)
         self.hs_hist[i] = self.hs_hist.get(i, 0) + 1
         self.hs_max = max(self.hs_max, took)
+        if agent.down_at:  # back after a lost connection: how long it was away
+            away = now - agent.down_at
+            agent.down_at = 0.0
+            self.down -= 1
+            j = bucket(away)
+            self.back_hist[j] = self.back_hist.get(j, 0) + 1
+            self.back_max = max(self.back_max, away)
+
+    def went_down(self, agent: Agent) -> None:
+        if not agent.down_at and not self.ending:
+            agent.down_at = time.monotonic()
+            self.down += 1
+
+    def blip(self) -> None:
+        """A network blip: every open connection is dropped at once (SIGUSR1)."""
+        self.blips += 1
+        for agent in self.agents:
+            if agent.state == _OPEN and agent.transport is not None:
+                agent.transport.abort()  # connection_lost: down, then reconnect
 
     def maybe_reconnect(self, agent: Agent) -> None:
         if not self.cfg["reconnect"] or self.ending:
             return
         agent.attempts += 1
-        delay = min(30.0, 0.5 * 2 ** min(agent.attempts, 10)) * self.rng.random()
+        if self.cfg["backoff"] == "opamp-go":
+            # cenkalti/backoff's ExponentialBackOff as opamp-go's client uses it: the interval
+            # starts at 0.5 s and grows 1.5x up to 60 s; each delay is within +-50 % of it.
+            interval = agent.backoff
+            delay = interval * (0.5 + self.rng.random())
+            agent.backoff = min(_BACKOFF_MAX_S, interval * 1.5)
+        else:  # exponential with full jitter: 0.5 s doubling, capped at 30 s
+            delay = min(30.0, 0.5 * 2 ** min(agent.attempts, 10)) * self.rng.random()
+        if self.cfg["honour_retry_after"] and agent.retry_after:
+            delay = float(agent.retry_after)  # the server said when: opamp-go waits that long
+        agent.retry_after = 0
         self.reconnects += 1
         agent.full_due = True
         self.loop.call_later(delay, self._requeue, agent)
@@ -838,6 +891,10 @@ class Gen:
             "connect_last": self.connect_last,
             "hs_hist": self.hs_hist,
             "hs_max": self.hs_max,
+            "back_hist": self.back_hist,
+            "back_max": self.back_max,
+            "still_down": self.down,
+            "blips": self.blips,
             "errors": dict(self.errors),
             "cpu_s": round(cpu_seconds(), 4),
             "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -888,7 +945,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-s", type=float, default=30.0)
     p.add_argument("--idle", action="store_true", help="connect + full state, no heartbeats")
     p.add_argument("--goodbye", action="store_true", help="send agent_disconnect before closing")
-    p.add_argument("--reconnect", action="store_true", help="reconnect (backoff, full jitter)")
+    p.add_argument("--reconnect", action="store_true", help="reconnect after a failure or a close")
+    p.add_argument(
+        "--backoff",
+        choices=("full-jitter", "opamp-go"),
+        default="full-jitter",
+        help="reconnect delays: 0.5 s doubling to 30 s with full jitter, or opamp-go's client "
+        "(0.5 s growing 1.5x to 60 s, +-50 %%)",
+    )
+    p.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="after a 503 with Retry-After wait that long (as opamp-go's client does)",
+    )
     p.add_argument("--capabilities", type=lambda s: int(s, 0), default=DEFAULT_CAPABILITIES)
     p.add_argument("--connect-concurrency", type=int, default=256, help="handshakes in flight")
     p.add_argument("--connect-timeout-s", type=float, default=10.0)
@@ -982,6 +1051,8 @@ class Parent:
             "idle": a.idle,
             "goodbye": a.goodbye,
             "reconnect": a.reconnect,
+            "backoff": a.backoff,
+            "honour_retry_after": a.honour_retry_after,
             "capabilities": a.capabilities,
             "connect_concurrency": math.ceil(a.connect_concurrency / a.procs),
             "connect_timeout_s": a.connect_timeout_s,
@@ -1050,6 +1121,12 @@ class Parent:
                 sys.stderr.flush()
             self.printed = k
 
+    def forward_blip(self, signum: int, frame: Any) -> None:
+        """SIGUSR1: every worker drops all its connections at once (a network blip)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+
     def stop_workers(self) -> None:
         """Let workers that reported "done" exit by themselves; SIGTERM, then SIGKILL, the rest."""
         grace = time.monotonic() + 5.0
@@ -1083,6 +1160,7 @@ class Parent:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                     raise SystemExit("wsload: a worker failed to start")
                 self.pump(sel, 0.2)
+            signal.signal(signal.SIGUSR1, self.forward_blip)
             t0 = time.monotonic() + 0.3
             t0_wall = time.time() + 0.3
             for proc in self.procs:
@@ -1113,6 +1191,25 @@ class Parent:
         )
         result["generator"]["worker_exit_codes"] = [p.returncode for p in self.procs]
         return result
+
+    @staticmethod
+    def returns(done: list[dict[str, Any]]) -> dict[str, Any]:
+        """Agents whose open connection was lost (a blip, a server restart): how long they
+        were away until their next connection opened, and how many never came back."""
+        hist: dict[int, int] = {}
+        for d in done:
+            merge_into(hist, d.get("back_hist", {}))
+        return {
+            "blips": max((int(d.get("blips", 0)) for d in done), default=0),
+            "came_back": sum(hist.values()),
+            "away_s": {
+                k: (v / 1000 if isinstance(v, float) else v)
+                for k, v in hist_summary(
+                    hist, max((d.get("back_max", 0.0) for d in done), default=0.0)
+                ).items()
+            },
+            "still_away": sum(int(d.get("still_down", 0)) for d in done),
+        }
 
     def result(self, t0: float, t0_wall: float) -> dict[str, Any]:
         a = self.args
@@ -1199,6 +1296,7 @@ class Parent:
                     "sent_per_s": int(cum(k, "sent") - cum(k - 1, "sent")),
                     "answered_per_s": int(cum(k, "ans") - cum(k - 1, "ans")),
                     "errors": int(cum(k, "err")),
+                    "down": int(sum(r.get("down", 0) for r in self.secs.get(k, {}).values())),
                     "p50_ms": s["p50"],
                     "p99_ms": s["p99"],
                     "max_ms": s["max"],
@@ -1250,6 +1348,7 @@ class Parent:
                 "reconnects": total("reconnects"),
             },
             "errors": dict(errors),
+            "returns": self.returns(done),
             "latency_ms": {
                 "hold": window(hold_from, hold_to)["latency_ms"],
                 "all": hist_summary(all_hist, all_max),

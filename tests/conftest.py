@@ -95,6 +95,7 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "instance_id": "test-instance",
             "graceful_timeout_s": 2.0,
             "flush_interval_s": 0.1,
+            "last_seen_flush_s": 0.1,  # tests read last_seen_at soon after a heartbeat
             # The in-process server shares its event loop with the test and its clients; on a
             # busy CI machine a lag of half a second would refuse the test's own agents. Lag
             # admission is tested on its own (tests/unit/test_admission.py).

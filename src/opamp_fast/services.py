@@ -28,7 +28,7 @@ from .fleet.commands import Commands
 from .fleet.events import EventHub, OnlineHistory, announce_drift, announce_forgotten
 from .fleet.handler import FleetHandler
 from .fleet.registry import Registry
-from .observability.gcpolicy import GrowthFreezer
+from .observability.gcpolicy import GCPauseTimer, GrowthFreezer
 from .observability.metrics import MetricsExporter
 from .observability.metrics_share import WorkerMetricsShare, WorkerSlot
 from .packages import PackageRegistry, build_package_registry
@@ -209,9 +209,10 @@ def build_services(
         batch_max=settings.flush_batch_max,
         queue_max=settings.writer_queue_max,
         online_counts=lambda: (registry.online_ws, registry.online_http),
+        seen_flush_interval_s=settings.last_seen_flush_s,
         redactor=ConfigRedactor(RedactionPolicy.parse(settings.redact_keys)),
     )
-    loop_lag = LoopLag()
+    loop_lag = LoopLag(interval_s=settings.loop_lag_interval_s)
     events = EventHub(
         instance_id=settings.instance_id,
         replay_max=settings.events_replay_max,
@@ -293,6 +294,7 @@ def _wire(services: Services) -> None:
     writer.event_outbox = events.take_outbox
     writer.on_refused = fleet.refuse_claims
     writer.on_drift = partial(announce_drift, events)
+    writer.peers = lambda: cluster.peers
     cluster.on_packages = packages.notice
     cluster.on_configs = configs.on_notice
     cluster.on_certificates = connection.notice
@@ -356,6 +358,7 @@ def _background(services: Services) -> list[Callable[..., Coroutine[Any, Any, An
     runs: list[Callable[..., Coroutine[Any, Any, Any]]] = [
         partial(services.fleet.run_sweeper, tick_s=services.settings.heartbeat_tick_s),
         GrowthFreezer(lambda: services.registry.online_count).run,
+        *([GCPauseTimer(services.metrics.gc_pauses).run] if services.metrics else []),
         services.loop_lag.run,
         services.retention.run,
         services.cluster.run,
@@ -439,4 +442,5 @@ def metrics_exporter(services: Services) -> MetricsExporter:
     exporter.lifecycle = services.lifecycle
     exporter.audit_retention = services.audit_retention
     exporter.availability = services.availability
+    services.loop_lag.oversleep = exporter.loop_oversleep
     return exporter

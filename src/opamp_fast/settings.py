@@ -87,6 +87,7 @@ class Settings:
     require_agent_identity: bool = False
     redact_keys: str = ",".join(DEFAULT_SECRET_WORDS)
     flush_interval_s: float = 1.0
+    last_seen_flush_s: float = 5.0
     flush_batch_max: int = 50_000
     writer_queue_max: int = 100_000
     db_pool_size: int = 4
@@ -98,6 +99,7 @@ class Settings:
     max_buffered_bytes: int = 256 * MIB
     min_body_bytes_per_s: int = 32 * 1024
     max_loop_lag_s: float = 0.5
+    loop_lag_interval_s: float = 0.1
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
     api_jwt_algorithm: str = "HS256"
@@ -244,6 +246,9 @@ _HELP = {
     "key contains one (ignoring case, '-', '_', '.') is stored and shown redacted; bearer and "
     "basic credentials, URL passwords and PEM private keys always are (docs/api.md)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
+    "last_seen_flush_s": "while only heartbeats arrive (nothing else changes), agents' "
+    "last_seen_at is written this often instead of every flush interval (fewer transactions per "
+    "worker; Postgres' last_seen_at is at most this much behind), seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
     "writer_queue_max": "connection-history rows waiting for the database beyond which new "
     "agents get 503 (memory stays bounded through a long database outage)",
@@ -264,6 +269,9 @@ _HELP = {
     "min_body_bytes_per_s": "a REST request body (package uploads) may take --message-timeout-s "
     "plus one second per this many bytes received; a slower trickle gets 408 (0: the body must "
     "complete within --message-timeout-s)",
+    "loop_lag_interval_s": "how often the event loop's lag is sampled (admission, and the "
+    "opamp_fast_loop_oversleep_seconds histogram; 0.001 resolves a round trip's tail at a cost "
+    "of a wake-up per sample), seconds",
     "max_loop_lag_s": "event-loop lag beyond which new WebSocket agents get 503 + Retry-After, "
     "so connected agents keep their latency, seconds",
     "log_level": "log level",
@@ -401,7 +409,9 @@ _POSITIVE = (
     "message_timeout_s",
     "close_timeout_s",
     "flush_interval_s",
+    "last_seen_flush_s",
     "max_loop_lag_s",
+    "loop_lag_interval_s",
     "events_keepalive_s",
 )
 #: Closed ranges: name -> (lowest, highest, what the error says).

@@ -344,6 +344,34 @@ async def test_last_seen_only_moves_forward(writer_factory, database_url) -> Non
     assert rows == [(T0 + 200,)]
 
 
+async def test_heartbeats_alone_are_written_every_seen_interval(
+    writer_factory, database_url
+) -> None:
+    """A batch holding only last-seen times waits for the seen interval; anything else (a new
+    session) is written at the flush interval and takes the last-seen times with it."""
+    writer: BatchWriter = await writer_factory(flush_interval_s=0.05, seen_flush_interval_s=3.0)
+    writer.connected(uid(1), at=T0, remote_addr="x", transport="ws")
+    await writer.flush()
+    flushes = writer.statistics().flushes_total
+
+    async def last_seen() -> float:
+        rows = await aquery(database_url, "SELECT extract(epoch FROM last_seen_at) FROM agents")
+        return float(rows[0][0] or 0)
+
+    writer.seen(uid(1), T0 + 10)
+    await anyio.sleep(0.4)  # eight flush intervals: held back
+    assert writer.statistics().flushes_total == flushes
+    assert await last_seen() < T0 + 10
+    with anyio.fail_after(10):
+        while await last_seen() < T0 + 10:  # then written, within the seen interval
+            await anyio.sleep(0.05)
+    writer.seen(uid(1), T0 + 20)
+    writer.connected(uid(2), at=T0 + 20, remote_addr="y", transport="ws")  # not only seen
+    with anyio.fail_after(2.5):  # well before the seen interval: at the flush interval
+        while await last_seen() < T0 + 20:
+            await anyio.sleep(0.02)
+
+
 async def test_stale_transition_from_another_instance_does_not_win(
     writer_factory, database_url
 ) -> None:
@@ -628,3 +656,39 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
     assert retention.deleted_total == 1 and await retention.run_once() == 0
     # The availability rollup's days (those of T0, years ago) went with the last batch.
     assert await aquery(database_url, "SELECT count(*) FROM agent_uptime_daily") == [(0,)]
+
+
+async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
+    writer_factory, database_url
+) -> None:
+    """Agents moving between instances (a storm over several workers): each instance's batch
+    holds some agents as state changes and others as last-seen times, the other one the reverse.
+    Rows locked in each statement's own order deadlock (Postgres aborts one flush, which retries
+    after a backoff: a flush's worth of latency each time); locked in one order, they wait."""
+    other = Database(database_url, pool_size=2, connect_timeout_s=1.0)  # a writer connection each
+    await other.open()
+    a: BatchWriter = await writer_factory(instance_id="node-a")
+    b: BatchWriter = await writer_factory(instance_id="node-b", database=other)
+    a.peers = b.peers = lambda: 1
+    left, right = [uid(n) for n in range(5000)], [uid(n) for n in range(5000, 10000)]
+    for u in left + right:
+        a.connected(u, at=T0, remote_addr="x", transport="ws")
+    await a.flush()
+    for round_ in range(1, 7):
+        at = T0 + round_
+        mine, theirs = (left, right) if round_ % 2 else (right, left)
+        for u in mine:
+            a.connected(u, at=at, remote_addr="x", transport="ws")
+            b.seen(u, at)
+        for u in theirs:
+            b.connected(u, at=at, remote_addr="y", transport="ws")
+            a.seen(u, at)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.flush)
+            tg.start_soon(b.flush)
+    try:
+        assert a.statistics().db_errors_total == 0
+        assert b.statistics().db_errors_total == 0
+    finally:
+        await b.aclose()
+        await other.close()

@@ -69,7 +69,7 @@ def test_certificate_identity() -> None:
     assert both.http_status == 401 and "different uids" in both.reason
 
 
-@pytest.mark.parametrize("why", ["capacity", "database", "handshakes", "loop_lag", "shutdown"])
+@pytest.mark.parametrize("why", ["capacity", "database", "shutdown"])
 def test_each_shedding_reason_answers_503_with_jittered_retry_after(why: str) -> None:
     admission = Admission(
         max_connections=1,
@@ -88,6 +88,35 @@ def test_each_shedding_reason_answers_503_with_jittered_retry_after(why: str) ->
         retries.add(int(dict(verdict.headers)["retry-after"]))
     assert min(retries) >= 30 and max(retries) <= 60 and len(retries) > 10  # spread out
     assert admission.shed_total == {why: 200}
+
+
+@pytest.mark.parametrize("why", ["handshakes", "loop_lag"])
+def test_a_crowd_is_told_to_return_as_fast_as_the_server_admits(why: str) -> None:
+    """New WebSockets refused for load come back over the time the server needs to admit them
+    (the refused / the measured admission rate), not after a fixed 30-60 s."""
+    now = [1000.0]
+    admission = Admission(
+        max_handshakes=1, loop_lag=lambda: 2.0 if why == "loop_lag" else 0.0, clock=lambda: now[0]
+    )
+    admission.handshakes = 1 if why == "handshakes" else 0
+    for second in range(5):  # 200 admissions a second over the window
+        now[0] = 1000.0 + second
+        for _ in range(200):
+            admission.pace.admitted()
+    retries = [int(dict(admission.decide(request()).headers)["retry-after"]) for _ in range(1000)]
+    assert 1 <= min(retries) and max(retries) <= 6  # 1,000 refused at 200/s: within ~5 s
+    assert len(set(retries)) >= 5  # spread, not all at once
+    now[0] += 10  # the window passed: nothing admitted or refused since
+    assert admission.pace.rate() == admission.pace.prior_rate
+    assert int(dict(admission.decide(request()).headers)["retry-after"]) <= 2
+    assert admission.shed_total == {why: 1001}
+
+
+def test_the_pace_caps_the_wait_when_nothing_is_admitted() -> None:
+    admission = Admission(max_handshakes=1, clock=lambda: 5.0, retry_after_s=30)
+    admission.handshakes = 1
+    retries = [int(dict(admission.decide(request()).headers)["retry-after"]) for _ in range(5000)]
+    assert max(retries) <= 61  # 5,000 refused at the prior of 1/s: capped at 2 x retry_after_s
 
 
 def test_lag_and_handshake_caps_spare_plain_http_polls() -> None:

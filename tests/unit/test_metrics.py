@@ -253,17 +253,17 @@ def test_transport_and_fleet_counters() -> None:
 
 
 class FakeDatabase:
-    """Stands in for Postgres under the writer: ``run`` answers a row count or raises."""
+    """Stands in for Postgres under the writer: ``run`` answers (rows, CPU seconds) or raises."""
 
     def __init__(self) -> None:
         self.rows = 7
         self.fail = False
 
-    async def run(self, fn: Callable[..., Any]) -> int:
+    async def run(self, fn: Callable[..., Any]) -> tuple[int, float]:
         await anyio.lowlevel.checkpoint()
         if self.fail:
             raise psycopg.OperationalError("database is down")
-        return self.rows
+        return self.rows, 0.002
 
     run_writer = run
 
@@ -297,6 +297,7 @@ async def test_writer_metrics_and_flush_histograms() -> None:
         assert value(samples, "opamp_fast_writer_flush_rows_bucket", le="50000.0") == 2
         assert value(samples, "opamp_fast_writer_flush_rows_sum") == 20_007
         assert value(samples, "opamp_fast_writer_flush_duration_seconds_count") == 2
+        assert value(samples, "opamp_fast_writer_flush_cpu_seconds_bucket", le="0.002") == 2
         assert value(samples, "opamp_fast_writer_pending_agents") == 0
         assert value(samples, "opamp_fast_writer_queue_capacity") == 64
         assert value(samples, "opamp_fast_db_errors_total") == 0

@@ -14,16 +14,19 @@ Checked in this order, cheapest refusal first, before any per-connection work:
    limit), the database backlog (history rows waiting for a database that is away), the number
    of WebSocket handshakes being served at once, and the event loop's lag: when the loop is late,
    the agents already connected get its time and new WebSockets are told to come back later,
-   instead of being accepted and then timing out.
+   instead of being accepted and then timing out. For the last two, a crowd of new WebSockets,
+   ``Retry-After`` follows the measured admission rate (``AdmissionPace``); the others wait
+   30-60 s.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
@@ -31,6 +34,9 @@ from anyio.abc import TaskStatus
 from ..auth import AgentTokenVerifier
 from ..protocol import Transport, parse_instance_uid_text
 from ..transport.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
+
+if TYPE_CHECKING:
+    from .registry import BucketCounts
 
 __all__ = ["Admission", "LoopLag", "cert_identity"]
 
@@ -69,6 +75,7 @@ class Admission:
         retry_after_s: int = 30,
         overloaded: Callable[[], bool] = lambda: False,
         loop_lag: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._shared = f"Bearer {agent_auth_token}".encode() if agent_auth_token else None
         self._agent_tokens = agent_tokens
@@ -87,6 +94,8 @@ class Admission:
         self.open_connections = 0  # admitted and not yet closed (handlers keep it)
         self.handshakes = 0  # admitted, first message not answered yet
         self.shed_total: dict[str, int] = {}
+        #: What a crowd of new WebSockets is told: come back when the server can take you.
+        self.pace = AdmissionPace(clock, prior_rate=max_handshakes, max_wait_s=2 * retry_after_s)
 
     def decide(self, request: ConnectingRequest) -> ConnectionResponse:
         if self.shutting_down:
@@ -104,9 +113,9 @@ class Admission:
             # New WebSockets are what a storm is made of, and each costs a full state; a poll
             # of a plain-HTTP agent may be one already connected, so it is not shed here.
             if self.handshakes >= self.max_handshakes and not self.make_handshake_room():
-                return self._shed("handshakes", "too many agents connecting at once")
+                return self._shed_paced("handshakes", "too many agents connecting at once")
             if self._loop_lag() > self.max_loop_lag_s:
-                return self._shed("loop_lag", "server busy, try again later")
+                return self._shed_paced("loop_lag", "server busy, try again later")
         return verdict
 
     def _authenticate(self, request: ConnectingRequest) -> ConnectionResponse:
@@ -152,11 +161,67 @@ class Admission:
             )
         return ConnectionResponse(True, identity=identity)
 
-    def _shed(self, why: str, reason: str) -> ConnectionResponse:
+    def _shed(self, why: str, reason: str, retry: int | None = None) -> ConnectionResponse:
+        """503 + ``Retry-After``: by default 30-60 s, jittered (capacity, a database backlog and
+        a shutdown do not clear at any rate the server can measure)."""
         self.shed_total[why] = self.shed_total.get(why, 0) + 1
-        # Jitter spreads the retries of a crowd refused at the same moment.
-        retry = self.retry_after_s + random.randint(0, self.retry_after_s)
+        if retry is None:  # jitter spreads the retries of a crowd refused at the same moment
+            retry = self.retry_after_s + random.randint(0, self.retry_after_s)
         return ConnectionResponse.reject(503, reason, (("retry-after", str(retry)),))
+
+    def _shed_paced(self, why: str, reason: str) -> ConnectionResponse:
+        """A crowd of new WebSockets: come back when the server will have taken those ahead."""
+        self.pace.refused()
+        return self._shed(why, reason, self.pace.retry_after())
+
+
+class AdmissionPace:
+    """How fast new WebSockets are admitted here, and so when a refused one should return.
+
+    Per second of the last ``WINDOW_S`` seconds it counts the WebSockets whose first message
+    was answered (``admitted``, told by the fleet handler) and the ones refused for load. A
+    refused agent is told to come back after a random time within what the server needs to
+    admit everyone refused recently (refused / admission rate), at least 1 s: a crowd of 5,000
+    at 1,000 admissions per second returns over 5 s, not after a fixed 30-60 s. Until anything
+    is admitted, ``prior_rate`` stands in for the rate; ``max_wait_s`` caps the answer.
+    """
+
+    WINDOW_S: Final = 5
+
+    def __init__(self, clock: Callable[[], float], *, prior_rate: float, max_wait_s: float) -> None:
+        self._clock = clock
+        self.prior_rate = prior_rate
+        self.max_wait_s = max_wait_s
+        self._second = int(clock())
+        self._admitted = [0] * self.WINDOW_S  # ring of per-second counts
+        self._refused = [0] * self.WINDOW_S
+
+    def _slot(self) -> int:
+        second = int(self._clock())
+        if second != self._second:  # clear the seconds that passed since the last count
+            for gone in range(self._second + 1, min(second, self._second + self.WINDOW_S) + 1):
+                self._admitted[gone % self.WINDOW_S] = 0
+                self._refused[gone % self.WINDOW_S] = 0
+            self._second = second
+        return second % self.WINDOW_S
+
+    def admitted(self) -> None:
+        self._admitted[self._slot()] += 1
+
+    def refused(self) -> None:
+        self._refused[self._slot()] += 1
+
+    def rate(self) -> float:
+        """WebSockets admitted per second over the window (the prior before any)."""
+        self._slot()
+        admitted = sum(self._admitted)
+        return admitted / self.WINDOW_S if admitted else self.prior_rate
+
+    def retry_after(self) -> int:
+        """Whole seconds a refused WebSocket should wait: at least 1, at most ``max_wait_s``."""
+        self._slot()
+        wait = min(self.max_wait_s, sum(self._refused) / max(1.0, self.rate()))
+        return 1 + random.randint(0, math.ceil(wait))
 
 
 def _unauthorized(reason: str) -> ConnectionResponse:
@@ -166,14 +231,22 @@ def _unauthorized(reason: str) -> ConnectionResponse:
 class LoopLag:
     """How late the event loop runs: one task sleeps ``interval_s`` and measures the oversleep.
 
-    ``lag_s`` takes a new maximum at once and decays by ``decay`` per interval, so admission
-    reacts to the first late tick and forgets a single hiccup within about a second.
+    ``lag_s`` takes a new maximum at once and decays by ``decay`` per 100 ms (whatever the
+    interval), so admission reacts to the first late tick and forgets a single hiccup within
+    about a second.
     """
 
-    def __init__(self, *, interval_s: float = 0.1, decay: float = 0.7) -> None:
+    def __init__(
+        self,
+        *,
+        interval_s: float = 0.1,
+        decay: float = 0.7,
+        oversleep: BucketCounts | None = None,
+    ) -> None:
         self.interval_s = interval_s
-        self.decay = decay
+        self.decay = decay ** (interval_s / 0.1)  # per sample
         self.lag_s = 0.0
+        self.oversleep = oversleep  # every sample, when an exporter keeps the histogram
 
     def __call__(self) -> float:
         return self.lag_s
@@ -186,3 +259,5 @@ class LoopLag:
             await anyio.sleep(interval)
             late = time.monotonic() - started - interval
             self.lag_s = max(late, self.lag_s * self.decay)
+            if self.oversleep is not None:
+                self.oversleep.observe(late)

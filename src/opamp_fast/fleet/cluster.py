@@ -88,6 +88,16 @@ UPDATE agent_connection_history SET
 WHERE serving_instance = %(lost)s AND disconnected_at IS NULL
 """
 
+# The lost instance's agents, locked in uid order before anything else: the order in which
+# every writer locks agent rows (storage.batch_writer), so that a survivor taking some of them
+# over at the same moment waits instead of deadlocking with the reaper.
+_LOCK_LOST_AGENTS = """
+SELECT count(*) FROM (
+    SELECT 1 FROM agents WHERE serving_instance = %(lost)s AND status = 'online'
+    ORDER BY instance_uid FOR UPDATE
+) AS locked
+"""
+
 _OFFLINE_LOST_AGENTS = """
 UPDATE agents SET
     status = 'offline', serving_instance = NULL,
@@ -257,6 +267,7 @@ class Cluster:
         lost = []
         for instance_id, last in conn.execute(_FIND_LOST, {"me": self.instance_id}).fetchall():
             params = {"lost": instance_id, "at": last, "reason": reasons.SERVER_LOST}
+            conn.execute(_LOCK_LOST_AGENTS, params)
             closed = conn.execute(_CLOSE_LOST_SESSIONS, params).rowcount
             offline = conn.execute(_OFFLINE_LOST_AGENTS, params).rowcount
             conn.execute(_MARK_LOST, {"lost": instance_id, "me": self.instance_id})

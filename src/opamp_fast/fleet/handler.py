@@ -276,6 +276,7 @@ class FleetHandler:
         transitions = self._bind(conn, record, session, replacing, disconnecting, mono, wall)
         if conn.record is None and conn.transport is Transport.WS:
             self.admission.handshakes -= 1  # its first message is answered
+            self.admission.pace.admitted()
         conn.record = record
         status_changed = self._apply_events(conn, record, reply.events, transitions, wall)
         went_online = self._persist(record, transitions, status_changed)

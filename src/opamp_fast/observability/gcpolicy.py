@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-__all__ = ["GrowthFreezer", "freeze_after_startup"]
+__all__ = ["GCPauseTimer", "GrowthFreezer", "freeze_after_startup"]
+
+if TYPE_CHECKING:
+    from ..fleet.registry import BucketCounts
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +75,26 @@ class GrowthFreezer:
             if self.check() and logger.isEnabledFor(logging.DEBUG):
                 # get_freeze_count walks the whole permanent generation: only when logged
                 logger.debug("gc: froze %d objects", gc.get_freeze_count())
+
+
+class GCPauseTimer:
+    """Times every collection into ``pauses`` while it runs (``gc.callbacks``: two calls per
+    collection, none otherwise), so a tail in the round trips can be laid against it."""
+
+    def __init__(self, pauses: BucketCounts) -> None:
+        self.pauses = pauses
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.observe(time.perf_counter() - self._started)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        gc.callbacks.append(self._callback)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            gc.callbacks.remove(self._callback)

@@ -74,6 +74,13 @@ STALE_AFTER_INTERVALS: Final = 1.5
 
 #: ``le`` bounds of ``opamp_fast_writer_flush_rows`` (rows written by one committed flush).
 FLUSH_ROWS_BOUNDS: Final = (1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0)
+#: ``le`` bounds of the pause histograms: the event loop's oversleep, a collection, the CPU
+#: time of a flush (what the writer's thread holds the interpreter lock for): 1 ms resolution
+#: where a round trip's tail lives.
+PAUSE_BOUNDS: Final = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
+    0.5, 1.0,
+)  # fmt: skip
 #: ``le`` bounds of ``opamp_fast_writer_flush_duration_seconds`` (one committed flush).
 FLUSH_SECONDS_BOUNDS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
@@ -302,6 +309,23 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "Wall time of one committed flush (one transaction).",
         ),
         _spec(
+            "opamp_fast_writer_flush_cpu_seconds",
+            "histogram",
+            "CPU time of the writer's thread for one committed flush: about how long it held the "
+            "interpreter lock the event loop needs too.",
+        ),
+        _spec(
+            "opamp_fast_loop_oversleep_seconds",
+            "histogram",
+            "How late the event loop woke a task that slept for loop_lag_interval_s (sampled "
+            "every interval): what a message arriving at that moment waited for.",
+        ),
+        _spec(
+            "opamp_fast_gc_pause_seconds",
+            "histogram",
+            "Duration of each collection of the cyclic garbage collector (any generation).",
+        ),
+        _spec(
             "opamp_fast_writer_flushes_total", "counter", "Committed flushes of the batch writer."
         ),
         _spec(
@@ -524,6 +548,9 @@ class MetricsSnapshot:
     writer: WriterStatistics | None
     flush_rows: Histogram
     flush_seconds: Histogram
+    flush_cpu: Histogram
+    loop_oversleep: Histogram
+    gc_pauses: Histogram
     messages_in: dict[Transport, int]
     messages_out: dict[Transport, int]
     bytes_in: dict[Transport, int]
@@ -610,6 +637,10 @@ class MetricsExporter:
         self._clock = clock
         self.flush_rows = BucketCounts(FLUSH_ROWS_BOUNDS)
         self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
+        self.flush_cpu = BucketCounts(PAUSE_BOUNDS)
+        #: Kept by their owners (the loop-lag sampler, the GC timer); read at scrape time.
+        self.loop_oversleep = BucketCounts(PAUSE_BOUNDS)
+        self.gc_pauses = BucketCounts(PAUSE_BOUNDS)
         if writer is not None:
             writer.on_flush = self._observe_flush
         # The loop this exporter serves: collect() called from any other thread hops back to it.
@@ -629,9 +660,10 @@ class MetricsExporter:
         self.packages = packages
         return self
 
-    def _observe_flush(self, rows: int, seconds: float) -> None:
+    def _observe_flush(self, rows: int, seconds: float, cpu_s: float) -> None:
         self.flush_rows.observe(rows)
         self.flush_seconds.observe(seconds)
+        self.flush_cpu.observe(cpu_s)
 
     # -- reading the services --------------------------------------------------------------
     def snapshot(self) -> MetricsSnapshot:
@@ -649,6 +681,9 @@ class MetricsExporter:
             writer=self.writer.statistics() if self.writer is not None else None,
             flush_rows=Histogram.of(self.flush_rows),
             flush_seconds=Histogram.of(self.flush_seconds),
+            flush_cpu=Histogram.of(self.flush_cpu),
+            loop_oversleep=Histogram.of(self.loop_oversleep),
+            gc_pauses=Histogram.of(self.gc_pauses),
             messages_in=dict(stats.messages_in) if stats else zero,
             messages_out=dict(stats.messages_out) if stats else zero,
             bytes_in=dict(stats.bytes_in) if stats else zero,
@@ -844,6 +879,7 @@ def _writer_families(f: _Families, snap: MetricsSnapshot, queue_max: int) -> Non
     """The batch writer: flushes, rows, what is pending, database errors and backlog."""
     f.histogram("opamp_fast_writer_flush_rows", snap.flush_rows)
     f.histogram("opamp_fast_writer_flush_duration_seconds", snap.flush_seconds)
+    f.histogram("opamp_fast_writer_flush_cpu_seconds", snap.flush_cpu)
     w = snap.writer
     f.counter("opamp_fast_writer_flushes_total").add_metric([], w.flushes_total if w else 0)
     f.counter("opamp_fast_writer_rows_written_total").add_metric(
@@ -862,6 +898,8 @@ def _writer_families(f: _Families, snap: MetricsSnapshot, queue_max: int) -> Non
 
 def _runtime_families(f: _Families, snap: MetricsSnapshot, version: str) -> None:
     f.gauge("opamp_fast_sweeper_lag_seconds").add_metric([], snap.sweeper_lag_s)
+    f.histogram("opamp_fast_loop_oversleep_seconds", snap.loop_oversleep)
+    f.histogram("opamp_fast_gc_pause_seconds", snap.gc_pauses)
     f.info(
         "opamp_fast_heartbeat_wheel",
         {"implementation": "cython" if snap.registry.using_extension else "python"},

@@ -30,10 +30,10 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import anyio
 import msgspec
@@ -146,8 +146,8 @@ class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
     __slots__ = (
-        "agents", "closes", "custom_bytes", "custom_messages", "drift", "events", "online",
-        "refused", "seen", "sessions", "waiters",
+        "agents", "closes", "custom_bytes", "custom_messages", "drift", "events", "inserted",
+        "online", "refused", "seen", "sessions", "waiters",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -170,6 +170,7 @@ class _Batch:
         # set by the write: agents whose config drift changed (uid, drifted_at, applied hash,
         # effective hash), as the trigger of migration 0013 decided it
         self.drift: list[tuple[bytes, dt.datetime | None, str | None, str | None]] = []
+        self.inserted = 0  # set by the write: agent rows it inserted (the fleet's total grows)
 
     def __bool__(self) -> bool:
         return bool(
@@ -287,12 +288,18 @@ class BatchWriter:
         drain_timeout_s: float = 10.0,
         online_counts: Callable[[], tuple[int, int]] | None = None,
         redactor: ConfigRedactor | None = None,
+        seen_flush_interval_s: float = 0.0,
     ) -> None:
         if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
             raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
         self._db = db
         self.instance_id = instance_id
         self._interval = flush_interval_s
+        # A batch holding nothing but last-seen times (a fleet heartbeating, nothing changing)
+        # waits this long since the last flush: one transaction per worker every few seconds
+        # instead of every second (0: every flush interval).
+        self._seen_interval = max(seen_flush_interval_s, flush_interval_s)
+        self._last_flush = 0.0
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._retry_initial = min(retry_initial_s, retry_max_s)
@@ -321,9 +328,9 @@ class BatchWriter:
         self.custom_messages_dropped = 0
         # digests of the component sets stored already (``component_sets``); bounded
         self._known_component_sets: set[bytes] = set()
-        # metrics: called with (rows, seconds) after each committed flush, on the event
-        # loop, so the exporter can keep flush-size and flush-latency histograms. Plain numbers.
-        self.on_flush: Callable[[int, float], None] | None = None
+        # metrics: (rows, wall seconds, CPU seconds of the writer's thread) after each flush,
+        # on the event loop, for the exporter's histograms. Plain numbers.
+        self.on_flush: Callable[[int, float, float], None] | None = None
         # fleet events: called when a batch is taken; what it returns is sent to the
         # other instances with pg_notify in that batch's transaction (events.EventHub).
         self.event_outbox: Callable[[], Sequence[OutgoingEvent]] | None = None
@@ -333,6 +340,11 @@ class BatchWriter:
         # drift: called on the event loop, after the commit, with the agents whose config drift
         # changed in the flush (``_Batch.drift``).
         self.on_drift: Callable[[list[Any]], object] | None = None
+        # cluster: how many other instances share the database. With any, agents move between
+        # them (a storm over several workers), so one flush's agent rows are locked in uid
+        # order before they are written: two instances' flushes then wait for each other
+        # instead of deadlocking (which costs a rolled-back flush and a retry).
+        self.peers: Callable[[], int] | None = None
 
     # ----------------------------------------------------------------- producer side
 
@@ -493,7 +505,20 @@ class BatchWriter:
             if self._closing:
                 return  # the drain does the final flush
             next_flush = anyio.current_time() + self._interval
+            if self._only_seen_and_recent():
+                continue
             await self._flush_once()
+            self._last_flush = anyio.current_time()
+
+    def _only_seen_and_recent(self) -> bool:
+        """Nothing pending but last-seen times, and they were written less than the seen
+        interval ago: the flush can wait (nothing that waits for it is delayed)."""
+        batch = self._pending
+        if self.event_outbox is not None:
+            batch.events.extend(self.event_outbox())
+        if batch.agents or batch.sessions or batch.closes or batch.events or batch.waiters:
+            return False
+        return anyio.current_time() - self._last_flush < self._seen_interval
 
     async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:
         """Write the pending batch; on failure merge it back. True when committed."""
@@ -507,14 +532,15 @@ class BatchWriter:
         done = False
         started = time.perf_counter()
         try:
-            rows = await self._db.run_writer(
+            rows, cpu_s = await self._db.run_writer(
                 partial(
-                    _write_batch,
+                    _timed_write,
                     batch=batch,
                     instance_id=self.instance_id,
                     shutdown_at=shutdown_at,
                     redactor=self._redactor,
                     known_sets=self._known_component_sets,
+                    lock_in_order=self.peers is not None and self.peers() > 0,
                 )
             )
             done = True
@@ -550,7 +576,7 @@ class BatchWriter:
             self._backlog_since = None
             self._failed_attempts = 0
         if self.on_flush is not None:  # metrics
-            self.on_flush(rows, elapsed)
+            self.on_flush(rows, elapsed, cpu_s)
         if batch.refused and self.on_refused is not None:
             self.on_refused(batch.refused)
         if batch.drift and self.on_drift is not None:
@@ -623,6 +649,15 @@ class BatchWriter:
 # --------------------------------------------------------------------- SQL (worker thread)
 
 _COUNT_NEW_AGENTS = "UPDATE fleet_stats SET agents_total = agents_total + %s"
+
+# Every row a flush will update, locked in one order (the rows are locked as the sorted scan
+# returns them), so that two instances' flushes sharing agents queue instead of deadlocking.
+_LOCK_AGENTS_IN_ORDER = """
+SELECT count(*) FROM (
+    SELECT 1 FROM agents AS a JOIN unnest(%s::bytea[]) AS b(uid) ON a.instance_uid = b.uid
+    ORDER BY a.instance_uid FOR UPDATE OF a
+) AS locked
+"""
 
 # This instance's online agents as its registry counted them when the batch was taken: written
 # with the transitions that led to them, so the fleet summary matches the rows at every commit.
@@ -938,7 +973,7 @@ def _write_agents(
     sets: dict[bytes, Any] = {}
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
-        for uid, c in agents.items():
+        for uid, c in _yielding(agents.items(), _AGENT_ROWS_PER_YIELD):
             keep = uid in unchanged
             row = _agent_row(uid, c, seen.get(uid), keep, hashes.get(uid), redactor, sets)
             copy.write_row(row)
@@ -959,12 +994,37 @@ def _write_agents(
         inserted = cur.rowcount
     if updated + inserted != len(agents):
         raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
-    if inserted:
-        cur.execute(_COUNT_NEW_AGENTS, (inserted,))
+    batch.inserted = inserted
     for previous, uids in (moved or {}).items():
         for payload in encode_notices("takeover", instance_id, uids=uids):
             cur.execute("SELECT pg_notify(%s, %s)", (channel_for(previous), payload))
     return updated + inserted
+
+
+_T = TypeVar("_T")
+
+#: Rows encoded between two releases of the interpreter lock (about 0.1-0.2 ms of work): the
+#: event loop, which shares the lock with this thread, waits at most that long for it instead
+#: of a whole switch interval (5 ms) while a flush encodes thousands of rows.
+_ROWS_PER_YIELD: Final = 128
+_AGENT_ROWS_PER_YIELD: Final = 16  # an agent's full state goes through protobuf -> JSON
+
+
+def _yielding(items: Iterable[_T], every: int = _ROWS_PER_YIELD) -> Iterator[_T]:
+    """``items``, releasing the interpreter lock every ``every`` of them (``time.sleep(0)``:
+    a thread waiting for the lock gets it at once; nobody waiting, it costs a system call)."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if not n % every:
+            time.sleep(0)
+
+
+def _timed_write(conn: Any, **kw: Any) -> tuple[int, float]:
+    """``_write_batch`` and the CPU time its thread spent: about the time it held the
+    interpreter lock the event loop also needs (psycopg waits on the network without it)."""
+    started = time.thread_time()
+    rows = _write_batch(conn, **kw)
+    return rows, time.thread_time() - started
 
 
 def _write_batch(
@@ -975,11 +1035,14 @@ def _write_batch(
     shutdown_at: float | None = None,
     redactor: ConfigRedactor | None = None,
     known_sets: set[bytes] | None = None,
+    lock_in_order: bool = False,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
     Order matters: agent rows first (a new agent's row exists before its history), then new
-    sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``.
+    sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``;
+    the rows shared by every instance last. ``lock_in_order``: lock the batch's agent rows in
+    uid order first (other instances write some of the same agents).
     """
     params = {"instance": instance_id}
     rows = 0
@@ -987,19 +1050,19 @@ def _write_batch(
         cur.execute(_STAGING)
         agents = batch.agents
         seen = batch.seen
+        batch.inserted = 0
+        if lock_in_order and (agents or seen):
+            cur.execute(_LOCK_AGENTS_IN_ORDER, ([*agents, *seen],))
         if agents:
             redactor = redactor or ConfigRedactor()
             rows += _write_agents(cur, batch, instance_id, redactor, known_sets or set())
-        if batch.online is not None:
-            ws, http = batch.online
-            cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
         if batch.sessions:
             rows += _write_sessions(cur, batch.sessions, instance_id)
         if batch.closes:
             with cur.copy("COPY opamp_stage_closes FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["bytea", "float8", "text"])
                 write = copy.write_row
-                for session_id, (closed_at, reason) in batch.closes.items():
+                for session_id, (closed_at, reason) in _yielding(batch.closes.items()):
                     write((session_id, closed_at, reason))
             cur.execute(_UPDATE_CLOSES)
             rows += cur.rowcount
@@ -1008,7 +1071,7 @@ def _write_batch(
             with cur.copy("COPY opamp_stage_seen FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["bytea", "float8"])
                 write = copy.write_row
-                for uid, at in seen.items():
+                for uid, at in _yielding(seen.items()):
                     if uid not in agents:
                         write((uid, at))
                         staged += 1
@@ -1026,6 +1089,14 @@ def _write_batch(
             rows += cur.rowcount
             cur.execute(_OFFLINE_INSTANCE_AGENTS, shutdown)
             rows += cur.rowcount
+        # The rows every instance writes (the fleet's total, this instance's online counts,
+        # which its lease renewal updates too) last: each is locked for the commit only, not
+        # for the whole flush.
+        if batch.inserted:
+            cur.execute(_COUNT_NEW_AGENTS, (batch.inserted,))
+        if batch.online is not None:
+            ws, http = batch.online
+            cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
     return rows
 
 
@@ -1091,7 +1162,7 @@ def _write_sessions(
     with cur.copy(_COPY_HISTORY) as copy:
         copy.set_types(_HISTORY_TYPES)
         write = copy.write_row
-        for session_id, s in sessions.items():
+        for session_id, s in _yielding(sessions.items()):
             if s.uncertain:
                 continue
             end = s.disconnected_at

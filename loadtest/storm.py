@@ -1,0 +1,330 @@
+"""storm: a whole fleet back at once, and how fast the server takes it back.
+
+Starts an embedded Postgres and ``opamp-fast serve`` (``--workers``; or ``--go-server-bin``, the
+Go reference), connects ``--agents`` WebSocket agents with ``wsload.py`` (heartbeat every
+``--heartbeat-s``, reconnecting with ``--backoff`` after any loss, optionally honouring
+``Retry-After``), waits until every one is connected, then makes the storm:
+
+- ``--scenario restart``: SIGTERM to the server, wait for its exit, start it again on the
+  same port and database (a deploy, a crash recovery);
+- ``--scenario blip``: every agent drops its connection at once while the server stays up
+  (a network blip; SIGUSR1 to wsload).
+
+Measured from the storm (t = 0 when the server is ready again, or the blip): every second, the
+agents connected (the generator's count), the online count the REST summary reports
+(``/api/agents/status/summary``: fleet-wide, from Postgres) and the round-trip p99 of the agents
+already back; the time until every agent is back (generator) and until the summary says so;
+how long each agent was away (p50/p99/max); after the run (every agent says goodbye, the server
+stops with SIGTERM): the connection-history rows against the sessions the generator opened,
+rows left open, and the disconnect reasons; and the server's own pause histograms (loop oversleep,
+collections, the writer's flushes; from ``/metrics`` once the generator is done: since the
+storm for a restart, since the start for a blip). Loopback only, bounded in time; every process is
+stopped by its PID. Prints a summary and writes ``loadtest/results/storm-<name>.json``.
+
+Example: ``python loadtest/storm.py --name r100k --scenario restart --agents 100000
+--server-arg=--workers --server-arg=8 --procs 6 --source-addrs 127.0.0.2-127.0.0.9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from procs import free_port, wait_ready
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def mint_viewer(secret: str) -> str:
+    from opamp_fast.auth import load_key_material, mint_token
+    from opamp_fast.settings import Settings
+
+    keys = load_key_material(Settings(api_jwt_secret=secret))
+    return mint_token(keys, subject="storm", ttl_s=7200, role="viewer")
+
+
+class Summary(threading.Thread):
+    """Polls the REST summary once a second: (monotonic time, online, offline) samples."""
+
+    def __init__(self, port: int, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/api/agents/status/summary"
+        self.token = token
+        self.samples: list[tuple[float, int | None, int | None]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        request = urllib.request.Request(
+            self.url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        while not self.stop.wait(1.0):
+            online = offline = None
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    body = json.loads(r.read())
+                online, offline = int(body["online"]), int(body["offline"])
+            self.samples.append((time.monotonic(), online, offline))
+
+
+class Server:
+    """The server under test, restartable on the same port and database."""
+
+    def __init__(self, args: argparse.Namespace, port: int, db_url: str, tmp: Path, secret: str):
+        self.args, self.port, self.db_url, self.tmp, self.secret = args, port, db_url, tmp, secret
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def command(self) -> list[str]:
+        a = self.args
+        if a.go_server_bin:
+            return [a.go_server_bin, str(self.port)]
+        return [
+            sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1",
+            "--port", str(self.port), "--database-url", self.db_url, "--log-level", "warning",
+            "--backlog", "8192", "--heartbeat-interval-s", str(round(a.heartbeat_s)),
+            *a.server_arg,
+        ]  # fmt: skip
+
+    def start(self) -> float:
+        self.starts += 1
+        log = open(self.tmp / f"server-{self.starts}.log", "wb")  # the server's, while it runs
+        env = {**os.environ, "OPAMP_FAST_API_JWT_SECRET": self.secret}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        if self.args.go_server_bin:
+            wait_port(self.port, self.proc)
+        else:
+            wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.proc, timeout_s=120)
+        return time.monotonic()
+
+    def stop(self, timeout_s: float = 120.0) -> tuple[int | None, float]:
+        """SIGTERM (SIGINT for the Go server), then SIGKILL after ``timeout_s``: (exit, seconds)."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return (proc.returncode if proc else None), 0.0
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT if self.args.go_server_bin else signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        return proc.returncode, round(time.monotonic() - started, 2)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.2)
+    raise SystemExit("server not listening")
+
+
+def connected(load_log: Path) -> int:
+    """The generator's last progress line's connected count (0 before the first)."""
+    with contextlib.suppress(OSError):
+        lines = load_log.read_bytes().splitlines()[-20:]
+        for line in reversed(lines):
+            if b"connected=" in line:
+                return int(line.split(b"connected=")[1].split()[0])
+    return 0
+
+
+def wait_all_connected(load_log: Path, agents: int, timeout_s: float) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if connected(load_log) >= agents:
+            return time.monotonic()
+        time.sleep(0.5)
+    return None
+
+
+def history_check(db_url: str) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM agent_connection_history").fetchone()
+        open_rows = conn.execute(
+            "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
+        ).fetchone()
+        reasons = conn.execute(
+            "SELECT disconnect_reason, count(*) FROM agent_connection_history "
+            "GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        online = conn.execute("SELECT count(*) FROM agents WHERE status = 'online'").fetchone()
+    return {
+        "history_rows": rows[0] if rows else None,
+        "open_rows": open_rows[0] if open_rows else None,
+        "agents_online_after_stop": online[0] if online else None,
+        "reasons": {str(r): n for r, n in reasons},
+    }
+
+
+#: Histograms the server keeps about its own pauses (docs/metrics.md): the storm's share of the
+#: tail, read from ``/metrics`` (all workers summed) once every agent is back.
+PAUSES = (
+    "opamp_fast_loop_oversleep_seconds",
+    "opamp_fast_gc_pause_seconds",
+    "opamp_fast_writer_flush_cpu_seconds",
+    "opamp_fast_writer_flush_duration_seconds",
+    "opamp_fast_db_errors_total",  # failed flushes (a counter: only its ``total``)
+)
+
+
+def pause_histograms(port: int) -> dict[str, dict[str, float]]:
+    """``{histogram: {le: cumulative count}}`` of ``PAUSES``, plus each one's count and sum."""
+    out: dict[str, dict[str, float]] = {name: {} for name in PAUSES}
+    with contextlib.suppress(OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            base, _, labels = name.partition("{")
+            for h in PAUSES:
+                if base == f"{h}_bucket" and 'le="' in labels:
+                    le = labels.split('le="')[1].split('"')[0]
+                    out[h][le] = out[h].get(le, 0.0) + float(value)
+                elif base in (f"{h}_count", f"{h}_sum", h):
+                    key = base[len(h) + 1 :] or "total"
+                    out[h][key] = out[h].get(key, 0.0) + float(value)
+    return out
+
+
+def storm_figures(
+    load: dict[str, Any], summary: Summary, t_storm: float, agents: int
+) -> dict[str, Any]:
+    """What happened from the storm on, from the generator's timeline and the summary."""
+    t0 = load["times"]["t0_monotonic"]
+    after = [s for s in load["timeline"] if t0 + s["t"] >= t_storm - 1]
+    back_at = next((t0 + s["t"] + 1 for s in after if s["connected"] >= agents), None)
+    seen = [(t, on) for t, on, _ in summary.samples if t >= t_storm]
+    summary_back = next((t for t, on in seen if on is not None and on >= agents), None)
+    p99s = [s["p99_ms"] for s in after if s["p99_ms"] is not None and s["answered_per_s"]]
+    return {
+        "all_back_s": round(back_at - t_storm, 1) if back_at else None,
+        "summary_all_online_s": round(summary_back - t_storm, 1) if summary_back else None,
+        "p99_ms_worst_second_after": max(p99s, default=None),
+        "timeline": [
+            {
+                "t": round(t0 + s["t"] + 1 - t_storm, 1),
+                "connected": s["connected"],
+                "down": s.get("down"),
+                "p99_ms": s["p99_ms"],
+                "answered_per_s": s["answered_per_s"],
+            }
+            for s in after
+        ],
+        "summary": [(round(t - t_storm, 1), on, off) for t, on, off in summary.samples if on],
+    }
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    import pgserver
+
+    pg = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
+    secret = os.urandom(24).hex()
+    port = free_port()
+    server = Server(args, port, pg.get_uri(), tmp, secret)
+    load_log, load_out = tmp / "wsload.log", tmp / "wsload.json"
+    summary = Summary(port, mint_viewer(secret))
+    gen: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        summary.start()
+        with open(load_log, "wb") as log:
+            gen = subprocess.Popen([
+                sys.executable, str(HERE / "wsload.py"),
+                "--url", f"ws://127.0.0.1:{port}/v1/opamp", "--agents", str(args.agents),
+                "--procs", str(args.procs), "--ramp-s", str(args.ramp_s),
+                "--hold-s", str(args.hold_s), "--heartbeat-s", str(args.heartbeat_s),
+                "--reconnect", "--backoff", args.backoff, "--goodbye", "--out", str(load_out),
+                *(["--honour-retry-after"] if args.honour_retry_after else []),
+                *(["--source-addrs", args.source_addrs] if args.source_addrs else []),
+            ], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        all_in = wait_all_connected(load_log, args.agents, args.ramp_s + 120)
+        if all_in is None:
+            raise SystemExit(f"not every agent connected before the storm; see {load_log}")
+        time.sleep(args.settle_s)
+        stop_exit = stop_s = None
+        if args.scenario == "restart":
+            stop_exit, stop_s = server.stop()
+            t_storm = server.start()
+        else:
+            gen.send_signal(signal.SIGUSR1)
+            t_storm = time.monotonic()
+        gen.wait(args.ramp_s + args.hold_s + 300)
+        summary.stop.set()
+        pauses = {} if args.go_server_bin else pause_histograms(port)
+        final_exit, final_stop_s = server.stop()
+        load = json.loads(load_out.read_text())
+        return {
+            "scenario": args.scenario, "agents": args.agents, "procs": args.procs,
+            "server": server.command(), "backoff": args.backoff,
+            "honour_retry_after": args.honour_retry_after,
+            "connected_before": all_in is not None, "restart_stop": [stop_exit, stop_s],
+            "final_stop": [final_exit, final_stop_s], "storm": storm_figures(
+                load, summary, t_storm, args.agents),
+            "returns": load.get("returns"), "errors": load.get("errors"),
+            "sessions_opened": load["connect"]["handshakes"],
+            "history": None if args.go_server_bin else history_check(pg.get_uri()),
+            "pauses": pauses, "loadavg_end": os.getloadavg(),
+        }  # fmt: skip
+    finally:
+        summary.stop.set()
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait(10)
+        server.stop(10)
+        pg.cleanup()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--scenario", choices=("restart", "blip"), required=True)
+    p.add_argument("--agents", type=int, default=10_000)
+    p.add_argument("--procs", type=int, default=2, help="wsload processes")
+    p.add_argument("--source-addrs", default="")
+    p.add_argument("--ramp-s", type=float, default=60.0)
+    p.add_argument("--settle-s", type=float, default=10.0, help="all connected, then wait")
+    p.add_argument("--hold-s", type=float, default=240.0, help="the generator's whole hold")
+    p.add_argument("--heartbeat-s", type=float, default=30.0)
+    p.add_argument("--backoff", choices=("full-jitter", "opamp-go"), default="opamp-go")
+    p.add_argument("--honour-retry-after", action="store_true")
+    p.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    p.add_argument("--go-server-bin", default="", help="a Go server taking the port as argument")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="opamp-storm-"))
+    try:
+        result = run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"storm-{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    brief = {k: v for k, v in result.items() if k not in ("storm", "pauses")}
+    brief["storm"] = {k: v for k, v in result["storm"].items() if k not in ("timeline", "summary")}
+    print(json.dumps(brief, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
