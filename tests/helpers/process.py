@@ -73,15 +73,21 @@ class ServerProcess:
             return f.read().decode(errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM, the server's graceful shutdown (a child measuring its coverage saves its
+        data on the way out; SIGKILL would lose it), then SIGKILL if it takes too long."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         self.log.close()
 
 
 @pytest.fixture
 def launch(database_url: str, tmp_path: Path) -> Any:
-    """Factory: ``launch(**flags)`` starts a server process; all are killed at teardown."""
+    """Factory: ``launch(**flags)`` starts a server process; all are stopped at teardown."""
     started: list[ServerProcess] = []
 
     def make(**extra: Any) -> ServerProcess:
