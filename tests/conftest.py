@@ -30,7 +30,8 @@ from opamp_fast.settings import Settings
 
 _counter = itertools.count()
 
-pytest_plugins = ["tests.helpers.process"]  # the ``launch`` fixture (server child processes)
+# the ``launch`` fixture (server child processes); the coverage floor holds for whole runs only
+pytest_plugins = ["tests.helpers.process", "tests.helpers.coverage_floor"]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from opamp_fast.api.models import RESPONSE_STRUCTS
 from scripts.openapi_snapshot import SNAPSHOT, served_bytes, snapshot_text
 from tests.helpers.agents import HTTPAgent, open_ws_agent
 from tests.helpers.config_api import api_client, create_config
+from tests.helpers.process import unmeasured
 from tests.integration.test_rest_api import insert_agents, insert_history, run_sql, token_for
 
 pytestmark = pytest.mark.postgres
@@ -255,7 +256,7 @@ async def test_schemathesis_all_checks_on_every_operation(server, database_url, 
     each of three operations cannot satisfy (with why), are in ``schemathesis.toml``."""
     await seed_fleet(server, database_url)
     token = token_for(server.services.settings, sub="schemathesis")
-    env = {**os.environ, "OPAMP_FAST_SCHEMATHESIS_TOKEN": token, "NO_COLOR": "1"}
+    env = {**unmeasured(os.environ), "OPAMP_FAST_SCHEMATHESIS_TOKEN": token, "NO_COLOR": "1"}
     args = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(SCHEMATHESIS_CONFIG)]
     args += ["run", f"{server.url}/openapi.json", "--no-color"]
     async with open_ws_agent(server.url) as ws:

@@ -71,7 +71,9 @@ class Exchange:
             not self.body_done and head.headers.get("expect", "").lower() == "100-continue"
         )
         self.continue_sent = False
-        self.keep_alive = head.keep_alive
+        # httptools forgets a request's "Connection: close" once the message is complete, so
+        # for a request without a body should_keep_alive() says yes: the header is read here.
+        self.keep_alive = head.keep_alive and not _asks_to_close(head)
         self.gone = False  # the peer went away (or the connection was dropped)
         self.task_started = False  # the driver started the application on it
         self.started = False  # http.response.start seen
@@ -190,6 +192,13 @@ class Exchange:
     def finish(self) -> None:
         """The connection is done with this exchange (ended, failed or gone): wake the task."""
         self.notify()
+
+
+def _asks_to_close(head: RequestHead) -> bool:
+    """The client sent the ``close`` connection option (RFC 9112, 9.6: the server closes
+    after its response)."""
+    option = head.headers.get("connection")
+    return option is not None and "close" in (t.strip().lower() for t in option.split(","))
 
 
 def _scope(head: RequestHead, scheme: str, client: tuple[str, int] | None) -> dict[str, Any]:
