@@ -27,6 +27,7 @@ from tests.conftest import free_port
 from tests.helpers.agents import description, new_uid, open_ws_agent
 from tests.helpers.config_api import api_client, wait_known
 from tests.helpers.migrations import migrate_before
+from tests.helpers.process import unmeasured
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -119,7 +120,9 @@ def unpack_release(commit: str, into: Path) -> Path:
 
 def spawn_release(src: Path, database_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     """The release in ``src`` as a server process (this interpreter, its packages)."""
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    # Not measured: the old release is not the code under test, and its files would enter the
+    # coverage report as files of their own.
+    env = {**unmeasured(os.environ), "PYTHONPATH": str(src)}
     args = [sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1", "--port",
             str(port), "--database-url", database_url, "--instance-id", "old-release",
             "--flush-interval-s", "0.1"]  # fmt: skip
