@@ -58,7 +58,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from procs import free_port, wait_ready  # noqa: E402  (sibling script, not a package)
+from procs import free_port, metric_samples, wait_ready  # noqa: E402  (sibling script, not a package)
 
 from opamp_fast.native.wsframe import (  # noqa: E402
     OP_BINARY,
@@ -466,20 +466,12 @@ def mint_tokens(secret: str) -> None:
 
 
 def metrics_of(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
     wanted = ("opamp_fast_connection_timeouts_total", "opamp_fast_rejected_connections_total",
               "opamp_fast_admission_shed_total", "opamp_fast_tcp_refused_total",
               "opamp_fast_tcp_evicted_total", "opamp_fast_protocol_errors_total",
               "opamp_fast_upgrades_evicted_total", "opamp_fast_buffer_shed_total")  # fmt: skip
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                if float(value):
-                    out[name] = float(value)
-    return out
+    samples = metric_samples(f"http://127.0.0.1:{port}/metrics")
+    return {name: v for name, v in samples.items() if name.startswith(wanted) and v}
 
 
 def main() -> int:

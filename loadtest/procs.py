@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["floor_args", "free_port", "wait_ready"]
+__all__ = ["floor_args", "free_port", "metric_samples", "wait_ready"]
 
 
 def free_port() -> int:
@@ -20,6 +20,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def metric_samples(url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """A server's ``/metrics`` at ``url`` as ``{series: value}``, the series with its labels as
+    exposed (``name{label="..."}``); comments and unparsable lines left out. Raises OSError
+    when the server does not answer."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        try:
+            out[series] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 def wait_ready(

@@ -38,8 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -203,19 +201,11 @@ def db_rows(url: str) -> dict[str, int]:
 def scrape_metrics(base: str) -> dict[str, float]:
     """Writer and fleet figures from /metrics if the server exports them (else {})."""
     try:
-        with urllib.request.urlopen(base + "/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except (urllib.error.URLError, OSError):
+        samples = procs.metric_samples(base + "/metrics", timeout_s=2)
+    except OSError:  # URLError too
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, _, value = line.rpartition(" ")
-        if any(k in name for k in ("flush", "rows", "pending", "agents_by_status", "open_conn")):
-            with contextlib.suppress(ValueError):
-                out[name] = float(value)
-    return out
+    wanted = ("flush", "rows", "pending", "agents_by_status", "open_conn")
+    return {name: v for name, v in samples.items() if any(k in name for k in wanted)}
 
 
 def wait_ready(base: str, proc: Proc, path: str, timeout_s: float = 60.0) -> None:

@@ -42,7 +42,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import free_port, wait_ready
+from procs import free_port, metric_samples, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -190,21 +190,23 @@ PAUSES = (
 
 
 def pause_histograms(port: int) -> dict[str, dict[str, float]]:
-    """``{histogram: {le: cumulative count}}`` of ``PAUSES``, plus each one's count and sum."""
+    """``{histogram: {le: cumulative count}}`` of ``PAUSES`` summed over the workers, plus each
+    one's count and sum (a counter's value as ``total``)."""
     out: dict[str, dict[str, float]] = {name: {} for name in PAUSES}
-    with contextlib.suppress(OSError, ValueError):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            base, _, labels = name.partition("{")
-            for h in PAUSES:
-                if base == f"{h}_bucket" and 'le="' in labels:
-                    le = labels.split('le="')[1].split('"')[0]
-                    out[h][le] = out[h].get(le, 0.0) + float(value)
-                elif base in (f"{h}_count", f"{h}_sum", h):
-                    key = base[len(h) + 1 :] or "total"
-                    out[h][key] = out[h].get(key, 0.0) + float(value)
+    try:
+        samples = metric_samples(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return out
+    for series, value in samples.items():
+        base, _, labels = series.partition("{")
+        for h in PAUSES:
+            if base == f"{h}_bucket" and 'le="' in labels:
+                key = labels.split('le="')[1].split('"')[0]
+            elif base in (f"{h}_count", f"{h}_sum", h):
+                key = base[len(h) + 1 :] or "total"
+            else:
+                continue
+            out[h][key] = out[h].get(key, 0.0) + value
     return out
 
 
