@@ -38,44 +38,57 @@ def load_settings(conn: Conn) -> SettingsRows:
     )
 
 
-def group_settings(conn: Conn, name: str, *, lock: bool = False) -> dict[str, Any] | None:
-    sql = "SELECT settings FROM group_connection_settings WHERE group_name = %s"
-    row = conn.execute(sql + (" FOR UPDATE" if lock else ""), (name,)).fetchone()
+# Settings are kept per group and per agent in two tables of one shape: (table, key column).
+_GROUP = ("group_connection_settings", "group_name")
+_AGENT = ("agent_connection_settings", "instance_uid")
+
+
+def _settings(conn: Conn, owner: tuple[str, str], key: Any, lock: bool) -> dict[str, Any] | None:
+    table, column = owner
+    sql = f"SELECT settings FROM {table} WHERE {column} = %s" + (" FOR UPDATE" if lock else "")
+    row = conn.execute(sql, (key,)).fetchone()
     return None if row is None else dict(row[0])
+
+
+def _put(
+    conn: Conn, owner: tuple[str, str], key: Any, settings: dict[str, Any], actor: str
+) -> None:
+    table, column = owner
+    conn.execute(
+        f"""INSERT INTO {table} ({column}, settings, updated_by)
+        VALUES (%s, %s, %s) ON CONFLICT ({column}) DO UPDATE
+        SET settings = EXCLUDED.settings, updated_by = EXCLUDED.updated_by, updated_at = now()""",
+        (key, Jsonb(settings), actor),
+    )
+
+
+def _delete(conn: Conn, owner: tuple[str, str], key: Any) -> bool:
+    table, column = owner
+    return conn.execute(f"DELETE FROM {table} WHERE {column} = %s", (key,)).rowcount > 0
+
+
+def group_settings(conn: Conn, name: str, *, lock: bool = False) -> dict[str, Any] | None:
+    return _settings(conn, _GROUP, name, lock)
 
 
 def put_group_settings(conn: Conn, name: str, settings: dict[str, Any], actor: str) -> None:
-    conn.execute(
-        """INSERT INTO group_connection_settings (group_name, settings, updated_by)
-        VALUES (%s, %s, %s) ON CONFLICT (group_name) DO UPDATE
-        SET settings = EXCLUDED.settings, updated_by = EXCLUDED.updated_by, updated_at = now()""",
-        (name, Jsonb(settings), actor),
-    )
+    _put(conn, _GROUP, name, settings, actor)
 
 
 def delete_group_settings(conn: Conn, name: str) -> bool:
-    sql = "DELETE FROM group_connection_settings WHERE group_name = %s"
-    return conn.execute(sql, (name,)).rowcount > 0
+    return _delete(conn, _GROUP, name)
 
 
 def agent_settings(conn: Conn, uid: bytes, *, lock: bool = False) -> dict[str, Any] | None:
-    sql = "SELECT settings FROM agent_connection_settings WHERE instance_uid = %s"
-    row = conn.execute(sql + (" FOR UPDATE" if lock else ""), (uid,)).fetchone()
-    return None if row is None else dict(row[0])
+    return _settings(conn, _AGENT, uid, lock)
 
 
 def put_agent_settings(conn: Conn, uid: bytes, settings: dict[str, Any], actor: str) -> None:
-    conn.execute(
-        """INSERT INTO agent_connection_settings (instance_uid, settings, updated_by)
-        VALUES (%s, %s, %s) ON CONFLICT (instance_uid) DO UPDATE
-        SET settings = EXCLUDED.settings, updated_by = EXCLUDED.updated_by, updated_at = now()""",
-        (uid, Jsonb(settings), actor),
-    )
+    _put(conn, _AGENT, uid, settings, actor)
 
 
 def delete_agent_settings(conn: Conn, uid: bytes) -> bool:
-    sql = "DELETE FROM agent_connection_settings WHERE instance_uid = %s"
-    return conn.execute(sql, (uid,)).rowcount > 0
+    return _delete(conn, _AGENT, uid)
 
 
 # ----------------------------------------------------------------------------- certificates
