@@ -658,17 +658,27 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
     assert await aquery(database_url, "SELECT count(*) FROM agent_uptime_daily") == [(0,)]
 
 
+@pytest.fixture
+async def second_db(database_url: str) -> AsyncIterator[Database]:
+    """A second Database (its own writer connection), closed after the writers that use it:
+    requested before ``writer_factory``, it is torn down after it."""
+    database = Database(database_url, pool_size=2, connect_timeout_s=1.0)
+    await database.open()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
-    writer_factory, database_url
+    second_db, writer_factory
 ) -> None:
     """Agents moving between instances (a storm over several workers): each instance's batch
     holds some agents as state changes and others as last-seen times, the other one the reverse.
     Rows locked in each statement's own order deadlock (Postgres aborts one flush, which retries
     after a backoff: a flush's worth of latency each time); locked in one order, they wait."""
-    other = Database(database_url, pool_size=2, connect_timeout_s=1.0)  # a writer connection each
-    await other.open()
     a: BatchWriter = await writer_factory(instance_id="node-a")
-    b: BatchWriter = await writer_factory(instance_id="node-b", database=other)
+    b: BatchWriter = await writer_factory(instance_id="node-b", database=second_db)
     a.peers = b.peers = lambda: 1
     left, right = [uid(n) for n in range(5000)], [uid(n) for n in range(5000, 10000)]
     for u in left + right:
@@ -686,9 +696,5 @@ async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
         async with anyio.create_task_group() as tg:
             tg.start_soon(a.flush)
             tg.start_soon(b.flush)
-    try:
-        assert a.statistics().db_errors_total == 0
-        assert b.statistics().db_errors_total == 0
-    finally:
-        await b.aclose()
-        await other.close()
+    assert a.statistics().db_errors_total == 0
+    assert b.statistics().db_errors_total == 0

@@ -1052,7 +1052,7 @@ def _write_batch(
         seen = batch.seen
         batch.inserted = 0
         if lock_in_order and (agents or seen):
-            cur.execute(_LOCK_AGENTS_IN_ORDER, ([*agents, *seen],))
+            cur.execute(_LOCK_AGENTS_IN_ORDER, (list(agents.keys() | seen.keys()),))
         if agents:
             redactor = redactor or ConfigRedactor()
             rows += _write_agents(cur, batch, instance_id, redactor, known_sets or set())
