@@ -440,3 +440,35 @@ async def test_rollup_answers_as_raw_history_does(server: Any, database_url: str
         window = av.Window(since, until)
         per_agent = [av.summarize([tuple(s) for s in ss], window, t0) for ss in agents]
         assert report["disconnects"] == sum(a.disconnects for a in per_agent)
+
+
+def test_a_large_close_after_small_ones_is_planned_for_its_size(database_url: str) -> None:
+    """The rollup trigger's join of its transition tables is planned for the statement at hand:
+    on a connection whose first close was of one session (as a writer's often is), closing
+    40,000 sessions at once (a shutdown, a reaped instance) stays linear. With the plan cached
+    from that close (a nested loop over the two tables) it took ~7 s at 10,000 rows and grew with
+    the square, far past the statement timeout below; planned per call it takes ~2 s."""
+    from opamp_fast.storage.migrations import migrate_sync
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate_sync(conn)
+        for instance, n in (("small", 1), ("big", 40_000)):
+            conn.execute(
+                "INSERT INTO agent_connection_history (session_id, instance_uid, connected_at,"
+                " transport, serving_instance) SELECT gen_random_uuid(),"
+                " decode(md5(g::text || %s), 'hex'), now() - interval '1 hour', 'ws', %s"
+                " FROM generate_series(1, %s) AS g",
+                (instance, instance, n),
+            )
+        close = (
+            "UPDATE agent_connection_history SET disconnected_at = now(), disconnect_reason = %s"
+            " WHERE serving_instance = %s AND disconnected_at IS NULL"
+        )
+        conn.execute(close, ("connection closed", "small"))
+        conn.execute("SET statement_timeout = '60s'")
+        conn.execute(close, ("server shutdown", "big"))
+        rolled = conn.execute(
+            "SELECT reason, sum(disconnects)::int, count(DISTINCT instance_uid)::int"
+            " FROM agent_uptime_daily WHERE reason <> '' GROUP BY reason ORDER BY reason"
+        ).fetchall()
+    assert rolled == [("connection closed", 1, 1), ("server shutdown", 40_000, 40_000)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -676,16 +677,19 @@ async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
     """Agents moving between instances (a storm over several workers): each instance's batch
     holds some agents as state changes and others as last-seen times, the other one the reverse.
     Rows locked in each statement's own order deadlock (Postgres aborts one flush, which retries
-    after a backoff: a flush's worth of latency each time); locked in one order, they wait."""
+    after a backoff: a flush's worth of latency each time); locked in one order, they wait.
+    The sessions begin a minute ago: the shutdown that closes them adds each one's days to the
+    availability rollup, and 10,000 sessions open since ``T0`` (three years) are 11M days."""
+    t0 = time.time() - 60
     a: BatchWriter = await writer_factory(instance_id="node-a")
     b: BatchWriter = await writer_factory(instance_id="node-b", database=second_db)
     a.peers = b.peers = lambda: 1
     left, right = [uid(n) for n in range(5000)], [uid(n) for n in range(5000, 10000)]
     for u in left + right:
-        a.connected(u, at=T0, remote_addr="x", transport="ws")
+        a.connected(u, at=t0, remote_addr="x", transport="ws")
     await a.flush()
     for round_ in range(1, 7):
-        at = T0 + round_
+        at = t0 + round_
         mine, theirs = (left, right) if round_ % 2 else (right, left)
         for u in mine:
             a.connected(u, at=at, remote_addr="x", transport="ws")
