@@ -246,9 +246,9 @@ _HELP = {
     "key contains one (ignoring case, '-', '_', '.') is stored and shown redacted; bearer and "
     "basic credentials, URL passwords and PEM private keys always are (docs/api.md)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
-    "last_seen_flush_s": "while only heartbeats arrive (nothing else changes), agents' "
-    "last_seen_at is written this often instead of every flush interval (fewer transactions per "
-    "worker; Postgres' last_seen_at is at most this much behind), seconds",
+    "last_seen_flush_s": "each agent's last_seen_at is written to Postgres once per this "
+    "interval, a slice of the fleet with every flush (Postgres' last_seen_at is at most this much "
+    "behind; the heartbeat timeout and the metrics go by memory), seconds",
     "flush_batch_max": "flush early when this many agents have pending changes",
     "writer_queue_max": "connection-history rows waiting for the database beyond which new "
     "agents get 503 (memory stays bounded through a long database outage)",

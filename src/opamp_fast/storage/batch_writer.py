@@ -295,11 +295,16 @@ class BatchWriter:
         self._db = db
         self.instance_id = instance_id
         self._interval = flush_interval_s
-        # A batch holding nothing but last-seen times (a fleet heartbeating, nothing changing)
-        # waits this long since the last flush: one transaction per worker every few seconds
-        # instead of every second (0: every flush interval).
-        self._seen_interval = max(seen_flush_interval_s, flush_interval_s)
-        self._last_flush = 0.0
+        # Last-seen times wait in slots by uid hash, and each flush takes the next slot: every
+        # agent's last_seen_at is written once per seen interval (at most that much behind),
+        # and a heartbeating fleet is written a slice per flush instead of all of it at once.
+        # A burst of one UPDATE per agent competes with the event loop for the two cores for a
+        # few hundred ms; that burst was the whole of the round trip's p99 and p99.9 at 10k x 5 s
+        # (docs/performance.md, "Where the tail came from").
+        self._seen_slots: list[dict[bytes, float]] = [
+            {} for _ in range(max(1, round(seen_flush_interval_s / flush_interval_s)))
+        ]
+        self._next_slot = 0
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._retry_initial = min(retry_initial_s, retry_max_s)
@@ -309,7 +314,6 @@ class BatchWriter:
         # Secrets in reported effective configs are cut out in the flush thread (``redaction``).
         self._redactor = redactor if redactor is not None else ConfigRedactor()
         self._pending = _Batch()
-        self._seen = self._pending.seen  # hot path alias, re-pointed whenever _pending changes
         self._inflight: _Batch | None = None
         self._inflight_sessions = 0
         self._open_session: dict[bytes, bytes] = {}  # uid -> session_id of its open connection
@@ -390,6 +394,10 @@ class BatchWriter:
             logger.debug("disconnect of %s without an open session ignored", uid.hex())
             return
         batch = self._pending
+        slots = self._seen_slots
+        last = slots[hash(uid) % len(slots)].pop(uid, None)
+        if last is not None and batch.seen.get(uid, -math.inf) < last:
+            batch.seen[uid] = last  # written with the offline row, not a slot's turn later
         reason = clean_text(reason)
         batch.close_session(session_id, at, reason)
         change = batch.change(uid)
@@ -423,7 +431,8 @@ class BatchWriter:
 
     def seen(self, uid: bytes, at: float) -> None:
         """A message arrived from the agent at ``at`` (UNIX seconds). O(1), never blocks."""
-        seen = self._seen
+        slots = self._seen_slots
+        seen = slots[hash(uid) % len(slots)]
         seen[uid] = at
         if len(seen) >= self._batch_max:
             self._wake.set()
@@ -463,12 +472,25 @@ class BatchWriter:
         if len(batch.agents) >= self._batch_max or len(batch.sessions) >= self._batch_max:
             self._wake.set()
 
-    def _take(self) -> _Batch:
+    def _take(self, *, every_slot: bool = False) -> _Batch:
+        """The pending batch with the next slot of last-seen times (every slot: for
+        ``flush()`` callers and the drain, who wait for everything recorded so far)."""
         batch = self._pending
         if self._online_counts is not None and batch.has_transitions:
             batch.online = self._online_counts()
+        slots = self._seen_slots
+        taken = range(len(slots)) if every_slot or batch.waiters else (self._next_slot,)
+        self._next_slot = (self._next_slot + 1) % len(slots)
+        seen = batch.seen
+        for k in taken:
+            slot, slots[k] = slots[k], {}
+            if seen:
+                for uid, at in slot.items():
+                    if seen.get(uid, -math.inf) < at:
+                        seen[uid] = at
+            else:
+                batch.seen = seen = slot
         self._pending = _Batch()
-        self._seen = self._pending.seen
         self._wake = anyio.Event()
         if self.event_outbox is not None:
             batch.events.extend(self.event_outbox())
@@ -476,7 +498,6 @@ class BatchWriter:
 
     def _merge_back(self, batch: _Batch) -> None:
         self._pending.merge_older(batch)
-        self._seen = self._pending.seen
 
     # ----------------------------------------------------------------- service
 
@@ -505,24 +526,11 @@ class BatchWriter:
             if self._closing:
                 return  # the drain does the final flush
             next_flush = anyio.current_time() + self._interval
-            if self._only_seen_and_recent():
-                continue
             await self._flush_once()
-            self._last_flush = anyio.current_time()
-
-    def _only_seen_and_recent(self) -> bool:
-        """Nothing pending but last-seen times, and they were written less than the seen
-        interval ago: the flush can wait (nothing that waits for it is delayed)."""
-        batch = self._pending
-        if self.event_outbox is not None:
-            batch.events.extend(self.event_outbox())
-        if batch.agents or batch.sessions or batch.closes or batch.events or batch.waiters:
-            return False
-        return anyio.current_time() - self._last_flush < self._seen_interval
 
     async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:
         """Write the pending batch; on failure merge it back. True when committed."""
-        batch = self._take()
+        batch = self._take(every_slot=shutdown_at is not None)
         if not batch and shutdown_at is None:
             for waiter in batch.waiters:
                 waiter.set()
@@ -628,6 +636,8 @@ class BatchWriter:
         pending = self._pending
         inflight = self._inflight
         agents = pending.agents.keys() | pending.seen.keys()
+        for slot in self._seen_slots:
+            agents |= slot.keys()
         sessions = len(pending.sessions) + len(pending.closes)
         if inflight is not None:
             agents |= inflight.agents.keys() | inflight.seen.keys()
