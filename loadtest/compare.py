@@ -59,7 +59,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from procs import free_port  # noqa: E402  (sibling script, not a package)
+from procs import Summary, free_port, mint_viewer  # noqa: E402  (sibling script, not a package)
 from scale_run import (  # noqa: E402
     Proc,
     launcher,
@@ -236,6 +236,7 @@ class Run:
         self.db_pid: int | None = None
         self.db_count = 0
         self.last_db_url = ""
+        self.secret = os.urandom(16).hex()  # the REST summary is read during the hold
 
     # targets
 
@@ -277,8 +278,8 @@ class Run:
                 "--port", str(port), "--backlog", "8192", "--database-url", self.database_url(),
                 "--instance-id", f"compare-{tag}", "--log-level", "warning",
                 "--heartbeat-interval-s", hb, "--graceful-timeout-s", "20",
-                *self.timeout_args(), *a.server_arg, *(["--backend", backend] if backend else []),
-                *workers_of(target),
+                "--api-jwt-secret", self.secret, *self.timeout_args(), *a.server_arg,
+                *(["--backend", backend] if backend else []), *workers_of(target),
             ]  # fmt: skip
         if kind == "go":
             if not a.go_server_bin:
@@ -473,7 +474,15 @@ class Run:
         cmd = self.wsload_cmd(port, out, idle=False)
         is_opamp = parse_target(target)[0] == "opamp-fast"
         rows_before, started = (self.db_rows_written() if is_opamp else 0), time.monotonic()
-        load = self.run_wsload(cmd, out, out.with_suffix(".log"))
+        summary = Summary(port, mint_viewer(self.secret)) if is_opamp else None
+        if summary is not None:
+            summary.start()
+        try:
+            load = self.run_wsload(cmd, out, out.with_suffix(".log"))
+        finally:
+            if summary is not None:
+                summary.stop.set()
+                summary.join(10)
         phase_s = time.monotonic() - started
         steady, hold, times = load["steady"], load["hold"], load["times"]
         t1, t2 = steady["start_monotonic"], steady["end_monotonic"]
@@ -537,6 +546,8 @@ class Run:
                 "generator_wakeups_per_message": steady.get("generator_wakeups_per_message"),
             }
         )
+        if summary is not None:
+            res["summary"] = summary_in_window(summary, t1, t2, load["agents_connected"])
         db_cpu = sampler.delta(t1, t2, 5) if sampler.db is not None else None
         if db_cpu is not None and answered:
             res["db_cpu_per_heartbeat_us"] = round(1e6 * db_cpu / answered, 1)
@@ -551,6 +562,20 @@ class Run:
             with contextlib.suppress(Exception):
                 self.pg.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def summary_in_window(summary: Summary, t1: float, t2: float, connected: int) -> dict[str, Any]:
+    """What the REST summary said (once a second) while every agent heartbeated: exact when
+    each answer's online count was the generator's connected count."""
+    online = [on for t, on, _ in summary.samples if t1 <= t <= t2]
+    answered = [on for on in online if on is not None]
+    return {
+        "samples": len(online),
+        "unanswered": len(online) - len(answered),
+        "online_min": min(answered, default=None),
+        "online_max": max(answered, default=None),
+        "exact": bool(online) and all(on == connected for on in online),
+    }
 
 
 def brief(res: dict[str, Any]) -> str:

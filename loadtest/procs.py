@@ -4,15 +4,20 @@ in CI, where the ``loadtest`` extra, psutil included, is not installed)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import json
 import resource
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 
-__all__ = ["floor_args", "free_port", "metric_samples", "wait_ready"]
+__all__ = [
+    "Summary", "floor_args", "free_port", "metric_samples", "mint_viewer", "wait_ready",
+]  # fmt: skip
 
 
 def free_port() -> int:
@@ -80,3 +85,35 @@ def floor_args(description: str, *, port: int, name: str) -> argparse.Namespace:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return args
+
+
+def mint_viewer(secret: str) -> str:
+    """A REST token with the viewer role for a server started with ``--api-jwt-secret``."""
+    from opamp_fast.auth import load_key_material, mint_token
+    from opamp_fast.settings import Settings
+
+    keys = load_key_material(Settings(api_jwt_secret=secret))
+    return mint_token(keys, subject="loadtest", ttl_s=7200, role="viewer")
+
+
+class Summary(threading.Thread):
+    """Polls the REST summary once a second: (monotonic time, online, offline) samples."""
+
+    def __init__(self, port: int, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/api/agents/status/summary"
+        self.token = token
+        self.samples: list[tuple[float, int | None, int | None]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        request = urllib.request.Request(
+            self.url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        while not self.stop.wait(1.0):
+            online = offline = None
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    body = json.loads(r.read())
+                online, offline = int(body["online"]), int(body["offline"])
+            self.samples.append((time.monotonic(), online, offline))

@@ -36,48 +36,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from procs import free_port, metric_samples, wait_ready
+from procs import Summary, free_port, metric_samples, mint_viewer, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent / "src"))
-
-
-def mint_viewer(secret: str) -> str:
-    from opamp_fast.auth import load_key_material, mint_token
-    from opamp_fast.settings import Settings
-
-    keys = load_key_material(Settings(api_jwt_secret=secret))
-    return mint_token(keys, subject="storm", ttl_s=7200, role="viewer")
-
-
-class Summary(threading.Thread):
-    """Polls the REST summary once a second: (monotonic time, online, offline) samples."""
-
-    def __init__(self, port: int, token: str) -> None:
-        super().__init__(daemon=True)
-        self.url = f"http://127.0.0.1:{port}/api/agents/status/summary"
-        self.token = token
-        self.samples: list[tuple[float, int | None, int | None]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        request = urllib.request.Request(
-            self.url, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        while not self.stop.wait(1.0):
-            online = offline = None
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(request, timeout=5) as r:
-                    body = json.loads(r.read())
-                online, offline = int(body["online"]), int(body["offline"])
-            self.samples.append((time.monotonic(), online, offline))
 
 
 class Server:
