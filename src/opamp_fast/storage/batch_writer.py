@@ -77,6 +77,9 @@ class OutgoingEvent(Protocol):
     def json(self) -> bytes: ...
 
 
+_SEEN_SLOTS_MAX: Final = 600
+
+
 class _LostRace(Exception):
     """Another writer inserted one of our new agents between our UPDATE and INSERT: retry."""
 
@@ -299,10 +302,12 @@ class BatchWriter:
         # agent's last_seen_at is written once per seen interval (at most that much behind),
         # and a heartbeating fleet is written a slice per flush instead of all of it at once.
         # A burst of one UPDATE per agent competes with the event loop for the two cores for a
-        # few hundred ms; that burst was the whole of the round trip's p99 and p99.9 at 10k x 5 s
-        # (docs/performance.md, "Where the tail came from").
+        # few hundred ms; that burst was most of the round trip's p99 and p99.9 at 10k x 5 s
+        # (docs/performance.md, "Where the tail came from"). At most _SEEN_SLOTS_MAX slots: a
+        # longer seen interval writes each agent every _SEEN_SLOTS_MAX flushes (sooner).
+        slots = round(seen_flush_interval_s / flush_interval_s)
         self._seen_slots: list[dict[bytes, float]] = [
-            {} for _ in range(max(1, round(seen_flush_interval_s / flush_interval_s)))
+            {} for _ in range(min(_SEEN_SLOTS_MAX, max(1, slots)))
         ]
         self._next_slot = 0
         self._batch_max = batch_max
