@@ -27,7 +27,6 @@ def point(name: str) -> dict[str, Any]:
     rate = beat.get("messages_per_s") or 0.0
     rows = target.get("rows", {})
     return {
-        "name": name,
         "agents": run["settings"]["agents"],
         "idle_connected": connect["agents_connected"],
         "beating_connected": beat["agents_connected"],
@@ -46,8 +45,12 @@ def point(name: str) -> dict[str, Any]:
         "exit_code": target.get("exit_code"),
         "rows_lost": rows.get("rows_lost"),
         "rows_left_open": rows.get("rows_left_open"),
-        "load_after": run.get("after", {}).get("loadavg", [None])[0],
     }
+
+
+def _held(p: dict[str, Any]) -> bool:
+    """A saturated run has no steady hold to measure (no heartbeat figures)."""
+    return p["p99_ms"] is not None
 
 
 def _workers(cmd: list[str]) -> int:
@@ -60,12 +63,10 @@ def _workers(cmd: list[str]) -> int:
     from opamp_fast.settings import Settings
     from opamp_fast.supervisor import resolve_workers
 
-    settings = Settings(workers="auto")
+    overrides: dict[str, Any] = {"workers": "auto"}
     if "--max-connections" in cmd:
-        settings = Settings(
-            workers="auto", max_connections=int(cmd[cmd.index("--max-connections") + 1])
-        )
-    return resolve_workers(settings)
+        overrides["max_connections"] = int(cmd[cmd.index("--max-connections") + 1])
+    return resolve_workers(Settings(**overrides))
 
 
 def table(points: list[dict[str, Any]]) -> str:
@@ -78,7 +79,6 @@ def table(points: list[dict[str, Any]]) -> str:
     )
     lines = [head]
     for p in points:
-        held = p["p99_ms"] is not None  # a saturated run has no steady hold to measure
         lines.append(
             f"| {p['agents']:,} | {p['workers']} "
             f"| {p['idle_connected']:,} / {p['beating_connected']:,} | {p['rss_mib']:,.0f} MiB "
@@ -87,7 +87,7 @@ def table(points: list[dict[str, Any]]) -> str:
                 f"| {p['messages_per_s']:,.0f} | {p['server_cores']:.2f} cores "
                 f"| {p['db_cores']:.2f} cores | {p['cpu_per_heartbeat_us']} us "
                 f"| {p['p50_ms']} / {p['p99_ms']} / {p['p999_ms']} ms | {p['summary_exact']} "
-                if held
+                if _held(p)
                 else "| saturated: no steady hold | - | - | - | - | - "
             )
             + f"| {p['exit_code']}, {p['rows_lost']} / {p['rows_left_open']} |"
@@ -104,15 +104,14 @@ def plot(points: list[dict[str, Any]], out: Path) -> None:
     fig, (rss, cpu, lat) = plt.subplots(1, 3, figsize=(15, 4.2))
     rss.plot([p["idle_connected"] / 1000 for p in points], [p["rss_mib"] for p in points], "o-")
     rss.set(title="server RSS, fleet connected", xlabel="agents (thousands)", ylabel="MiB")
-    held = [p for p in points if p["p99_ms"] is not None]  # a saturated run has no steady hold
+    held = [p for p in points if _held(p)]
     x = [p["beating_connected"] / 1000 for p in held]
-    points = held
-    cpu.plot(x, [p["server_cores"] for p in points], "o-", label="server (all workers)")
-    cpu.plot(x, [p["db_cores"] for p in points], "s-", label="Postgres")
+    cpu.plot(x, [p["server_cores"] for p in held], "o-", label="server (all workers)")
+    cpu.plot(x, [p["db_cores"] for p in held], "s-", label="Postgres")
     cpu.set(title="CPU over the heartbeat hold", xlabel="agents (thousands)", ylabel="cores")
     cpu.legend()
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
-        lat.plot(x, [p[key] for p in points], "o-", label=label)
+        lat.plot(x, [p[key] for p in held], "o-", label=label)
     lat.axhline(50, color="grey", linestyle=":", label="goal: p99 < 50 ms")
     lat.set(title="heartbeat round trip", xlabel="agents (thousands)", ylabel="ms", yscale="log")
     lat.legend()
