@@ -211,10 +211,7 @@ class _Batch:
                 self.agents[uid] = change
             else:
                 mine.merge_older(change)
-        seen = self.seen
-        for uid, at in older.seen.items():
-            if seen.get(uid, -math.inf) < at:
-                seen[uid] = at
+        _keep_newest(self.seen, older.seen)
         sessions = older.sessions  # older sessions first: history ids follow event order
         for failed in sessions.values():
             failed.uncertain = True
@@ -246,6 +243,13 @@ class _Batch:
             first += 1
         self.custom_messages = messages[first:]
         self.custom_bytes = size
+
+
+def _keep_newest(seen: dict[bytes, float], other: dict[bytes, float]) -> None:
+    """Merge ``other``'s last-seen times into ``seen``; the later time of an agent wins."""
+    for uid, at in other.items():
+        if seen.get(uid, -math.inf) < at:
+            seen[uid] = at
 
 
 class _RandomIds:
@@ -486,15 +490,12 @@ class BatchWriter:
         slots = self._seen_slots
         taken = range(len(slots)) if every_slot or batch.waiters else (self._next_slot,)
         self._next_slot = (self._next_slot + 1) % len(slots)
-        seen = batch.seen
         for k in taken:
             slot, slots[k] = slots[k], {}
-            if seen:
-                for uid, at in slot.items():
-                    if seen.get(uid, -math.inf) < at:
-                        seen[uid] = at
+            if batch.seen:
+                _keep_newest(batch.seen, slot)
             else:
-                batch.seen = seen = slot
+                batch.seen = slot
         self._pending = _Batch()
         self._wake = anyio.Event()
         if self.event_outbox is not None:
