@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid
@@ -39,15 +40,22 @@ async def aquery(url: str, sql: str, params: Any = None) -> Any:
     return await anyio.to_thread.run_sync(partial(query, url, sql, params))
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
+@contextlib.asynccontextmanager
+async def opened(database_url: str) -> AsyncIterator[Database]:
+    """A Database of its own (its own writer connection), closed on exit."""
     database = Database(database_url, pool_size=2, connect_timeout_s=1.0)
     await database.open()
-    await apply_migrations(database)
     try:
         yield database
     finally:
         await database.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    async with opened(database_url) as database:
+        await apply_migrations(database)
+        yield database
 
 
 @pytest.fixture
@@ -667,14 +675,10 @@ async def test_history_retention_deletes_only_old_closed_rows(db, writer_factory
 
 @pytest.fixture
 async def second_db(database_url: str) -> AsyncIterator[Database]:
-    """A second Database (its own writer connection), closed after the writers that use it:
-    requested before ``writer_factory``, it is torn down after it."""
-    database = Database(database_url, pool_size=2, connect_timeout_s=1.0)
-    await database.open()
-    try:
+    """A second Database, closed after the writers that use it: requested before
+    ``writer_factory``, it is torn down after it."""
+    async with opened(database_url) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
