@@ -99,7 +99,7 @@ class Settings:
     max_buffered_bytes: int = 256 * MIB
     min_body_bytes_per_s: int = 32 * 1024
     max_loop_lag_s: float = 0.5
-    loop_lag_interval_s: float = 0.1
+    loop_lag_interval_s: float = 0.25
     api_jwt_secret: str | None = None
     api_jwt_public_key_file: Path | None = None
     api_jwt_algorithm: str = "HS256"

@@ -129,7 +129,7 @@ class HTTPAgent:
         return await self.request(self.message())
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
     """Poll ``predicate()`` (sync) until true; fail after ``timeout`` seconds."""
     with anyio.fail_after(timeout):
         while not predicate():

@@ -18,7 +18,7 @@ PACKAGE = Path(opamp_fast.__file__).parent
 #: Lowest first. A name is a module or a package (a package stands for all its modules unless a
 #: module of it is named itself).
 LAYERS: list[set[str]] = [
-    {"", "_proto", "errors", "strictint", "redaction", "settings"},
+    {"", "_proto", "errors", "strictint", "redaction", "settings", "ticks"},
     {"protocol", "native", "auth"},
     {"transport"},
     {

@@ -49,6 +49,7 @@ from ..protocol import (
     pb,
 )
 from ..storage import settings_queries as sq
+from ..ticks import sleep_to_tick
 from .ca import AgentCA, CertificateRequest, CertificateRequestError, IssuedCertificate
 from .model import ConnectionSettings, build_parts
 
@@ -316,7 +317,7 @@ class ConnectionSettingsService:
                 await step()
             except (psycopg.Error, PoolTimeout) as exc:
                 logger.warning("connection settings: database step failed: %s", exc)
-            await anyio.sleep(interval_s)
+            await sleep_to_tick(interval_s)
 
     async def _count_expiring(self) -> None:
         self.expiring = await self._db.run(lambda conn: sq.expiring_count(conn, EXPIRING_DAYS))

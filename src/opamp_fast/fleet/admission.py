@@ -33,6 +33,7 @@ from anyio.abc import TaskStatus
 
 from ..auth import AgentTokenVerifier
 from ..protocol import Transport, parse_instance_uid_text
+from ..ticks import sleep_to_tick
 from ..transport.handlers import ACCEPT, ConnectingRequest, ConnectionResponse
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class LoopLag:
     def __init__(
         self,
         *,
-        interval_s: float = 0.1,
+        interval_s: float = 0.25,
         decay: float = 0.7,
         oversleep: BucketCounts | None = None,
     ) -> None:
@@ -255,9 +256,7 @@ class LoopLag:
         task_status.started()
         interval = self.interval_s
         while True:
-            started = time.monotonic()
-            await anyio.sleep(interval)
-            late = time.monotonic() - started - interval
+            late = await sleep_to_tick(interval)  # on the process's grid: wakes with the others
             self.lag_s = max(late, self.lag_s * self.decay)
             if self.oversleep is not None:
                 self.oversleep.observe(late)

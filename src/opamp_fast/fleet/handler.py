@@ -64,6 +64,7 @@ from ..protocol import (
     queue_restart,
 )
 from ..storage.rows import AgentSnapshot
+from ..ticks import sleep_to_tick
 from ..transport.handlers import ConnectingRequest, ConnectionResponse
 from . import reasons
 from .admission import Admission
@@ -607,13 +608,9 @@ class FleetHandler:
     ) -> None:
         """One task advances the wheel every tick: no timer per agent."""
         task_status.started()
-        next_tick = self._mono() + tick_s
         while True:
-            await anyio.sleep(max(0.0, next_tick - self._mono()))
-            now = self._mono()
-            self.sweeper_lag_s = max(0.0, now - next_tick)
-            next_tick = max(next_tick + tick_s, now)
-            self.sweep(now)
+            self.sweeper_lag_s = await sleep_to_tick(tick_s)
+            self.sweep(self._mono())
 
     def close_all(self, *, reason: str = reasons.SERVER_SHUTDOWN, accepting: bool = False) -> int:
         """Mark every online agent offline with ``reason`` (so history rows close with it, not

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ..ticks import sleep_to_tick
+
 __all__ = ["GCPauseTimer", "GrowthFreezer", "freeze_after_startup"]
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ class GrowthFreezer:
     ) -> None:
         task_status.started()
         while True:
-            await anyio.sleep(interval_s)
+            await sleep_to_tick(interval_s)
             if self.check() and logger.isEnabledFor(logging.DEBUG):
                 # get_freeze_count walks the whole permanent generation: only when logged
                 logger.debug("gc: froze %d objects", gc.get_freeze_count())

@@ -24,6 +24,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from ..ticks import sleep_to_tick
+
 __all__ = ["WorkerMetricsShare", "WorkerSlot"]
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class WorkerMetricsShare:
         task_status.started()
         while True:
             await anyio.to_thread.run_sync(self.publish)
-            await anyio.sleep(self.interval_s)
+            await sleep_to_tick(self.interval_s)
 
     def publish(self) -> None:
         """Write this worker's exposition for its siblings (atomically)."""

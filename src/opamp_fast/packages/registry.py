@@ -44,6 +44,7 @@ from anyio.abc import TaskStatus
 
 from ..protocol import pb
 from ..storage.notices import FLEET_CHANNEL, encode_notices
+from ..ticks import sleep_to_tick
 from .semver import parse_semver
 from .signing import URLSigner
 from .store import PackageStore
@@ -411,7 +412,7 @@ class StatusWriter:
         task_status.started()
         try:
             while True:
-                await anyio.sleep(self._interval)
+                await sleep_to_tick(self._interval)
                 await self.flush()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):

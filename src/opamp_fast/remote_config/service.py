@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from psycopg_pool import PoolTimeout
 
 from ..protocol import REMOTE_CONFIG_APPLIED, REMOTE_CONFIG_APPLYING, REMOTE_CONFIG_FAILED
 from ..storage import config_queries, rollout_queries
+from ..ticks import next_tick
 from .model import (
     ACTIVE_ROLLOUT_STATES,
     Directory,
@@ -205,7 +207,10 @@ class ConfigService:
     async def refresh(self) -> int:
         """Reload the directory and apply it (after this instance changed something)."""
         self._generation += 1
-        return await self._reload(self._generation)
+        try:
+            return await self._reload(self._generation)
+        finally:
+            self._wake.set()  # the loop looks again: a rollout may run now, or a retry be due
 
     async def _reload(self, generation: int) -> int:
         async with self._lock:
@@ -228,9 +233,8 @@ class ConfigService:
         task_status.started()
         try:
             while True:
-                with anyio.move_on_after(self.tick_s):
+                with anyio.CancelScope(deadline=self._next_step()):
                     await self._wake.wait()
-                self._wake = anyio.Event()
                 try:
                     if self._generation > self._loaded_generation:
                         await self._reload(self._generation)
@@ -239,8 +243,20 @@ class ConfigService:
                 except (psycopg.Error, PoolTimeout) as exc:
                     logger.warning("configuration reload or rollout step failed: %s", exc)
                     await anyio.sleep(self.tick_s)
+                self._wake = anyio.Event()  # what is left to do, _next_step reads from the state
         finally:
             self._fleet.assigner = None
+
+    def _next_step(self) -> float:
+        """When the loop has work without being woken: now while a reload is due (a notice came
+        in, or a reload failed: its retry), the next tick while a rollout runs; otherwise
+        never, until a notice or a refresh wakes it (an idle process sleeps through)."""
+        now = anyio.current_time()
+        if self._generation > self._loaded_generation:
+            return now
+        if self._has_running_rollout():
+            return next_tick(self.tick_s, now)
+        return math.inf
 
     def _has_running_rollout(self) -> bool:
         return any(r["state"] == "running" for r in self.directory.rollouts.values())

@@ -41,6 +41,7 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from ..redaction import ConfigRedactor
+from ..ticks import next_tick
 from .notices import FLEET_CHANNEL, channel_for, encode_event_notices, encode_notices
 from .rows import (
     AgentSnapshot,
@@ -517,10 +518,10 @@ class BatchWriter:
                 await self._drain()
 
     async def _flush_loop(self) -> None:
-        next_flush = anyio.current_time() + self._interval
         while not self._closing:
             if self._backlog_since is None:
-                with anyio.move_on_after(max(0.0, next_flush - anyio.current_time())):
+                # the next tick on the process's grid (ticks.py), or sooner when a batch fills
+                with anyio.CancelScope(deadline=next_tick(self._interval, anyio.current_time())):
                     await self._wake.wait()
             else:
                 # Outage: back off; neither batch_max nor anything else shortens the wait.
@@ -531,7 +532,6 @@ class BatchWriter:
                     await self._closed.wait()
             if self._closing:
                 return  # the drain does the final flush
-            next_flush = anyio.current_time() + self._interval
             await self._flush_once()
 
     async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:

@@ -27,6 +27,7 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..protocol import Transport
+from ..ticks import sleep_to_tick
 from ._front import FrontBase
 from .asgi import serve_exchange
 from .connection import APP, CLOSED, HEAD, LINGER_BYTES, WS, Limits, OpAMPConnection
@@ -351,7 +352,7 @@ class AsyncioFront(FrontBase[AsyncioConnection]):
         timers = self.timers
         tick = timers.tick_s
         while True:
-            await anyio.sleep(tick)
+            await sleep_to_tick(tick)
             now = self.clock()
             for conn in timers.expire(now):
                 conn._scheduled = None  # the wheel dropped it: reschedule whatever is next
