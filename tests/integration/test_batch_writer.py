@@ -19,7 +19,13 @@ from opamp_fast._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
 from opamp_fast.protocol import remote_config_hash
 from opamp_fast.redaction import ConfigRedactor, RedactionPolicy
 from opamp_fast.storage import Database, apply_migrations
-from opamp_fast.storage.batch_writer import BatchWriter
+from opamp_fast.storage.batch_writer import (
+    _ANY_JOINS,
+    _KEYED_JOINS_ONLY,
+    _STAGING,
+    _UPDATE_SEEN,
+    BatchWriter,
+)
 from opamp_fast.storage.rows import AgentSnapshot
 
 pytestmark = pytest.mark.postgres
@@ -385,6 +391,38 @@ async def test_last_seen_times_are_written_a_slice_per_flush(writer_factory, dat
     rows = await aquery(database_url, "SELECT status FROM agents WHERE instance_uid = %s",
                         (agents[0],))  # fmt: skip
     assert rows == [("offline",)]
+
+
+async def test_last_seen_updates_look_agents_up_by_key_not_by_scanning_the_fleet(
+    writer_factory, database_url
+) -> None:
+    """A flush's last-seen update costs what its batch holds: the staged agents are looked up
+    by key (in uid order), where the planner, left to itself, scans and hashes the whole agents
+    table for every flush (the staging table has no statistics)."""
+    writer: BatchWriter = await writer_factory()
+    recently = time.time() - 60  # (the drain closes these sessions: a day of rollup each)
+    for n in range(3000):
+        writer.connected(uid(n), at=recently, remote_addr="x", transport="ws")
+    await writer.flush()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("ANALYZE agents")
+        conn.execute(_STAGING)
+        with conn.cursor().copy("COPY opamp_stage_seen FROM STDIN") as copy:
+            for n in range(0, 3000, 10):
+                copy.write_row((uid(n), recently + 10))
+
+        def plan() -> str:
+            rows = conn.execute("EXPLAIN " + _UPDATE_SEEN, {"instance": "node-a"}).fetchall()
+            return "\n".join(r[0] for r in rows)
+
+        assert "Seq Scan on agents" in plan()  # what the planner does unguided
+        conn.execute(_KEYED_JOINS_ONLY)
+        keyed = plan()
+        assert "Seq Scan on agents" not in keyed and "Hash" not in keyed, keyed
+        assert "Index Scan using agents_pkey on agents" in keyed, keyed
+        conn.execute(_ANY_JOINS)  # and the rest of the flush plans as it likes
+        assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)
+        assert conn.execute("SHOW enable_mergejoin").fetchone() == ("on",)
 
 
 async def test_stale_transition_from_another_instance_does_not_win(

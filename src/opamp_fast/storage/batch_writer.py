@@ -802,9 +802,16 @@ JOIN unnest(%(uids)s::bytea[], %(hashes)s::text[]) AS c(uid, hash) ON a.instance
 WHERE a.effective_config->>'sha256' = c.hash AND a.effective_config->>'redaction' = %(policy)s
 """
 
+# The last-seen update looks each staged agent up by its key, in uid order: O(batch). Left to
+# itself the planner hash-joins the whole agents table for every flush, whatever the batch's size
+# (the staging table has no statistics, so it guesses it large): a scan of the fleet per flush,
+# once a second per worker. The two SETs bracket the statement within its transaction.
+_KEYED_JOINS_ONLY = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+_ANY_JOINS = "SET LOCAL enable_hashjoin = DEFAULT; SET LOCAL enable_mergejoin = DEFAULT"
+
 _UPDATE_SEEN = """
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
-FROM opamp_stage_seen AS s
+FROM (SELECT uid, seen FROM opamp_stage_seen ORDER BY uid) AS s
 WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
     AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
 """
@@ -1092,8 +1099,10 @@ def _write_batch(
                         write((uid, at))
                         staged += 1
             if staged:
+                cur.execute(_KEYED_JOINS_ONLY)
                 cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
+                cur.execute(_ANY_JOINS)
         if batch.custom_messages:
             rows += _write_custom_messages(cur, batch.custom_messages, instance_id)
         if batch.events:
