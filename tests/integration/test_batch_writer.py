@@ -23,6 +23,7 @@ from opamp_fast.storage.batch_writer import (
     _ANY_JOINS,
     _KEYED_JOINS_ONLY,
     _STAGING,
+    _UPDATE_CLOSES,
     _UPDATE_SEEN,
     BatchWriter,
 )
@@ -393,12 +394,12 @@ async def test_last_seen_times_are_written_a_slice_per_flush(writer_factory, dat
     assert rows == [("offline",)]
 
 
-async def test_last_seen_updates_look_agents_up_by_key_not_by_scanning_the_fleet(
+async def test_last_seen_and_close_updates_look_rows_up_by_key_not_by_scanning_tables(
     writer_factory, database_url
 ) -> None:
-    """A flush's last-seen update costs what its batch holds: the staged agents are looked up
-    by key (in uid order), where the planner, left to itself, scans and hashes the whole agents
-    table for every flush (the staging table has no statistics)."""
+    """A flush's last-seen and close updates cost what its batch holds: the staged agents and
+    sessions are looked up by key, where the planner, left to itself, scans and hashes the whole
+    agents (or history) table for every flush (the staging tables have no statistics)."""
     writer: BatchWriter = await writer_factory()
     recently = time.time() - 60  # (the drain closes these sessions: a day of rollup each)
     for n in range(3000):
@@ -406,20 +407,33 @@ async def test_last_seen_updates_look_agents_up_by_key_not_by_scanning_the_fleet
     await writer.flush()
     with psycopg.connect(database_url) as conn:
         conn.execute("ANALYZE agents")
+        conn.execute("ANALYZE agent_connection_history")
         conn.execute(_STAGING)
         with conn.cursor().copy("COPY opamp_stage_seen FROM STDIN") as copy:
             for n in range(0, 3000, 10):
                 copy.write_row((uid(n), recently + 10))
+        sessions = conn.execute(
+            "SELECT session_id FROM agent_connection_history LIMIT 300"
+        ).fetchall()
+        with conn.cursor().copy("COPY opamp_stage_closes FROM STDIN") as copy:
+            for (session_id,) in sessions:
+                copy.write_row((session_id.bytes, recently + 20, "connection closed"))
 
-        def plan() -> str:
-            rows = conn.execute("EXPLAIN " + _UPDATE_SEEN, {"instance": "node-a"}).fetchall()
+        def plan(statement: str) -> str:
+            rows = conn.execute("EXPLAIN " + statement, {"instance": "node-a"}).fetchall()
             return "\n".join(r[0] for r in rows)
 
-        assert "Seq Scan on agents" in plan()  # what the planner does unguided
+        # what the planner does unguided
+        assert "Seq Scan on agents" in plan(_UPDATE_SEEN)
+        assert "Seq Scan on agent_connection_history" in plan(_UPDATE_CLOSES)
         conn.execute(_KEYED_JOINS_ONLY)
-        keyed = plan()
-        assert "Seq Scan on agents" not in keyed and "Hash" not in keyed, keyed
-        assert "Index Scan using agents_pkey on agents" in keyed, keyed
+        for statement, index, table in (
+            (_UPDATE_SEEN, "agents_pkey", "agents"),
+            (_UPDATE_CLOSES, "agent_connection_history_session_id_key", "agent_connection_history"),
+        ):
+            keyed = plan(statement)
+            assert f"Seq Scan on {table}" not in keyed and "Hash" not in keyed, keyed
+            assert f"Index Scan using {index}" in keyed, keyed
         conn.execute(_ANY_JOINS)  # and the rest of the flush plans as it likes
         assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)
         assert conn.execute("SHOW enable_mergejoin").fetchone() == ("on",)
