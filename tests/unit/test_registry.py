@@ -43,7 +43,7 @@ def test_timeout_is_max_of_configured_and_factor_times_interval() -> None:
     assert registry.agent_timeout_s(30) == 75
 
 
-def test_silent_agent_expires_at_deadline_rounded_up_to_tick() -> None:
+def test_a_silent_agent_expires_on_the_tick_after_its_deadline_offline_as_of_it() -> None:
     registry = make_registry(timeout_s=5, timeout_factor=1, tick_s=1.0)
     record, transition = online(registry, os.urandom(16), mono=0.5, interval=1)
     assert transition is not None and transition.new is AgentStatus.ONLINE
@@ -53,7 +53,8 @@ def test_silent_agent_expires_at_deadline_rounded_up_to_tick() -> None:
     assert [t.record for t in expired] == [record]
     assert expired[0].reason == "heartbeat timeout"
     assert record.status is AgentStatus.OFFLINE
-    assert record.disconnected_at == 1006.0
+    # offline as of the deadline (last message at 1000.5 + 5 s), not of the sweep that noticed
+    assert record.disconnected_at == expired[0].at == 1005.5
 
 
 def test_refresh_pushes_deadline_out() -> None:

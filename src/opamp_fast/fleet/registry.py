@@ -299,13 +299,16 @@ class Registry:
         return StatusTransition(record, AgentStatus.OFFLINE, wall, reason, connection)
 
     def sweep(self, *, mono: float, wall: float) -> list[StatusTransition]:
-        """Advance the wheel to ``mono``; every expired agent goes offline ("heartbeat timeout")."""
+        """Advance the wheel to ``mono``; every expired agent goes offline ("heartbeat timeout")
+        as of its deadline (its last message plus its timeout), not of the sweep that noticed:
+        the wheel's slots and the sweeper's ticks would add up to two ticks to its session."""
         transitions = []
         for handle in self._wheel.advance(mono):
             record = self._by_handle[handle]
             if record is None:
                 continue
-            transition = self.mark_offline(record, wall=wall, reason=reasons.HEARTBEAT_TIMEOUT)
+            deadline = min(wall, record.last_seen + record.timeout_s)
+            transition = self.mark_offline(record, wall=deadline, reason=reasons.HEARTBEAT_TIMEOUT)
             if transition is not None:
                 self._expired_total += 1
                 transitions.append(transition)
