@@ -802,11 +802,13 @@ JOIN unnest(%(uids)s::bytea[], %(hashes)s::text[]) AS c(uid, hash) ON a.instance
 WHERE a.effective_config->>'sha256' = c.hash AND a.effective_config->>'redaction' = %(policy)s
 """
 
-# The close and last-seen updates look each staged row up by its key (agents in uid order):
-# O(batch). Left to itself the planner hash-joins the whole history or agents table for every
-# flush, whatever the batch's size (the staging tables have no statistics, so it guesses them
-# large): a scan of the fleet per flush, once a second per worker. The two SETs bracket each
-# statement within its transaction.
+# The last-seen update looks each staged agent up by its key, in uid order: O(batch). Left to
+# itself the planner hash-joins the whole agents table for every flush, whatever the batch's size
+# (the staging table has no statistics, so it guesses it large): a scan of the fleet per flush,
+# once a second per worker. The two SETs bracket the statement within its transaction. Not for
+# the closes: the settings would also hold inside the history table's statement trigger (the
+# availability rollup), whose join of the closed rows' old and new versions is then a nested
+# loop, quadratic in the rows closed (a storm's flush of 16,000 closes did not finish).
 _KEYED_JOINS_ONLY = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 _ANY_JOINS = "SET LOCAL enable_hashjoin = DEFAULT; SET LOCAL enable_mergejoin = DEFAULT"
 
@@ -1088,10 +1090,8 @@ def _write_batch(
                 write = copy.write_row
                 for session_id, (closed_at, reason) in _yielding(batch.closes.items()):
                     write((session_id, closed_at, reason))
-            cur.execute(_KEYED_JOINS_ONLY)
-            cur.execute(_UPDATE_CLOSES)
+            cur.execute(_UPDATE_CLOSES)  # unguided: see _KEYED_JOINS_ONLY
             rows += cur.rowcount
-            cur.execute(_ANY_JOINS)
         if seen:
             staged = 0
             with cur.copy("COPY opamp_stage_seen FROM STDIN (FORMAT BINARY)") as copy:
