@@ -59,7 +59,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from procs import Summary, free_port, mint_viewer  # noqa: E402  (sibling script, not a package)
+from procs import Summary, embedded_postgres, free_port, mint_viewer  # noqa: E402  (sibling script, not a package)
 from scale_run import (  # noqa: E402
     Proc,
     launcher,
@@ -242,13 +242,10 @@ class Run:
 
     def database_url(self) -> str:
         """A fresh database on the run's embedded Postgres (started on first use)."""
-        import pgserver
         import psycopg
 
         if self.pg is None:
-            self.pg = pgserver.get_server(  # type: ignore[attr-defined]
-                self.tmp / "pgdata", cleanup_mode="stop"
-            )
+            self.pg = embedded_postgres(self.tmp / "pgdata", stock=self.args.stock_postgres)
             pid_file = self.tmp / "pgdata" / "postmaster.pid"
             self.db_pid = int(pid_file.read_text().split()[0])
         self.db_count += 1
@@ -683,6 +680,9 @@ def main() -> int:
     parser.add_argument("--path", default="/v1/opamp")
     parser.add_argument("--header", action="append", default=[], help="wsload --header")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds")
+    parser.add_argument(
+        "--stock-postgres", action="store_true", help="pgserver's settings, not the server's"
+    )
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
     parser.add_argument("--wsload-arg", action="append", default=[], help="extra wsload flag")
     parser.add_argument("--go-server-bin", default="", help="Go reference server binary")

@@ -14,9 +14,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 __all__ = [
-    "Summary", "floor_args", "free_port", "metric_samples", "mint_viewer", "wait_ready",
+    "Summary", "embedded_postgres", "floor_args", "free_port", "metric_samples", "mint_viewer",
+    "wait_ready",
 ]  # fmt: skip
 
 
@@ -85,6 +88,18 @@ def floor_args(description: str, *, port: int, name: str) -> argparse.Namespace:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return args
+
+
+def embedded_postgres(pgdata: Path, *, stock: bool = False) -> Any:
+    """The run's Postgres, outside the server's processes (its CPU is counted on its own): the
+    server's embedded one with the settings it gives it, or ``stock`` (pgserver's defaults)."""
+    if stock:
+        import pgserver
+
+        return pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    from opamp_fast.storage.embedded import start_embedded
+
+    return start_embedded(pgdata)
 
 
 def mint_viewer(secret: str) -> str:

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import Summary, free_port, metric_samples, mint_viewer, wait_ready
+from procs import Summary, embedded_postgres, free_port, metric_samples, mint_viewer, wait_ready
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -206,9 +206,7 @@ def storm_figures(
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import pgserver
-
-    pg = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")  # type: ignore[attr-defined]
+    pg = embedded_postgres(tmp / "pgdata", stock=args.stock_postgres)
     secret = os.urandom(24).hex()
     port = free_port()
     server = Server(args, port, pg.get_uri(), tmp, secret)
@@ -278,6 +276,7 @@ def main() -> int:
     p.add_argument("--heartbeat-s", type=float, default=30.0)
     p.add_argument("--backoff", choices=("full-jitter", "opamp-go"), default="opamp-go")
     p.add_argument("--honour-retry-after", action="store_true")
+    p.add_argument("--stock-postgres", action="store_true", help="pgserver's settings")
     p.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
     p.add_argument("--go-server-bin", default="", help="a Go server taking the port as argument")
     args = p.parse_args()

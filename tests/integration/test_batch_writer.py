@@ -20,9 +20,9 @@ from opamp_fast.protocol import remote_config_hash
 from opamp_fast.redaction import ConfigRedactor, RedactionPolicy
 from opamp_fast.storage import Database, apply_migrations
 from opamp_fast.storage.batch_writer import (
-    _ANY_JOINS,
-    _KEYED_JOINS_ONLY,
+    _KEYED_LOOKUPS_PRICED,
     _STAGING,
+    _UPDATE_CLOSES,
     _UPDATE_SEEN,
     BatchWriter,
 )
@@ -365,8 +365,9 @@ async def test_last_seen_times_are_written_a_slice_per_flush(writer_factory, dat
     takes its last-seen time along with its offline row at the flush interval."""
     writer: BatchWriter = await writer_factory(flush_interval_s=0.05, seen_flush_interval_s=3.0)
     agents = [uid(n) for n in range(600)]
+    t0 = time.time() - 60  # recent: the drain closes these sessions, with a rollup row per day
     for u in agents:
-        writer.connected(u, at=T0, remote_addr="x", transport="ws")
+        writer.connected(u, at=t0, remote_addr="x", transport="ws")
     await writer.flush()
     flushes = writer.statistics().flushes_total
 
@@ -375,54 +376,62 @@ async def test_last_seen_times_are_written_a_slice_per_flush(writer_factory, dat
         return int((await aquery(database_url, sql, (t,)))[0][0])
 
     for u in agents:
-        writer.seen(u, T0 + 10)
+        writer.seen(u, t0 + 10)
     with anyio.fail_after(5):
         while writer.statistics().flushes_total == flushes:
             await anyio.sleep(0.01)
     assert 0 < writer.statistics().last_flush_rows < 100  # ~10 of 600: one slot
     with anyio.fail_after(10):  # all of them within the seen interval
-        while await seen_at(T0 + 10) < len(agents):
+        while await seen_at(t0 + 10) < len(agents):
             await anyio.sleep(0.1)
-    writer.seen(agents[0], T0 + 20)
-    writer.disconnected(agents[0], at=T0 + 21, reason="connection closed")
+    writer.seen(agents[0], t0 + 20)
+    writer.disconnected(agents[0], at=t0 + 21, reason="connection closed")
     with anyio.fail_after(2.5):  # with the offline row, not a slot's turn (up to 3 s) later
-        while not await seen_at(T0 + 20):
+        while not await seen_at(t0 + 20):
             await anyio.sleep(0.02)
     rows = await aquery(database_url, "SELECT status FROM agents WHERE instance_uid = %s",
                         (agents[0],))  # fmt: skip
     assert rows == [("offline",)]
 
 
-async def test_last_seen_updates_look_agents_up_by_key_not_by_scanning_the_fleet(
+async def test_a_flush_looks_its_rows_up_by_key_not_by_scanning_the_fleet(
     writer_factory, database_url
 ) -> None:
-    """A flush's last-seen update costs what its batch holds: the staged agents are looked up
-    by key (in uid order), where the planner, left to itself, scans and hashes the whole agents
-    table for every flush (the staging table has no statistics)."""
+    """A flush's last-seen update and its closes cost what the batch holds: the staged agents
+    and sessions are looked up by key, where the planner, with Postgres' default price of a
+    random page, scans and hashes the whole agents (history) table for every flush."""
     writer: BatchWriter = await writer_factory()
     recently = time.time() - 60  # (the drain closes these sessions: a day of rollup each)
-    for n in range(3000):
+    for n in range(20_000):
         writer.connected(uid(n), at=recently, remote_addr="x", transport="ws")
     await writer.flush()
     with psycopg.connect(database_url) as conn:
-        conn.execute("ANALYZE agents")
+        conn.execute("ANALYZE agents; ANALYZE agent_connection_history")
         conn.execute(_STAGING)
         with conn.cursor().copy("COPY opamp_stage_seen FROM STDIN") as copy:
-            for n in range(0, 3000, 10):
+            for n in range(0, 20_000, 100):
                 copy.write_row((uid(n), recently + 10))
+        sessions = conn.execute("SELECT session_id FROM agent_connection_history LIMIT 200")
+        with conn.cursor().copy("COPY opamp_stage_closes FROM STDIN") as copy:
+            for (session_id,) in sessions.fetchall():
+                copy.write_row((session_id.bytes, recently + 10, "connection closed"))
 
-        def plan() -> str:
-            rows = conn.execute("EXPLAIN " + _UPDATE_SEEN, {"instance": "node-a"}).fetchall()
-            return "\n".join(r[0] for r in rows)
+        def plans() -> tuple[str, str]:
+            return tuple(  # type: ignore[return-value]
+                "\n".join(r[0] for r in conn.execute("EXPLAIN " + q, params).fetchall())
+                for q, params in ((_UPDATE_SEEN, {"instance": "node-a"}), (_UPDATE_CLOSES, {}))
+            )
 
-        assert "Seq Scan on agents" in plan()  # what the planner does unguided
-        conn.execute(_KEYED_JOINS_ONLY)
-        keyed = plan()
-        assert "Seq Scan on agents" not in keyed and "Hash" not in keyed, keyed
-        assert "Index Scan using agents_pkey on agents" in keyed, keyed
-        conn.execute(_ANY_JOINS)  # and the rest of the flush plans as it likes
-        assert conn.execute("SHOW enable_hashjoin").fetchone() == ("on",)
-        assert conn.execute("SHOW enable_mergejoin").fetchone() == ("on",)
+        seen, closes = plans()  # what the planner does at the default price
+        assert "Seq Scan on agents" in seen, seen
+        assert "Hash Join" in closes, closes
+        conn.execute(_KEYED_LOOKUPS_PRICED)
+        seen, closes = plans()
+        assert "Hash" not in seen and "Index Scan using agents_pkey on agents" in seen, seen
+        assert "Hash" not in closes, closes
+        assert "agent_connection_history_session_id_key" in closes, closes
+        conn.rollback()  # the price was for that transaction only
+        assert conn.execute("SHOW random_page_cost").fetchone() == ("4",)
 
 
 async def test_a_storm_of_closes_in_one_flush_is_not_quadratic(writer_factory, database_url):

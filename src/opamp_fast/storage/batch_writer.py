@@ -802,15 +802,20 @@ JOIN unnest(%(uids)s::bytea[], %(hashes)s::text[]) AS c(uid, hash) ON a.instance
 WHERE a.effective_config->>'sha256' = c.hash AND a.effective_config->>'redaction' = %(policy)s
 """
 
-# The last-seen update looks each staged agent up by its key, in uid order: O(batch). Left to
-# itself the planner hash-joins the whole agents table for every flush, whatever the batch's size
-# (the staging table has no statistics, so it guesses it large): a scan of the fleet per flush,
-# once a second per worker. The two SETs bracket the statement within its transaction. Not for
-# the closes: the settings would also hold inside the history table's statement trigger (the
-# availability rollup), whose join of the closed rows' old and new versions is then a nested
-# loop, quadratic in the rows closed (a storm's flush of 16,000 closes did not finish).
-_KEYED_JOINS_ONLY = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-_ANY_JOINS = "SET LOCAL enable_hashjoin = DEFAULT; SET LOCAL enable_mergejoin = DEFAULT"
+# A flush's statements join a small staging table to the big ones by key. Priced with Postgres'
+# default random_page_cost (4.0, a spinning disk's), an index lookup per staged row looks dearer
+# than scanning and hashing the whole table, and the planner did that for every flush whatever
+# its size (the last-seen update: the fleet's `agents` table once a second per worker; the
+# closes: every history row). The rows a flush touches are in memory or on SSD; priced so (1.1,
+# or the server's own value if lower), the planner looks a batch up by key and still hashes when
+# a batch is a good part of the table (a blip's closes). A cost, not a ban on hash joins: those
+# would also hold inside the history table's statement trigger (the availability rollup), whose
+# join of the closed rows' old and new versions would then be a nested loop, quadratic in the
+# rows closed (`test_a_storm_of_closes_in_one_flush_is_not_quadratic`). For this transaction only.
+_KEYED_LOOKUPS_PRICED = """
+SELECT set_config('random_page_cost',
+    least(current_setting('random_page_cost')::float8, 1.1)::text, true)
+"""
 
 _UPDATE_SEEN = """
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
@@ -1074,6 +1079,7 @@ def _write_batch(
     rows = 0
     with conn.cursor() as cur:
         cur.execute(_STAGING)
+        cur.execute(_KEYED_LOOKUPS_PRICED)
         agents = batch.agents
         seen = batch.seen
         batch.inserted = 0
@@ -1090,7 +1096,7 @@ def _write_batch(
                 write = copy.write_row
                 for session_id, (closed_at, reason) in _yielding(batch.closes.items()):
                     write((session_id, closed_at, reason))
-            cur.execute(_UPDATE_CLOSES)  # unguided: see _KEYED_JOINS_ONLY
+            cur.execute(_UPDATE_CLOSES)
             rows += cur.rowcount
         if seen:
             staged = 0
@@ -1102,10 +1108,8 @@ def _write_batch(
                         write((uid, at))
                         staged += 1
             if staged:
-                cur.execute(_KEYED_JOINS_ONLY)
                 cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
-                cur.execute(_ANY_JOINS)
         if batch.custom_messages:
             rows += _write_custom_messages(cur, batch.custom_messages, instance_id)
         if batch.events:
