@@ -472,3 +472,45 @@ def test_a_large_close_after_small_ones_is_planned_for_its_size(database_url: st
             " FROM agent_uptime_daily WHERE reason <> '' GROUP BY reason ORDER BY reason"
         ).fetchall()
     assert rolled == [("connection closed", 1, 1), ("server shutdown", 40_000, 40_000)]
+
+
+async def test_one_instance_computes_the_fleet_figures_and_the_others_read_them(
+    database_url: str,
+) -> None:
+    """The metrics' fleet figures are computed once per interval for the whole fleet: an
+    instance finding fresh ones (another's) uses them, and one finding them stale while another
+    computes keeps the stored ones; nobody runs the fleet-wide statement twice an interval."""
+    from opamp_fast.storage import Database, apply_migrations
+
+    db = Database(database_url)
+    await db.open()
+    try:
+        await apply_migrations(db)
+        now = [time.time()]
+        a, b = (av.AvailabilityMonitor(db, interval_s=60, clock=lambda: now[0]) for _ in "ab")
+        first = await a.refresh()  # nothing stored yet: computed and stored
+        assert first is not None and first.drifted == 0
+        await aexec(db, "INSERT INTO agents (instance_uid, uid_text, status, drifted_at) "
+                        "VALUES (%s, %s, 'offline', now())", (b"\x01" * 16, "01" * 16))  # fmt: skip
+        now[0] += 30
+        assert await b.refresh() == first  # fresh: a's, not computed again (it would say 1)
+
+        now[0] += 31  # stale; and another instance computing (its lock held)
+        with psycopg.connect(database_url) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (av.FIGURES_LOCK_KEY,))
+            assert await b.refresh() == first
+        second = await b.refresh()  # the lock free: b computes
+        assert second is not None and second.drifted == 1
+        assert second.at == pytest.approx(now[0], abs=1e-6)
+        await aexec(db, "INSERT INTO agents (instance_uid, uid_text, status, drifted_at) "
+                        "VALUES (%s, %s, 'offline', now())", (b"\x02" * 16, "02" * 16))  # fmt: skip
+        assert await a.refresh() == second
+        asked = await a.sample()  # asked to, an instance computes at once, and stores them
+        assert asked is not None and asked.drifted == 2
+        assert await b.refresh() == asked
+    finally:
+        await db.close()
+
+
+async def aexec(db: Any, sql: str, params: tuple[Any, ...]) -> None:
+    await db.run(lambda conn: conn.execute(sql, params))

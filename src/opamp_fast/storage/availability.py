@@ -19,7 +19,8 @@ for the whole days plus raw rows for the partial days (:func:`whole_days`,
 ``docs/persistence.md``, "Availability rollup"). ``docs/performance.md`` has the figures.
 
 :class:`AvailabilityMonitor` computes the fleet's last hour (and the drifted agents) on a timer,
-for the metrics: a scrape reads two numbers, never the database.
+for the metrics: a scrape reads two numbers, never the database; one instance of the fleet
+computes them per interval, the others read what it stored.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from .config_queries import selector_sql
+from .retention import try_lock
 
 if TYPE_CHECKING:
     from .database import Database
@@ -555,10 +557,35 @@ class FleetFigures:
     drifted: int
 
 
+#: Held by the instance computing the fleet's figures for the others (transaction-scoped).
+FIGURES_LOCK_KEY: Final = 0x6F70616D70666967
+
+_STORED_FIGURES = """
+SELECT date_part('epoch', computed_at), uptime_ratio, flapping, drifted,
+    computed_at > to_timestamp(%(fresh_after)s) AND window_s = %(window)s
+        AND min_disconnects = %(min)s
+FROM fleet_figures
+"""
+
+_STORE_FIGURES = """
+INSERT INTO fleet_figures (computed_at, window_s, min_disconnects, uptime_ratio, flapping, drifted)
+VALUES (to_timestamp(%(at)s), %(window)s, %(min)s, %(ratio)s, %(flapping)s, %(drifted)s)
+ON CONFLICT (id) DO UPDATE SET computed_at = EXCLUDED.computed_at,
+    window_s = EXCLUDED.window_s, min_disconnects = EXCLUDED.min_disconnects,
+    uptime_ratio = EXCLUDED.uptime_ratio, flapping = EXCLUDED.flapping,
+    drifted = EXCLUDED.drifted
+"""
+
+
 class AvailabilityMonitor:
     """Every ``interval_s``, the fleet's uptime and flapping agents over the last ``window_s``
     and the drifted agents, from Postgres: what ``/metrics`` exports, so that a scrape never
-    queries the database. Every instance computes the same fleet-wide figures."""
+    queries the database.
+
+    The figures are the fleet's, the same for every instance: one instance computes them per
+    interval (under an advisory lock) and stores them in ``fleet_figures``; the others read
+    that row. Each computing them (each worker of ``--workers`` too) cost a fleet-wide
+    statement per instance per interval, all at about the same moment (migration 0015)."""
 
     def __init__(
         self,
@@ -579,20 +606,48 @@ class AvailabilityMonitor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await self.sample()
+            await self.refresh()
             await anyio.sleep(self.interval_s)
 
+    async def refresh(self) -> FleetFigures | None:
+        """The fleet's figures of the last interval: another instance's, or computed here when
+        none are that fresh and nobody else is computing them (an outage keeps the last ones)."""
+        return await self._update(self._shared)
+
     async def sample(self) -> FleetFigures | None:
-        """Read the figures now (an outage keeps the last ones)."""
+        """Compute the figures now, and store them for the other instances."""
+        return await self._update(self._compute)
+
+    async def _update(self, read: Callable[[Conn], FleetFigures | None]) -> FleetFigures | None:
         try:
-            self.figures = await self._db.run(self._read)
+            self.figures = await self._db.run(read) or self.figures
         except (psycopg.Error, PoolTimeout) as exc:
             logger.debug("availability figures not refreshed: %s", exc)
         return self.figures
 
-    def _read(self, conn: Conn) -> FleetFigures:
-        now = self._clock()
+    def _shared(self, conn: Conn) -> FleetFigures | None:
+        params = {
+            "fresh_after": self._clock() - self.interval_s,
+            "window": self.window_s,
+            "min": self.min_disconnects,
+        }
+        row = conn.execute(_STORED_FIGURES, params).fetchone()
+        stored = None if row is None else FleetFigures(*row[:4])
+        if row is not None and row[4]:
+            return stored
+        if not try_lock(conn, FIGURES_LOCK_KEY):
+            return stored  # another instance is computing them
+        return self._compute(conn)
+
+    def _compute(self, conn: Conn) -> FleetFigures:
+        now = round(self._clock(), 6)  # as stored (microseconds): the same figures everywhere
         window = Window.last(self.window_s, now=datetime.fromtimestamp(now, UTC))
         page = FleetPage(min_disconnects=self.min_disconnects, limit=0)
         fleet = fleet_availability(conn, window, FleetFilter(), page)
-        return FleetFigures(now, fleet.uptime_ratio, fleet.flapping_total, drifted_count(conn))
+        figures = FleetFigures(now, fleet.uptime_ratio, fleet.flapping_total, drifted_count(conn))
+        conn.execute(_STORE_FIGURES, {
+            "at": now, "window": self.window_s, "min": self.min_disconnects,
+            "ratio": figures.uptime_ratio, "flapping": figures.flapping,
+            "drifted": figures.drifted,
+        })  # fmt: skip
+        return figures
