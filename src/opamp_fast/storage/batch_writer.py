@@ -1039,15 +1039,37 @@ _T = TypeVar("_T")
 #: of a whole switch interval (5 ms) while a flush encodes thousands of rows.
 _ROWS_PER_YIELD: Final = 128
 _AGENT_ROWS_PER_YIELD: Final = 16  # an agent's full state goes through protobuf -> JSON
+#: The longest this thread keeps the lock after a release that took long to come back.
+_SHARE_MAX_S: Final = 0.005
+_RELEASE: Final = partial(time.sleep, 0)
 
 
-def _yielding(items: Iterable[_T], every: int = _ROWS_PER_YIELD) -> Iterator[_T]:
-    """``items``, releasing the interpreter lock every ``every`` of them (``time.sleep(0)``:
-    a thread waiting for the lock gets it at once; nobody waiting, it costs a system call)."""
+def _yielding(
+    items: Iterable[_T],
+    every: int = _ROWS_PER_YIELD,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    release: Callable[[], object] = _RELEASE,
+) -> Iterator[_T]:
+    """``items``, releasing the interpreter lock every ``every`` of them (``time.sleep(0)``: a
+    thread waiting for the lock gets it at once; nobody waiting, it costs a system call).
+
+    When the lock took a while to come back (the event loop was busy: asked for it, a thread
+    keeps it up to a switch interval), the next release waits as long, up to ``_SHARE_MAX_S``:
+    an even share of the interpreter while both are busy. Released every few rows whatever
+    happened, a flush got about a tenth of it during a reconnect storm, when the loop is busy
+    and the flushes are large."""
+    hold_until = -math.inf
     for n, item in enumerate(items, 1):
         yield item
-        if not n % every:
-            time.sleep(0)
+        if n % every:
+            continue
+        released = clock()
+        if released < hold_until:
+            continue
+        release()
+        back = clock()
+        hold_until = back + min(back - released, _SHARE_MAX_S)
 
 
 def _timed_write(conn: Any, **kw: Any) -> tuple[int, float]:
