@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from psycopg_pool import PoolTimeout
 
 from ..protocol import NotAccepted, pb
 from ..storage import command_queries as cmq
+from ..ticks import next_tick
 
 if TYPE_CHECKING:
     from ..storage import Database
@@ -108,10 +110,9 @@ class Commands:
 
     async def _drive_forever(self) -> None:
         while True:
-            if self._active:
-                with anyio.move_on_after(self.tick_s):
-                    await self._wake.wait()
-            else:
+            # the next tick on the process's grid (ticks.py) while a restart runs; else a wake
+            deadline = next_tick(self.tick_s, anyio.current_time()) if self._active else math.inf
+            with anyio.CancelScope(deadline=deadline):
                 await self._wake.wait()
             self._wake = anyio.Event()
             try:
