@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from opamp_fast.errors import StorageError
 from opamp_fast.storage.embedded import (
     CONF_NAME,
     memory_bytes,
@@ -87,3 +88,11 @@ def test_an_earlier_release_directory_gets_them_and_alter_system_still_wins(tmp_
         assert _show(server, "random_page_cost") == ("2",)
     finally:
         server.cleanup()
+
+
+def test_a_data_directory_without_its_configuration_is_one_clear_error(tmp_path) -> None:
+    pgdata = tmp_path / "pg"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text("16\n")  # initialised, then damaged
+    with pytest.raises(StorageError, match=r"settings cannot be written in .*No such file"):
+        start_embedded(pgdata)

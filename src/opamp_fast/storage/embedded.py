@@ -33,15 +33,24 @@ def start_embedded(data_dir: Path) -> Any:
         raise StorageError(f"data directory {data_dir} is not writable")
     fresh = not (data_dir / "PG_VERSION").exists()
     if not fresh:
-        write_settings(data_dir, memory_bytes())  # read by the start below
+        _write_settings(data_dir)  # read by the start below
     server = _get_server(data_dir)
     if fresh:
         # initdb ran inside get_server, just before the start: write the settings, and start
         # again to apply them (0.2 s; nobody else can be using a directory just made).
-        write_settings(data_dir, memory_bytes())
+        _write_settings(data_dir)
         server.cleanup()
         server = _get_server(data_dir)
     return server
+
+
+def _write_settings(data_dir: Path) -> None:
+    try:
+        write_settings(data_dir, memory_bytes())
+    except OSError as exc:  # e.g. a data directory without its postgresql.conf
+        raise StorageError(
+            f"embedded Postgres settings cannot be written in {data_dir}: {exc.strerror}"
+        ) from None
 
 
 def _get_server(data_dir: Path) -> Any:
