@@ -631,13 +631,13 @@ class AvailabilityMonitor:
             "window": self.window_s,
             "min": self.min_disconnects,
         }
+        # The lock first, then the row: one who computed and released it is visible by then,
+        # so figures are never computed twice for the same interval.
+        computing_here = try_lock(conn, FIGURES_LOCK_KEY)  # held: another instance computes
         row = conn.execute(_STORED_FIGURES, params).fetchone()
-        stored = None if row is None else FleetFigures(*row[:4])
-        if row is not None and row[4]:
-            return stored
-        if not try_lock(conn, FIGURES_LOCK_KEY):
-            return stored  # another instance is computing them
-        return self._compute(conn)
+        if computing_here and (row is None or not row[4]):
+            return self._compute(conn)
+        return None if row is None else FleetFigures(*row[:4])
 
     def _compute(self, conn: Conn) -> FleetFigures:
         now = round(self._clock(), 6)  # as stored (microseconds): the same figures everywhere
