@@ -17,6 +17,7 @@ from opamp_fast.storage.embedded import (
 )
 
 GiB = 1 << 30
+INCLUDE = f"include_if_exists = '{CONF_NAME}'"  # the line postgresql.conf gets
 
 
 def test_settings_follow_the_memory_within_bounds() -> None:
@@ -34,12 +35,7 @@ def _show(server, *names: str) -> tuple[str, ...]:
 
 
 def _includes(pgdata: Path) -> int:
-    return (
-        (pgdata / "postgresql.conf")
-        .read_text()
-        .splitlines()
-        .count(f"include_if_exists = '{CONF_NAME}'")
-    )
+    return (pgdata / "postgresql.conf").read_text().splitlines().count(INCLUDE)
 
 
 @pytest.mark.postgres
@@ -72,8 +68,7 @@ def test_an_earlier_release_directory_gets_them_and_alter_system_still_wins(tmp_
     server.cleanup()
     # What an earlier release left: pgserver's stock postgresql.conf, no settings file.
     conf = pgdata / "postgresql.conf"
-    include = f"include_if_exists = '{CONF_NAME}'"
-    conf.write_text("\n".join(x for x in conf.read_text().splitlines() if x != include) + "\n")
+    conf.write_text("\n".join(x for x in conf.read_text().splitlines() if x != INCLUDE) + "\n")
     (pgdata / CONF_NAME).unlink()
 
     server = start_embedded(pgdata)
