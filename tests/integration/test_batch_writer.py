@@ -754,7 +754,7 @@ async def second_db(database_url: str) -> AsyncIterator[Database]:
 
 
 async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
-    second_db, writer_factory
+    database_url, second_db, writer_factory
 ) -> None:
     """Agents moving between instances (a storm over several workers): each instance's batch
     holds some agents as state changes and others as last-seen times, the other one the reverse.
@@ -784,3 +784,89 @@ async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
             tg.start_soon(b.flush)
     assert a.statistics().db_errors_total == 0
     assert b.statistics().db_errors_total == 0
+    # The last round: the left half connected to b, the right half to a.
+    served = await aquery(
+        database_url,
+        "SELECT serving_instance, count(*), min(encode(instance_uid, 'hex')), "
+        "max(encode(instance_uid, 'hex')) FROM agents "
+        "WHERE status = 'online' GROUP BY serving_instance ORDER BY serving_instance",
+    )
+    assert served == [
+        ("node-a", 5000, uid(5000).hex(), uid(9999).hex()),
+        ("node-b", 5000, uid(0).hex(), uid(4999).hex()),
+    ]
+
+
+async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
+    database_url, writer_factory
+) -> None:
+    """A storm over several workers: one worker's flush of its thousands of disconnects holds
+    those agents' rows for seconds while they are back on the other workers. The others' flushes
+    write everything else at once and leave those agents for their next flush; the instance's
+    published online count leaves them out meanwhile, as their rows do. flush() callers wait
+    until the rows left behind are written too."""
+    await aquery(
+        database_url,
+        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
+        "lease_s) VALUES ('node-b', 'test', now(), now(), 3600) RETURNING 1",
+    )
+    online = [0, 0]
+    b: BatchWriter = await writer_factory(instance_id="node-b", online_counts=lambda: tuple(online))
+    b.peers = lambda: 1
+    held, free = uid(1), uid(2)
+    t0 = time.time() - 60
+    for u in (held, free):
+        b.connected(u, at=t0, remote_addr="x", transport="ws")
+    online[0] = 2
+    await b.flush()
+    for u in (held, free):
+        b.disconnected(u, at=t0 + 1, reason="connection closed")
+    online[0] = 0
+    await b.flush()
+
+    async def rows() -> list[tuple[bytes, str, str | None]]:
+        return await aquery(
+            database_url,
+            "SELECT instance_uid, status, serving_instance FROM agents ORDER BY instance_uid",
+        )
+
+    async def published() -> int:
+        [(ws,)] = await aquery(
+            database_url, "SELECT online_ws FROM server_instances WHERE instance_id = 'node-b'"
+        )
+        return int(ws)
+
+    flushed = anyio.Event()
+
+    async def flush() -> None:
+        await b.flush()
+        flushed.set()
+
+    async with await psycopg.AsyncConnection.connect(database_url) as other:
+        # another instance's flush, holding one agent's row as an UPDATE would
+        await other.execute("SELECT 1 FROM agents WHERE instance_uid = %s FOR UPDATE", (held,))
+        for u in (held, free):
+            b.connected(u, at=t0 + 2, remote_addr="y", transport="ws")
+        online[0] = 2
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush)
+            with anyio.fail_after(10):
+                while (await rows())[1][1] != "online":
+                    await anyio.sleep(0.02)
+            assert await rows() == [(held, "offline", None), (free, "online", "node-b")]
+            assert await published() == 1
+            assert b.statistics().busy_total >= 1
+            assert b.statistics().db_errors_total == 0
+            # the held agent's new session is history already: only its row waits
+            assert await aquery(
+                database_url,
+                "SELECT count(*) FROM agent_connection_history "
+                "WHERE instance_uid = %s AND disconnected_at IS NULL",
+                (held,),
+            ) == [(1,)]
+            assert not flushed.is_set()
+            await other.rollback()  # the other flush ends
+            with anyio.fail_after(10):
+                await flushed.wait()
+    assert await rows() == [(held, "online", "node-b"), (free, "online", "node-b")]
+    assert await published() == 2

@@ -355,6 +355,11 @@ METRICS: Final[dict[str, MetricSpec]] = {
         ),
         _spec("opamp_fast_db_errors_total", "counter", "Failed flush attempts (database errors)."),
         _spec(
+            "opamp_fast_writer_busy_agents_total",
+            "counter",
+            "Agents a flush left for the next one: another instance's flush held their rows.",
+        ),
+        _spec(
             "opamp_fast_db_backlog_seconds",
             "gauge",
             "Seconds since database writes started failing; 0 when healthy.",
@@ -890,6 +895,7 @@ def _writer_families(f: _Families, snap: MetricsSnapshot, queue_max: int) -> Non
     f.gauge("opamp_fast_writer_queue_length").add_metric([], w.queued if w else 0)
     f.gauge("opamp_fast_writer_queue_capacity").add_metric([], queue_max)
     f.counter("opamp_fast_db_errors_total").add_metric([], w.db_errors_total if w else 0)
+    f.counter("opamp_fast_writer_busy_agents_total").add_metric([], w.busy_total if w else 0)
     backlog = 0.0
     if w is not None and w.backlog_since is not None:
         backlog = max(0.0, snap.at - w.backlog_since)

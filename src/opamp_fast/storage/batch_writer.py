@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 TRANSPORTS: Final = frozenset({"ws", "http"})
 _EVENTS_KEPT: Final = 10_000  # fleet events kept for other instances through a database outage
+#: How soon rows another instance's flush held (``_Batch.busy``) are tried again when flush()
+#: callers wait for them; otherwise they go with the next tick's flush.
+_BUSY_RETRY_S: Final = 0.05
 #: Custom messages from agents waiting for the database, in bytes of data; beyond it newer ones
 #: are dropped (counted): a flood or a long outage never grows memory past it.
 CUSTOM_MESSAGE_BYTES_MAX: Final = 16 * 1024 * 1024
@@ -95,6 +98,7 @@ class WriterStatistics:
     last_flush_rows: int
     last_flush_seconds: float
     db_errors_total: int  # failed flush attempts
+    busy_total: int  # agents put back for the next flush: another instance's flush held them
     backlog_since: float | None  # UNIX time the current outage started, None when healthy
     flushing: bool
 
@@ -150,8 +154,8 @@ class _Batch:
     """Everything pending for one flush. Bounded by agents and sessions, not by messages."""
 
     __slots__ = (
-        "agents", "closes", "custom_bytes", "custom_messages", "drift", "events", "inserted",
-        "online", "refused", "seen", "sessions", "waiters",
+        "agents", "busy", "closes", "custom_bytes", "custom_messages", "drift", "events",
+        "inserted", "online", "refused", "seen", "sessions", "waiters",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -175,6 +179,9 @@ class _Batch:
         # effective hash), as the trigger of migration 0013 decided it
         self.drift: list[tuple[bytes, dt.datetime | None, str | None, str | None]] = []
         self.inserted = 0  # set by the write: agent rows it inserted (the fleet's total grows)
+        # set by the write: agents whose rows another instance's flush held locked; their
+        # changes and last-seen times were left out, for the next flush (``split_off``)
+        self.busy: frozenset[bytes] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(
@@ -203,6 +210,20 @@ class _Batch:
             session.reason = reason
         else:
             self.closes[session_id] = (at, reason)
+
+    def split_off(self, uids: Iterable[bytes]) -> _Batch:
+        """A batch of these agents' changes and last-seen times, taken out of this one, with
+        this one's waiters: what they wait for is committed when the split-off part is."""
+        part = _Batch()
+        for uid in uids:
+            change = self.agents.pop(uid, None)
+            if change is not None:
+                part.agents[uid] = change
+            at = self.seen.pop(uid, None)
+            if at is not None:
+                part.seen[uid] = at
+        part.waiters, self.waiters = self.waiters, []
+        return part
 
     def merge_older(self, older: _Batch) -> None:
         """Put a failed (older) batch back underneath this one; newer changes win."""
@@ -337,6 +358,7 @@ class BatchWriter:
         self._last_rows = 0
         self._last_seconds = 0.0
         self._errors = 0
+        self._busy = 0
         self._failed_attempts = 0
         self._backlog_since: float | None = None
         self.custom_messages_dropped = 0
@@ -355,9 +377,9 @@ class BatchWriter:
         # changed in the flush (``_Batch.drift``).
         self.on_drift: Callable[[list[Any]], object] | None = None
         # cluster: how many other instances share the database. With any, agents move between
-        # them (a storm over several workers), so one flush's agent rows are locked in uid
-        # order before they are written: two instances' flushes then wait for each other
-        # instead of deadlocking (which costs a rolled-back flush and a retry).
+        # them (a storm over several workers), so a flush locks its agent rows first and
+        # leaves those another instance's flush holds for its next flush
+        # (``_LOCK_AGENTS_OR_SKIP``): it neither waits for that flush nor deadlocks with it.
         self.peers: Callable[[], int] | None = None
 
     # ----------------------------------------------------------------- producer side
@@ -520,8 +542,13 @@ class BatchWriter:
     async def _flush_loop(self) -> None:
         while not self._closing:
             if self._backlog_since is None:
-                # the next tick on the process's grid (ticks.py), or sooner when a batch fills
-                with anyio.CancelScope(deadline=next_tick(self._interval, anyio.current_time())):
+                # the next tick on the process's grid (ticks.py), or sooner when a batch fills;
+                # soon when flush() callers wait on rows a busy flush put back (``busy``)
+                now = anyio.current_time()
+                deadline = next_tick(self._interval, now)
+                if self._pending.waiters:
+                    deadline = min(deadline, now + _BUSY_RETRY_S)
+                with anyio.CancelScope(deadline=deadline):
                     await self._wake.wait()
             else:
                 # Outage: back off; neither batch_max nor anything else shortens the wait.
@@ -555,6 +582,7 @@ class BatchWriter:
                     redactor=self._redactor,
                     known_sets=self._known_component_sets,
                     lock_in_order=self.peers is not None and self.peers() > 0,
+                    skip_busy=shutdown_at is None,
                 )
             )
             done = True
@@ -595,6 +623,9 @@ class BatchWriter:
             self.on_refused(batch.refused)
         if batch.drift and self.on_drift is not None:
             self.on_drift(batch.drift)
+        if batch.busy:
+            self._busy += len(batch.busy)
+            self._merge_back(batch.split_off(batch.busy))  # with the waiters
         for waiter in batch.waiters:
             waiter.set()
         return True
@@ -657,6 +688,7 @@ class BatchWriter:
             last_flush_rows=self._last_rows,
             last_flush_seconds=self._last_seconds,
             db_errors_total=self._errors,
+            busy_total=self._busy,
             backlog_since=self._backlog_since,
             flushing=inflight is not None,
         )
@@ -666,12 +698,27 @@ class BatchWriter:
 
 _COUNT_NEW_AGENTS = "UPDATE fleet_stats SET agents_total = agents_total + %s"
 
-# Every row a flush will update, locked in one order (the rows are locked as the sorted scan
-# returns them), so that two instances' flushes sharing agents queue instead of deadlocking.
+# Every row a flush will update, locked first. NO KEY UPDATE is the lock the UPDATEs take
+# anyway (the key never changes); it does not hold up inserts of rows that refer to an agent.
+#
+# A flush skips the rows another instance's flush holds and leaves their changes for its next
+# flush (``_Batch.busy``): in a storm over several workers, a worker writing its 16,000
+# disconnects held the rows of agents already back on the other workers for seconds, and the
+# other five workers' flushes, all of them, waited behind it (their rows, and the summary they
+# publish, 20 s behind). Nobody waits on anybody in the lock pass, so it cannot deadlock; the
+# statements after it touch only rows it locked, or new ones.
+_LOCK_AGENTS_OR_SKIP = """
+SELECT a.instance_uid FROM agents AS a JOIN unnest(%s::bytea[]) AS b(uid) ON a.instance_uid = b.uid
+FOR NO KEY UPDATE OF a SKIP LOCKED
+"""
+# Of the agents the lock pass did not return, those whose rows exist: the busy ones.
+_EXISTING_AGENTS = "SELECT instance_uid FROM agents WHERE instance_uid = ANY(%s::bytea[])"
+# The shutdown drain waits for busy rows instead (it has no next flush): in one order, so that
+# two instances' drains queue instead of deadlocking.
 _LOCK_AGENTS_IN_ORDER = """
 SELECT count(*) FROM (
     SELECT 1 FROM agents AS a JOIN unnest(%s::bytea[]) AS b(uid) ON a.instance_uid = b.uid
-    ORDER BY a.instance_uid FOR UPDATE OF a
+    ORDER BY a.instance_uid FOR NO KEY UPDATE OF a
 ) AS locked
 """
 
@@ -999,12 +1046,18 @@ def _write_agents(
     params = {"instance": instance_id}
     agents = batch.agents
     seen = batch.seen
+    busy = batch.busy
+    staged = len(agents) - len(busy & agents.keys())
+    if not staged:
+        return 0
     hashes = _config_hashes(agents)
     unchanged = _unchanged_configs(cur, hashes, redactor)
     sets: dict[bytes, Any] = {}
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
         for uid, c in _yielding(agents.items(), _AGENT_ROWS_PER_YIELD):
+            if uid in busy:
+                continue
             keep = uid in unchanged
             row = _agent_row(uid, c, seen.get(uid), keep, hashes.get(uid), redactor, sets)
             copy.write_row(row)
@@ -1020,11 +1073,11 @@ def _write_agents(
         # violation and the batch is retried, then updating that row.
         cur.execute(_INSERT_AGENTS, params)
         inserted = cur.rowcount
-    elif updated < len(agents):
+    elif updated < staged:
         cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
         inserted = cur.rowcount
-    if updated + inserted != len(agents):
-        raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
+    if updated + inserted != staged:
+        raise _LostRace(f"{staged - updated - inserted} agent rows appeared concurrently")
     batch.inserted = inserted
     for previous, uids in (moved or {}).items():
         for payload in encode_notices("takeover", instance_id, uids=uids):
@@ -1089,13 +1142,15 @@ def _write_batch(
     redactor: ConfigRedactor | None = None,
     known_sets: set[bytes] | None = None,
     lock_in_order: bool = False,
+    skip_busy: bool = True,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
     Order matters: agent rows first (a new agent's row exists before its history), then new
     sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``;
-    the rows shared by every instance last. ``lock_in_order``: lock the batch's agent rows in
-    uid order first (other instances write some of the same agents).
+    the rows shared by every instance last. ``lock_in_order`` (other instances write some of
+    the same agents): lock the batch's agent rows first, leaving out those another flush holds
+    (``batch.busy``) or, without ``skip_busy``, waiting for them in uid order.
     """
     params = {"instance": instance_id}
     rows = 0
@@ -1105,8 +1160,10 @@ def _write_batch(
         agents = batch.agents
         seen = batch.seen
         batch.inserted = 0
+        batch.busy = frozenset()
         if lock_in_order and (agents or seen):
-            cur.execute(_LOCK_AGENTS_IN_ORDER, (list(agents.keys() | seen.keys()),))
+            batch.busy = _lock_agents(cur, list(agents.keys() | seen.keys()), skip_busy)
+        busy = batch.busy
         if agents:
             redactor = redactor or ConfigRedactor()
             rows += _write_agents(cur, batch, instance_id, redactor, known_sets or set())
@@ -1126,7 +1183,7 @@ def _write_batch(
                 copy.set_types(["bytea", "float8"])
                 write = copy.write_row
                 for uid, at in _yielding(seen.items()):
-                    if uid not in agents:
+                    if uid not in agents and uid not in busy:
                         write((uid, at))
                         staged += 1
             if staged:
@@ -1149,9 +1206,40 @@ def _write_batch(
         if batch.inserted:
             cur.execute(_COUNT_NEW_AGENTS, (batch.inserted,))
         if batch.online is not None:
-            ws, http = batch.online
+            ws, http = _online_written(batch.online, agents, busy)
             cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
     return rows
+
+
+def _lock_agents(cur: psycopg.Cursor[Any], uids: list[bytes], skip_busy: bool) -> frozenset[bytes]:
+    """Lock the rows of ``uids`` that exist; returns those another transaction holds (skipped
+    with ``skip_busy``, else waited for)."""
+    if not skip_busy:
+        cur.execute(_LOCK_AGENTS_IN_ORDER, (uids,))
+        return frozenset()
+    locked = {row[0] for row in cur.execute(_LOCK_AGENTS_OR_SKIP, (uids,))}
+    if len(locked) == len(uids):
+        return frozenset()
+    others = [uid for uid in uids if uid not in locked]  # busy, or new agents
+    return frozenset(row[0] for row in cur.execute(_EXISTING_AGENTS, (others,)))
+
+
+def _online_written(
+    online: tuple[int, int], agents: dict[bytes, _AgentChange], busy: frozenset[bytes]
+) -> tuple[int, int]:
+    """This instance's online counts as the rows written say: without the agents that came
+    online in the batch but whose rows were busy (still counted by the instance that had them
+    until its flush commits). A busy disconnect needs no correction: its row is busy because
+    the agent is back online elsewhere, and that instance counts it."""
+    ws, http = online
+    for uid in busy:
+        change = agents.get(uid)
+        if change is not None and change.status == "online":
+            if change.transport == "http":
+                http -= 1
+            else:
+                ws -= 1
+    return max(0, ws), max(0, http)
 
 
 _PRUNE_CUSTOM_MESSAGES = """
