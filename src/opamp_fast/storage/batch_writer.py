@@ -1045,19 +1045,17 @@ def _write_agents(
     takeover notices; refused agents are left on ``batch.refused``. Returns the rows written."""
     params = {"instance": instance_id}
     agents = batch.agents
+    if batch.busy:
+        agents = {uid: c for uid, c in agents.items() if uid not in batch.busy}
+        if not agents:
+            return 0
     seen = batch.seen
-    busy = batch.busy
-    staged = len(agents) - len(busy & agents.keys())
-    if not staged:
-        return 0
     hashes = _config_hashes(agents)
     unchanged = _unchanged_configs(cur, hashes, redactor)
     sets: dict[bytes, Any] = {}
     with cur.copy("COPY opamp_stage_agents FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_AGENT_TYPES)
         for uid, c in _yielding(agents.items(), _AGENT_ROWS_PER_YIELD):
-            if uid in busy:
-                continue
             keep = uid in unchanged
             row = _agent_row(uid, c, seen.get(uid), keep, hashes.get(uid), redactor, sets)
             copy.write_row(row)
@@ -1073,11 +1071,11 @@ def _write_agents(
         # violation and the batch is retried, then updating that row.
         cur.execute(_INSERT_AGENTS, params)
         inserted = cur.rowcount
-    elif updated < staged:
+    elif updated < len(agents):
         cur.execute(_INSERT_AGENTS + "ON CONFLICT (instance_uid) DO NOTHING", params)
         inserted = cur.rowcount
-    if updated + inserted != staged:
-        raise _LostRace(f"{staged - updated - inserted} agent rows appeared concurrently")
+    if updated + inserted != len(agents):
+        raise _LostRace(f"{len(agents) - updated - inserted} agent rows appeared concurrently")
     batch.inserted = inserted
     for previous, uids in (moved or {}).items():
         for payload in encode_notices("takeover", instance_id, uids=uids):
