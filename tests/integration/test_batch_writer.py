@@ -438,8 +438,9 @@ async def test_a_storm_of_closes_in_one_flush_is_not_quadratic(writer_factory, d
     """40,000 sessions closed in one flush, as after a network blip, with heartbeats in the same
     batch: the close statement's rollup trigger joins the closed rows' two versions, and must
     be planned for their number (a nested loop there would not finish within the test's
-    timeout, as when the last-seen update's join settings leaked into it)."""
-    writer: BatchWriter = await writer_factory()
+    timeout, as when the last-seen update's join settings leaked into it). One flush: as the
+    shutdown drain writes it, or a writer whose parts are that large."""
+    writer: BatchWriter = await writer_factory(flush_agents_max=50_000)
     recently = time.time() - 60  # (a day of rollup each)
     agents = [uid(n) for n in range(40_000)]
     for u in agents:
@@ -795,6 +796,52 @@ async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
         ("node-a", 5000, uid(5000).hex(), uid(9999).hex()),
         ("node-b", 5000, uid(0).hex(), uid(4999).hex()),
     ]
+
+
+async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writer_factory):
+    """A storm's thousands of disconnects on one worker are written in transactions of
+    ``flush_agents_max`` agents, the oldest changes first and each with its agents' history, so
+    that each part's rows are free (for the workers those agents come back to) as soon as it
+    commits, not after the whole storm's rows; the online count comes with the last part."""
+    await aquery(
+        database_url,
+        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
+        "lease_s) VALUES ('node-a', 'test', now(), now(), 3600) RETURNING 1",
+    )
+    online = [0, 0]
+    w: BatchWriter = await writer_factory(flush_agents_max=100, online_counts=lambda: tuple(online))
+    t0 = time.time() - 60
+    uids = [uid(n) for n in range(250)]
+    for n, u in enumerate(uids):
+        w.connected(u, at=t0 + n / 1000, remote_addr="x", transport="ws")
+    online[0] = 250
+    await w.flush()
+    assert w.statistics().flushes_total == 3
+    # three transactions, and the history in the order the agents came
+    assert await aquery(database_url, "SELECT count(DISTINCT xmin::text) FROM agents") == [(3,)]
+    history = await aquery(
+        database_url, "SELECT instance_uid FROM agent_connection_history ORDER BY id"
+    )
+    assert [row[0] for row in history] == uids
+
+    for u in uids:
+        w.disconnected(u, at=t0 + 1, reason="connection closed")
+    for u in uids[:50]:
+        w.connected(u, at=t0 + 2, remote_addr="y", transport="ws")
+    online[0] = 50
+    await w.flush()
+    assert w.statistics().flushes_total == 6
+    assert await aquery(
+        database_url, "SELECT status, count(*) FROM agents GROUP BY status ORDER BY status"
+    ) == [("offline", 200), ("online", 50)]
+    assert await aquery(
+        database_url,
+        "SELECT disconnect_reason, count(*) FROM agent_connection_history "
+        "GROUP BY disconnect_reason ORDER BY disconnect_reason NULLS LAST",
+    ) == [("connection closed", 250), (None, 50)]
+    assert await aquery(
+        database_url, "SELECT online_ws FROM server_instances WHERE instance_id = 'node-a'"
+    ) == [(50,)]
 
 
 async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(

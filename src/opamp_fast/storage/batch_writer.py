@@ -25,6 +25,7 @@ See ``docs/persistence.md`` for the schema and the exact rules.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import math
 import os
@@ -164,8 +165,8 @@ class _Batch:
         self.seen: dict[bytes, float] = {}
         # session_id -> session opened in this batch, in event order (dicts keep insertion order)
         self.sessions: dict[bytes, _Session] = {}
-        # session_id -> (closed at, reason) for sessions written by an earlier flush
-        self.closes: dict[bytes, tuple[float, str]] = {}
+        # session_id -> (closed at, reason, uid) for sessions written by an earlier flush
+        self.closes: dict[bytes, tuple[float, str, bytes]] = {}
         # flush() callers waiting for this batch to commit
         self.waiters: list[anyio.Event] = []
         # fleet events for the other instances, encoded and NOTIFYed in this batch's transaction
@@ -203,36 +204,47 @@ class _Batch:
             change = self.agents[uid] = _AgentChange()
         return change
 
-    def close_session(self, session_id: bytes, at: float, reason: str) -> None:
+    def close_session(self, session_id: bytes, uid: bytes, at: float, reason: str) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
             session.disconnected_at = at
             session.reason = reason
         else:
-            self.closes[session_id] = (at, reason)
+            self.closes[session_id] = (at, reason, uid)
 
-    def split_off(self, uids: Iterable[bytes]) -> _Batch:
-        """A batch of these agents' changes and last-seen times, taken out of this one, with
-        this one's waiters: what they wait for is committed when the split-off part is."""
+    def split_off(self, uids: Iterable[bytes], *, history: bool = False) -> _Batch:
+        """A batch of these agents' changes and last-seen times (with ``history``, their
+        sessions and closes too), in the order of ``uids`` and of the history, taken out of
+        this one, with this one's waiters: what they wait for is committed when the split-off
+        part is."""
         part = _Batch()
+        taken = set()
         for uid in uids:
+            taken.add(uid)
             change = self.agents.pop(uid, None)
             if change is not None:
                 part.agents[uid] = change
             at = self.seen.pop(uid, None)
             if at is not None:
                 part.seen[uid] = at
+        if history:
+            part.sessions = {k: s for k, s in self.sessions.items() if s.uid in taken}
+            self.sessions = {k: s for k, s in self.sessions.items() if s.uid not in taken}
+            part.closes = {k: c for k, c in self.closes.items() if c[2] in taken}
+            self.closes = {k: c for k, c in self.closes.items() if c[2] not in taken}
         part.waiters, self.waiters = self.waiters, []
         return part
 
     def merge_older(self, older: _Batch) -> None:
-        """Put a failed (older) batch back underneath this one; newer changes win."""
-        for uid, change in older.agents.items():
-            mine = self.agents.get(uid)
-            if mine is None:
-                self.agents[uid] = change
-            else:
-                mine.merge_older(change)
+        """Put a failed (older) batch back underneath this one; newer changes win. Its agents
+        come first, as they came: a flush writes the oldest changes first (``_take``)."""
+        agents = older.agents
+        for uid, change in self.agents.items():
+            prior = agents.get(uid)
+            if prior is not None:
+                change.merge_older(prior)
+            agents[uid] = change  # an agent of both keeps the older one's place
+        self.agents = agents
         _keep_newest(self.seen, older.seen)
         sessions = older.sessions  # older sessions first: history ids follow event order
         for failed in sessions.values():
@@ -240,13 +252,12 @@ class _Batch:
         sessions.update(self.sessions)
         self.sessions = sessions
         closes = older.closes
-        for session_id, (at, reason) in self.closes.items():
+        for session_id, close in self.closes.items():
             session = sessions.get(session_id)
             if session is not None and session.disconnected_at is None:
-                session.disconnected_at = at
-                session.reason = reason
+                session.disconnected_at, session.reason, _ = close
             else:
-                closes[session_id] = (at, reason)
+                closes[session_id] = close
         self.closes = closes
         older.waiters.extend(self.waiters)
         self.waiters = older.waiters
@@ -318,9 +329,16 @@ class BatchWriter:
         online_counts: Callable[[], tuple[int, int]] | None = None,
         redactor: ConfigRedactor | None = None,
         seen_flush_interval_s: float = 0.0,
+        flush_agents_max: int = 2_000,
     ) -> None:
-        if flush_interval_s <= 0 or batch_max < 1 or queue_max < 1 or retry_max_s <= 0:
-            raise ValueError("flush_interval_s, batch_max, queue_max and retry_max_s must be > 0")
+        if (
+            min(batch_max, queue_max, flush_agents_max) < 1
+            or min(flush_interval_s, retry_max_s) <= 0
+        ):
+            raise ValueError(
+                "flush_interval_s, batch_max, queue_max, retry_max_s and flush_agents_max "
+                "must be > 0"
+            )
         self._db = db
         self.instance_id = instance_id
         self._interval = flush_interval_s
@@ -337,6 +355,7 @@ class BatchWriter:
         ]
         self._next_slot = 0
         self._batch_max = batch_max
+        self._flush_agents_max = flush_agents_max  # per transaction (``_take``)
         self._queue_max = queue_max
         self._retry_initial = min(retry_initial_s, retry_max_s)
         self._retry_max = retry_max_s
@@ -401,7 +420,7 @@ class BatchWriter:
         batch = self._pending
         previous = self._open_session.get(uid)
         if previous is not None:
-            batch.close_session(previous, at, REPLACED_REASON)
+            batch.close_session(previous, uid, at, REPLACED_REASON)
         session_id = self._session_ids.take()
         self._open_session[uid] = session_id
         batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
@@ -431,7 +450,7 @@ class BatchWriter:
         if last is not None and batch.seen.get(uid, -math.inf) < last:
             batch.seen[uid] = last  # written with the offline row, not a slot's turn later
         reason = clean_text(reason)
-        batch.close_session(session_id, at, reason)
+        batch.close_session(session_id, uid, at, reason)
         change = batch.change(uid)
         change.status = "offline"
         change.disconnected_at = at
@@ -504,11 +523,23 @@ class BatchWriter:
         if len(batch.agents) >= self._batch_max or len(batch.sessions) >= self._batch_max:
             self._wake.set()
 
-    def _take(self, *, every_slot: bool = False) -> _Batch:
+    def _take(self, *, every_slot: bool = False, whole: bool = False) -> _Batch:
         """The pending batch with the next slot of last-seen times (every slot: for
-        ``flush()`` callers and the drain, who wait for everything recorded so far)."""
+        ``flush()`` callers and the drain, who wait for everything recorded so far).
+
+        Unless ``whole`` (the drain), at most ``flush_agents_max`` agents' changes, the oldest,
+        with their history; the rest stays pending, with the flush() callers, for a flush right
+        after this one. A worker's flush of its 16,000 disconnects in a storm held those rows,
+        and the summary it publishes, for 10 s and more; in parts, each part's rows are free
+        as soon as it commits. The online count is published with the last part: the rows of
+        the parts before it lack transitions the count has.
+        """
         batch = self._pending
-        if self._online_counts is not None and batch.has_transitions:
+        rest = None
+        if not whole and len(batch.agents) > self._flush_agents_max:
+            later = list(itertools.islice(batch.agents, self._flush_agents_max, None))
+            rest = batch.split_off(later, history=True)
+        elif self._online_counts is not None and batch.has_transitions:
             batch.online = self._online_counts()
         slots = self._seen_slots
         taken = range(len(slots)) if every_slot or batch.waiters else (self._next_slot,)
@@ -519,8 +550,10 @@ class BatchWriter:
                 _keep_newest(batch.seen, slot)
             else:
                 batch.seen = slot
-        self._pending = _Batch()
+        self._pending = _Batch() if rest is None else rest
         self._wake = anyio.Event()
+        if rest is not None:
+            self._wake.set()
         if self.event_outbox is not None:
             batch.events.extend(self.event_outbox())
         return batch
@@ -563,7 +596,7 @@ class BatchWriter:
 
     async def _flush_once(self, *, shutdown_at: float | None = None) -> bool:
         """Write the pending batch; on failure merge it back. True when committed."""
-        batch = self._take(every_slot=shutdown_at is not None)
+        batch = self._take(every_slot=shutdown_at is not None, whole=shutdown_at is not None)
         if not batch and shutdown_at is None:
             for waiter in batch.waiters:
                 waiter.set()
@@ -1171,7 +1204,7 @@ def _write_batch(
             with cur.copy("COPY opamp_stage_closes FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["bytea", "float8", "text"])
                 write = copy.write_row
-                for session_id, (closed_at, reason) in _yielding(batch.closes.items()):
+                for session_id, (closed_at, reason, _) in _yielding(batch.closes.items()):
                     write((session_id, closed_at, reason))
             cur.execute(_UPDATE_CLOSES)
             rows += cur.rowcount
