@@ -802,7 +802,8 @@ async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writ
     """A storm's thousands of disconnects on one worker are written in transactions of
     ``flush_agents_max`` agents, the oldest changes first and each with its agents' history, so
     that each part's rows are free (for the workers those agents come back to) as soon as it
-    commits, not after the whole storm's rows; the online count comes with the last part."""
+    commits, not after the whole storm's rows. Each part publishes the online count less the
+    agents that came online in the parts after it."""
     await aquery(
         database_url,
         "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
@@ -810,6 +811,10 @@ async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writ
     )
     online = [0, 0]
     w: BatchWriter = await writer_factory(flush_agents_max=100, online_counts=lambda: tuple(online))
+    published: list[int] = []  # the instance's online count after each part's commit
+    w.on_flush = lambda *_: published.append(
+        query(database_url, "SELECT online_ws FROM server_instances")[0][0]
+    )
     t0 = time.time() - 60
     uids = [uid(n) for n in range(250)]
     for n, u in enumerate(uids):
@@ -817,6 +822,8 @@ async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writ
     online[0] = 250
     await w.flush()
     assert w.statistics().flushes_total == 3
+    # each part counts the agents it wrote online, not those of the parts after it
+    assert published == [100, 200, 250]
     # three transactions, and the history in the order the agents came
     assert await aquery(database_url, "SELECT count(DISTINCT xmin::text) FROM agents") == [(3,)]
     history = await aquery(
@@ -831,6 +838,7 @@ async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writ
     online[0] = 50
     await w.flush()
     assert w.statistics().flushes_total == 6
+    assert published[3:] == [50, 50, 50]  # the first part holds the agents back online
     assert await aquery(
         database_url, "SELECT status, count(*) FROM agents GROUP BY status ORDER BY status"
     ) == [("offline", 200), ("online", 50)]

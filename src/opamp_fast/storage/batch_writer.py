@@ -531,16 +531,17 @@ class BatchWriter:
         with their history; the rest stays pending, with the flush() callers, for a flush right
         after this one. A worker's flush of its 16,000 disconnects in a storm held those rows,
         and the summary it publishes, for 10 s and more; in parts, each part's rows are free
-        as soon as it commits. The online count is published with the last part: the rows of
-        the parts before it lack transitions the count has.
+        as soon as it commits. Each part publishes the online count less the agents that came
+        online in the parts after it (``_online_written``).
         """
         batch = self._pending
         rest = None
         if not whole and len(batch.agents) > self._flush_agents_max:
             later = list(itertools.islice(batch.agents, self._flush_agents_max, None))
             rest = batch.split_off(later, history=True)
-        elif self._online_counts is not None and batch.has_transitions:
-            batch.online = self._online_counts()
+        if self._online_counts is not None and (rest is not None or batch.has_transitions):
+            online = self._online_counts()
+            batch.online = online if rest is None else _online_written(online, rest.agents.values())
         slots = self._seen_slots
         taken = range(len(slots)) if every_slot or batch.waiters else (self._next_slot,)
         self._next_slot = (self._next_slot + 1) % len(slots)
@@ -1237,7 +1238,7 @@ def _write_batch(
         if batch.inserted:
             cur.execute(_COUNT_NEW_AGENTS, (batch.inserted,))
         if batch.online is not None:
-            ws, http = _online_written(batch.online, agents, busy)
+            ws, http = _online_written(batch.online, (agents[u] for u in busy if u in agents))
             cur.execute(_PUBLISH_ONLINE, {"instance": instance_id, "ws": ws, "http": http})
     return rows
 
@@ -1255,17 +1256,15 @@ def _lock_agents(cur: psycopg.Cursor[Any], uids: list[bytes], skip_busy: bool) -
     return frozenset(row[0] for row in cur.execute(_EXISTING_AGENTS, (others,)))
 
 
-def _online_written(
-    online: tuple[int, int], agents: dict[bytes, _AgentChange], busy: frozenset[bytes]
-) -> tuple[int, int]:
-    """This instance's online counts as the rows written say: without the agents that came
-    online in the batch but whose rows were busy (still counted by the instance that had them
-    until its flush commits). A busy disconnect needs no correction: its row is busy because
-    the agent is back online elsewhere, and that instance counts it."""
+def _online_written(online: tuple[int, int], unwritten: Iterable[_AgentChange]) -> tuple[int, int]:
+    """The online counts to publish with a transaction that leaves the ``unwritten`` changes
+    for later (busy rows, the parts after it): without the agents that came online in those,
+    whose rows do not say so yet. An agent counts once its connection is live and its row says
+    so: an offline change not written yet is not counted either (the connection has ended).
+    During a storm the summary is then a flush or so behind the rows, not ahead of them."""
     ws, http = online
-    for uid in busy:
-        change = agents.get(uid)
-        if change is not None and change.status == "online":
+    for change in unwritten:
+        if change.status == "online":
             if change.transport == "http":
                 http -= 1
             else:
