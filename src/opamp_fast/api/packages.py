@@ -535,6 +535,9 @@ async def package_status(request: Request) -> Response:
     name = _path_name(request)
 
     def fetch(conn: psycopg.Connection[Any]) -> tuple[list[PackageInfo], dict[str, Any]]:
+        # one snapshot for all its statements: a flush of reports committing between the
+        # counts and the failures made them disagree (a failure listed, not counted)
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return q_versions(conn, name), q_package_status(conn, name)
 
     infos, raw = await services_of(request).db.run(fetch)
