@@ -20,6 +20,7 @@ from opamp_fast.protocol import remote_config_hash
 from opamp_fast.redaction import ConfigRedactor, RedactionPolicy
 from opamp_fast.storage import Database, apply_migrations
 from opamp_fast.storage.batch_writer import (
+    _FLUSH_PREAMBLE,
     _KEYED_LOOKUPS_PRICED,
     _STAGING,
     _UPDATE_CLOSES,
@@ -432,6 +433,10 @@ async def test_a_flush_looks_its_rows_up_by_key_not_by_scanning_the_fleet(
         assert "agent_connection_history_session_id_key" in closes, closes
         conn.rollback()  # the price was for that transaction only
         assert conn.execute("SHOW random_page_cost").fetchone() == ("4",)
+        conn.rollback()
+        conn.execute(_FLUSH_PREAMBLE)  # what a flush runs first: staging and the price
+        assert conn.execute("SHOW random_page_cost").fetchone() == ("1.1",)
+        conn.rollback()
 
 
 async def test_a_storm_of_closes_in_one_flush_is_not_quadratic(writer_factory, database_url):

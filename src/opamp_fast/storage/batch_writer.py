@@ -898,6 +898,9 @@ SELECT set_config('random_page_cost',
     least(current_setting('random_page_cost')::float8, 1.1)::text, true)
 """
 
+# Both in one round trip (no parameters: one simple query of several statements).
+_FLUSH_PREAMBLE = _STAGING + _KEYED_LOOKUPS_PRICED
+
 _UPDATE_SEEN = """
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
 FROM (SELECT uid, seen FROM opamp_stage_seen ORDER BY uid) AS s
@@ -1187,8 +1190,7 @@ def _write_batch(
     params = {"instance": instance_id}
     rows = 0
     with conn.cursor() as cur:
-        cur.execute(_STAGING)
-        cur.execute(_KEYED_LOOKUPS_PRICED)
+        cur.execute(_FLUSH_PREAMBLE)
         agents = batch.agents
         seen = batch.seen
         batch.inserted = 0
