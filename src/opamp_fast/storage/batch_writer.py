@@ -615,8 +615,7 @@ class BatchWriter:
                     shutdown_at=shutdown_at,
                     redactor=self._redactor,
                     known_sets=self._known_component_sets,
-                    lock_in_order=self.peers is not None and self.peers() > 0,
-                    skip_busy=shutdown_at is None,
+                    lock_first=self.peers is not None and self.peers() > 0,
                 )
             )
             done = True
@@ -1176,16 +1175,15 @@ def _write_batch(
     shutdown_at: float | None = None,
     redactor: ConfigRedactor | None = None,
     known_sets: set[bytes] | None = None,
-    lock_in_order: bool = False,
-    skip_busy: bool = True,
+    lock_first: bool = False,
 ) -> int:
     """Blocking: write one batch in the caller's transaction; returns the rows written.
 
     Order matters: agent rows first (a new agent's row exists before its history), then new
     sessions (in event order), then closes of sessions written earlier, then ``last_seen_at``;
-    the rows shared by every instance last. ``lock_in_order`` (other instances write some of
+    the rows shared by every instance last. ``lock_first`` (other instances write some of
     the same agents): lock the batch's agent rows first, leaving out those another flush holds
-    (``batch.busy``) or, without ``skip_busy``, waiting for them in uid order.
+    (``batch.busy``) or, in the shutdown drain, waiting for them in uid order.
     """
     params = {"instance": instance_id}
     rows = 0
@@ -1195,8 +1193,9 @@ def _write_batch(
         seen = batch.seen
         batch.inserted = 0
         batch.busy = frozenset()
-        if lock_in_order and (agents or seen):
-            batch.busy = _lock_agents(cur, list(agents.keys() | seen.keys()), skip_busy)
+        if lock_first and (agents or seen):
+            uids = list(agents.keys() | seen.keys())
+            batch.busy = _lock_agents(cur, uids, skip_busy=shutdown_at is None)
         busy = batch.busy
         if agents:
             redactor = redactor or ConfigRedactor()
