@@ -433,9 +433,7 @@ def metrics_exporter(services: Services) -> MetricsExporter:
         version=services.version,
     ).with_packages(services.packages)
     exporter.events = services.events
-    if services.commands is not None:
-        commands = services.commands
-        exporter.group_restart_batches = lambda: commands.batches_total
+    exporter.commands = services.commands
     exporter.configs = services.configs
     exporter.budget = services.opamp.budget
     exporter.connection_settings = services.connection_settings

@@ -252,6 +252,23 @@ def test_transport_and_fleet_counters() -> None:
     assert value(samples, "opamp_fast_sweeper_lag_seconds") == 0.25
 
 
+def test_custom_messages_routed_here_and_not_sent_are_counted() -> None:
+    """A notice of a custom message for an agent held here, while the service that reads such
+    messages back is not running (starting, stopping): not sent, and counted."""
+    from opamp_fast.fleet.commands import Commands
+    from opamp_fast.storage import command_queries as cmq
+
+    commands = Commands(db=None, fleet=None, instance_id="here")  # type: ignore[arg-type]
+    exporter = exporter_for(make_registry())
+    exporter.commands = commands
+    dropped = "opamp_fast_routed_custom_messages_dropped_total"
+    assert value(scrape(exporter), dropped) == 0
+    commands.on_notice({"kind": cmq.CUSTOM_MESSAGE_NOTICE, "id": 7})
+    commands.on_notice({"kind": cmq.CUSTOM_MESSAGE_NOTICE, "id": "x"})  # malformed: not a drop
+    assert value(scrape(exporter), dropped) == 1
+    assert commands.routed_dropped_total == 1
+
+
 class FakeDatabase:
     """Stands in for Postgres under the writer: ``run`` answers (rows, CPU seconds) or raises."""
 

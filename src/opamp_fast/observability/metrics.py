@@ -51,6 +51,7 @@ from ..protocol import Transport
 
 if TYPE_CHECKING:
     from ..connection_settings.service import ConnectionSettingsService, SettingsStatistics
+    from ..fleet.commands import Commands
     from ..fleet.events import EventHub, EventHubStatistics
     from ..fleet.handler import FleetHandler
     from ..packages import PackageRegistry, PackageStatistics
@@ -393,6 +394,12 @@ METRICS: Final[dict[str, MetricSpec]] = {
             "counter",
             "Batches of group restarts this instance sent.",
         ),
+        _spec(
+            "opamp_fast_routed_custom_messages_dropped_total",
+            "counter",
+            "Custom messages routed here for an agent this instance holds and not sent (the "
+            "queue of routed messages full, or the service not running).",
+        ),
         # -- packages ------------------------------------------------------------
         _spec(
             "opamp_fast_package_offers_sent_total",
@@ -575,8 +582,9 @@ class MetricsSnapshot:
     configs: ConfigStatistics | None = None
     events: EventHubStatistics | None = None
     connection_settings: SettingsStatistics | None = None
-    # Restarts sent, custom messages sent and received, group restart batches sent.
-    commands: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # Restarts sent, custom messages sent and received, group restart batches sent, routed
+    # custom messages dropped.
+    commands: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     forgotten: dict[str, int] = field(default_factory=dict)
     audit_deleted: int = 0
     availability: FleetFigures | None = None
@@ -634,7 +642,7 @@ class MetricsExporter:
         self.events: EventHub | None = None  # fleet events
         self.budget: BufferBudget | None = None  # bytes held for partial input
         self.connection_settings: ConnectionSettingsService | None = None
-        self.group_restart_batches: Callable[[], int] | None = None  # fleet.commands' count
+        self.commands: Commands | None = None  # group restarts, messages routed here
         # Forgetting agents, audit retention, the fleet's availability (set by the services).
         self.lifecycle: AgentLifecycle | None = None
         self.audit_retention: AuditRetention | None = None
@@ -730,16 +738,19 @@ class MetricsExporter:
             availability=self.availability.figures if self.availability else None,
         )
 
-    def _commands(self) -> tuple[int, int, int, int]:
-        fleet = self.fleet
-        batches = self.group_restart_batches() if self.group_restart_batches else 0
+    def _commands(self) -> tuple[int, int, int, int, int]:
+        fleet, commands = self.fleet, self.commands
+        batches, dropped = (
+            (commands.batches_total, commands.routed_dropped_total) if commands else (0, 0)
+        )
         if fleet is None:
-            return (0, 0, 0, batches)
+            return (0, 0, 0, batches, dropped)
         return (
             fleet.restarts_total,
             fleet.custom_messages_sent_total,
             fleet.custom_messages_received_total,
             batches,
+            dropped,
         )
 
     def snapshot_on_loop(self) -> MetricsSnapshot:
@@ -914,12 +925,13 @@ def _runtime_families(f: _Families, snap: MetricsSnapshot, version: str) -> None
 
 
 def _command_families(f: _Families, snap: MetricsSnapshot) -> None:
-    restarts, sent, received, batches = snap.commands
+    restarts, sent, received, batches, dropped = snap.commands
     f.counter("opamp_fast_restart_commands_total").add_metric([], restarts)
     custom = f.counter("opamp_fast_custom_messages_total")
     custom.add_metric(["to_agent"], sent)
     custom.add_metric(["from_agent"], received)
     f.counter("opamp_fast_group_restart_batches_total").add_metric([], batches)
+    f.counter("opamp_fast_routed_custom_messages_dropped_total").add_metric([], dropped)
 
 
 def _package_families(f: _Families, p: PackageStatistics | None) -> None:
