@@ -10,8 +10,10 @@ What is redacted (:func:`redact_body`), per file of the ``AgentConfigMap``:
 * the value of every key that names a secret: its normalised name (lower case, without ``-``,
   ``_``, ``.`` and spaces) contains a word of the policy (``--redact-keys``; default
   :data:`DEFAULT_SECRET_WORDS`). A nested mapping or list under such a key loses every value
-  (its keys stay). Kept: ``null``, and a value that is only a reference such as
-  ``${env:DD_API_KEY}`` (it names where the secret is, not the secret);
+  (its keys stay). Kept: ``null``, a value that is only a reference such as
+  ``${env:DD_API_KEY}``, and the value of a name that ends in ``file``, ``filename``, ``path``,
+  ``dir`` or ``directory`` (``key_file``): each names where the secret is, not the secret (a
+  word of the policy that itself ends so, such as ``keyfile``, still redacts it);
 * a ``{key|name: ..., value: ...}`` pair (attribute actions, header lists) is decided by what the
   key or name says: ``{name: Authorization, value: ...}`` loses its value, ``{key: service.name,
   value: checkout}`` keeps both;
@@ -59,7 +61,8 @@ __all__ = [
 
 REDACTED: Final = "<redacted>"
 #: Bumped when what is redacted changes: stored configs redacted before are redone.
-ALGORITHM: Final = 1
+#: 2: names of paths (``key_file``) are no longer secret names.
+ALGORITHM: Final = 2
 #: A body that may hold secrets and is larger than this is withheld, not parsed: parsing costs
 #: about a microsecond per byte in the writer's thread, and an agent may report a new one often.
 MAX_PARSED_BYTES: Final = 256 * 1024
@@ -73,6 +76,9 @@ DEFAULT_SECRET_WORDS: Final = (
     "authorization",
     "cookie",
 )
+#: A normalised key name that ends so holds a path (``key_file``, ``bearer_token_file``,
+#: ``keystore_path``): shown, though it contains a secret word.
+_PATH_SUFFIXES: Final = ("file", "filename", "path", "dir", "directory")
 _SEPARATORS: Final = str.maketrans("", "", " \t\r\n\f\v_.-")
 _SEPARATOR_BYTES: Final = b" \t\r\n\f\v_.-"
 
@@ -93,7 +99,14 @@ class RedactionPolicy:
     words: tuple[str, ...] = DEFAULT_SECRET_WORDS
 
     def secret_key(self, name: str) -> bool:
-        return _words_pattern(self.words).search(_normalize(name)) is not None
+        norm = _normalize(name)
+        if _words_pattern(self.words).search(norm) is None:
+            return False
+        if not norm.endswith(_PATH_SUFFIXES):
+            return True
+        # ``key_file``, ``token_path``: where a secret is kept, not the secret; unless a word of
+        # the policy names the path itself (an operator's ``keyfile``).
+        return any(word in norm for word in self.words if word.endswith(_PATH_SUFFIXES))
 
     @property
     def fingerprint(self) -> str:

@@ -243,7 +243,8 @@ _HELP = {
     "uid (a per-agent token, or a client certificate whose CN is the uid)",
     "agent_auth_token": "bearer token agents must present on the OpAMP endpoint (unset: no auth)",
     "redact_keys": "comma-separated words: a value in an agent's reported effective config whose "
-    "key contains one (ignoring case, '-', '_', '.') is stored and shown redacted; bearer and "
+    "key contains one (ignoring case, '-', '_', '.'; a name of a path such as key_file is not "
+    "one) is stored and shown redacted; bearer and "
     "basic credentials, URL passwords and PEM private keys always are (docs/api.md)",
     "flush_interval_s": "how often coalesced agent state is written to Postgres, seconds",
     "last_seen_flush_s": "each agent's last_seen_at is written to Postgres once per this "

@@ -59,7 +59,7 @@ extensions:
       SECRET5line2
     tls:
       cert_file: /etc/otel/cert.pem
-      key_file: /etc/otel/SECRET8.pem
+      key_file: /etc/otel/key.pem
 processors:
   attributes:
     actions:
@@ -92,6 +92,7 @@ def test_a_collector_config_keeps_everything_but_its_secrets() -> None:
         "      password: <redacted>   # rotate me\n",
         "    client_secret: <redacted>\n    tls:\n",
         "      cert_file: /etc/otel/cert.pem\n",
+        "      key_file: /etc/otel/key.pem\n",  # where the key is, not the key
         "      - key: service.name\n        value: checkout\n",
         "      - key: db.password\n        value: <redacted>\n",
         "  extensions: [basicauth/client, oauth2client]\n",
@@ -102,8 +103,7 @@ def test_a_collector_config_keeps_everything_but_its_secrets() -> None:
     parsed = yaml.safe_load(out.text)
     assert parsed["exporters"]["otlphttp"]["headers"]["api-key"] == REDACTED
     assert parsed["exporters"]["prometheusremotewrite"]["headers"]["Authorization"] == REDACTED
-    assert parsed["extensions"]["oauth2client"]["tls"]["key_file"] == REDACTED
-    assert out.redacted == 9  # each value replaced counts once
+    assert out.redacted == 8  # each value replaced counts once
 
 
 def test_json_bodies_keep_their_formatting() -> None:
@@ -243,6 +243,35 @@ def test_the_stored_shape_keeps_the_hash_of_what_was_reported() -> None:
         "size": 1,
         "withheld": "binary (not UTF-8 text)",
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("key_file", False),
+        ("bearer_token_file", False),
+        ("client-secret.path", False),
+        ("keystore_path", False),
+        ("token_dir", False),
+        ("password_filename", False),
+        ("key_pem", True),  # the collector's inline key, not a path
+        ("api_key", True),
+        ("profile", False),  # no secret word at all
+        ("filekey", True),  # the secret word last
+    ],
+)
+def test_a_name_of_a_path_is_not_a_secret_name(name: str, secret: bool) -> None:
+    assert POLICY.secret_key(name) is secret
+
+
+def test_a_path_the_operator_names_as_a_secret_stays_one() -> None:
+    policy = RedactionPolicy.parse("password,keyfile")
+    assert policy.secret_key("key_file") and policy.secret_key("tls.keyfile")
+    assert not policy.secret_key("password_file")
+    out = redact_body(
+        b"key_file: /k.pem\npassword_file: /p\n# key_file: /old.pem\n", "text/yaml", policy
+    )
+    assert out.text == "key_file: <redacted>\npassword_file: /p\n# key_file: <redacted>\n"
 
 
 def test_the_word_list_is_the_operators() -> None:
