@@ -56,6 +56,7 @@ __all__ = [
     "RedactionPolicy",
     "config_outline",
     "redact_body",
+    "redact_error_text",
     "redact_value_text",
 ]
 
@@ -159,6 +160,16 @@ def redact_value_text(text: str) -> tuple[str, int]:
     text, b = _URL_PASSWORD.subn(lambda m: m.group(1) + ":" + REDACTED + "@", text)
     text, c = _PRIVATE_KEY.subn(lambda m: m.group(1) + REDACTED + m.group(2), text)
     return text, a + b + c
+
+
+def redact_error_text(text: str) -> str:
+    """A free-text error or status an agent reported (its health, a config's, a package's,
+    connection settings'), as it is stored, shown and streamed: NUL characters replaced
+    (Postgres rejects them) and credentials redacted as in any value. An HTTP client's error
+    often quotes the URL it failed on, password and all."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return redact_value_text(text)[0]
 
 
 class _Unsupported(Exception):

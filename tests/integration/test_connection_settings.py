@@ -201,11 +201,11 @@ async def test_opamp_endpoint_must_be_confirmed_and_the_change_is_audited(server
         # The agent's heartbeat timeout follows its offered interval (2 x 45 s).
         assert server.services.registry.get(agent.uid).timeout_s == 90
         # The agent could not reach the new server: it says so, the detail shows it.
-        failed = settings_status(pushed.hash, 3, "dial failed")
+        failed = settings_status(pushed.hash, 3, "dial failed: Authorization: Bearer s3cr3t-t0ken")
         await agent.request(agent.message(connection_settings_status=failed))
         shown = await wait_view(api, agent.uid, "failed")
         assert shown["opamp"]["endpoint"] == new and shown["opamp"]["status"] == "failed"
-        assert shown["reported"]["error_message"] == "dial failed"
+        assert shown["reported"]["error_message"] == "dial failed: Authorization: Bearer <redacted>"
         detail = (await api.get(f"/api/agents/{format_instance_uid(agent.uid)}")).json()
         assert detail["connection_settings"]["opamp"]["status"] == "failed"
         # Audited, with the header redacted.

@@ -140,11 +140,13 @@ async def test_connect_status_and_disconnect_events(server: Any) -> None:
             assert int(seq) == connected.data["seq"] and stream_id == hub_of(server).stream
             health = agent.message()
             health.health.healthy = False
-            health.health.last_error = "exporter down"
+            health.health.last_error = "exporter down: https://svc:hunter2@otlp.example.com"
             await agent.request(health)
             changed = await stream.until(lambda e: e.event == "agent.health")
             assert changed.data["data"]["healthy"] is False
-            assert changed.data["data"]["last_error"] == "exporter down"
+            assert changed.data["data"]["last_error"] == (
+                "exporter down: https://svc:<redacted>@otlp.example.com"
+            )
             assert changed.data["seq"] > connected.data["seq"]
         gone = await stream.until(lambda e: e.event == "agent.disconnected")
         assert gone.data["agent"] == agent_id

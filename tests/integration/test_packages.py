@@ -386,7 +386,8 @@ async def test_install_failure_is_reported(
         agent_id = format_instance_uid(agent.uid)
         await api.put(f"/api/agents/{agent_id}/packages", json={"packages": [{"name": "bad"}]})
         offer = (await agent.receive()).packages_available
-        failed = statuses(offer, pb.PackageStatusEnum_InstallFailed, have=False, error="disk full")
+        error = "disk full under https://mirror:hunter2@pkgs.example.com"
+        failed = statuses(offer, pb.PackageStatusEnum_InstallFailed, have=False, error=error)
         await agent.request(agent.message(package_statuses=failed))
 
         async def failures() -> Any:
@@ -395,7 +396,9 @@ async def test_install_failure_is_reported(
 
         body = await wait_until(failures)
         assert body["failures"][0]["agent_id"] == agent_id
-        assert body["failures"][0]["error_message"] == "disk full"
+        assert body["failures"][0]["error_message"] == (
+            "disk full under https://mirror:<redacted>@pkgs.example.com"
+        )
         assert body["versions"][0]["counts"] == {"install_failed": 1}
 
 

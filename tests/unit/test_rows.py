@@ -98,6 +98,35 @@ def test_snapshot_from_messages() -> None:
     }
 
 
+def test_credentials_in_reported_errors_are_redacted() -> None:
+    """What an agent says went wrong often quotes the URL or header it failed with."""
+    failed_url = 'Post "https://svc:hunter2@otlp.example.com/v1/traces": dial tcp: refused'
+    health = pb.ComponentHealth(
+        healthy=False,
+        last_error="exporter\x00 failed: Authorization: Bearer abcdefgh12345678",
+        component_health_map={
+            "exporter:otlphttp": pb.ComponentHealth(last_error=failed_url, status="StatusOK")
+        },
+    )
+    snap = AgentSnapshot.from_messages(
+        health=health,
+        remote_config_status=pb.RemoteConfigStatus(
+            status=3, error_message="cannot read -----BEGIN PRIVATE KEY-----\nMIIEv\n"
+        ),
+        transport="ws",
+    ).row()
+    assert snap.health is not None and snap.remote_config_status is not None
+    assert snap.health["last_error"] == "exporter\ufffd failed: Authorization: Bearer <redacted>"
+    child = snap.health["component_health_map"]["exporter:otlphttp"]
+    assert child["last_error"] == (
+        'Post "https://svc:<redacted>@otlp.example.com/v1/traces": dial tcp: refused'
+    )
+    assert child["status"] == "StatusOK"
+    assert snap.remote_config_status["error_message"] == (
+        "cannot read -----BEGIN PRIVATE KEY-----<redacted>"
+    )
+
+
 def test_effective_configs_are_redacted_and_hashed() -> None:
     body = b"exporters:\n  otlp:\n    headers:\n      api-key: s3cret\n"
     config = pb.EffectiveConfig(

@@ -48,6 +48,7 @@ from ..protocol import (
     format_instance_uid,
     pb,
 )
+from ..redaction import redact_error_text
 from ..storage import settings_queries as sq
 from ..ticks import sleep_to_tick
 from .ca import AgentCA, CertificateRequest, CertificateRequestError, IssuedCertificate
@@ -270,7 +271,7 @@ class ConnectionSettingsService:
     def on_status(self, uid: bytes, status: pb.ConnectionSettingsStatus) -> None:
         """The agent reported another ConnectionSettingsStatus (event loop, O(1))."""
         name = _STATUS_NAMES.get(int(status.status), str(int(status.status)))
-        error = status.error_message.replace("\x00", "\ufffd")[:4096]
+        error = redact_error_text(status.error_message[:4096])
         self._statuses[uid] = (uid, bytes(status.last_connection_settings_hash), name, error,
                                self._clock())  # fmt: skip
 

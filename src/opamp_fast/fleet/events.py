@@ -48,6 +48,7 @@ from anyio.abc import TaskStatus
 from psycopg_pool import PoolTimeout
 
 from ..protocol.codec import format_instance_uid
+from ..redaction import redact_error_text
 
 if TYPE_CHECKING:
     from ..protocol import pb
@@ -578,13 +579,17 @@ def announce_changes(hub: EventHub, record: AgentRecord, changed: frozenset[str]
 
 
 def _health_data(health: pb.ComponentHealth) -> dict[str, Any]:
-    return {"healthy": health.healthy, "status": health.status, "last_error": health.last_error}
+    return {
+        "healthy": health.healthy,
+        "status": redact_error_text(health.status),
+        "last_error": redact_error_text(health.last_error),
+    }
 
 
 def _config_status_data(rcs: pb.RemoteConfigStatus) -> dict[str, Any]:
     status = rcs.status
     return {
         "status": _STATUS_NAMES[status] if 0 <= status < len(_STATUS_NAMES) else status,
-        "error_message": rcs.error_message,
+        "error_message": redact_error_text(rcs.error_message),
         "config_hash": rcs.last_remote_config_hash.hex(),
     }

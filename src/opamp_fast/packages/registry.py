@@ -43,6 +43,7 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from ..protocol import pb
+from ..redaction import redact_error_text
 from ..storage.notices import FLEET_CHANNEL, encode_notices
 from ..ticks import sleep_to_tick
 from .semver import parse_semver
@@ -428,7 +429,8 @@ def _write_statuses(conn: psycopg.Connection[Any], batch: dict[bytes, pb.Package
     reports = []
     rows = []
     for uid, st in batch.items():
-        reports.append((uid, bytes(st.server_provided_all_packages_hash), _text(st.error_message)))
+        error = redact_error_text(st.error_message[:4096])
+        reports.append((uid, bytes(st.server_provided_all_packages_hash), error))
         for name, p in st.packages.items():
             status = STATUS_NAMES.get(int(p.status), str(int(p.status)))
             percent = (
@@ -443,7 +445,7 @@ def _write_statuses(conn: psycopg.Connection[Any], batch: dict[bytes, pb.Package
                     _text(p.server_offered_version)[:256],
                     bytes(p.server_offered_hash)[:64],
                     status,
-                    _text(p.error_message)[:4096],
+                    redact_error_text(p.error_message[:4096]),
                     percent,
                 )
             )

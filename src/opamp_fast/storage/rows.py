@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from ..protocol import remote_config_hash
-from ..redaction import ConfigRedactor
+from ..redaction import ConfigRedactor, redact_error_text
 
 if TYPE_CHECKING:
     from .._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
@@ -185,8 +185,8 @@ def health_to_json(health: opamp_pb2.ComponentHealth) -> JSONObject:
     out: JSONObject = {
         "healthy": health.healthy,
         "start_time_unix_nano": health.start_time_unix_nano,
-        "last_error": clean_text(health.last_error),
-        "status": clean_text(health.status),
+        "last_error": redact_error_text(health.last_error),
+        "status": redact_error_text(health.status),
         "status_time_unix_nano": health.status_time_unix_nano,
     }
     if health.attributes:
@@ -232,7 +232,7 @@ def remote_config_status_to_json(status: opamp_pb2.RemoteConfigStatus) -> JSONOb
     return {
         "last_remote_config_hash": status.last_remote_config_hash.hex(),
         "status": _REMOTE_CONFIG_STATUSES.get(code, str(code)),
-        "error_message": clean_text(status.error_message),
+        "error_message": redact_error_text(status.error_message),
     }
 
 
