@@ -857,6 +857,43 @@ async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writ
     ) == [(50,)]
 
 
+async def test_agents_back_before_their_offline_row_count_in_every_part(
+    database_url, writer_factory
+):
+    """A blip: agents written online drop and come back before their offline rows are written.
+    Their rows never stop saying online, so the parts written before theirs count them; agents
+    that came online from an offline row are counted once their own part is written."""
+    await aquery(
+        database_url,
+        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
+        "lease_s) VALUES ('node-a', 'test', now(), now(), 3600) RETURNING 1",
+    )
+    online = [0, 0]
+    w: BatchWriter = await writer_factory(flush_agents_max=100, online_counts=lambda: tuple(online))
+    published: list[int] = []
+    w.on_flush = lambda *_: published.append(
+        query(database_url, "SELECT online_ws FROM server_instances")[0][0]
+    )
+    t0 = time.time() - 60
+    uids = [uid(n) for n in range(300)]
+    for n, u in enumerate(uids[:250]):
+        w.connected(u, at=t0 + n / 1000, remote_addr="x", transport="ws")
+    online[0] = 250
+    await w.flush()
+    published.clear()
+    for u in uids[:250]:
+        w.disconnected(u, at=t0 + 1, reason="connection closed")
+    for u in uids[200:]:  # 50 back after the blip, 50 new ones
+        w.connected(u, at=t0 + 2, remote_addr="y", transport="ws")
+    online[0] = 100
+    await w.flush()
+    # parts: 100 offline, 100 offline, then 50 back and 50 new
+    assert published == [50, 50, 100]
+    assert await aquery(
+        database_url, "SELECT status, count(*) FROM agents GROUP BY status ORDER BY status"
+    ) == [("offline", 200), ("online", 100)]
+
+
 async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
     database_url, writer_factory
 ) -> None:

@@ -1262,10 +1262,13 @@ def _online_written(online: tuple[int, int], unwritten: Iterable[_AgentChange]) 
     for later (busy rows, the parts after it): without the agents that came online in those,
     whose rows do not say so yet. An agent counts once its connection is live and its row says
     so: an offline change not written yet is not counted either (the connection has ended).
-    During a storm the summary is then a flush or so behind the rows, not ahead of them."""
+    During a storm the summary is then a flush or so behind the rows, not ahead of them.
+
+    An agent back online after a disconnect in the same unwritten changes (a blip: dropped and
+    back before its offline row was written) still counts: its row says online from before."""
     ws, http = online
     for change in unwritten:
-        if change.status == "online":
+        if change.status == "online" and change.disconnected_at is None:
             if change.transport == "http":
                 http -= 1
             else:
