@@ -803,23 +803,39 @@ async def test_writers_of_two_instances_never_deadlock_on_shared_agents(
     ]
 
 
+async def instance_writer(
+    database_url: str, writer_factory: Callable[..., Any], instance_id: str = "node-a", **kw: Any
+) -> tuple[BatchWriter, list[int]]:
+    """A writer for a registered instance (its ``server_instances`` row) that publishes the
+    online counts in the list returned with it ([ws, http], which the test sets)."""
+    await aquery(
+        database_url,
+        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
+        "lease_s) VALUES (%s, 'test', now(), now(), 3600) RETURNING 1",
+        (instance_id,),
+    )
+    online = [0, 0]
+    w = await writer_factory(instance_id=instance_id, online_counts=lambda: tuple(online), **kw)
+    return w, online
+
+
+def published_after_each_commit(database_url: str, w: BatchWriter) -> list[int]:
+    """The instance's published online count (ws) after each of ``w``'s commits, as they come."""
+    published: list[int] = []
+    w.on_flush = lambda *_: published.append(
+        query(database_url, "SELECT online_ws FROM server_instances")[0][0]
+    )
+    return published
+
+
 async def test_a_large_batch_is_written_in_parts_oldest_first(database_url, writer_factory):
     """A storm's thousands of disconnects on one worker are written in transactions of
     ``flush_agents_max`` agents, the oldest changes first and each with its agents' history, so
     that each part's rows are free (for the workers those agents come back to) as soon as it
     commits, not after the whole storm's rows. Each part publishes the online count less the
     agents that came online in the parts after it."""
-    await aquery(
-        database_url,
-        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
-        "lease_s) VALUES ('node-a', 'test', now(), now(), 3600) RETURNING 1",
-    )
-    online = [0, 0]
-    w: BatchWriter = await writer_factory(flush_agents_max=100, online_counts=lambda: tuple(online))
-    published: list[int] = []  # the instance's online count after each part's commit
-    w.on_flush = lambda *_: published.append(
-        query(database_url, "SELECT online_ws FROM server_instances")[0][0]
-    )
+    w, online = await instance_writer(database_url, writer_factory, flush_agents_max=100)
+    published = published_after_each_commit(database_url, w)
     t0 = time.time() - 60
     uids = [uid(n) for n in range(250)]
     for n, u in enumerate(uids):
@@ -863,17 +879,8 @@ async def test_agents_back_before_their_offline_row_count_in_every_part(
     """A blip: agents written online drop and come back before their offline rows are written.
     Their rows never stop saying online, so the parts written before theirs count them; agents
     that came online from an offline row are counted once their own part is written."""
-    await aquery(
-        database_url,
-        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
-        "lease_s) VALUES ('node-a', 'test', now(), now(), 3600) RETURNING 1",
-    )
-    online = [0, 0]
-    w: BatchWriter = await writer_factory(flush_agents_max=100, online_counts=lambda: tuple(online))
-    published: list[int] = []
-    w.on_flush = lambda *_: published.append(
-        query(database_url, "SELECT online_ws FROM server_instances")[0][0]
-    )
+    w, online = await instance_writer(database_url, writer_factory, flush_agents_max=100)
+    published = published_after_each_commit(database_url, w)
     t0 = time.time() - 60
     uids = [uid(n) for n in range(300)]
     for n, u in enumerate(uids[:250]):
@@ -902,13 +909,7 @@ async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
     write everything else at once and leave those agents for their next flush; the instance's
     published online count leaves them out meanwhile, as their rows do. flush() callers wait
     until the rows left behind are written too."""
-    await aquery(
-        database_url,
-        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at, "
-        "lease_s) VALUES ('node-b', 'test', now(), now(), 3600) RETURNING 1",
-    )
-    online = [0, 0]
-    b: BatchWriter = await writer_factory(instance_id="node-b", online_counts=lambda: tuple(online))
+    b, online = await instance_writer(database_url, writer_factory, instance_id="node-b")
     b.peers = lambda: 1
     held, free = uid(1), uid(2)
     t0 = time.time() - 60
