@@ -58,6 +58,7 @@ __all__ = [
     "redact_body",
     "redact_error_text",
     "redact_value_text",
+    "without_nul",
 ]
 
 REDACTED: Final = "<redacted>"
@@ -162,14 +163,18 @@ def redact_value_text(text: str) -> tuple[str, int]:
     return text, a + b + c
 
 
+def without_nul(text: str) -> str:
+    """``text`` with its NUL characters replaced (U+FFFD): Postgres rejects NUL in ``text``
+    and ``\\u0000`` in ``jsonb``, and an agent may send either in any string."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def redact_error_text(text: str) -> str:
     """A free-text error or status an agent reported (its health, a config's, a package's,
     connection settings'), as it is stored, shown and streamed: NUL characters replaced
     (Postgres rejects them) and credentials redacted as in any value. An HTTP client's error
     often quotes the URL it failed on, password and all."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    return redact_value_text(text)[0]
+    return redact_value_text(without_nul(text))[0]
 
 
 class _Unsupported(Exception):
@@ -1015,7 +1020,7 @@ class ConfigRedactor:
         shown: dict[str, Any] = {}
         if result.text is not None:
             shown["body"] = result.text
-        shown["content_type"] = content_type.replace("\x00", "\ufffd")
+        shown["content_type"] = without_nul(content_type)
         shown["sha256"] = digest.hex()
         shown["size"] = len(body)
         if result.text is not None:

@@ -43,7 +43,7 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from ..protocol import pb
-from ..redaction import redact_error_text
+from ..redaction import redact_error_text, without_nul
 from ..storage.notices import FLEET_CHANNEL, encode_notices
 from ..ticks import sleep_to_tick
 from .semver import parse_semver
@@ -420,10 +420,6 @@ class StatusWriter:
                 await self.flush()
 
 
-def _text(value: str) -> str:
-    return value.replace("\x00", "\ufffd")
-
-
 def _write_statuses(conn: psycopg.Connection[Any], batch: dict[bytes, pb.PackageStatuses]) -> None:
     uids = list(batch)
     reports = []
@@ -439,10 +435,10 @@ def _write_statuses(conn: psycopg.Connection[Any], batch: dict[bytes, pb.Package
             rows.append(
                 (
                     uid,
-                    _text(name)[:256],
-                    _text(p.agent_has_version)[:256],
+                    without_nul(name)[:256],
+                    without_nul(p.agent_has_version)[:256],
                     bytes(p.agent_has_hash)[:64],
-                    _text(p.server_offered_version)[:256],
+                    without_nul(p.server_offered_version)[:256],
                     bytes(p.server_offered_hash)[:64],
                     status,
                     redact_error_text(p.error_message[:4096]),

@@ -41,7 +41,7 @@ import msgspec
 import psycopg
 from anyio.abc import TaskStatus
 
-from ..redaction import ConfigRedactor
+from ..redaction import ConfigRedactor, without_nul
 from ..ticks import next_tick
 from .notices import FLEET_CHANNEL, channel_for, encode_event_notices, encode_notices
 from .rows import (
@@ -49,7 +49,6 @@ from .rows import (
     JSONObject,
     available_components_to_json,
     capabilities_to_bigint,
-    clean_text,
     component_set_digest,
     effective_config_hash,
 )
@@ -423,7 +422,7 @@ class BatchWriter:
             batch.close_session(previous, uid, at, REPLACED_REASON)
         session_id = self._session_ids.take()
         self._open_session[uid] = session_id
-        batch.sessions[session_id] = _Session(uid, at, clean_text(remote_addr), transport)
+        batch.sessions[session_id] = _Session(uid, at, without_nul(remote_addr), transport)
         change = batch.change(uid)
         change.status = "online"
         change.connected_at = at
@@ -449,7 +448,7 @@ class BatchWriter:
         last = slots[hash(uid) % len(slots)].pop(uid, None)
         if last is not None and batch.seen.get(uid, -math.inf) < last:
             batch.seen[uid] = last  # written with the offline row, not a slot's turn later
-        reason = clean_text(reason)
+        reason = without_nul(reason)
         batch.close_session(session_id, uid, at, reason)
         change = batch.change(uid)
         change.status = "offline"
@@ -477,7 +476,7 @@ class BatchWriter:
         if batch.custom_bytes + len(data) > CUSTOM_MESSAGE_BYTES_MAX:
             self.custom_messages_dropped += 1
             return
-        batch.custom_messages.append((uid, at, clean_text(capability), clean_text(type), data))
+        batch.custom_messages.append((uid, at, without_nul(capability), without_nul(type), data))
         batch.custom_bytes += len(data)
 
     def seen(self, uid: bytes, at: float) -> None:
@@ -696,7 +695,7 @@ class BatchWriter:
         number of sessions closed.
         """
         closed: int = await self._db.run(
-            partial(_repair, instance_id=self.instance_id, reason=clean_text(reason))
+            partial(_repair, instance_id=self.instance_id, reason=without_nul(reason))
         )
         if closed:
             logger.info("closed %d sessions left open by a previous run (%s)", closed, reason)

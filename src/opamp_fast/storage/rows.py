@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from ..protocol import remote_config_hash
-from ..redaction import ConfigRedactor, redact_error_text
+from ..redaction import ConfigRedactor, redact_error_text, without_nul
 
 if TYPE_CHECKING:
     from .._proto.opamp.v1 import anyvalue_pb2, opamp_pb2
@@ -38,7 +38,6 @@ JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | 
 JSONObject: TypeAlias = dict[str, JSON]
 
 SERVICE_NAME_KEY = "service.name"
-_REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +121,11 @@ class AgentSnapshot:
                 else None
             ),
             custom_capabilities=(
-                [clean_text(c) for c in self.custom_capabilities.capabilities]
+                [without_nul(c) for c in self.custom_capabilities.capabilities]
                 if self.custom_capabilities is not None
                 else None
             ),
         )
-
-
-def clean_text(value: str) -> str:
-    """``value`` with NUL characters (rejected by Postgres text and jsonb) replaced."""
-    return value.replace("\x00", _REPLACEMENT) if "\x00" in value else value
 
 
 def _float(value: float) -> JSON:
@@ -143,7 +137,7 @@ def any_value_to_json(value: anyvalue_pb2.AnyValue) -> JSON:
     """An OTLP/OpAMP ``AnyValue`` as a plain Python value (``None`` when unset)."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        return clean_text(value.string_value)
+        return without_nul(value.string_value)
     if kind == "int_value":
         return value.int_value
     if kind == "bool_value":
@@ -161,7 +155,7 @@ def any_value_to_json(value: anyvalue_pb2.AnyValue) -> JSON:
 
 def key_values_to_json(items: Iterable[anyvalue_pb2.KeyValue]) -> JSONObject:
     """``repeated KeyValue`` as ``{key: value}``."""
-    return {clean_text(kv.key): any_value_to_json(kv.value) for kv in items}
+    return {without_nul(kv.key): any_value_to_json(kv.value) for kv in items}
 
 
 def description_to_json(description: opamp_pb2.AgentDescription) -> JSONObject:
@@ -176,7 +170,7 @@ def agent_name(description: opamp_pb2.AgentDescription) -> str | None:
     name: str | None = None
     for kv in description.identifying_attributes:
         if kv.key == SERVICE_NAME_KEY and kv.value.WhichOneof("value") == "string_value":
-            name = clean_text(kv.value.string_value)
+            name = without_nul(kv.value.string_value)
     return name
 
 
@@ -193,7 +187,7 @@ def health_to_json(health: opamp_pb2.ComponentHealth) -> JSONObject:
         out["attributes"] = key_values_to_json(health.attributes)
     if health.component_health_map:
         out["component_health_map"] = {
-            clean_text(name): health_to_json(child)
+            without_nul(name): health_to_json(child)
             for name, child in health.component_health_map.items()
         }
     return out
@@ -216,7 +210,7 @@ def effective_config_to_json(
     files = config.config_map.config_map
     return {
         "config_map": {
-            clean_text(name): redactor.file_json(f.body, f.content_type)
+            without_nul(name): redactor.file_json(f.body, f.content_type)
             for name, f in files.items()
         },
         "sha256": effective_config_hash(config).hex(),
@@ -256,7 +250,7 @@ def component_details_to_json(details: opamp_pb2.ComponentDetails) -> JSONObject
         out["metadata"] = key_values_to_json(details.metadata)
     if details.sub_component_map:
         out["sub_component_map"] = {
-            clean_text(name): component_details_to_json(child)
+            without_nul(name): component_details_to_json(child)
             for name, child in sorted(details.sub_component_map.items())
         }
     return out
@@ -268,7 +262,7 @@ def available_components_to_json(available: opamp_pb2.AvailableComponents) -> JS
     return {
         "hash": available.hash.hex(),
         "components": {
-            clean_text(name): component_details_to_json(details)
+            without_nul(name): component_details_to_json(details)
             for name, details in sorted(available.components.items())
         },
     }
