@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Summary", "embedded_postgres", "floor_args", "free_port", "metric_samples", "mint_viewer",
-    "wait_ready",
+    "CpuShares", "Summary", "embedded_postgres", "floor_args", "free_port", "metric_samples",
+    "mint_viewer", "wait_ready",
 ]  # fmt: skip
 
 
@@ -132,3 +133,61 @@ class Summary(threading.Thread):
                     body = json.loads(r.read())
                 online, offline = int(body["online"]), int(body["offline"])
             self.samples.append((time.monotonic(), online, offline))
+
+
+class CpuShares(threading.Thread):
+    """Every second, the CPU used by each named process tree and by Postgres (any process
+    named ``postgres``, wherever it was started from), read from ``/proc``: where the cores went
+    during a run whose processes all share them. ``roots`` maps a name to a callable giving the
+    tree's root pid (None while there is none; a restarted server is a new root)."""
+
+    def __init__(self, roots: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (monotonic, {name: cores})
+        self.stop = threading.Event()
+        self._tick = 1.0 / float(os.sysconf("SC_CLK_TCK"))
+
+    def _stats(self) -> dict[int, tuple[int, str, float]]:
+        """{pid: (ppid, comm, cpu seconds)} of every process readable now."""
+        out: dict[int, tuple[int, str, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                raw = Path(f"/proc/{entry.name}/stat").read_text()
+                comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+                fields = raw[raw.rindex(")") + 2 :].split()
+                cpu = (int(fields[11]) + int(fields[12])) * self._tick
+                out[int(entry.name)] = (int(fields[1]), comm, cpu)
+        return out
+
+    def _by_group(self) -> tuple[dict[int, str], dict[int, tuple[int, str, float]]]:
+        """{pid: group} of the processes in a group, and the stats they were read from."""
+        stats = self._stats()
+        group: dict[int, str] = {}
+        roots = {pid: name for name, get in self.roots.items() if (pid := get()) is not None}
+        for pid, (_, comm, _) in stats.items():
+            walk, seen = pid, 0
+            while walk and walk not in roots and seen < 64:
+                walk, seen = stats.get(walk, (0, "", 0.0))[0], seen + 1
+            if walk in roots:
+                group[pid] = roots[walk]
+            elif comm == "postgres":
+                group[pid] = "postgres"
+        return group, stats
+
+    def run(self) -> None:
+        before: dict[int, float] = {}
+        t_before = time.monotonic()
+        while not self.stop.wait(1.0):
+            group, stats = self._by_group()
+            now = time.monotonic()
+            shares: dict[str, float] = {}
+            for pid, name in group.items():
+                # a process born since the last sample counts from zero: its whole CPU is new
+                shares[name] = shares.get(name, 0.0) + stats[pid][2] - before.get(pid, 0.0)
+            before = {pid: stats[pid][2] for pid in group}
+            dt = now - t_before
+            t_before = now
+            self.samples.append((now, {k: round(v / dt, 3) for k, v in shares.items()}))

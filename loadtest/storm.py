@@ -12,8 +12,11 @@ Go reference), connects ``--agents`` WebSocket agents with ``wsload.py`` (heartb
 
 Measured from the storm (t = 0 when the server is ready again, or the blip): every second, the
 agents connected (the generator's count), the online count the REST summary reports
-(``/api/agents/status/summary``: fleet-wide, from Postgres) and the round-trip p99 of the agents
-already back; the time until every agent is back (generator) and until the summary says so;
+(``/api/agents/status/summary``: fleet-wide, from Postgres), the round-trip p99 of the agents
+already back (every reply; the first replies of new connections apart; how late the
+generator's own loop ran, which every round trip it measures includes) and the cores used by
+the server, the generator and Postgres (``/proc``); the time until every agent is back
+(generator) and until the summary says so; the server's loop lag while they returned;
 how long each agent was away (p50/p99/max); after the run (every agent says goodbye, the server
 stops with SIGTERM): the connection-history rows against the sessions the generator opened,
 rows left open, and the disconnect reasons; and the server's own pause histograms (loop oversleep,
@@ -40,7 +43,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from procs import Summary, embedded_postgres, free_port, metric_samples, mint_viewer, wait_ready
+from procs import (
+    CpuShares,
+    Summary,
+    embedded_postgres,
+    free_port,
+    metric_samples,
+    mint_viewer,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -177,19 +188,93 @@ def pause_histograms(port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def histogram_diff(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """What the server's pause histograms counted between two reads of ``/metrics``."""
+    return {
+        name: {key: value - before.get(name, {}).get(key, 0.0) for key, value in series.items()}
+        for name, series in after.items()
+    }
+
+
+def quantile_le(series: dict[str, float], q: float) -> float | None:
+    """The upper bound (``le``) of the bucket holding quantile ``q`` of a cumulative histogram."""
+    total = series.get("count", 0.0)
+    if total <= 0:
+        return None
+    bounds = sorted((float(k), v) for k, v in series.items() if k not in ("count", "sum", "total"))
+    return next((le for le, cumulative in bounds if cumulative >= q * total), None)
+
+
+def wait_back(load_log: Path, agents: int, timeout_s: float) -> None:
+    """Until the generator says every agent is connected again (or the time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    time.sleep(5)  # its progress line of the storm's first second
+    while time.monotonic() < deadline and connected(load_log) < agents:
+        time.sleep(0.5)
+
+
+def cpu_during(cpu: CpuShares, start: float, end: float | None) -> dict[str, float]:
+    """The cores each group used on average from ``start`` to ``end`` (the samples inside)."""
+    inside = [shares for t, shares in cpu.samples if start < t <= (end or start + 60)]
+    names = sorted({name for shares in inside for name in shares})
+    n = max(1, len(inside))
+    return {name: round(sum(s.get(name, 0.0) for s in inside) / n, 3) for name in names}
+
+
+def per_second(values: list[float | None], limit_ms: float) -> dict[str, Any]:
+    """Median, worst and seconds over ``limit_ms`` of per-second p99s (None: no reply)."""
+    have = sorted(v for v in values if v is not None)
+    return {
+        "median_ms": have[len(have) // 2] if have else None,
+        "worst_ms": have[-1] if have else None,
+        "seconds_over": sum(v > limit_ms for v in have),
+        "seconds": len(have),
+    }
+
+
 def storm_figures(
-    load: dict[str, Any], summary: Summary, t_storm: float, agents: int
+    load: dict[str, Any], summary: Summary, cpu: CpuShares, t_storm: float, agents: int
 ) -> dict[str, Any]:
-    """What happened from the storm on, from the generator's timeline and the summary."""
+    """What happened from the storm on, from the generator's timeline, the summary and the
+    CPU each process group used. "Returning" is from the storm until every agent is back."""
     t0 = load["times"]["t0_monotonic"]
     after = [s for s in load["timeline"] if t0 + s["t"] >= t_storm - 1]
     back_at = next((t0 + s["t"] + 1 for s in after if s["connected"] >= agents), None)
-    seen = [(t, on) for t, on, _ in summary.samples if t >= t_storm]
-    summary_back = next((t for t, on in seen if on is not None and on >= agents), None)
+    seen = [(t, on) for t, on, _ in summary.samples if t >= t_storm and on is not None]
+    # All online once the summary has shown the storm (a blip's first samples still count the
+    # agents from before it), or at once if it never showed it.
+    dropped = next((i for i, (_, on) in enumerate(seen) if on < agents), 0)
+    summary_back = next((t for t, on in seen[dropped:] if on >= agents), None)
+    returning = [s for s in after if back_at is None or t0 + s["t"] + 1 <= back_at]
+    # Each second of the return: the agents connected less those the summary counts online.
+    behind = []
+    for s in returning:
+        at = t0 + s["t"] + 1
+        on = next((on for t, on in seen if t >= at), None)
+        if on is not None:
+            behind.append(s["connected"] - on)
+    behind.sort()
     p99s = [s["p99_ms"] for s in after if s["p99_ms"] is not None and s["answered_per_s"]]
     return {
         "all_back_s": round(back_at - t_storm, 1) if back_at else None,
         "summary_all_online_s": round(summary_back - t_storm, 1) if summary_back else None,
+        "cores_while_returning": cpu_during(cpu, t_storm, back_at),
+        "p99_while_returning": {
+            "every_reply": per_second([s["p99_ms"] for s in returning if s["answered_per_s"]], 100),
+            "agents_connected": per_second([s.get("p99_connected_ms") for s in returning], 100),
+            "first_replies": per_second([s.get("p99_first_ms") for s in returning], 100),
+            # how late the generator's own loop ran (its worst process): a round trip it
+            # measures includes that wait for the reply to be read
+            "generator_lag_max": per_second(
+                [s.get("generator_lag_max_ms") for s in returning], 100
+            ),
+        },
+        "summary_behind_while_returning": {
+            "median": behind[len(behind) // 2] if behind else None,
+            "worst": behind[-1] if behind else None,
+        },
         "p99_ms_worst_second_after": max(p99s, default=None),
         "timeline": [
             {
@@ -197,11 +282,16 @@ def storm_figures(
                 "connected": s["connected"],
                 "down": s.get("down"),
                 "p99_ms": s["p99_ms"],
+                "p99_connected_ms": s.get("p99_connected_ms"),
+                "p99_first_ms": s.get("p99_first_ms"),
                 "answered_per_s": s["answered_per_s"],
+                "first_replies_per_s": s.get("first_replies_per_s"),
+                "generator_lag_max_ms": s.get("generator_lag_max_ms"),
             }
             for s in after
         ],
         "summary": [(round(t - t_storm, 1), on, off) for t, on, off in summary.samples if on],
+        "cores": [(round(t - t_storm, 1), shares) for t, shares in cpu.samples if t >= t_storm],
     }
 
 
@@ -213,9 +303,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     load_log, load_out = tmp / "wsload.log", tmp / "wsload.json"
     summary = Summary(port, mint_viewer(secret))
     gen: subprocess.Popen[bytes] | None = None
+    cpu = CpuShares({
+        "server": lambda: server.proc.pid if server.proc else None,
+        "generator": lambda: gen.pid if gen else None,
+    })  # fmt: skip
     try:
         server.start()
         summary.start()
+        cpu.start()
         with open(load_log, "wb") as log:
             gen = subprocess.Popen([
                 sys.executable, str(HERE / "wsload.py"),
@@ -223,9 +318,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "--procs", str(args.procs), "--ramp-s", str(args.ramp_s),
                 "--hold-s", str(args.hold_s), "--heartbeat-s", str(args.heartbeat_s),
                 "--reconnect", "--backoff", args.backoff, "--goodbye", "--out", str(load_out),
+                "--connect-concurrency", str(args.connect_concurrency),
                 *(["--honour-retry-after"] if args.honour_retry_after else []),
                 *(["--source-addrs", args.source_addrs] if args.source_addrs else []),
-            ], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            ], stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.nice(args.generator_nice)) if args.generator_nice else None,
+            )  # fmt: skip
         all_in = wait_all_connected(load_log, args.agents, args.ramp_s + 120)
         if all_in is None:
             raise SystemExit(f"not every agent connected before the storm; see {load_log}")
@@ -234,11 +332,20 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if args.scenario == "restart":
             stop_exit, stop_s = server.stop()
             t_storm = server.start()
+            pauses_before: dict[str, dict[str, float]] = {}  # a new server counts from zero
         else:
+            pauses_before = {} if args.go_server_bin else pause_histograms(port)
             gen.send_signal(signal.SIGUSR1)
             t_storm = time.monotonic()
+        wait_back(load_log, args.agents, 300)
+        # The server's pauses while the fleet came back (its loop's lag is part of every
+        # round trip the generator measures then, as the generator's own lag is).
+        pauses_returning = (
+            {} if args.go_server_bin else histogram_diff(pause_histograms(port), pauses_before)
+        )
         gen.wait(args.ramp_s + args.hold_s + 300)
         summary.stop.set()
+        cpu.stop.set()
         pauses = {} if args.go_server_bin else pause_histograms(port)
         final_exit, final_stop_s = server.stop()
         load = json.loads(load_out.read_text())
@@ -246,16 +353,26 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "scenario": args.scenario, "agents": args.agents, "procs": args.procs,
             "server": server.command(), "backoff": args.backoff,
             "honour_retry_after": args.honour_retry_after,
+            "generator_nice": args.generator_nice,
+            "connect_concurrency": args.connect_concurrency,
             "connected_before": all_in is not None, "restart_stop": [stop_exit, stop_s],
             "final_stop": [final_exit, final_stop_s], "storm": storm_figures(
-                load, summary, t_storm, args.agents),
+                load, summary, cpu, t_storm, args.agents),
             "returns": load.get("returns"), "errors": load.get("errors"),
             "sessions_opened": load["connect"]["handshakes"],
             "history": None if args.go_server_bin else history_check(pg.get_uri()),
-            "pauses": pauses, "loadavg_end": os.getloadavg(),
+            "pauses": pauses, "pauses_while_returning": pauses_returning,
+            "server_loop_lag_while_returning_ms": {
+                name: (None if (le := quantile_le(
+                    pauses_returning.get("opamp_fast_loop_oversleep_seconds", {}), q)) is None
+                    else round(1000 * le, 1))
+                for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
+            },
+            "loadavg_end": os.getloadavg(),
         }  # fmt: skip
     finally:
         summary.stop.set()
+        cpu.stop.set()
         if gen is not None and gen.poll() is None:
             gen.kill()
             gen.wait(10)
@@ -276,8 +393,23 @@ def main() -> int:
     p.add_argument("--heartbeat-s", type=float, default=30.0)
     p.add_argument("--backoff", choices=("full-jitter", "opamp-go"), default="opamp-go")
     p.add_argument("--honour-retry-after", action="store_true")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=256,
+        help="the generator's handshakes in flight, all its processes together (real agents "
+        "have no such bound: it caps how fast the fleet can come back)",
+    )
     p.add_argument("--stock-postgres", action="store_true", help="pgserver's settings")
     p.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    p.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        help="the generator's scheduling niceness (negative: ahead of the server and Postgres, "
+        "so that less of its own wait for a core counts in the round trips it measures; "
+        "negative values need root)",
+    )
     p.add_argument("--go-server-bin", default="", help="a Go server taking the port as argument")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="opamp-storm-"))

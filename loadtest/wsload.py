@@ -501,6 +501,9 @@ class Agent(asyncio.Protocol):
             win[i] = win.get(i, 0) + 1
             if rtt > gen.win_max:
                 gen.win_max = rtt
+            if not self.ready:  # the reply to the state sent on (re)connecting: counted apart
+                first = gen.win_first
+                first[i] = first.get(i, 0) + 1
         elif self.state != _CLOSING:  # (a reply to a goodbye is not unsolicited)
             gen.unsolicited += 1
         if payload[:1] == b"\x00":
@@ -583,8 +586,11 @@ class Gen:
         self.connect_first = self.connect_last = 0.0
         self.hs_hist: dict[int, int] = {}
         self.hs_max = 0.0
-        self.win: dict[int, int] = {}
+        self.win: dict[int, int] = {}  # every reply's round trip, this second
+        self.win_first: dict[int, int] = {}  # of those, the first replies of new connections
         self.win_max = 0.0
+        self.lag_max = 0.0  # how late the process's timer ran, at worst, this second
+        self.tick_due = 0.0
         self.ending = False
         self.finished = False
         self.queue: asyncio.Queue[Agent] = asyncio.Queue()
@@ -615,6 +621,7 @@ class Gen:
         self.tasks = [loop.create_task(self.connector()) for _ in range(min(self.n_connectors, n))]
         # Each worker's ticks are offset by a fraction of a tick, so their bursts interleave.
         self.t_tick0 = t0 + self.tick_s * int(self.cfg["worker"]) / int(self.cfg["procs"])
+        self.tick_due = self.t_tick0
         loop.call_at(self.t_tick0 + self.off, self.tick)
         loop.call_at(t0 + 1.0 + self.off, self.second)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -626,6 +633,9 @@ class Gen:
         sleeps until the next tick (on the ``tick_s`` grid) that has work: a connect due, a
         non-empty heartbeat slot, the end; at most 100 ms (idle agents cost no wake-ups)."""
         now = time.monotonic() + _EARLY_S
+        late = now - self.tick_due  # this process's own loop lag: it delays every reply read
+        if late > self.lag_max:
+            self.lag_max = late
         if not self.ending:
             agents, at, queue = self.agents, self.connect_at, self.queue
             while self.next_agent < len(agents) and at[self.next_agent] <= now:
@@ -648,7 +658,8 @@ class Gen:
                 nxt = min(nxt, self.next_slot_time())
             # round up onto the tick grid (each worker's grid is offset from the others')
             nxt = self.t_tick0 + math.ceil((nxt - self.t_tick0) / self.tick_s - 1e-9) * self.tick_s
-        self.loop.call_at(max(nxt, now) + self.off, self.tick)
+        self.tick_due = max(nxt, now)
+        self.loop.call_at(self.tick_due + self.off, self.tick)
 
     def next_slot_time(self) -> float:
         """When the next non-empty heartbeat slot after the last one processed is due."""
@@ -707,11 +718,15 @@ class Gen:
                 "vcsw": vcsw,
                 "down": self.down,
                 "h": self.win,
+                "hf": self.win_first,
                 "mx": self.win_max,
+                "lag": round(self.lag_max, 4),
             }
         )
         self.win = {}
+        self.win_first = {}
         self.win_max = 0.0
+        self.lag_max = 0.0
 
     # connects
 
@@ -1283,11 +1298,16 @@ class Parent:
             if self.cumulative(k) is None:
                 continue
             hist: dict[int, int] = {}
+            first: dict[int, int] = {}
             mx = 0.0
             for rec in recs.values():
                 merge_into(hist, rec["h"])
+                merge_into(first, rec.get("hf", {}))
                 mx = max(mx, rec["mx"])
             s = hist_summary(hist, mx)
+            # The replies of agents already connected: every reply less the first replies of
+            # new connections (the buckets subtract exactly; the maximum is every reply's).
+            rest = {i: n - first.get(i, 0) for i, n in hist.items() if n > first.get(i, 0)}
             timeline.append(
                 {
                     "t": k,
@@ -1299,8 +1319,14 @@ class Parent:
                     "down": int(sum(r.get("down", 0) for r in self.secs.get(k, {}).values())),
                     "p50_ms": s["p50"],
                     "p99_ms": s["p99"],
+                    "first_replies_per_s": sum(first.values()),
+                    "p99_first_ms": hist_summary(first, mx)["p99"] if first else None,
+                    "p99_connected_ms": hist_summary(rest, mx)["p99"] if rest else None,
                     "max_ms": s["max"],
                     "generator_cpu_percent": round(100 * (cum(k, "cpu") - cum(k - 1, "cpu")), 1),
+                    "generator_lag_max_ms": round(
+                        1000 * max((r.get("lag", 0.0) for r in recs.values()), default=0.0), 1
+                    ),
                 }
             )
         all_hist: dict[int, int] = {}
