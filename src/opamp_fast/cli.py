@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             "log_level",
         ),
     )
-    from . import sim
+    from .sim.options import add_arguments  # the flags only: not the simulator, nor trio
 
     simulate = sub.add_parser(
         "simulate",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hold N simulated OpAMP agents (WebSocket and/or HTTP) against a loopback "
         "server for a bounded time, then print a JSON summary.",
     )
-    sim.add_arguments(simulate)
+    add_arguments(simulate)
     return parser
 
 
@@ -179,9 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opamp-fast {__version__}")
         return 0
     if args.command == "simulate":
-        from . import sim
+        from .sim.options import run_from_args
 
-        return sim.run_from_args(args)
+        return run_from_args(args)
     settings = _settings(args)
     if args.command == "token":
         return _token(args, settings)

@@ -181,3 +181,30 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         assert max(delays) > cap * 0.8  # full jitter spreads over the whole range
     # Retry-After wins over the exponent, still capped, with half jitter.
     assert all(2.0 <= sim.backoff_s(agent, 10.0) <= 4.0 for _ in range(50))
+
+
+def test_every_name_of_the_package_resolves() -> None:
+    import opamp_fast.sim as package
+
+    assert sorted(package.__all__) == sorted(package._EXPORTS)
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError):
+        package.not_a_name  # noqa: B018
+
+
+def test_the_command_line_does_not_import_the_simulator() -> None:
+    """``opamp-fast serve`` (and every worker it starts) builds the same parser as
+    ``opamp-fast simulate``: the simulator and trio must not come with the flags."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from opamp_fast.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('trio', 'wsproto', 'h11', 'opamp_fast.sim.fleet') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

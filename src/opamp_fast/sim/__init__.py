@@ -34,18 +34,44 @@ The modules, one concern each, each importing only those listed before it:
 * ``options``: the command-line flags and entry point.
 """
 
-from .agent import full_state
-from .config import (
-    DEFAULT_CAPABILITIES,
-    MAX_AGENTS,
-    MAX_DURATION_S,
-    SimConfig,
-    SimulatorError,
-    parse_source_addrs,
-)
-from .fleet import raise_fd_limit, run_simulation
-from .measure import LatencyHistogram
-from .options import add_arguments, config_from_args, main, run_from_args
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names are, for the type checker; imported lazily below
+    from .agent import full_state
+    from .config import (
+        DEFAULT_CAPABILITIES,
+        MAX_AGENTS,
+        MAX_DURATION_S,
+        SimConfig,
+        SimulatorError,
+        parse_source_addrs,
+    )
+    from .fleet import raise_fd_limit, run_simulation
+    from .measure import LatencyHistogram
+    from .options import add_arguments, config_from_args, main, run_from_args
+
+#: Where each name of the package lives. They are imported on first use (PEP 562), so that the
+#: command line can add the ``simulate`` flags (``options``) without importing trio and the
+#: simulator into every ``opamp-fast`` process, the server's included.
+_EXPORTS = {
+    "full_state": "agent",
+    "DEFAULT_CAPABILITIES": "config",
+    "MAX_AGENTS": "config",
+    "MAX_DURATION_S": "config",
+    "SimConfig": "config",
+    "SimulatorError": "config",
+    "parse_source_addrs": "config",
+    "raise_fd_limit": "fleet",
+    "run_simulation": "fleet",
+    "LatencyHistogram": "measure",
+    "add_arguments": "options",
+    "config_from_args": "options",
+    "main": "options",
+    "run_from_args": "options",
+}
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -63,3 +89,14 @@ __all__ = [
     "run_from_args",
     "run_simulation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

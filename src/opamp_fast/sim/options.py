@@ -11,10 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-import trio
-
 from .config import MAX_AGENTS, MAX_DURATION_S, SimConfig, SimulatorError, parse_source_addrs
-from .fleet import run_simulation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +88,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run a simulation from parsed flags: 0 on success, 2 for a refused configuration."""
+    import trio  # the simulator's imports, only when it runs
+
+    from .fleet import run_simulation
+
     try:
         config = config_from_args(args)
         _quiet_gc()
