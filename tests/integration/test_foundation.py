@@ -66,6 +66,31 @@ async def test_migrations_are_idempotent(database_url) -> None:
         await db.close()
 
 
+async def test_a_read_sees_one_snapshot_and_a_run_does_not(database_url) -> None:
+    """``Database.read``: a commit between two statements of one read is not seen by the
+    second (a count and its page agree); under ``run`` (READ COMMITTED) it is."""
+    db = Database(database_url, pool_size=2)
+    await db.open()
+    try:
+        await db.run(lambda c: c.execute("CREATE TABLE t (v int)"))
+
+        def count_around_a_commit(conn: psycopg.Connection) -> tuple[int, int]:
+            before = conn.execute("SELECT count(*) FROM t").fetchone()
+            with psycopg.connect(database_url, autocommit=True) as other:
+                other.execute("INSERT INTO t VALUES (1)")  # a writer's flush, meanwhile
+            after = conn.execute("SELECT count(*) FROM t").fetchone()
+            assert before is not None and after is not None
+            return before[0], after[0]
+
+        assert await db.read(count_around_a_commit) == (0, 0)
+        assert await db.run(count_around_a_commit) == (1, 2)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await db.read(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+        assert await db.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()) == (2,)
+    finally:
+        await db.close()
+
+
 async def test_concurrent_migrations_apply_once(database_url) -> None:
     # Several starters at once (servers sharing a database): the advisory lock serialises them,
     # every migration is applied exactly once and nobody fails.

@@ -287,7 +287,7 @@ async def _list_page(request: Request, flt: queries.AgentFilter) -> Response:
             conn, flt, limit=page.limit, offset=page.offset, after=after, count=total is None
         )
 
-    rows, counted = await services.db.run(fetch)
+    rows, counted = await services.db.read(fetch)  # the page and its count agree
     return JSONResponse(_agent_page(rows, total if total is not None else counted or 0, page))
 
 
@@ -357,10 +357,24 @@ async def list_agents(request: Request) -> Response:
 async def get_agent(request: Request) -> Response:
     uid = path_agent_id(request)
     services = services_of(request)
-    row = await services.db.run(lambda conn: queries.agent_detail(conn, uid))
+
+    def fetch(
+        conn: queries.Conn,
+    ) -> tuple[
+        queries.AgentDetailRow | None,
+        config_queries.AgentOutcome | None,
+        command_queries.AgentExtras | None,
+    ]:
+        # one snapshot: the row, its config outcome and its extras from the same flush
+        return (
+            queries.agent_detail(conn, uid),
+            config_queries.agent_outcome(conn, uid),
+            command_queries.agent_extras(conn, uid),
+        )
+
+    row, outcome, extras = await services.db.read(fetch)
     if row is None:
         raise agent_not_found(uid)
-    outcome = await services.db.run(lambda conn: config_queries.agent_outcome(conn, uid))
     shown = detail(row)
     if outcome is not None and services.configs is not None:
         shown.remote_config = remote_config_state(services.configs.directory, uid, outcome)
@@ -368,7 +382,6 @@ async def get_agent(request: Request) -> Response:
         shown.packages = await load_agent_packages(services.packages, uid)
     if services.connection_settings is not None:
         shown.connection_settings = await load_agent_view(services, uid)
-    extras = await services.db.run(lambda conn: command_queries.agent_extras(conn, uid))
     if extras is not None:
         shown.last_restart_requested_at = _utc(extras.last_restart_requested_at)
         shown.custom_capabilities = extras.custom_capabilities
@@ -434,7 +447,7 @@ async def agent_connection_history(request: Request) -> Response:
             conn, uid, limit=page.limit, offset=page.offset, after=after, count=after is None
         )
 
-    result = await services.db.run(fetch)
+    result = await services.db.read(fetch)  # the page and its count agree
     if not result.agent_known:
         raise agent_not_found(uid)
     total = result.total if result.total is not None else carried or 0

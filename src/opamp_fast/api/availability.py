@@ -208,7 +208,7 @@ async def fleet_availability(request: Request) -> Response:
         flt = av.FleetFilter(labels=labels, selector=selector, version=version)
         return av.fleet_availability(conn, window, flt, spec)
 
-    fleet = await services.db.run(work)
+    fleet = await services.db.read(work)  # the group, the fleet's figures and its page agree
     return JSONResponse(_fleet_report(fleet, spec))
 
 

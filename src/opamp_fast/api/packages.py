@@ -192,7 +192,7 @@ async def load_agent_packages(registry: PackageRegistry, uid: bytes) -> AgentPac
         infos = [q_get(conn, o["name"], o["version"]) for o in raw["offered"]]
         return raw, [i for i in infos if i is not None]
 
-    raw, infos = await registry.db.run(fetch)
+    raw, infos = await registry.db.read(fetch)
     return agent_packages(uid, raw, infos)
 
 
@@ -537,10 +537,9 @@ async def package_status(request: Request) -> Response:
     def fetch(conn: psycopg.Connection[Any]) -> tuple[list[PackageInfo], dict[str, Any]]:
         # one snapshot for all its statements: a flush of reports committing between the
         # counts and the failures made them disagree (a failure listed, not counted)
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return q_versions(conn, name), q_package_status(conn, name)
 
-    infos, raw = await services_of(request).db.run(fetch)
+    infos, raw = await services_of(request).db.read(fetch)
     if not infos and not raw["counts"]:
         raise _not_found(name)
     return JSONResponse(_status_summary(name, infos, raw))

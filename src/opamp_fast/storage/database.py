@@ -74,6 +74,18 @@ class Database:
         """Run ``fn(conn)`` in a worker thread inside a transaction (committed on success)."""
         return await self._run(self._pool, self._limiter, fn)
 
+    async def read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """:meth:`run` for a read of several statements: one ``REPEATABLE READ, READ ONLY``
+        transaction, so that every statement sees the same snapshot. Under READ COMMITTED a
+        writer's flush committing between a count and its page, or between an agent's row and
+        its config outcome, makes them disagree."""
+
+        def snapshot(conn: psycopg.Connection[Any]) -> T:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return fn(conn)
+
+        return await self.run(snapshot)
+
     async def run_writer(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """:meth:`run` on the writer's own connection(s)."""
         return await self._run(self._writer_pool, self._writer_limiter, fn)
