@@ -607,45 +607,6 @@ async def test_drain_on_close(writer_factory, database_url) -> None:
     writer.connected(uid(9), at=T0 + 9, remote_addr="z", transport="ws")
 
 
-async def test_a_large_drain_commits_in_parts_what_it_can(db, database_url) -> None:
-    """At a SIGTERM a worker drains its whole backlog. In parts, what is written is final as
-    each part commits: a row another transaction holds past the drain's bound costs that
-    agent alone its shutdown row (the next start's repair closes it), not the whole batch."""
-    writer = BatchWriter(
-        db, instance_id="node-a", flush_interval_s=3600, flush_agents_max=3, drain_timeout_s=3
-    )
-    async with anyio.create_task_group() as nursery:
-        await nursery.start(writer.run)
-        for i in range(10):
-            writer.connected(uid(i), at=T0, remote_addr="x", transport="ws")
-        await writer.flush()
-        flushes = writer.statistics().flushes_total
-        for i in range(10):
-            writer.disconnected(uid(i), at=T0 + 1 + i, reason="server shutdown")
-        async with await psycopg.AsyncConnection.connect(database_url) as holder:
-            # another worker's transaction holding the newest agent's row through the drain
-            await holder.execute(
-                "SELECT 1 FROM agents WHERE instance_uid = %s FOR UPDATE", (uid(9),)
-            )
-            with anyio.fail_after(15):
-                await writer.aclose()
-                while writer.statistics().flushes_total < flushes + 3:
-                    await anyio.sleep(0.05)
-                await anyio.sleep(4)  # past the drain's bound, the row still held
-            closed = await aquery(
-                database_url,
-                "SELECT instance_uid, disconnect_reason FROM agent_connection_history"
-                " WHERE disconnected_at IS NOT NULL ORDER BY instance_uid",
-            )
-            still_open = await aquery(
-                database_url,
-                "SELECT instance_uid FROM agent_connection_history WHERE disconnected_at IS NULL",
-            )
-            await holder.rollback()
-    assert closed == [(uid(i), "server shutdown") for i in range(9)]
-    assert still_open == [(uid(9),)]  # for the next start's repair_after_crash
-
-
 async def test_repair_after_crash(db, writer_factory, database_url) -> None:
     # "Crash": a drain bound of 0 leaves everything as the process death would.
     crashed = BatchWriter(db, instance_id="node-a", flush_interval_s=3600, drain_timeout_s=0)

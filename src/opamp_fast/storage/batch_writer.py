@@ -663,22 +663,10 @@ class BatchWriter:
         return True
 
     async def _drain(self) -> None:
-        """Final flush plus closing this instance's open sessions, bounded by drain_timeout_s.
-
-        A large backlog (a worker's 16,700 agents closed with 1001 at a SIGTERM) goes first in
-        parts of ``flush_agents_max``, as flushes write it: each part is right and final once it
-        commits, and holds its rows for that part only, where one transaction for the whole of
-        it held them against the other workers' drains until the bound ran out (the rest
-        then closed by the next start's repair, as "server restart"). The last transaction
-        closes what is left open of this instance's sessions."""
+        """Final flush plus closing this instance's open sessions, bounded by drain_timeout_s."""
         self._closing = True
         shutdown_at = time.time()
         with anyio.move_on_after(self._drain_timeout) as scope:
-            while (left := len(self._pending.agents)) > self._flush_agents_max:
-                if not await self._flush_once() or len(self._pending.agents) >= left:
-                    # the database failing, or only rows another transaction holds: the final
-                    # flush below retries, and waits for those in uid order
-                    break
             delay = self._retry_initial
             while not await self._flush_once(shutdown_at=shutdown_at):
                 await anyio.sleep(delay)
