@@ -207,14 +207,6 @@ def quantile_le(series: dict[str, float], q: float) -> float | None:
     return next((le for le, cumulative in bounds if cumulative >= q * total), None)
 
 
-def wait_back(load_log: Path, agents: int, timeout_s: float) -> None:
-    """Until the generator says every agent is connected again (or the time runs out)."""
-    deadline = time.monotonic() + timeout_s
-    time.sleep(5)  # its progress line of the storm's first second
-    while time.monotonic() < deadline and connected(load_log) < agents:
-        time.sleep(0.5)
-
-
 def cpu_during(cpu: CpuShares, start: float, end: float | None) -> dict[str, float]:
     """The cores each group used on average from ``start`` to ``end`` (the samples inside)."""
     inside = [shares for t, shares in cpu.samples if start < t <= (end or start + 60)]
@@ -337,7 +329,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             pauses_before = {} if args.go_server_bin else pause_histograms(port)
             gen.send_signal(signal.SIGUSR1)
             t_storm = time.monotonic()
-        wait_back(load_log, args.agents, 300)
+        time.sleep(5)  # past the generator's progress lines from before the storm
+        wait_all_connected(load_log, args.agents, 300)  # every agent back (or the time out)
         # The server's pauses while the fleet came back (its loop's lag is part of every
         # round trip the generator measures then, as the generator's own lag is).
         pauses_returning = (
