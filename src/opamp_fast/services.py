@@ -172,10 +172,11 @@ async def open_services(
     then drain the writer, in that order. Closing connections is the caller's (``server.serve``)."""
     services = build_services(settings, db, shutdown, worker=worker)
     writer = services.writer
-    await _record_instance_start(services)
+    # the repair first: it reads how the previous run ended, which the start record clears
     repaired = await writer.repair_after_crash()
     if repaired:
         logger.info("closed %d connection(s) left open by a previous run", repaired)
+    await _record_instance_start(services)
     async with anyio.create_task_group() as writer_group:
         await writer_group.start(writer.run)
         async with anyio.create_task_group() as group:
@@ -210,6 +211,7 @@ def build_services(
         queue_max=settings.writer_queue_max,
         online_counts=lambda: (registry.online_ws, registry.online_http),
         seen_flush_interval_s=settings.last_seen_flush_s,
+        drain_timeout_s=settings.drain_timeout_s,
         redactor=ConfigRedactor(RedactionPolicy.parse(settings.redact_keys)),
     )
     loop_lag = LoopLag(interval_s=settings.loop_lag_interval_s)
@@ -394,8 +396,8 @@ async def _record_instance_start(services: Services) -> None:
             VALUES (%s, %s, now(), now(), %s)
             ON CONFLICT (instance_id) DO UPDATE
                SET version = EXCLUDED.version, started_at = now(), last_heartbeat_at = now(),
-                   lease_s = EXCLUDED.lease_s, stopped_at = NULL, lost_at = NULL,
-                   lost_by = NULL, online_ws = 0, online_http = 0
+                   lease_s = EXCLUDED.lease_s, stopping_at = NULL, stopped_at = NULL,
+                   lost_at = NULL, lost_by = NULL, online_ws = 0, online_http = 0
             """,
             (services.settings.instance_id, services.version, services.settings.lease_s),
         )

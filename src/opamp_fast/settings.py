@@ -92,6 +92,7 @@ class Settings:
     writer_queue_max: int = 100_000
     db_pool_size: int = 4
     graceful_timeout_s: float = 10.0
+    drain_timeout_s: float = 10.0
     backlog: int = 4096
     max_connections: int = 200_000
     max_handshakes: int = 512
@@ -255,6 +256,9 @@ _HELP = {
     "agents get 503 (memory stays bounded through a long database outage)",
     "db_pool_size": "database connections (each used from a worker thread)",
     "graceful_timeout_s": "time allowed for connections to close on shutdown, seconds",
+    "drain_timeout_s": "time allowed for the final write to Postgres on shutdown, after the "
+    "connections have closed; rows it leaves open are closed with 'server shutdown' by the next "
+    "start or another instance, seconds",
     "backlog": "listen backlog (reconnect storms need thousands)",
     "max_connections": "concurrent OpAMP connections accepted before answering 503 (capped "
     "below the open-file limit)",
@@ -394,6 +398,7 @@ _AT_LEAST: dict[str, tuple[float, str]] = {
     "writer_queue_max": (1, "must be >= 1"),
     "db_pool_size": (1, "must be >= 1"),
     "graceful_timeout_s": (0, "must be >= 0"),
+    "drain_timeout_s": (0, "must be >= 0"),
     "backlog": (1, "must be >= 1"),
     "max_connections": (1, "must be >= 1"),
     "max_handshakes": (1, "must be >= 1"),

@@ -176,7 +176,7 @@ async def _stop_on_shutdown(worker: _Worker, settings: Settings, shutdown: anyio
     if process is None or process.returncode is not None:
         return
     process.send_signal(signal.SIGTERM)
-    bound = settings.graceful_timeout_s + 10.0 + 10.0  # connections, writer drain, margin
+    bound = settings.graceful_timeout_s + settings.drain_timeout_s + 10.0  # and a margin
     with anyio.move_on_after(bound):
         await process.wait()
         return

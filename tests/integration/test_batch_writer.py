@@ -655,6 +655,68 @@ async def test_repair_after_crash(db, writer_factory, database_url) -> None:
     ]
 
 
+async def test_a_drain_past_its_bound_leaves_its_rows_to_be_closed_as_a_shutdown(
+    db, database_url
+) -> None:
+    """A SIGTERM's drain that runs past its bound commits nothing: here a row another
+    transaction holds, then the drain's connection cut (as when the process is killed). It has
+    recorded when it began, first and alone, so the next start's repair closes what it left as
+    the drain would have: "server shutdown" at that time, not "server restart" at each agent's
+    last sight (at 100k, a worker's drain of 16,700 agents ran past its 10 s)."""
+    await aquery(
+        database_url,
+        "INSERT INTO server_instances (instance_id, version, started_at, last_heartbeat_at) "
+        "VALUES ('node-a', 'test', now(), now()) RETURNING 1",
+    )
+    stopping = BatchWriter(db, instance_id="node-a", flush_interval_s=3600, drain_timeout_s=1)
+    waiting = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    async with anyio.create_task_group() as nursery:
+        await nursery.start(stopping.run)
+        for i in range(3):
+            stopping.connected(uid(i), at=T0, remote_addr="x", transport="ws")
+            stopping.seen(uid(i), T0 + 10)
+        await stopping.flush()
+        for i in range(3):
+            stopping.disconnected(uid(i), at=T0 + 20, reason="server shutdown")
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute(
+                "SELECT 1 FROM agents WHERE instance_uid = %s FOR UPDATE", (uid(2),)
+            )
+            began = time.time()
+            stopping.close()
+            with anyio.fail_after(10):
+                while not await aquery(database_url, waiting) or time.time() < began + 1.5:
+                    await anyio.sleep(0.05)
+            await aquery(database_url, f"SELECT pg_terminate_backend(({waiting}))")
+    assert await aquery(
+        database_url, "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
+    ) == [(3,)]
+    ((stopping_at,),) = await aquery(
+        database_url, "SELECT extract(epoch FROM stopping_at)::float8 FROM server_instances"
+    )
+    assert began <= stopping_at < began + 1
+
+    restarted = BatchWriter(db, instance_id="node-a")
+    assert await restarted.repair_after_crash() == 3
+    history = await aquery(
+        database_url,
+        "SELECT instance_uid, extract(epoch FROM disconnected_at)::float8, disconnect_reason"
+        " FROM agent_connection_history ORDER BY instance_uid",
+    )
+    assert history == [(uid(i), pytest.approx(stopping_at), "server shutdown") for i in range(3)]
+    agents = await aquery(
+        database_url,
+        "SELECT instance_uid, status, serving_instance, disconnect_reason,"
+        " extract(epoch FROM last_disconnected_at)::float8 FROM agents ORDER BY instance_uid",
+    )
+    assert agents == [
+        (uid(i), "offline", None, "server shutdown", pytest.approx(stopping_at)) for i in range(3)
+    ]
+
+
 class CommitThenFail:
     """A Database whose next run() commits and then reports a lost connection anyway."""
 

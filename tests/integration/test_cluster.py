@@ -253,6 +253,55 @@ async def test_a_killed_instance_is_declared_lost_by_a_survivor(
     ) == [("survivor",)]
 
 
+async def test_rows_a_shutdown_drain_left_open_are_closed_by_a_survivor_as_a_shutdown(
+    launch: Any, start_server: Any, make_settings: Any, database_url: str
+) -> None:
+    """SIGTERM while another transaction holds one of the instance's agent rows: its drain runs
+    past its bound and commits nothing, and the process exits 0 once the drain's connection is
+    cut (as Postgres' or an operator's timeout would). Nobody starts it again (a scale-down): a
+    survivor closes its rows once its lease has run out, as the drain would have, "server
+    shutdown" at the time the drain began, not "server lost"."""
+    stopping = launch(instance_id="stopping", lease_s=str(LEASE_S), drain_timeout_s="1")
+    await stopping.ready()
+    survivor = await start_server(make_settings(instance_id="survivor", lease_s=LEASE_S))
+    uids = []
+    async with httpx.AsyncClient(base_url=stopping.url) as http:
+        for _ in range(3):
+            agent = HTTPAgent(http)
+            await agent.full_state()
+            uids.append(agent.uid)
+    online = "SELECT count(*) FROM agents WHERE status = 'online'"
+    await wait_for(lambda: query(database_url, online) == [(3,)], timeout=10)
+    waiting = (
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        await holder.execute("SELECT 1 FROM agents WHERE instance_uid = %s FOR UPDATE", (uids[0],))
+        stopping.proc.terminate()
+        await wait_for(lambda: bool(query(database_url, waiting)), timeout=15)
+        await anyio.sleep(1.5)  # past the drain's bound
+        await aquery(database_url, f"SELECT pg_terminate_backend(({waiting}))")
+        assert await anyio.to_thread.run_sync(stopping.proc.wait, 15) == 0
+        assert await aquery(database_url, online) == [(3,)]
+    still_open = "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
+    await wait_for(lambda: query(database_url, still_open) == [(0,)], timeout=LEASE_S * 4 + 5)
+    history = await aquery(
+        database_url,
+        "SELECT DISTINCT h.disconnect_reason, h.disconnected_at = i.stopping_at"
+        " FROM agent_connection_history AS h JOIN server_instances AS i"
+        " ON i.instance_id = h.serving_instance",
+    )
+    assert history == [("server shutdown", True)]
+    agents = await aquery(database_url, "SELECT DISTINCT status, disconnect_reason FROM agents")
+    assert agents == [("offline", "server shutdown")]
+    cluster = survivor.services.cluster
+    await wait_for(lambda: bool(cluster.lost_reaped), timeout=5)
+    assert [(x.instance_id, x.reason) for x in cluster.lost_reaped] == [
+        ("stopping", "server shutdown")
+    ]
+
+
 async def test_no_instance_is_declared_lost_because_the_database_was_away(
     two: tuple[Any, Any], database_url: str, postgres_admin_url: str
 ) -> None:

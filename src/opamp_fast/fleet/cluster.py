@@ -5,7 +5,9 @@ Postgres is the shared source of truth and the bus; nothing else is shared.
 * **Lease.** Every instance renews ``server_instances.last_heartbeat_at`` every ``lease_s / 3``.
   An instance whose lease ran out (killed, host lost, cut off) is declared lost by a survivor:
   its open history rows close with "server lost" at its last renewal, its agents go offline
-  unless they already reconnected elsewhere, its published online counts drop to zero. The row
+  unless they already reconnected elsewhere, its published online counts drop to zero. So is
+  one that stopped with rows its shutdown drain did not close in time, with "server shutdown"
+  at the time the drain began (``stopping_at``). The row
   lock (``FOR UPDATE SKIP LOCKED``) makes exactly one survivor do it. A survivor only judges
   others after its own renewals have succeeded for a whole lease: after a database outage every
   lease looks expired, and each live instance gets the time to renew first. Renewals use a
@@ -62,7 +64,8 @@ COMMAND_NOTICES = frozenset({RESTART_NOTICE, CUSTOM_MESSAGE_NOTICE, GROUP_RESTAR
 @dataclass(frozen=True, slots=True)
 class LostInstance:
     instance_id: str
-    last_heartbeat_at: Any
+    ended_at: Any  # its last renewal, or when its shutdown began
+    reason: str
     sessions_closed: int
     agents_offline: int
 
@@ -76,11 +79,18 @@ RETURNING lost_at IS NOT NULL, (
       AND p.last_heartbeat_at >= now() - make_interval(secs => p.lease_s))
 """
 
+# Lost: its lease ran out while it ran (killed, cut off), or it stopped with open rows its
+# shutdown drain did not close in time. The second kind is closed as the drain would have:
+# "server shutdown" at the time the drain began (its next start does the same, if it comes).
 _FIND_LOST = """
-SELECT instance_id, last_heartbeat_at FROM server_instances
-WHERE stopped_at IS NULL AND lost_at IS NULL AND instance_id <> %(me)s
+SELECT instance_id, COALESCE(stopping_at, last_heartbeat_at), stopping_at IS NOT NULL
+FROM server_instances AS i
+WHERE lost_at IS NULL AND instance_id <> %(me)s
   AND last_heartbeat_at < now() - make_interval(secs => lease_s)
-FOR UPDATE SKIP LOCKED
+  AND (stopped_at IS NULL OR EXISTS (
+      SELECT 1 FROM agent_connection_history AS h
+      WHERE h.serving_instance = i.instance_id AND h.disconnected_at IS NULL))
+FOR UPDATE OF i SKIP LOCKED
 """
 
 _CLOSE_LOST_SESSIONS = """
@@ -255,9 +265,10 @@ class Cluster:
         for instance in lost:
             self._announce_lost(instance.instance_id, self.instance_id)
             logger.warning(
-                "instance %s lost (last seen %s): closed %d sessions, %d agents offline",
+                "instance %s lost (%s at %s): closed %d sessions, %d agents offline",
                 instance.instance_id,
-                instance.last_heartbeat_at,
+                instance.reason,
+                instance.ended_at,
                 instance.sessions_closed,
                 instance.agents_offline,
             )
@@ -305,15 +316,17 @@ class Cluster:
 
     def _reap(self, conn: psycopg.Connection[Any]) -> list[LostInstance]:
         lost = []
-        for instance_id, last in conn.execute(_FIND_LOST, {"me": self.instance_id}).fetchall():
-            params = {"lost": instance_id, "at": last, "reason": reasons.SERVER_LOST}
+        found = conn.execute(_FIND_LOST, {"me": self.instance_id}).fetchall()
+        for instance_id, last, stopping in found:
+            reason = reasons.SERVER_SHUTDOWN if stopping else reasons.SERVER_LOST
+            params = {"lost": instance_id, "at": last, "reason": reason}
             conn.execute(_LOCK_LOST_AGENTS, params)
             closed = conn.execute(_CLOSE_LOST_SESSIONS, params).rowcount
             offline = conn.execute(_OFFLINE_LOST_AGENTS, params).rowcount
             conn.execute(_MARK_LOST, {"lost": instance_id, "me": self.instance_id})
             for payload in encode_notices("instance_lost", self.instance_id, lost=instance_id):
                 conn.execute("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
-            lost.append(LostInstance(instance_id, last, closed, offline))
+            lost.append(LostInstance(instance_id, last, reason, closed, offline))
         return lost
 
     async def _resurrect(self) -> None:

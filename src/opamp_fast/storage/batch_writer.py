@@ -667,6 +667,7 @@ class BatchWriter:
         self._closing = True
         shutdown_at = time.time()
         with anyio.move_on_after(self._drain_timeout) as scope:
+            await self._mark_stopping(shutdown_at)
             delay = self._retry_initial
             while not await self._flush_once(shutdown_at=shutdown_at):
                 await anyio.sleep(delay)
@@ -687,16 +688,28 @@ class BatchWriter:
             waiter.set()
         self._pending.waiters.clear()
 
-    async def repair_after_crash(self, reason: str = RESTART_REASON) -> int:
+    async def _mark_stopping(self, shutdown_at: float) -> None:
+        """Record that this run is stopping, in a transaction of its own before the drain's: if
+        the drain then runs past its bound, whoever closes the rows it left (the next start, a
+        survivor) closes them as the drain would have, not as a killed instance's."""
+        try:
+            await self._db.run_writer(
+                partial(_mark_stopping, instance_id=self.instance_id, at=shutdown_at)
+            )
+        except psycopg.Error as exc:  # the drain's flush retries; the marker is a refinement
+            logger.warning("could not record the shutdown's start: %s", str(exc).strip())
+
+    async def repair_after_crash(self) -> int:
         """Close sessions a previous run of this instance left open; mark its agents offline.
 
-        Call before accepting connections. A session ends at the agent's last known
+        Call before accepting connections, and before the start is recorded (which clears the
+        previous run's ``stopping_at``). A previous run that was stopping (its drain ran past
+        its bound) is closed as its drain would have: "server shutdown" at the time the drain
+        began. A run that was killed: "server restart", each session at its agent's last known
         ``last_seen_at`` (never before it started), or now when that is unknown. Returns the
         number of sessions closed.
         """
-        closed: int = await self._db.run(
-            partial(_repair, instance_id=self.instance_id, reason=without_nul(reason))
-        )
+        closed, reason = await self._db.run(partial(_repair, instance_id=self.instance_id))
         if closed:
             logger.info("closed %d sessions left open by a previous run (%s)", closed, reason)
         return closed
@@ -947,6 +960,15 @@ UPDATE agents SET
     last_disconnected_at = GREATEST(last_disconnected_at, to_timestamp(%(at)s)),
     disconnect_reason = %(reason)s, updated_at = now()
 WHERE serving_instance = %(instance)s AND status = 'online'
+"""
+
+_MARK_STOPPING = """
+UPDATE server_instances SET stopping_at = to_timestamp(%(at)s) WHERE instance_id = %(instance)s
+"""
+
+_STOPPING_AT = """
+SELECT extract(epoch FROM stopping_at)::float8 FROM server_instances
+WHERE instance_id = %(instance)s AND stopping_at IS NOT NULL
 """
 
 _REPAIR_SESSIONS = """
@@ -1349,10 +1371,22 @@ def _write_sessions(
     return rows
 
 
-def _repair(conn: psycopg.Connection[Any], *, instance_id: str, reason: str) -> int:
-    params = {"instance": instance_id, "reason": reason}
+def _mark_stopping(conn: psycopg.Connection[Any], *, instance_id: str, at: float) -> None:
+    conn.execute(_MARK_STOPPING, {"instance": instance_id, "at": at})
+
+
+def _repair(conn: psycopg.Connection[Any], *, instance_id: str) -> tuple[int, str]:
+    row = conn.execute(_STOPPING_AT, {"instance": instance_id}).fetchone()
+    stopping_at = None if row is None else row[0]
     with conn.cursor() as cur:
-        cur.execute(_REPAIR_SESSIONS, params)
+        if stopping_at is None:  # killed
+            params: dict[str, Any] = {"instance": instance_id, "reason": RESTART_REASON}
+            cur.execute(_REPAIR_SESSIONS, params)
+            closed = cur.rowcount
+            cur.execute(_REPAIR_AGENTS, params)
+            return closed, RESTART_REASON
+        params = {"instance": instance_id, "at": stopping_at, "reason": SHUTDOWN_REASON}
+        cur.execute(_CLOSE_INSTANCE_SESSIONS, params)
         closed = cur.rowcount
-        cur.execute(_REPAIR_AGENTS, params)
-    return closed
+        cur.execute(_OFFLINE_INSTANCE_AGENTS, params)
+        return closed, SHUTDOWN_REASON
