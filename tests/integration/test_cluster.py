@@ -203,24 +203,28 @@ async def test_an_unproven_claim_through_another_instance_never_displaces_a_prov
             assert await aquery(database_url, agent_row, (uid,)) == [("online", "b", "the-owner")]
 
 
+ONLINE = "SELECT count(*) FROM agents WHERE status = 'online'"
+
+
+async def three_agents_online(url: str, database_url: str) -> list[bytes]:
+    """Three HTTP agents of the server at ``url``, online in the database."""
+    uids = []
+    async with httpx.AsyncClient(base_url=url) as http:
+        for _ in range(3):
+            agent = HTTPAgent(http)
+            await agent.full_state()
+            uids.append(agent.uid)
+    await wait_for(lambda: query(database_url, ONLINE) == [(3,)], timeout=10)
+    return uids
+
+
 async def test_a_killed_instance_is_declared_lost_by_a_survivor(
     launch: Any, start_server: Any, make_settings: Any, database_url: str
 ) -> None:
     doomed = launch(instance_id="doomed", lease_s=str(LEASE_S))
     await doomed.ready()
     survivor = await start_server(make_settings(instance_id="survivor", lease_s=LEASE_S))
-    uids = []
-    async with httpx.AsyncClient(base_url=doomed.url) as http:
-        for _ in range(3):
-            agent = HTTPAgent(http)
-            await agent.full_state()
-            uids.append(agent.uid)
-    await wait_for(
-        lambda: (
-            query(database_url, "SELECT count(*) FROM agents WHERE status = 'online'") == [(3,)]
-        ),
-        timeout=10,
-    )
+    uids = await three_agents_online(doomed.url, database_url)
     os.kill(doomed.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     doomed.proc.wait(10)
@@ -264,14 +268,7 @@ async def test_rows_a_shutdown_drain_left_open_are_closed_by_a_survivor_as_a_shu
     stopping = launch(instance_id="stopping", lease_s=str(LEASE_S), drain_timeout_s="1")
     await stopping.ready()
     survivor = await start_server(make_settings(instance_id="survivor", lease_s=LEASE_S))
-    uids = []
-    async with httpx.AsyncClient(base_url=stopping.url) as http:
-        for _ in range(3):
-            agent = HTTPAgent(http)
-            await agent.full_state()
-            uids.append(agent.uid)
-    online = "SELECT count(*) FROM agents WHERE status = 'online'"
-    await wait_for(lambda: query(database_url, online) == [(3,)], timeout=10)
+    uids = await three_agents_online(stopping.url, database_url)
     waiting = (
         "SELECT pid FROM pg_stat_activity"
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
@@ -283,7 +280,7 @@ async def test_rows_a_shutdown_drain_left_open_are_closed_by_a_survivor_as_a_shu
         await anyio.sleep(1.5)  # past the drain's bound
         await aquery(database_url, f"SELECT pg_terminate_backend(({waiting}))")
         assert await anyio.to_thread.run_sync(stopping.proc.wait, 15) == 0
-        assert await aquery(database_url, online) == [(3,)]
+        assert await aquery(database_url, ONLINE) == [(3,)]
     still_open = "SELECT count(*) FROM agent_connection_history WHERE disconnected_at IS NULL"
     await wait_for(lambda: query(database_url, still_open) == [(0,)], timeout=LEASE_S * 4 + 5)
     history = await aquery(
