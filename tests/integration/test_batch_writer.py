@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +28,7 @@ from opamp_fast.storage.batch_writer import (
     _UPDATE_CLOSES,
     _UPDATE_SEEN,
     BatchWriter,
+    pg_time,
 )
 from opamp_fast.storage.rows import AgentSnapshot
 
@@ -715,6 +718,22 @@ async def test_a_drain_past_its_bound_leaves_its_rows_to_be_closed_as_a_shutdown
     assert agents == [
         (uid(i), "offline", None, "server shutdown", pytest.approx(stopping_at)) for i in range(3)
     ]
+
+
+async def test_a_time_copied_is_the_microsecond_to_timestamp_gives(database_url) -> None:
+    """New history rows are COPYed with datetimes made in Python; every other time reaches
+    Postgres as a float through ``to_timestamp``. Both must give the same microsecond for the
+    same float, or an agent's ``last_seen_at`` reads a microsecond before its session's
+    ``connected_at``, both from one clock read (one full run saw it)."""
+    rng = random.Random(7)
+    times = [time.time()] + [T0 + rng.random() * 1e8 for _ in range(20_000)]
+    rows = await aquery(
+        database_url, "SELECT t, to_timestamp(t) FROM unnest(%s::float8[]) AS t", (times,)
+    )
+    assert [t for t, _ in rows] == times
+    utc = datetime.UTC
+    assert any(datetime.datetime.fromtimestamp(t, utc) != at for t, at in rows)  # as it was
+    assert [pg_time(t) for t in times] == [at for _, at in rows]
 
 
 class CommitThenFail:

@@ -1084,9 +1084,8 @@ def _drift_changes(
     rows: list[list[Any]] | None,
 ) -> list[tuple[bytes, dt.datetime | None, str | None, str | None]]:
     """The drift changes of ``_UPDATE_AGENTS`` (uid hex, epoch or null, two hashes)."""
-    utc = dt.UTC
     return [
-        (bytes.fromhex(uid), None if at is None else dt.datetime.fromtimestamp(at, utc), a, e)
+        (bytes.fromhex(uid), None if at is None else pg_time(at), a, e)
         for uid, at, a, e in rows or ()
     ]
 
@@ -1316,18 +1315,33 @@ def _write_custom_messages(
 ) -> int:
     """Agents' custom messages, in the order they came; each agent keeps its newest
     ``CUSTOM_MESSAGES_KEPT``."""
-    utc = dt.UTC
     with cur.copy(
         "COPY agent_custom_messages (instance_uid, direction, at, capability, type, data, "
         "serving_instance) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(["bytea", "text", "timestamptz", "text", "text", "bytea", "text"])
         for uid, at, capability, kind, data in messages:
-            when = dt.datetime.fromtimestamp(at, utc)
-            copy.write_row((uid, "from_agent", when, capability, kind, data, instance_id))
+            copy.write_row((uid, "from_agent", pg_time(at), capability, kind, data, instance_id))
     uids = list({uid for uid, *_ in messages})
     cur.execute(_PRUNE_CUSTOM_MESSAGES, {"uids": uids, "keep": CUSTOM_MESSAGES_KEPT})
     return len(messages)
+
+
+_PG_EPOCH: Final = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_PG_EPOCH_S: Final = 946_684_800.0  # 2000-01-01 in UNIX seconds
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+
+
+def pg_time(at: float) -> dt.datetime:
+    """The timestamp Postgres' ``to_timestamp(at)`` gives, to the microsecond.
+
+    Times reach Postgres two ways: as floats through ``to_timestamp`` in a statement (last
+    seen, agent rows, closes) and as datetimes COPYed straight into the table (new history
+    rows). ``datetime.fromtimestamp`` rounds the fraction of the float, Postgres the float
+    minus its epoch: for one float in many thousands they differ by a microsecond, and an
+    agent's ``last_seen_at`` read a microsecond before its session's ``connected_at``, both
+    from the same clock read. This is Postgres' own arithmetic (float8_timestamptz)."""
+    return _PG_EPOCH + round((at - _PG_EPOCH_S) * 1e6) * _MICROSECOND
 
 
 def _write_sessions(
@@ -1353,8 +1367,6 @@ def _write_sessions(
         rows += cur.rowcount
         if all(s.uncertain for s in sessions.values()):
             return rows
-    utc = dt.UTC
-    from_timestamp = dt.datetime.fromtimestamp
     as_uuid = uuid.UUID
     with cur.copy(_COPY_HISTORY) as copy:
         copy.set_types(_HISTORY_TYPES)
@@ -1363,8 +1375,8 @@ def _write_sessions(
             if s.uncertain:
                 continue
             end = s.disconnected_at
-            write((as_uuid(bytes=session_id), s.uid, from_timestamp(s.connected_at, utc),
-                   None if end is None else from_timestamp(end, utc),
+            write((as_uuid(bytes=session_id), s.uid, pg_time(s.connected_at),
+                   None if end is None else pg_time(end),
                    None if end is None else max(0.0, end - s.connected_at),
                    s.reason, s.remote_addr, s.transport, instance_id))  # fmt: skip
             rows += 1

@@ -252,12 +252,8 @@ class ActiveRow:
 
 # The agent's row says who holds it; its open history row (agent_connection_history_agent_idx:
 # the newest of this agent's entries) says since when and from where.
-# The last-seen time of this connection is never before it began. The two are written by
-# different statements from different clock reads, and one test run saw last_seen_at one
-# microsecond before connected_at (the cause is not found yet).
 _ACTIVE = """
-SELECT a.serving_instance, h.transport, h.connected_at, h.remote_addr,
-    GREATEST(a.last_seen_at, h.connected_at)
+SELECT a.serving_instance, h.transport, h.connected_at, h.remote_addr, a.last_seen_at
 FROM agents AS a
 JOIN LATERAL (
     SELECT transport, connected_at, remote_addr FROM agent_connection_history
