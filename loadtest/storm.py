@@ -102,6 +102,14 @@ class Server:
             proc.wait(10)
         return proc.returncode, round(time.monotonic() - started, 2)
 
+    def drains_past_bound(self) -> int:
+        """Workers whose shutdown drain ran past its bound, over every stop (their rows were
+        closed by the next start, or a survivor)."""
+        return sum(
+            log.read_bytes().count(b"shutdown drain timed out")
+            for log in self.tmp.glob("server-*.log")
+        )
+
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     import socket
@@ -354,6 +362,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "returns": load.get("returns"), "errors": load.get("errors"),
             "sessions_opened": load["connect"]["handshakes"],
             "history": None if args.go_server_bin else history_check(pg.get_uri()),
+            "drains_past_bound": server.drains_past_bound(),
             "pauses": pauses, "pauses_while_returning": pauses_returning,
             "server_loop_lag_while_returning_ms": {
                 name: (None if (le := quantile_le(
