@@ -265,7 +265,11 @@ def build_services(
     # Built before the writer starts, so its on_flush hook sees every flush.
     services.metrics = metrics_exporter(services)
     if worker is not None:
-        services.metrics_share = WorkerMetricsShare(worker, services.metrics.generate)
+        services.metrics_share = WorkerMetricsShare(
+            worker,
+            services.metrics.generate,
+            agent_series_max=settings.metrics_agent_series_max,
+        )
     logger.info(
         "heartbeat wheel: %s implementation",
         "Cython" if registry.statistics().using_extension else "pure-Python",

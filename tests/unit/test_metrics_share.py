@@ -58,7 +58,9 @@ def labels(**values: str) -> frozenset[tuple[str, str]]:
     return frozenset(values.items())
 
 
-def make_share(directory: Path, slot: int, worker: Worker, **kwargs: float) -> WorkerMetricsShare:
+def make_share(
+    directory: Path, slot: int, worker: Worker, **kwargs: float | int
+) -> WorkerMetricsShare:
     return WorkerMetricsShare(WorkerSlot(slot, directory), worker.generate, **kwargs)
 
 
@@ -159,30 +161,120 @@ def test_alone_in_the_directory(tmp_path: Path) -> None:
     assert merged["demo_messages_total", labels(worker="0")] == 0
 
 
-async def test_run_publishes_at_once_and_then_every_interval(tmp_path: Path) -> None:
+def published_messages(path: Path) -> float | None:
+    """``demo_messages_total`` as ``path`` holds it now (None before the first publication)."""
+    if not path.exists():
+        return None
+    return samples(path.read_bytes()).get(("demo_messages_total", labels()))
+
+
+async def published(path: Path, value: float) -> None:
+    """Until ``path`` holds ``demo_messages_total == value`` (10 s at most)."""
+    with anyio.fail_after(10):
+        while published_messages(path) != value:
+            await anyio.sleep(0.01)
+
+
+async def test_run_publishes_at_once_then_only_while_someone_scrapes(tmp_path: Path) -> None:
+    """An idle scrape interval costs nothing: after its first publication a worker publishes
+    only while the last scrape is younger than wanted_for_s."""
     worker = Worker(0, {})
-    share = make_share(tmp_path, 1, worker, interval_s=0.05)
+    share = make_share(tmp_path, 1, worker, interval_s=0.05, wanted_for_s=60.0)
     path = tmp_path / "worker-1.prom"
-
-    async def published(value: float) -> None:
-        with anyio.fail_after(10):
-            while True:
-                if path.exists():
-                    found = samples(path.read_bytes())["demo_messages_total", labels()]
-                    if found == value:
-                        return
-                await anyio.sleep(0.01)
-
     async with anyio.create_task_group() as tg:
         await tg.start(share.run)
-        await published(0)  # the first publication does not wait for an interval
+        await published(path, 0)  # the first publication does not wait for a scrape
+        generated = worker.generated
         worker.messages.inc(5)
-        await published(5)
+        await anyio.sleep(0.3)  # six intervals, nobody scraping
+        assert worker.generated == generated
+        assert published_messages(path) == 0
+        await make_share(tmp_path, 0, Worker(0, {})).scrape()  # a sibling answers a scrape
+        await published(path, 5)
         generated = worker.generated
         await anyio.sleep(0.3)
-        assert worker.generated >= generated + 2  # it keeps publishing
+        assert worker.generated >= generated + 2  # it keeps publishing while wanted
         tg.cancel_scope.cancel()
-    assert names(tmp_path) == ["worker-1.prom"]
+    assert names(tmp_path) == ["scraped", "worker-1.prom"]
+
+
+async def test_publishing_stops_once_the_scrapes_stop(tmp_path: Path) -> None:
+    worker = Worker(0, {})
+    share = make_share(tmp_path, 1, worker, interval_s=0.05, wanted_for_s=30.0)
+    (tmp_path / "scraped").touch()
+    assert share.publish_if_wanted()
+    old = time.time() - 31.0
+    os.utime(tmp_path / "scraped", (old, old))
+    generated = worker.generated
+    assert not share.publish_if_wanted()
+    assert worker.generated == generated
+
+
+async def test_a_scrape_after_a_quiet_spell_waits_for_the_siblings(tmp_path: Path) -> None:
+    """Nobody scraped for a while, so the siblings' files are old: the first scrape waits
+    for them to publish afresh and answers with their current figures, everyone up."""
+    siblings = {1: Worker(1, {}), 2: Worker(2, {})}
+    shares = {slot: make_share(tmp_path, slot, w, interval_s=0.2) for slot, w in siblings.items()}
+    answering = make_share(tmp_path, 0, Worker(0, {}), interval_s=0.2, stale_after_s=30.0)
+    async with anyio.create_task_group() as tg:
+        for share in shares.values():
+            await tg.start(share.run)
+        for slot in shares:
+            await published(tmp_path / f"worker-{slot}.prom", slot)
+            old = time.time() - 3600.0  # an hour without a scrape
+            os.utime(tmp_path / f"worker-{slot}.prom", (old, old))
+            siblings[slot].messages.inc(10)
+        merged = samples(await answering.scrape())
+        tg.cancel_scope.cancel()
+    for slot in (1, 2):
+        assert merged["opamp_fast_worker_up", labels(worker=str(slot))] == 1
+        assert merged["demo_messages_total", labels(worker=str(slot))] == slot + 10
+
+
+async def test_a_sibling_that_does_not_publish_is_down_after_the_wait(tmp_path: Path) -> None:
+    """A file left by a worker that is gone: the scrape after a quiet spell waits for it a
+    bounded time (interval_s and a little), then answers without it."""
+    make_share(tmp_path, 1, Worker(1, {})).publish()
+    old = time.time() - 3600.0
+    os.utime(tmp_path / "worker-1.prom", (old, old))
+    answering = make_share(tmp_path, 0, Worker(7, {}), interval_s=0.2, stale_after_s=30.0)
+    with anyio.fail_after(5):
+        merged = samples(await answering.scrape())
+    assert merged["opamp_fast_worker_up", labels(worker="1")] == 0
+    assert merged["demo_messages_total", labels(worker="0")] == 7
+
+
+class AgentsWorker(Worker):
+    """A worker exporting per-agent series the way the exporter does, with its flag."""
+
+    def __init__(self, agents: list[str]) -> None:
+        super().__init__(0, {})
+        last_seen = Gauge(
+            "agent_last_seen_seconds", "Last seen.", ["agent_id"], registry=self.registry
+        )
+        for agent in agents:
+            last_seen.labels(agent).set(1.0)
+        Gauge("opamp_fast_agent_series_suppressed", "Suppressed.", registry=self.registry).set(0)
+
+
+@pytest.mark.parametrize(("cap", "exported"), [(6, True), (5, False)])
+def test_the_per_agent_cap_holds_for_all_workers_together(
+    tmp_path: Path, cap: int, exported: bool
+) -> None:
+    """Three workers with two agents each: six per-agent series in all. Under a cap of 6 they
+    are all there; under 5 none is, and every worker's suppressed flag says so, as one
+    process with six agents would answer."""
+    workers = [AgentsWorker([f"a{slot}", f"b{slot}"]) for slot in range(3)]
+    shares = [make_share(tmp_path, slot, w, agent_series_max=cap) for slot, w in enumerate(workers)]
+    for share in shares[1:]:
+        share.publish()
+    merged = samples(shares[0].merged())
+    per_agent = [key for key in merged if key[0] == "agent_last_seen_seconds"]
+    assert len(per_agent) == (6 if exported else 0)
+    for slot in range(3):
+        flag = merged["opamp_fast_agent_series_suppressed", labels(worker=str(slot))]
+        assert flag == (0 if exported else 1)
+        assert merged["demo_messages_total", labels(worker=str(slot))] == 0  # the rest stays
 
 
 @pytest.mark.parametrize("slot", [0, 12])

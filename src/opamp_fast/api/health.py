@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import anyio
-import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -92,7 +90,7 @@ async def metrics(request: Request) -> Response:
     """This server's exporter (every worker's, labelled, with --workers)."""
     services = services_of(request)
     if services.metrics_share is not None:
-        body = await anyio.to_thread.run_sync(services.metrics_share.merged)
+        body = await services.metrics_share.scrape()
     else:
         body = await exporter_of(services).render()
     return Response(body, media_type=CONTENT_TYPE)
