@@ -195,23 +195,26 @@ def parse_target(target: str) -> tuple[str, str, str]:
     """``KIND[+BACKEND][*WORKERS][@SRC]`` -> (kind, backend, src); only opamp-fast takes the
     suffixes: ``opamp-fast+trio`` adds ``--backend trio``, ``opamp-fast*4`` adds ``--workers 4``
     (see ``workers_of``), ``opamp-fast@/tmp/of-head/src`` runs the server from that source tree
-    (e.g. an older commit exported with ``git archive``)."""
+    (e.g. an older commit exported with ``git archive``). ``uvloop-floor*4`` is the floor in 4
+    processes sharing the port."""
     rest, _, src = target.partition("@")
-    rest = rest.partition("*")[0]
+    rest, star, _ = rest.partition("*")
     kind, _, backend = rest.partition("+")
-    if kind not in TARGETS or ((backend or src or "*" in target) and kind != "opamp-fast"):
+    takes_suffixes = kind == "opamp-fast" or (kind == "uvloop-floor" and not (backend or src))
+    if kind not in TARGETS or ((backend or src or star) and not takes_suffixes):
         raise ValueError(f"unknown target {target!r}")
     return kind, backend, src
 
 
-def workers_of(target: str) -> list[str]:
-    """``--workers N`` for an ``opamp-fast*N`` target (nothing otherwise)."""
+def workers_of(target: str, option: str = "--workers") -> list[str]:
+    """``--workers N`` for an ``opamp-fast*N`` target, ``--processes N`` for a floor's (nothing
+    without ``*N``)."""
     count = target.partition("@")[0].partition("*")[2]
     if not count:
         return []
     if not count.isdigit() or not 1 <= int(count) <= 64:
         raise ValueError(f"bad worker count in {target!r}")
-    return ["--workers", count]
+    return [option, count]
 
 
 def gc_pauses(log: Path, t1: float, t2: float) -> list[dict[str, Any]]:
@@ -262,7 +265,7 @@ class Run:
         hb = str(max(1, round(a.heartbeat_s)))
         if kind == "uvloop-floor":
             return [py, str(HERE / "uvloop_floor.py"), "--port", str(port), "--backlog", "8192",
-                    "--heartbeat-interval-s", hb]  # fmt: skip
+                    "--heartbeat-interval-s", hb, *workers_of(target, "--processes")]  # fmt: skip
         if kind == "trio-floor":
             return [py, str(HERE / "echo_floor.py"), "--port", str(port), "--backlog", "8192",
                     "--heartbeat-interval-s", hb]  # fmt: skip
@@ -664,8 +667,8 @@ def main() -> int:
     parser.add_argument(
         "--targets",
         default="uvloop-floor,trio-floor,opamp-fast",
-        help="comma-separated: uvloop-floor, trio-floor, front-floor, opamp-fast[+BACKEND][@SRC], "
-        "go",
+        help="comma-separated: uvloop-floor[*PROCESSES], trio-floor, front-floor, "
+        "opamp-fast[+BACKEND][*WORKERS][@SRC], go",
     )
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--procs", type=int, default=2, help="wsload worker processes")

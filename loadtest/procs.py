@@ -73,9 +73,12 @@ def wait_ready(
     raise SystemExit(f"{name} not ready after {timeout_s:g} s{hint}")
 
 
-def floor_args(description: str, *, port: int, name: str) -> argparse.Namespace:
+def floor_args(
+    description: str, *, port: int, name: str, processes: bool = False
+) -> argparse.Namespace:
     """The command line every floor server takes (host, port, backlog, the heartbeat interval
-    it offers), refused off loopback; the descriptor limit raised to its hard bound."""
+    it offers; ``--processes`` where the floor can share its port), refused off loopback; the
+    descriptor limit raised to its hard bound."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port)
@@ -83,6 +86,15 @@ def floor_args(description: str, *, port: int, name: str) -> argparse.Namespace:
     parser.add_argument(
         "--heartbeat-interval-s", type=int, default=0, help="offer this interval (0: none)"
     )
+    if processes:
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            choices=range(1, 65),
+            metavar="N",
+            help="N processes sharing the port (SO_REUSEPORT), as --workers N does",
+        )
     args = parser.parse_args()
     if not ipaddress.ip_address(args.host).is_loopback:
         parser.error(f"the {name} listens on loopback only")

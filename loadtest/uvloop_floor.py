@@ -12,15 +12,20 @@ It always unmasks, even when the mask key is zero (wsload sends zero keys): real
 random keys, so skipping the XOR would flatter the floor.
 
 Run: ``python loadtest/uvloop_floor.py --port 4398``; SIGTERM/SIGINT stop it with exit status 0.
-Loopback only. ``GET /readyz`` (no upgrade) answers 200 for readiness probes.
+Loopback only. ``GET /readyz`` (no upgrade) answers 200 for readiness probes. With
+``--processes N`` the port is shared by N forked copies (``SO_REUSEPORT``), the floor of
+``opamp-fast --workers N``: what N event loops on this machine cost whatever runs in them. The
+first process stops the others when it stops, and they stop with it if it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import gc
 import hashlib
+import os
 import signal
 import sys
 from typing import Any, Final
@@ -222,10 +227,10 @@ class Floor:
             self.offer = pb.ServerToAgent()
             self.offer.connection_settings.opamp.heartbeat_interval_seconds = heartbeat_s
 
-    async def serve(self, host: str, port: int, backlog: int) -> None:
+    async def serve(self, host: str, port: int, backlog: int, *, shared: bool = False) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: Conn(self), host, port, backlog=backlog, reuse_address=True
+            lambda: Conn(self), host, port, backlog=backlog, reuse_address=True, reuse_port=shared
         )
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -243,17 +248,36 @@ class Floor:
         await server.wait_closed()
 
 
+def fork_copies(count: int) -> list[int]:
+    """Fork ``count`` copies of this process (before any event loop exists); each gets SIGTERM
+    when its parent dies. Returns the children's PIDs in the parent, [] in a child."""
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            return []
+        children.append(pid)
+    return children
+
+
 def main() -> int:
-    args = floor_args(__doc__.splitlines()[0], port=4398, name="uvloop floor")
+    args = floor_args(__doc__.splitlines()[0], port=4398, name="uvloop floor", processes=True)
     import uvloop
 
+    shared = args.processes > 1
+    children = fork_copies(args.processes - 1) if shared else []
     floor = Floor(args.heartbeat_interval_s)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(floor.serve(args.host, args.port, args.backlog))
+        loop.run_until_complete(floor.serve(args.host, args.port, args.backlog, shared=shared))
     finally:
         loop.close()
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            os.waitpid(pid, 0)
     return 0
 
 
