@@ -1,0 +1,112 @@
+"""thread_cpu: where a server's CPU per heartbeat goes, thread by thread, under a fleet.
+
+Starts ``opamp-fast serve --workers N`` (embedded Postgres in a temporary directory; ``--src``
+runs another source tree), ramps ``--agents`` WebSocket agents with ``wsload.py`` heartbeating
+every ``--heartbeat-s``, and once the ramp is over reads every thread of the server's own
+processes (Postgres excluded) from ``/proc/PID/task/TID``: CPU time and voluntary context
+switches over ``--window-s``, divided by the messages the fleet sent in that window. Each
+process's main thread runs its event loop; its other threads are the writer's and the pool's,
+and whatever ``anyio.to_thread`` runs (metrics publishing, for one). Loopback only; the server
+is stopped with SIGTERM by its PID, wsload ends by itself.
+
+Example: ``python loadtest/thread_cpu.py --workers 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from procs import free_port, wait_ready
+
+HERE = Path(__file__).resolve().parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def thread_counters(root: int, supervised: bool) -> dict[tuple[str, str], tuple[float, int]]:
+    """(process role, thread) -> (CPU seconds, voluntary switches), summed over processes;
+    ``root`` is the supervisor when ``supervised``, the one worker otherwise."""
+    out: collections.Counter[tuple[str, str]] = collections.Counter()
+    switches: collections.Counter[tuple[str, str]] = collections.Counter()
+    top = psutil.Process(root)
+    for proc in [top, *top.children(recursive=True)]:
+        try:
+            if "postgres" in proc.name():
+                continue
+            role = "supervisor" if proc.pid == root and supervised else "worker"
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                task = f"/proc/{proc.pid}/task/{tid}"
+                with open(f"{task}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"{task}/status") as f:
+                    status = f.read()
+                key = (role, "event loop" if tid == str(proc.pid) else "other threads")
+                out[key] += (int(fields[11]) + int(fields[12])) / TICKS
+                switches[key] += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        except (OSError, psutil.Error):  # a process or thread that ended meanwhile
+            continue
+    return {key: (out[key], switches[key]) for key in out}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--heartbeat-s", type=float, default=5.0)
+    parser.add_argument("--ramp-s", type=float, default=30.0)
+    parser.add_argument("--window-s", type=float, default=20.0)
+    parser.add_argument("--src", default=str(HERE.parent / "src"), help="the server's tree")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="opamp-threads-"))
+    port = free_port()
+    env = {**os.environ, "OPAMP_FAST_API_JWT_SECRET": secrets.token_hex(32), "PYTHONPATH": args.src}
+    hb = str(max(1, round(args.heartbeat_s)))
+    with open(tmp / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "opamp_fast", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--backlog", "8192", "--workers", str(args.workers),
+             "--log-level", "warning", "--data-dir", str(tmp / "data"),
+             "--heartbeat-interval-s", hb, "--heartbeat-timeout-s", "120"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", server, timeout_s=120)
+        hold_s = args.window_s + 15.0
+        fleet = subprocess.Popen(
+            [sys.executable, str(HERE / "wsload.py"), "--url", f"ws://127.0.0.1:{port}/v1/opamp",
+             "--agents", str(args.agents), "--procs", "2", "--ramp-s", str(args.ramp_s),
+             "--tick-ms", "5", "--quiet", "--hold-s", str(hold_s), "--heartbeat-s", hb,
+             "--out", str(tmp / "wsload.json")],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(args.ramp_s + 10.0)  # past the ramp and the first heartbeats of the last
+        supervised = args.workers > 1
+        before, t0 = thread_counters(server.pid, supervised), time.monotonic()
+        time.sleep(args.window_s)
+        after, elapsed = thread_counters(server.pid, supervised), time.monotonic() - t0
+        messages = args.agents / args.heartbeat_s * elapsed
+        print(f"{args.workers} worker(s), {args.agents} agents every {args.heartbeat_s:g} s,")
+        print(f"{elapsed:.1f} s window, {messages:.0f} messages:")
+        for key, (cpu, switches) in sorted(after.items()):
+            cpu0, switches0 = before.get(key, (0.0, 0))
+            print(
+                f"  {key[0]:10} {key[1]:13} {1e6 * (cpu - cpu0) / messages:6.1f} us/msg"
+                f"  {(switches - switches0) / messages:.3f} wake-ups/msg"
+            )
+        fleet.wait(timeout=hold_s + args.ramp_s + 60)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
