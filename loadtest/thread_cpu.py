@@ -6,10 +6,11 @@ every ``--heartbeat-s``, and once the ramp is over reads every thread of the ser
 processes (Postgres excluded) from ``/proc/PID/task/TID``: CPU time and voluntary context
 switches over ``--window-s``, divided by the messages the fleet sent in that window. Each
 process's main thread runs its event loop; its other threads are the writer's and the pool's,
-and whatever ``anyio.to_thread`` runs (metrics publishing, for one). Loopback only; the server
-is stopped with SIGTERM by its PID, wsload ends by itself.
+and whatever ``anyio.to_thread`` runs (metrics publishing, for one). ``--scrape-every-s`` reads
+``/metrics`` that often meanwhile, as Prometheus would. Loopback only; the server is stopped
+with SIGTERM by its PID, wsload ends by itself.
 
-Example: ``python loadtest/thread_cpu.py --workers 2``.
+Example: ``python loadtest/thread_cpu.py --workers 2 --scrape-every-s 15``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -56,6 +59,13 @@ def thread_counters(root: int, supervised: bool) -> dict[tuple[str, str], tuple[
     return {key: (out[key], switches[key]) for key in out}
 
 
+def scrape_every(url: str, every_s: float, stop: threading.Event) -> None:
+    """GET ``url`` every ``every_s`` until ``stop`` is set (what a Prometheus scrape does)."""
+    while not stop.wait(every_s):
+        with urllib.request.urlopen(url, timeout=30) as response:
+            response.read()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -63,6 +73,7 @@ def main() -> int:
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     parser.add_argument("--ramp-s", type=float, default=30.0)
     parser.add_argument("--window-s", type=float, default=20.0)
+    parser.add_argument("--scrape-every-s", type=float, default=0.0, help="0: nobody scrapes")
     parser.add_argument("--src", default=str(HERE.parent / "src"), help="the server's tree")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="opamp-threads-"))
@@ -77,8 +88,16 @@ def main() -> int:
              "--heartbeat-interval-s", hb, "--heartbeat-timeout-s", "120"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
+    stop_scraping = threading.Event()
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", server, timeout_s=120)
+        if args.scrape_every_s > 0:
+            scraper = threading.Thread(
+                target=scrape_every,
+                args=(f"http://127.0.0.1:{port}/metrics", args.scrape_every_s, stop_scraping),
+                daemon=True,
+            )
+            scraper.start()
         hold_s = args.window_s + 15.0
         fleet = subprocess.Popen(
             [sys.executable, str(HERE / "wsload.py"), "--url", f"ws://127.0.0.1:{port}/v1/opamp",
@@ -93,7 +112,10 @@ def main() -> int:
         time.sleep(args.window_s)
         after, elapsed = thread_counters(server.pid, supervised), time.monotonic() - t0
         messages = args.agents / args.heartbeat_s * elapsed
-        print(f"{args.workers} worker(s), {args.agents} agents every {args.heartbeat_s:g} s,")
+        scraped = f", /metrics every {args.scrape_every_s:g} s" if args.scrape_every_s else ""
+        print(
+            f"{args.workers} worker(s), {args.agents} agents every {args.heartbeat_s:g} s{scraped},"
+        )
         print(f"{elapsed:.1f} s window, {messages:.0f} messages:")
         for key, (cpu, switches) in sorted(after.items()):
             cpu0, switches0 = before.get(key, (0.0, 0))
@@ -103,6 +125,7 @@ def main() -> int:
             )
         fleet.wait(timeout=hold_s + args.ramp_s + 60)
     finally:
+        stop_scraping.set()
         server.terminate()
         server.wait(timeout=60)
     return 0

@@ -175,47 +175,40 @@ async def published(path: Path, value: float) -> None:
             await anyio.sleep(0.01)
 
 
-async def test_run_publishes_at_once_then_only_while_someone_scrapes(tmp_path: Path) -> None:
-    """An idle scrape interval costs nothing: after its first publication a worker publishes
-    only while the last scrape is younger than wanted_for_s."""
+async def test_a_worker_publishes_at_start_then_once_per_scrape(tmp_path: Path) -> None:
+    """An idle scrape interval costs nothing: after its first publication a worker renders
+    only when a scrape asks, once per scrape."""
     worker = Worker(0, {})
-    share = make_share(tmp_path, 1, worker, interval_s=0.05, wanted_for_s=60.0)
+    share = make_share(tmp_path, 1, worker, poll_s=0.02)
     path = tmp_path / "worker-1.prom"
+    answering = make_share(tmp_path, 0, Worker(0, {}), poll_s=0.02)
     async with anyio.create_task_group() as tg:
         await tg.start(share.run)
         await published(path, 0)  # the first publication does not wait for a scrape
         generated = worker.generated
         worker.messages.inc(5)
-        await anyio.sleep(0.3)  # six intervals, nobody scraping
+        await anyio.sleep(0.3)  # fifteen ticks, nobody scraping
         assert worker.generated == generated
         assert published_messages(path) == 0
-        await make_share(tmp_path, 0, Worker(0, {})).scrape()  # a sibling answers a scrape
-        await published(path, 5)
-        generated = worker.generated
+        merged = samples(await answering.scrape())
+        assert merged["demo_messages_total", labels(worker="1")] == 5  # asked, and answered
+        assert worker.generated == generated + 1
         await anyio.sleep(0.3)
-        assert worker.generated >= generated + 2  # it keeps publishing while wanted
+        assert worker.generated == generated + 1  # once per scrape
+        worker.messages.inc(1)
+        merged = samples(await answering.scrape())
+        assert merged["demo_messages_total", labels(worker="1")] == 6
+        assert worker.generated == generated + 2
         tg.cancel_scope.cancel()
     assert names(tmp_path) == ["scraped", "worker-1.prom"]
 
 
-async def test_publishing_stops_once_the_scrapes_stop(tmp_path: Path) -> None:
-    worker = Worker(0, {})
-    share = make_share(tmp_path, 1, worker, interval_s=0.05, wanted_for_s=30.0)
-    (tmp_path / "scraped").touch()
-    assert share.publish_if_wanted()
-    old = time.time() - 31.0
-    os.utime(tmp_path / "scraped", (old, old))
-    generated = worker.generated
-    assert not share.publish_if_wanted()
-    assert worker.generated == generated
-
-
-async def test_a_scrape_after_a_quiet_spell_waits_for_the_siblings(tmp_path: Path) -> None:
-    """Nobody scraped for a while, so the siblings' files are old: the first scrape waits
-    for them to publish afresh and answers with their current figures, everyone up."""
+async def test_every_sibling_answers_a_scrape_with_its_current_figures(tmp_path: Path) -> None:
+    """Parts published long ago are not what a scrape answers with: each sibling renders
+    afresh for it, and all of them are up."""
     siblings = {1: Worker(1, {}), 2: Worker(2, {})}
-    shares = {slot: make_share(tmp_path, slot, w, interval_s=0.2) for slot, w in siblings.items()}
-    answering = make_share(tmp_path, 0, Worker(0, {}), interval_s=0.2, stale_after_s=30.0)
+    shares = {slot: make_share(tmp_path, slot, w, poll_s=0.05) for slot, w in siblings.items()}
+    answering = make_share(tmp_path, 0, Worker(0, {}), poll_s=0.05)
     async with anyio.create_task_group() as tg:
         for share in shares.values():
             await tg.start(share.run)
@@ -231,17 +224,29 @@ async def test_a_scrape_after_a_quiet_spell_waits_for_the_siblings(tmp_path: Pat
         assert merged["demo_messages_total", labels(worker=str(slot))] == slot + 10
 
 
-async def test_a_sibling_that_does_not_publish_is_down_after_the_wait(tmp_path: Path) -> None:
-    """A file left by a worker that is gone: the scrape after a quiet spell waits for it a
-    bounded time (interval_s and a little), then answers without it."""
+async def test_a_sibling_that_does_not_answer_is_down_after_the_wait(tmp_path: Path) -> None:
+    """A file left by a worker that is gone: the scrape waits for it a bounded time
+    (answer_timeout_s), then answers without it."""
     make_share(tmp_path, 1, Worker(1, {})).publish()
     old = time.time() - 3600.0
     os.utime(tmp_path / "worker-1.prom", (old, old))
-    answering = make_share(tmp_path, 0, Worker(7, {}), interval_s=0.2, stale_after_s=30.0)
+    answering = make_share(tmp_path, 0, Worker(7, {}), answer_timeout_s=0.2)
     with anyio.fail_after(5):
         merged = samples(await answering.scrape())
     assert merged["opamp_fast_worker_up", labels(worker="1")] == 0
     assert merged["demo_messages_total", labels(worker="0")] == 7
+
+
+async def test_a_slow_sibling_counts_with_its_last_part_while_it_is_recent(
+    tmp_path: Path,
+) -> None:
+    """A sibling that does not answer within the wait but published within stale_after_s is
+    still in the answer, with what it published last."""
+    make_share(tmp_path, 1, Worker(3, {})).publish()
+    answering = make_share(tmp_path, 0, Worker(0, {}), answer_timeout_s=0.1, stale_after_s=30.0)
+    merged = samples(await answering.scrape())
+    assert merged["opamp_fast_worker_up", labels(worker="1")] == 1
+    assert merged["demo_messages_total", labels(worker="1")] == 3
 
 
 class AgentsWorker(Worker):

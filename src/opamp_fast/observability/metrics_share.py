@@ -1,27 +1,28 @@
 """``/metrics`` of all workers from any of them (``--workers``).
 
-The workers share one port, so a scrape lands on one of them at random. Each worker therefore
-publishes its own exposition into a directory the supervisor made for them (written
-atomically: a temporary file renamed over the old one), and the worker that answers a scrape
-merges its fresh exposition with its siblings' latest ones, every sample labelled
-``worker="<k>"``. A sibling that stopped publishing (``stale_after_s``) is left out and
-``opamp_fast_worker_up{worker}`` says so.
+The workers share one port, so a scrape lands on one of them at random. The worker that answers
+asks the others for their figures and merges them with its own, every sample labelled
+``worker="<k>"``. They meet in a directory the supervisor made for them:
 
-Publishing costs what a scrape costs (tens of milliseconds with per-agent series), so a worker
-publishes only while someone scrapes, as one process renders only when scraped: every scrape
-touches a marker file in the directory, and each worker publishes every ``interval_s`` while
-the marker is younger than ``wanted_for_s`` (and once at start, so that its siblings know it).
-A scrape after a quiet spell waits, ``interval_s`` and a little at most, for the siblings to
-publish afresh. The per-agent series cap (``metrics_agent_series_max``) holds for the merged
-answer: when the workers' per-agent series add up to more than the cap, they are left out as a
-whole, as one process leaves them out.
+- the answering worker touches a marker file (``scraped``) and waits, ``answer_timeout_s`` at
+  most, until every other worker's part is newer than the marker;
+- every worker looks at the marker on its loop's tick grid (``poll_s``, a ``stat`` of a file in
+  a local temporary directory, on the tick the loop-lag sampler wakes for anyway) and, when the
+  marker is newer than what it last answered, renders its exposition in a thread and writes it
+  (atomically: a temporary file renamed over the old one).
+
+So a worker renders once per scrape and never for nobody, as one process renders only when
+scraped (a render costs tens of milliseconds with per-agent series). Each also publishes once
+at start. A worker whose part is older than ``stale_after_s`` after the wait (dead or stuck) is
+left out and ``opamp_fast_worker_up{worker}`` says so. The per-agent series cap
+(``metrics_agent_series_max``) holds for the merged answer: when the workers' per-agent series
+add up to more than the cap, they are left out as a whole, as one process leaves them out.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -71,27 +72,33 @@ class WorkerMetricsShare:
         slot: WorkerSlot,
         generate: Callable[[], bytes],
         *,
-        interval_s: float = 5.0,
+        poll_s: float = 0.25,
+        answer_timeout_s: float = 2.0,
         stale_after_s: float = 30.0,
-        wanted_for_s: float = 600.0,
         agent_series_max: int | None = None,
     ) -> None:
         self.slot = slot
         self._generate = generate
-        self.interval_s = interval_s
+        self.poll_s = poll_s
+        self.answer_timeout_s = answer_timeout_s
         self.stale_after_s = stale_after_s
-        self.wanted_for_s = wanted_for_s
         self.agent_series_max = agent_series_max
+        self._marker = slot.directory / SCRAPED
+        self._answered = 0  # the marker's mtime (ns) this worker last published for
 
     def _path(self, slot: int) -> Path:
         return self.slot.directory / f"worker-{slot}.prom"
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        self._answered = self._marker_ns()
         await anyio.to_thread.run_sync(self.publish)
         while True:
-            await sleep_to_tick(self.interval_s)
-            await anyio.to_thread.run_sync(self.publish_if_wanted)
+            await sleep_to_tick(self.poll_s)
+            asked = self._marker_ns()
+            if asked > self._answered:
+                self._answered = asked
+                await anyio.to_thread.run_sync(self.publish)
 
     def publish(self) -> None:
         """Write this worker's exposition for its siblings (atomically)."""
@@ -100,43 +107,32 @@ class WorkerMetricsShare:
         temporary.write_bytes(self._generate())
         os.replace(temporary, target)
 
-    def publish_if_wanted(self) -> bool:
-        """Publish if someone scraped within ``wanted_for_s``; whether it did."""
-        wanted = self._scraped_ago() <= self.wanted_for_s
-        if wanted:
-            self.publish()
-        return wanted
-
-    def _scraped_ago(self) -> float:
+    def _marker_ns(self) -> int:
         try:
-            return time.time() - (self.slot.directory / SCRAPED).stat().st_mtime
-        except OSError:
-            return math.inf
+            return self._marker.stat().st_mtime_ns
+        except OSError:  # nobody scraped yet
+            return 0
 
     async def scrape(self) -> bytes:
-        """Everyone's metrics for a scrape. After a quiet spell the siblings had stopped
-        publishing: wait, ``interval_s`` and a little at most, for them to publish afresh."""
-        marker = self.slot.directory / SCRAPED
-        quiet = await anyio.to_thread.run_sync(self._scraped_ago) > self.wanted_for_s
-        await anyio.to_thread.run_sync(marker.touch)
-        if quiet:
-            since = (await anyio.to_thread.run_sync(marker.stat)).st_mtime
-            with anyio.move_on_after(self.interval_s + min(self.interval_s, 1.0)):
-                await self._siblings_publish(since)
+        """Everyone's metrics for a scrape: ask the siblings, wait for their answers
+        (``answer_timeout_s`` at most), merge."""
+        await anyio.to_thread.run_sync(self._marker.touch)
+        since = await anyio.to_thread.run_sync(self._marker_ns)
+        with anyio.move_on_after(self.answer_timeout_s):
+            await self._siblings_answer(since)
         return await anyio.to_thread.run_sync(self.merged)
 
-    async def _siblings_publish(self, since: float) -> None:
-        poll_s = min(0.1, self.interval_s / 4)
-        published = functools.partial(self._siblings_published, since)
-        while not await anyio.to_thread.run_sync(published):  # noqa: ASYNC110 - files of other processes
-            await anyio.sleep(poll_s)
+    async def _siblings_answer(self, since: int) -> None:
+        answered = functools.partial(self._siblings_answered, since)
+        while not await anyio.to_thread.run_sync(answered):  # noqa: ASYNC110 - files of other processes
+            await anyio.sleep(min(0.05, self.poll_s / 2))
 
-    def _siblings_published(self, since: float) -> bool:
-        """Every sibling with a file has written it at ``since`` or later."""
+    def _siblings_answered(self, since: int) -> bool:
+        """Every sibling with a file has written it at ``since`` (ns) or later."""
         for path in self.slot.directory.glob("worker-*.prom"):
             if path != self._path(self.slot.slot):
                 try:
-                    if path.stat().st_mtime < since:
+                    if path.stat().st_mtime_ns < since:
                         return False
                 except OSError:
                     return False
