@@ -10,7 +10,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from opamp_fast.observability.metrics_share import WorkerMetricsShare, WorkerSlot
@@ -29,7 +35,10 @@ class Worker:
         for transport, value in connected.items():
             self.connected.labels(transport).set(value)
         self.latency = Histogram(
-            "demo_latency_seconds", "Latency.", buckets=(0.1, 1.0), registry=self.registry
+            "demo_latency_seconds",
+            "Latency.",
+            buckets=(0.1, 1.0),
+            registry=self.registry,
         )
         self.latency.observe(0.05)
         self.generated = 0
@@ -64,7 +73,9 @@ def make_share(
     return WorkerMetricsShare(WorkerSlot(slot, directory), worker.generate, **kwargs)
 
 
-def test_publish_writes_the_exposition_atomically_under_the_slot_name(tmp_path: Path) -> None:
+def test_publish_writes_the_exposition_atomically_under_the_slot_name(
+    tmp_path: Path,
+) -> None:
     worker = Worker(3, {"ws": 2})
     share = make_share(tmp_path, 4, worker)
     share.publish()
@@ -127,7 +138,9 @@ def test_own_published_file_is_not_read_back(tmp_path: Path) -> None:
     ]
 
 
-def test_a_worker_that_stopped_publishing_is_left_out_and_reported_down(tmp_path: Path) -> None:
+def test_a_worker_that_stopped_publishing_is_left_out_and_reported_down(
+    tmp_path: Path,
+) -> None:
     live, gone = Worker(1, {"ws": 1}), Worker(2, {"ws": 2})
     share = make_share(tmp_path, 0, live, stale_after_s=30.0)
     make_share(tmp_path, 1, gone).publish()
@@ -168,6 +181,29 @@ def published_messages(path: Path) -> float | None:
     return samples(path.read_bytes()).get(("demo_messages_total", labels()))
 
 
+def test_label_values_with_braces_spaces_and_quotes_survive_the_merge(
+    tmp_path: Path,
+) -> None:
+    """The merge adds the worker label to each sample line as text: label values that hold
+    the characters a line is cut at must come through unchanged."""
+    odd = ["a b", "x{y} 1.0", 'say "hi"', "back\\slash", "line\nbreak", ""]
+    workers = []
+    for slot in range(2):
+        worker = Worker(slot, {})
+        gauge = Gauge("demo_odd", "Odd labels.", ["value"], registry=worker.registry)
+        for n, value in enumerate(odd):
+            gauge.labels(value).set(10 * slot + n)
+        workers.append(worker)
+    shares = [make_share(tmp_path, slot, w) for slot, w in enumerate(workers)]
+    shares[1].publish()
+    merged = samples(shares[0].merged())
+    for slot in range(2):
+        for n, value in enumerate(odd):
+            assert merged["demo_odd", labels(value=value, worker=str(slot))] == 10 * slot + n
+    own = samples(generate_latest(workers[0].registry))
+    assert len(merged) == 2 * len(own) + 2  # every sample of both, and two worker_up
+
+
 async def published(path: Path, value: float) -> None:
     """Until ``path`` holds ``demo_messages_total == value`` (10 s at most)."""
     with anyio.fail_after(10):
@@ -203,7 +239,9 @@ async def test_a_worker_publishes_at_start_then_once_per_scrape(tmp_path: Path) 
     assert names(tmp_path) == ["scraped", "worker-1.prom"]
 
 
-async def test_every_sibling_answers_a_scrape_with_its_current_figures(tmp_path: Path) -> None:
+async def test_every_sibling_answers_a_scrape_with_its_current_figures(
+    tmp_path: Path,
+) -> None:
     """Parts published long ago are not what a scrape answers with: each sibling renders
     afresh for it, and all of them are up."""
     siblings = {1: Worker(1, {}), 2: Worker(2, {})}
@@ -224,7 +262,9 @@ async def test_every_sibling_answers_a_scrape_with_its_current_figures(tmp_path:
         assert merged["demo_messages_total", labels(worker=str(slot))] == slot + 10
 
 
-async def test_a_sibling_that_does_not_answer_is_down_after_the_wait(tmp_path: Path) -> None:
+async def test_a_sibling_that_does_not_answer_is_down_after_the_wait(
+    tmp_path: Path,
+) -> None:
     """A file left by a worker that is gone: the scrape waits for it a bounded time
     (answer_timeout_s), then answers without it."""
     make_share(tmp_path, 1, Worker(1, {})).publish()
@@ -255,7 +295,10 @@ class AgentsWorker(Worker):
     def __init__(self, agents: list[str]) -> None:
         super().__init__(0, {})
         last_seen = Gauge(
-            "agent_last_seen_seconds", "Last seen.", ["agent_id"], registry=self.registry
+            "agent_last_seen_seconds",
+            "Last seen.",
+            ["agent_id"],
+            registry=self.registry,
         )
         for agent in agents:
             last_seen.labels(agent).set(1.0)

@@ -17,6 +17,8 @@ at start. A worker whose part is older than ``stale_after_s`` after the wait (de
 left out and ``opamp_fast_worker_up{worker}`` says so. The per-agent series cap
 (``metrics_agent_series_max``) holds for the merged answer: when the workers' per-agent series
 add up to more than the cap, they are left out as a whole, as one process leaves them out.
+The merge works on the text, each sample line given its worker label, not through Prometheus'
+parser: parsing 5,000 agents' series and rendering them again cost ~0.12 s of CPU a scrape.
 """
 
 from __future__ import annotations
@@ -25,16 +27,12 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from ..ticks import sleep_to_tick
 
@@ -51,19 +49,15 @@ class WorkerSlot:
     directory: Path
 
 
-class _Families(Collector):
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
 #: The marker every scrape touches (its mtime is the last scrape).
 SCRAPED = "scraped"
 #: The per-agent family and the gauge that says it is left out (``observability.metrics``).
 PER_AGENT = "agent_last_seen_seconds"
 SUPPRESSED = "opamp_fast_agent_series_suppressed"
+_WORKER_UP_HELP = (
+    "1 when the worker's metrics are included (it answered this scrape, or published within "
+    "stale_after_s)."
+)
 
 
 class WorkerMetricsShare:
@@ -155,36 +149,61 @@ class WorkerMetricsShare:
             up[slot] = fresh
             if fresh:
                 parts[slot] = text
-        families: dict[str, Metric] = {}
+        families: dict[str, tuple[list[str], list[str]]] = {}
         for slot, text in sorted(parts.items()):
-            for family in text_string_to_metric_families(text):
-                merged = families.get(family.name)
-                if merged is None:
-                    merged = families[family.name] = Metric(
-                        family.name, family.documentation, family.type, family.unit
-                    )
-                for sample in family.samples:
-                    labels = {**sample.labels, "worker": str(slot)}
-                    merged.add_sample(sample.name, labels, sample.value, sample.timestamp)
+            label = f'worker="{slot}"'
+            for name, header, samples in _families_of(text):
+                merged = families.setdefault(name, (header, []))[1]
+                merged.extend(_labelled(line, label) for line in samples)
         self._cap_per_agent_series(families)
-        workers_up = GaugeMetricFamily(
-            "opamp_fast_worker_up",
-            "1 when the worker's metrics are included (published within stale_after_s).",
-            labels=["worker"],
-        )
-        for slot, fresh in sorted(up.items()):
-            workers_up.add_metric([str(slot)], 1.0 if fresh else 0.0)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families([*families.values(), workers_up]))
-        return generate_latest(registry)
+        lines = [
+            f"# HELP opamp_fast_worker_up {_WORKER_UP_HELP}",
+            "# TYPE opamp_fast_worker_up gauge",
+            *(f'opamp_fast_worker_up{{worker="{slot}"}} {1.0 if fresh else 0.0}'
+              for slot, fresh in sorted(up.items())),
+        ]  # fmt: skip
+        for header, samples in families.values():
+            lines += header
+            lines += samples
+        return ("\n".join(lines) + "\n").encode()
 
-    def _cap_per_agent_series(self, families: dict[str, Metric]) -> None:
+    def _cap_per_agent_series(self, families: dict[str, tuple[list[str], list[str]]]) -> None:
         """More per-agent series than the cap, all workers together: none of them."""
         cap = self.agent_series_max
         per_agent = families.get(PER_AGENT)
-        if cap is None or per_agent is None or len(per_agent.samples) <= cap:
+        if cap is None or per_agent is None or len(per_agent[1]) <= cap:
             return
         del families[PER_AGENT]
         suppressed = families.get(SUPPRESSED)
         if suppressed is not None:
-            suppressed.samples = [sample._replace(value=1.0) for sample in suppressed.samples]
+            suppressed[1][:] = [line.rpartition(" ")[0] + " 1.0" for line in suppressed[1]]
+
+
+def _families_of(text: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """Each family of a text exposition (as ``generate_latest`` writes it: ``# HELP``, then
+    ``# TYPE``, then the samples), in order: its name, comment lines and sample lines."""
+    name = ""
+    header: list[str] = []
+    samples: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            if name:
+                yield name, header, samples
+            name, header, samples = line.split(" ", 3)[2], [line], []
+        elif line.startswith("#"):
+            header.append(line)
+        elif line:
+            samples.append(line)
+    if name:
+        yield name, header, samples
+
+
+def _labelled(line: str, label: str) -> str:
+    """A sample line with ``label`` first in its label set. The name has no ``{`` or space, so
+    the first of them ends it; label values may hold either."""
+    space = line.index(" ")
+    brace = line.find("{", 0, space)
+    if brace < 0:
+        return f"{line[:space]}{{{label}}}{line[space:]}"
+    rest = line[brace + 1 :]
+    return f"{line[: brace + 1]}{label}{'' if rest.startswith('}') else ','}{rest}"
