@@ -266,7 +266,7 @@ def main() -> int:
     import uvloop
 
     shared = args.processes > 1
-    children = fork_copies(args.processes - 1) if shared else []
+    children = fork_copies(args.processes - 1)
     floor = Floor(args.heartbeat_interval_s)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from opamp_fast.observability.metrics_share import WorkerMetricsShare, WorkerSlot
@@ -35,10 +29,7 @@ class Worker:
         for transport, value in connected.items():
             self.connected.labels(transport).set(value)
         self.latency = Histogram(
-            "demo_latency_seconds",
-            "Latency.",
-            buckets=(0.1, 1.0),
-            registry=self.registry,
+            "demo_latency_seconds", "Latency.", buckets=(0.1, 1.0), registry=self.registry
         )
         self.latency.observe(0.05)
         self.generated = 0
@@ -67,15 +58,11 @@ def labels(**values: str) -> frozenset[tuple[str, str]]:
     return frozenset(values.items())
 
 
-def make_share(
-    directory: Path, slot: int, worker: Worker, **kwargs: float | int
-) -> WorkerMetricsShare:
+def make_share(directory: Path, slot: int, worker: Worker, **kwargs: float) -> WorkerMetricsShare:
     return WorkerMetricsShare(WorkerSlot(slot, directory), worker.generate, **kwargs)
 
 
-def test_publish_writes_the_exposition_atomically_under_the_slot_name(
-    tmp_path: Path,
-) -> None:
+def test_publish_writes_the_exposition_atomically_under_the_slot_name(tmp_path: Path) -> None:
     worker = Worker(3, {"ws": 2})
     share = make_share(tmp_path, 4, worker)
     share.publish()
@@ -138,9 +125,7 @@ def test_own_published_file_is_not_read_back(tmp_path: Path) -> None:
     ]
 
 
-def test_a_worker_that_stopped_publishing_is_left_out_and_reported_down(
-    tmp_path: Path,
-) -> None:
+def test_a_worker_that_stopped_publishing_is_left_out_and_reported_down(tmp_path: Path) -> None:
     live, gone = Worker(1, {"ws": 1}), Worker(2, {"ws": 2})
     share = make_share(tmp_path, 0, live, stale_after_s=30.0)
     make_share(tmp_path, 1, gone).publish()
@@ -181,9 +166,7 @@ def published_messages(path: Path) -> float | None:
     return samples(path.read_bytes()).get(("demo_messages_total", labels()))
 
 
-def test_label_values_with_braces_spaces_and_quotes_survive_the_merge(
-    tmp_path: Path,
-) -> None:
+def test_label_values_with_braces_spaces_and_quotes_survive_the_merge(tmp_path: Path) -> None:
     """The merge adds the worker label to each sample line as text: label values that hold
     the characters a line is cut at must come through unchanged."""
     odd = ["a b", "x{y} 1.0", 'say "hi"', "back\\slash", "line\nbreak", ""]
@@ -277,9 +260,7 @@ async def test_a_sibling_that_does_not_answer_is_down_after_the_wait(
     assert merged["demo_messages_total", labels(worker="0")] == 7
 
 
-async def test_a_slow_sibling_counts_with_its_last_part_while_it_is_recent(
-    tmp_path: Path,
-) -> None:
+async def test_a_slow_sibling_counts_with_its_last_part_while_it_is_recent(tmp_path: Path) -> None:
     """A sibling that does not answer within the wait but published within stale_after_s is
     still in the answer, with what it published last."""
     make_share(tmp_path, 1, Worker(3, {})).publish()

@@ -107,11 +107,15 @@ class WorkerMetricsShare:
         except OSError:  # nobody scraped yet
             return 0
 
+    def _ask(self) -> int:
+        """Touch the marker; its new mtime (ns), which every answer must reach."""
+        self._marker.touch()
+        return self._marker_ns()
+
     async def scrape(self) -> bytes:
         """Everyone's metrics for a scrape: ask the siblings, wait for their answers
         (``answer_timeout_s`` at most), merge."""
-        await anyio.to_thread.run_sync(self._marker.touch)
-        since = await anyio.to_thread.run_sync(self._marker_ns)
+        since = await anyio.to_thread.run_sync(self._ask)
         with anyio.move_on_after(self.answer_timeout_s):
             await self._siblings_answer(since)
         return await anyio.to_thread.run_sync(self.merged)
@@ -123,24 +127,27 @@ class WorkerMetricsShare:
 
     def _siblings_answered(self, since: int) -> bool:
         """Every sibling with a file has written it at ``since`` (ns) or later."""
-        for path in self.slot.directory.glob("worker-*.prom"):
-            if path != self._path(self.slot.slot):
-                try:
-                    if path.stat().st_mtime_ns < since:
-                        return False
-                except OSError:
+        for _slot, path in self._siblings():
+            try:
+                if path.stat().st_mtime_ns < since:
                     return False
+            except OSError:
+                return False
         return True
+
+    def _siblings(self) -> Iterator[tuple[int, Path]]:
+        """Every other worker that has published, with the file it publishes to."""
+        for path in self.slot.directory.glob("worker-*.prom"):
+            slot = int(path.stem.split("-", 1)[1])
+            if slot != self.slot.slot:
+                yield slot, path
 
     def merged(self) -> bytes:
         """All workers' metrics, each sample labelled with its worker; ours is fresh."""
         parts: dict[int, str] = {self.slot.slot: self._generate().decode()}
         now = time.time()
         up: dict[int, bool] = {self.slot.slot: True}
-        for path in self.slot.directory.glob("worker-*.prom"):
-            slot = int(path.stem.split("-", 1)[1])
-            if slot == self.slot.slot:
-                continue
+        for slot, path in self._siblings():
             try:
                 fresh = now - path.stat().st_mtime <= self.stale_after_s
                 text = path.read_text() if fresh else ""
