@@ -4,7 +4,8 @@ Starts ``opamp-fast serve --workers N`` (embedded Postgres in a temporary direct
 runs another source tree), ramps ``--agents`` WebSocket agents with ``wsload.py`` heartbeating
 every ``--heartbeat-s``, and once the ramp is over reads every thread of the server's own
 processes (Postgres excluded) from ``/proc/PID/task/TID``: CPU time and voluntary context
-switches over ``--window-s``, divided by the messages the fleet sent in that window. Each
+switches over ``--window-s``, divided by the messages the fleet sends in that window (agents /
+heartbeat interval x window). Each
 process's main thread runs its event loop; its other threads are the writer's and the pool's,
 and whatever ``anyio.to_thread`` runs (metrics publishing, for one). ``--scrape-every-s`` reads
 ``/metrics`` that often meanwhile, as Prometheus would. Loopback only; the server is stopped
@@ -28,22 +29,22 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from idle_cpu import server_processes
 from procs import free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def thread_counters(root: int, supervised: bool) -> dict[tuple[str, str], tuple[float, int]]:
-    """(process role, thread) -> (CPU seconds, voluntary switches), summed over processes;
+Thread = tuple[str, str, str]  # process role, "event loop" or "other threads", the thread's id
+
+
+def thread_counters(root: int, supervised: bool) -> dict[Thread, tuple[float, int]]:
+    """Each thread of the server's processes -> (CPU seconds, voluntary switches) so far;
     ``root`` is the supervisor when ``supervised``, the one worker otherwise."""
-    out: collections.Counter[tuple[str, str]] = collections.Counter()
-    switches: collections.Counter[tuple[str, str]] = collections.Counter()
-    top = psutil.Process(root)
-    for proc in [top, *top.children(recursive=True)]:
+    out: dict[Thread, tuple[float, int]] = {}
+    for proc in server_processes(root):
         try:
-            if "postgres" in proc.name():
-                continue
             role = "supervisor" if proc.pid == root and supervised else "worker"
             for tid in os.listdir(f"/proc/{proc.pid}/task"):
                 task = f"/proc/{proc.pid}/task/{tid}"
@@ -51,12 +52,29 @@ def thread_counters(root: int, supervised: bool) -> dict[tuple[str, str], tuple[
                     fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"{task}/status") as f:
                     status = f.read()
-                key = (role, "event loop" if tid == str(proc.pid) else "other threads")
-                out[key] += (int(fields[11]) + int(fields[12])) / TICKS
-                switches[key] += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+                kind = "event loop" if tid == str(proc.pid) else "other threads"
+                out[role, kind, tid] = (
+                    (int(fields[11]) + int(fields[12])) / TICKS,
+                    int(status.split("voluntary_ctxt_switches:")[1].split()[0]),
+                )
         except (OSError, psutil.Error):  # a process or thread that ended meanwhile
             continue
-    return {key: (out[key], switches[key]) for key in out}
+    return out
+
+
+def window(
+    before: dict[Thread, tuple[float, int]], after: dict[Thread, tuple[float, int]]
+) -> dict[tuple[str, str], tuple[float, int]]:
+    """What each (role, kind) of thread used between the two readings. A thread started in
+    between counts from zero; one that ended in between is missing from ``after`` and left
+    out (not subtracted)."""
+    used: collections.Counter[tuple[str, str]] = collections.Counter()
+    woke: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (role, kind, tid), (cpu, switches) in after.items():
+        cpu0, switches0 = before.get((role, kind, tid), (0.0, 0))
+        used[role, kind] += cpu - cpu0
+        woke[role, kind] += switches - switches0
+    return {key: (used[key], woke[key]) for key in used}
 
 
 def scrape_every(url: str, every_s: float, stop: threading.Event) -> None:
@@ -117,11 +135,10 @@ def main() -> int:
             f"{args.workers} worker(s), {args.agents} agents every {args.heartbeat_s:g} s{scraped},"
         )
         print(f"{elapsed:.1f} s window, {messages:.0f} messages:")
-        for key, (cpu, switches) in sorted(after.items()):
-            cpu0, switches0 = before.get(key, (0.0, 0))
+        for (role, kind), (cpu, switches) in sorted(window(before, after).items()):
             print(
-                f"  {key[0]:10} {key[1]:13} {1e6 * (cpu - cpu0) / messages:6.1f} us/msg"
-                f"  {(switches - switches0) / messages:.3f} wake-ups/msg"
+                f"  {role:10} {kind:13} {1e6 * cpu / messages:6.1f} us/msg"
+                f"  {switches / messages:.3f} wake-ups/msg"
             )
         fleet.wait(timeout=hold_s + args.ramp_s + 60)
     finally:
