@@ -9,7 +9,10 @@ like a collector's (description, health, effective config), a copy of their uids
 narrow table (logged, and unlogged), then ``--rounds`` rounds of: stage ``--slice`` times through
 the writer's own staging (``_FLUSH_PREAMBLE`` + binary COPY), run each statement shape, commit.
 Per shape: the median and p90 wall time of the statement and commit, and the backend's CPU time.
-The writer's statement (``_UPDATE_SEEN``) is imported, not copied.
+The writer's statements are imported, not copied: ``_UPDATE_SEEN`` (one instance), and for
+several instances sharing the database the lock pass over the slice's uids followed by it (the
+writer until 2026-12-07) and ``_UPDATE_SEEN_OR_SKIP`` (locks in the statement). The client's
+CPU per statement is shown too: a lock pass returns every row it locked.
 
 Example: ``python loadtest/seen_update.py --agents 10000 --slice 2000 --rounds 40``.
 """
@@ -22,13 +25,20 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
 from procs import embedded_postgres
 
-from opamp_fast.storage.batch_writer import _FLUSH_PREAMBLE, _UPDATE_SEEN
+from opamp_fast.storage.batch_writer import (
+    _FLUSH_PREAMBLE,
+    _UPDATE_SEEN,
+    _UPDATE_SEEN_OR_SKIP,
+    _lock_agents,
+)
 from opamp_fast.storage.migrations import migrate_sync
 
 _GUARD = "NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)"
@@ -44,11 +54,30 @@ def _narrow(table: str, *, guarded: bool) -> str:
     )
 
 
-SHAPES = {
-    "agents (the writer's)": _UPDATE_SEEN,
-    "narrow, guarded by agents": _narrow("seen_narrow", guarded=True),
-    "narrow, unguarded": _narrow("seen_narrow", guarded=False),
-    "narrow unlogged, guarded": _narrow("seen_unlogged", guarded=True),
+Cursor = psycopg.Cursor[Any]
+_PARAMS = {"instance": "here"}
+
+
+def _statement(sql: str) -> Callable[[Cursor, list[bytes]], object]:
+    return lambda cur, _uids: cur.execute(sql, _PARAMS)
+
+
+def _lock_pass_then_update(cur: Cursor, uids: list[bytes]) -> None:
+    _lock_agents(cur, uids, skip_busy=True)
+    cur.execute(_UPDATE_SEEN, _PARAMS)
+
+
+def _locked_in_the_statement(cur: Cursor, _uids: list[bytes]) -> None:
+    cur.execute(_UPDATE_SEEN_OR_SKIP, _PARAMS).fetchall()
+
+
+SHAPES: dict[str, Callable[[Cursor, list[bytes]], object]] = {
+    "agents (the writer's)": _statement(_UPDATE_SEEN),
+    "agents, lock pass first": _lock_pass_then_update,
+    "agents, locked in statement": _locked_in_the_statement,
+    "narrow, guarded by agents": _statement(_narrow("seen_narrow", guarded=True)),
+    "narrow, unguarded": _statement(_narrow("seen_narrow", guarded=False)),
+    "narrow unlogged, guarded": _statement(_narrow("seen_unlogged", guarded=True)),
 }
 
 
@@ -81,13 +110,14 @@ def populate(conn: psycopg.Connection[object], uids: list[bytes]) -> None:
 
 
 def measure(url: str, uids: list[bytes], slice_size: int, rounds: int) -> dict[str, list]:
-    times: dict[str, list[tuple[float, float]]] = {shape: [] for shape in SHAPES}
+    """Per shape and round: (wall seconds, backend CPU seconds, client CPU seconds)."""
+    times: dict[str, list[tuple[float, float, float]]] = {shape: [] for shape in SHAPES}
     with psycopg.connect(url) as conn:
         backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         seen = time.time()
         slices = max(1, len(uids) // slice_size)
         for n in range(rounds):
-            for shape, sql in SHAPES.items():
+            for shape, run in SHAPES.items():
                 seen += 1.0
                 part = uids[(n % slices) * slice_size : (n % slices + 1) * slice_size]
                 with conn.cursor() as cur:
@@ -97,11 +127,12 @@ def measure(url: str, uids: list[bytes], slice_size: int, rounds: int) -> dict[s
                         for uid in part:
                             copy.write_row((uid, seen))
                     cpu = sum(backend.cpu_times()[:2])
-                    started = time.perf_counter()
-                    cur.execute(sql, {"instance": "here"})
+                    started, ours = time.perf_counter(), time.thread_time()
+                    run(cur, part)
                     conn.commit()
                     wall = time.perf_counter() - started
-                    times[shape].append((wall, sum(backend.cpu_times()[:2]) - cpu))
+                    ours = time.thread_time() - ours
+                    times[shape].append((wall, sum(backend.cpu_times()[:2]) - cpu, ours))
     return times
 
 
@@ -123,11 +154,13 @@ def main() -> None:
         pg.cleanup()
     print(f"{args.slice} of {args.agents} agents per statement, {args.rounds} rounds (first 5 cut)")
     for shape, runs in times.items():
-        walls = sorted(w for w, _ in runs[5:])
-        cpu = statistics.mean(c for _, c in runs[5:])
+        walls = sorted(w for w, _, _ in runs[5:])
+        cpu = statistics.mean(c for _, c, _ in runs[5:])
+        client = statistics.mean(c for _, _, c in runs[5:])
         print(
             f"{shape:28s} median {statistics.median(walls) * 1e3:6.1f} ms"
             f"  p90 {walls[int(len(walls) * 0.9)] * 1e3:6.1f} ms  backend CPU {cpu * 1e3:5.1f} ms"
+            f"  client CPU {client * 1e3:5.1f} ms"
         )
 
 

@@ -8,7 +8,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -982,14 +982,12 @@ async def test_agents_back_before_their_offline_row_count_in_every_part(
     ) == [("offline", 200), ("online", 100)]
 
 
-async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
-    database_url, writer_factory
-) -> None:
-    """A storm over several workers: one worker's flush of its thousands of disconnects holds
-    those agents' rows for seconds while they are back on the other workers. The others' flushes
-    write everything else at once and leave those agents for their next flush; the instance's
-    published online count leaves them out meanwhile, as their rows do. flush() callers wait
-    until the rows left behind are written too."""
+async def two_agents_online(
+    database_url: str, writer_factory: Callable[..., Any]
+) -> tuple[BatchWriter, list[int], bytes, bytes, float]:
+    """Instance node-b, sharing the database with another, serving two agents written online a
+    minute ago: (its writer, its online counts, the agent another flush will hold, the other
+    agent, when they connected)."""
     b, online = await instance_writer(database_url, writer_factory, instance_id="node-b")
     b.peers = lambda: 1
     held, free = uid(1), uid(2)
@@ -998,6 +996,29 @@ async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
         b.connected(u, at=t0, remote_addr="x", transport="ws")
     online[0] = 2
     await b.flush()
+    return b, online, held, free, t0
+
+
+def flush_signalled(w: BatchWriter) -> tuple[anyio.Event, Callable[[], Awaitable[None]]]:
+    """A task body that flushes ``w`` and sets the event returned with it when that is done."""
+    flushed = anyio.Event()
+
+    async def flush() -> None:
+        await w.flush()
+        flushed.set()
+
+    return flushed, flush
+
+
+async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
+    database_url, writer_factory
+) -> None:
+    """A storm over several workers: one worker's flush of its thousands of disconnects holds
+    those agents' rows for seconds while they are back on the other workers. The others' flushes
+    write everything else at once and leave those agents for their next flush; the instance's
+    published online count leaves them out meanwhile, as their rows do. flush() callers wait
+    until the rows left behind are written too."""
+    b, online, held, free, t0 = await two_agents_online(database_url, writer_factory)
     for u in (held, free):
         b.disconnected(u, at=t0 + 1, reason="connection closed")
     online[0] = 0
@@ -1015,11 +1036,7 @@ async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
         )
         return int(ws)
 
-    flushed = anyio.Event()
-
-    async def flush() -> None:
-        await b.flush()
-        flushed.set()
+    flushed, flush = flush_signalled(b)
 
     async with await psycopg.AsyncConnection.connect(database_url) as other:
         # another instance's flush, holding one agent's row as an UPDATE would
@@ -1049,3 +1066,38 @@ async def test_a_flush_leaves_the_rows_another_flush_holds_for_its_next_flush(
                 await flushed.wait()
     assert await rows() == [(held, "online", "node-b"), (free, "online", "node-b")]
     assert await published() == 2
+
+
+async def test_a_heartbeat_whose_row_another_flush_holds_is_written_by_the_next_flush(
+    database_url, writer_factory
+) -> None:
+    """Heartbeats alone, of agents another instance's flush holds (an agent that moved between
+    workers in a storm): the flush writes the other agents' last-seen times without waiting for
+    that row, and the held agent's time once the row is free, not lost."""
+    b, _, held, free, t0 = await two_agents_online(database_url, writer_factory)
+
+    async def last_seen() -> dict[bytes, float]:
+        rows = await aquery(
+            database_url, "SELECT instance_uid, extract(epoch FROM last_seen_at) FROM agents"
+        )
+        return {u: float(at) for u, at in rows}
+
+    flushed, flush = flush_signalled(b)
+
+    async with await psycopg.AsyncConnection.connect(database_url) as other:
+        await other.execute("SELECT 1 FROM agents WHERE instance_uid = %s FOR UPDATE", (held,))
+        for u in (held, free):
+            b.seen(u, t0 + 5)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush)
+            with anyio.fail_after(10):
+                while (await last_seen())[free] < t0 + 4:
+                    await anyio.sleep(0.02)
+            assert (await last_seen())[held] < t0 + 1
+            assert b.statistics().busy_total == 1
+            assert not flushed.is_set()
+            await other.rollback()  # the other flush ends
+            with anyio.fail_after(10):
+                await flushed.wait()
+    assert (await last_seen())[held] == pytest.approx(t0 + 5, abs=1e-3)
+    assert b.statistics().db_errors_total == 0

@@ -743,15 +743,17 @@ class BatchWriter:
 
 _COUNT_NEW_AGENTS = "UPDATE fleet_stats SET agents_total = agents_total + %s"
 
-# Every row a flush will update, locked first. NO KEY UPDATE is the lock the UPDATEs take
-# anyway (the key never changes); it does not hold up inserts of rows that refer to an agent.
+# Every agent row a flush will change (more than its last-seen time), locked first. NO KEY
+# UPDATE is the lock the UPDATEs take anyway (the key never changes); it does not hold up
+# inserts of rows that refer to an agent.
 #
 # A flush skips the rows another instance's flush holds and leaves their changes for its next
 # flush (``_Batch.busy``): in a storm over several workers, a worker writing its 16,000
 # disconnects held the rows of agents already back on the other workers for seconds, and the
 # other five workers' flushes, all of them, waited behind it (their rows, and the summary they
 # publish, 20 s behind). Nobody waits on anybody in the lock pass, so it cannot deadlock; the
-# statements after it touch only rows it locked, or new ones.
+# statements after it touch only rows it locked, or new ones, or (last-seen times) rows they
+# lock in the same way themselves (``_UPDATE_SEEN_OR_SKIP``).
 _LOCK_AGENTS_OR_SKIP = """
 SELECT a.instance_uid FROM agents AS a JOIN unnest(%s::bytea[]) AS b(uid) ON a.instance_uid = b.uid
 FOR NO KEY UPDATE OF a SKIP LOCKED
@@ -917,6 +919,27 @@ UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
 FROM (SELECT uid, seen FROM opamp_stage_seen ORDER BY uid) AS s
 WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
     AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
+"""
+
+# The same with other instances writing some of the same agents: the rows another flush holds
+# are skipped, never waited for, and returned (their times go to the next flush); the others
+# are locked and updated in the one statement, so that only the rows held come back.
+_UPDATE_SEEN_OR_SKIP = """
+WITH locked AS (
+    SELECT a.instance_uid FROM agents AS a JOIN opamp_stage_seen AS s ON a.instance_uid = s.uid
+    FOR NO KEY UPDATE OF a SKIP LOCKED
+), updated AS (
+    UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
+    FROM opamp_stage_seen AS s JOIN locked AS l ON l.instance_uid = s.uid
+    WHERE a.instance_uid = s.uid
+        AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
+        AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated), ARRAY(
+    SELECT s.uid FROM opamp_stage_seen AS s JOIN agents AS a ON a.instance_uid = s.uid
+    WHERE s.uid NOT IN (SELECT instance_uid FROM locked)
+)
 """
 
 _INSERT_SESSIONS = """
@@ -1213,9 +1236,14 @@ def _write_batch(
         seen = batch.seen
         batch.inserted = 0
         batch.busy = frozenset()
-        if lock_first and (agents or seen):
-            uids = list(agents.keys() | seen.keys())
-            batch.busy = _lock_agents(cur, uids, skip_busy=shutdown_at is None)
+        # Skipping rows another flush holds; the shutdown drain waits for them instead.
+        skip_busy = lock_first and shutdown_at is None
+        if lock_first and (agents or (seen and not skip_busy)):
+            # Last-seen times alone are locked as they are written (_UPDATE_SEEN_OR_SKIP):
+            # a lock pass over a flush's thousand heartbeats cost its thread more than the rest
+            # of the flush together.
+            uids = list(agents) if skip_busy else list(agents.keys() | seen.keys())
+            batch.busy = _lock_agents(cur, uids, skip_busy=skip_busy)
         busy = batch.busy
         if agents:
             redactor = redactor or ConfigRedactor()
@@ -1239,7 +1267,11 @@ def _write_batch(
                     if uid not in agents and uid not in busy:
                         write((uid, at))
                         staged += 1
-            if staged:
+            if staged and skip_busy:
+                [(updated, held)] = cur.execute(_UPDATE_SEEN_OR_SKIP, params).fetchall()
+                rows += updated
+                batch.busy = busy | frozenset(held)  # not in ``agents``: counts stay right
+            elif staged:
                 cur.execute(_UPDATE_SEEN, params)
                 rows += cur.rowcount
         if batch.custom_messages:
