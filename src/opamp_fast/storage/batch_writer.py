@@ -914,26 +914,28 @@ SELECT set_config('random_page_cost',
 # Both in one round trip (no parameters: one simple query of several statements).
 _FLUSH_PREAMBLE = _STAGING + _KEYED_LOOKUPS_PRICED
 
-_UPDATE_SEEN = """
+# Which staged last-seen times a row takes: newer ones, and none while another instance serves
+# the agent with proof. Shared by both last-seen statements.
+_SEEN_TAKEN = """(a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
+    AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)"""
+
+_UPDATE_SEEN = f"""
 UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
 FROM (SELECT uid, seen FROM opamp_stage_seen ORDER BY uid) AS s
-WHERE a.instance_uid = s.uid AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
-    AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
+WHERE a.instance_uid = s.uid AND {_SEEN_TAKEN}
 """
 
 # The same with other instances writing some of the same agents: the rows another flush holds
 # are skipped, never waited for, and returned (their times go to the next flush); the others
 # are locked and updated in the one statement, so that only the rows held come back.
-_UPDATE_SEEN_OR_SKIP = """
+_UPDATE_SEEN_OR_SKIP = f"""
 WITH locked AS (
     SELECT a.instance_uid FROM agents AS a JOIN opamp_stage_seen AS s ON a.instance_uid = s.uid
     FOR NO KEY UPDATE OF a SKIP LOCKED
 ), updated AS (
     UPDATE agents AS a SET last_seen_at = to_timestamp(s.seen)
     FROM opamp_stage_seen AS s JOIN locked AS l ON l.instance_uid = s.uid
-    WHERE a.instance_uid = s.uid
-        AND (a.last_seen_at IS NULL OR a.last_seen_at < to_timestamp(s.seen))
-        AND NOT (a.status = 'online' AND a.proven AND a.serving_instance <> %(instance)s)
+    WHERE a.instance_uid = s.uid AND {_SEEN_TAKEN}
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM updated), ARRAY(
@@ -1238,11 +1240,12 @@ def _write_batch(
         batch.busy = frozenset()
         # Skipping rows another flush holds; the shutdown drain waits for them instead.
         skip_busy = lock_first and shutdown_at is None
-        if lock_first and (agents or (seen and not skip_busy)):
-            # Last-seen times alone are locked as they are written (_UPDATE_SEEN_OR_SKIP): a
-            # lock pass over a flush's thousand heartbeats cost its thread 3.5 ms of CPU.
+        # Last-seen times alone are locked as they are written (_UPDATE_SEEN_OR_SKIP): a lock
+        # pass over a flush's thousand heartbeats cost its thread 3.5 ms of CPU.
+        if lock_first:
             uids = list(agents) if skip_busy else list(agents.keys() | seen.keys())
-            batch.busy = _lock_agents(cur, uids, skip_busy=skip_busy)
+            if uids:
+                batch.busy = _lock_agents(cur, uids, skip_busy=skip_busy)
         busy = batch.busy
         if agents:
             redactor = redactor or ConfigRedactor()
